@@ -1,0 +1,308 @@
+//! `mtt bench`: a destination, an mtt server and an mtt client in this process on loopback
+//! with a fresh self-signed certificate (pinned), measured beside direct loopback in the same
+//! run; every byte is verified with a hash.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::addr::HostPort;
+use crate::cli::BenchArgs;
+use crate::config::{CertSource, ClientConfig, ServerConfig, TlsClientConfig, Verify};
+use crate::error::IoContext;
+use crate::goflag::parse_int;
+use crate::role::client::Client;
+use crate::role::server::Server;
+use crate::transport::Listener;
+use crate::{Error, Result};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes each way of the single-stream tests, and in total for the aggregate test.
+    pub size: u64,
+    /// Parallel streams of the aggregate test.
+    pub streams: usize,
+    /// Sequential new connections of the latency test.
+    pub conns: usize,
+}
+
+impl Options {
+    /// Validates `mtt bench` flags.
+    pub fn from_args(a: &BenchArgs) -> Result<Self> {
+        let num = |flag: &str, v: &Option<String>, default: i64, max: i64| -> Result<i64> {
+            let n = match v {
+                Some(s) => parse_int(flag, s)?,
+                None => default,
+            };
+            if !(1..=max).contains(&n) {
+                return Err(Error::config(format!("-{flag} must be between 1 and {max}, got {n}")));
+            }
+            Ok(n)
+        };
+        Ok(Options {
+            size: num("size", &a.size, 256, 1 << 20)? as u64 * 1024 * 1024,
+            streams: num("streams", &a.streams, 16, 1024)? as usize,
+            conns: num("conns", &a.conns, 200, 100_000)? as usize,
+        })
+    }
+}
+
+/// Limit of any one measurement, so a broken tunnel cannot hang the bench.
+const STEP_LIMIT: Duration = Duration::from_secs(300);
+const BLOCK: usize = 256 * 1024;
+
+/// One measured path.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// `direct` or the mode name.
+    pub mode: &'static str,
+    /// Single-stream upload, MiB/s.
+    pub up: f64,
+    /// Single-stream download, MiB/s.
+    pub down: f64,
+    /// Aggregate of `streams` parallel streams, both ways, MiB/s.
+    pub aggregate: f64,
+    /// New connection + first byte round trip, p50.
+    pub p50: Duration,
+    /// Same, p99.
+    pub p99: Duration,
+}
+
+/// Runs every measurement and prints the table.
+pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
+    let block = Arc::new(pattern());
+    let dest = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context(|| "bench: listen for the destination")?;
+    let dest_addr = dest.local_addr().context(|| "bench: destination address")?;
+    tokio::spawn(destination(dest, block.clone()));
+
+    let server = Server::new(ServerConfig {
+        listen: crate::config::Listen::Tcp(HostPort::parse("b", "127.0.0.1:0", true)?),
+        dest: HostPort::parse("d", &dest_addr.to_string(), false)?,
+        tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        timeout: Duration::from_secs(60),
+    })?;
+    let pin = server
+        .fingerprint()
+        .ok_or_else(|| Error::Tls("bench: server has no certificate".into()))?;
+    let server_l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context(|| "bench: listen for the server")?;
+    let server_addr = server_l.local_addr().context(|| "bench: server address")?;
+    tokio::spawn(server.run(Listener::Tcp(server_l), shutdown.clone()));
+
+    let client = Client::new(ClientConfig {
+        listen: HostPort::parse("b", "127.0.0.1:0", true)?,
+        server: HostPort::parse("s", &server_addr.to_string(), false)?,
+        tls: TlsClientConfig {
+            server_name: "127.0.0.1".into(),
+            verify: Verify::Pin(crate::config::parse_pin(&pin)?),
+        },
+        timeout: Duration::from_secs(60),
+    })?;
+    let client_l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context(|| "bench: listen for the client")?;
+    let client_addr = client_l.local_addr().context(|| "bench: client address")?;
+    tokio::spawn(client.run(Listener::Tcp(client_l), shutdown.clone()));
+
+    println!(
+        "mtt bench: {} MiB each way per single stream, {} streams in the aggregate, {} new connections, loopback",
+        opts.size >> 20,
+        opts.streams,
+        opts.conns
+    );
+    let mut rows = Vec::new();
+    for (mode, addr) in [("direct", dest_addr), ("tls", client_addr)] {
+        rows.push(measure(mode, addr, &opts, &block).await?);
+    }
+    print_table(&rows);
+    shutdown.cancel();
+    Ok(())
+}
+
+async fn measure(mode: &'static str, addr: SocketAddr, o: &Options, block: &Arc<Vec<u8>>) -> Result<Row> {
+    let step = |what: &str| eprintln!("  {mode}: {what}…");
+    step("single stream up");
+    let up = rate(o.size, transfer(addr, o.size, 0, block.clone()).await?);
+    step("single stream down");
+    let down = rate(o.size, transfer(addr, 0, o.size, block.clone()).await?);
+    step(&format!("{} streams both ways", o.streams));
+    let per = (o.size / o.streams as u64).max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.streams {
+        tasks.push(tokio::spawn(transfer(addr, per, per, block.clone())));
+    }
+    for t in tasks {
+        t.await.map_err(|e| Error::Config(format!("bench task: {e}")))??;
+    }
+    let aggregate = rate(2 * per * o.streams as u64, start.elapsed());
+    step("new connections");
+    let mut lat = Vec::with_capacity(o.conns);
+    for _ in 0..o.conns {
+        lat.push(transfer(addr, 1, 1, block.clone()).await?);
+    }
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    Ok(Row { mode, up, down, aggregate, p50: pct(0.50), p99: pct(0.99) })
+}
+
+fn rate(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(1e-9)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<8} {:>12} {:>12} {:>16} {:>12} {:>12} {:>14}",
+        "mode", "up MiB/s", "down MiB/s", "aggregate MiB/s", "connect p50", "connect p99", "vs direct"
+    );
+    let base = rows.first().cloned();
+    for r in rows {
+        let ratio = base
+            .as_ref()
+            .map(|b| format!("{:.2}x", (r.up + r.down) / (b.up + b.down)))
+            .unwrap_or_default();
+        println!(
+            "{:<8} {:>12.0} {:>12.0} {:>16.0} {:>12} {:>12} {:>14}",
+            r.mode,
+            r.up,
+            r.down,
+            r.aggregate,
+            format!("{:.0}us", r.p50.as_secs_f64() * 1e6),
+            format!("{:.0}us", r.p99.as_secs_f64() * 1e6),
+            ratio
+        );
+    }
+    println!("all transfers verified (xxh3 of every byte, both directions)");
+}
+
+/// A deterministic pseudo-random block; streams repeat it.
+fn pattern() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..BLOCK)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn expected_hash(block: &[u8], n: u64) -> u64 {
+    let mut h = Xxh3::new();
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len() as u64) as usize;
+        h.update(&block[..k]);
+        left -= k as u64;
+    }
+    h.digest()
+}
+
+/// Connects, sends `up` bytes while receiving `down` bytes, checks both hashes; returns the
+/// time from connect to the last byte.
+async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> Result<Duration> {
+    let work = async {
+        let start = Instant::now();
+        let mut s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (mut r, mut w) = s.split();
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&up.to_le_bytes());
+        header[8..].copy_from_slice(&down.to_le_bytes());
+        let send = async {
+            w.write_all(&header).await?;
+            let mut left = up;
+            while left > 0 {
+                let k = left.min(block.len() as u64) as usize;
+                w.write_all(&block[..k]).await?;
+                left -= k as u64;
+            }
+            w.shutdown().await
+        };
+        let recv = async {
+            let mut h = Xxh3::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = down;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                let n = r.read(&mut buf[..k]).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "download cut short"));
+                }
+                h.update(&buf[..n]);
+                left -= n as u64;
+            }
+            let mut trailer = [0u8; 8];
+            r.read_exact(&mut trailer).await?;
+            Ok((h.digest(), u64::from_le_bytes(trailer)))
+        };
+        let ((), (down_hash, up_hash)) = tokio::try_join!(send, recv)?;
+        let elapsed = start.elapsed();
+        if down_hash != expected_hash(&block, down) || up_hash != expected_hash(&block, up) {
+            return Err(std::io::Error::other("data corrupted in transit: hash mismatch"));
+        }
+        Ok(elapsed)
+    };
+    match tokio::time::timeout(STEP_LIMIT, work).await {
+        Ok(r) => r.context(|| format!("bench transfer via {addr}")),
+        Err(_) => Err(Error::config(format!("bench transfer via {addr} took longer than {STEP_LIMIT:?}"))),
+    }
+}
+
+/// Serves the bench protocol: 16-byte header (up, down), then `down` bytes of the pattern
+/// followed by the xxh3 of the `up` bytes received.
+async fn destination(l: TcpListener, block: Arc<Vec<u8>>) {
+    while let Ok((mut s, _)) = l.accept().await {
+        let block = block.clone();
+        tokio::spawn(async move {
+            let _ = s.set_nodelay(true);
+            let work = async {
+                let mut header = [0u8; 16];
+                s.read_exact(&mut header).await?;
+                let up = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
+                let down = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
+                let (mut r, mut w) = s.split();
+                let recv = async {
+                    let mut h = Xxh3::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut left = up;
+                    while left > 0 {
+                        let k = left.min(buf.len() as u64) as usize;
+                        let n = r.read(&mut buf[..k]).await?;
+                        if n == 0 {
+                            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "upload cut short"));
+                        }
+                        h.update(&buf[..n]);
+                        left -= n as u64;
+                    }
+                    Ok::<_, std::io::Error>(h.digest())
+                };
+                let send = async {
+                    let mut left = down;
+                    while left > 0 {
+                        let k = left.min(block.len() as u64) as usize;
+                        w.write_all(&block[..k]).await?;
+                        left -= k as u64;
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let (hash, ()) = tokio::try_join!(recv, send)?;
+                w.write_all(&hash.to_le_bytes()).await?;
+                w.shutdown().await
+            };
+            if let Err(e) = work.await {
+                log::warn!("bench destination: {e}");
+            }
+        });
+    }
+}

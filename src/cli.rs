@@ -1,0 +1,185 @@
+//! The command-line surface: one argh struct per role, with the original's flag names and
+//! defaults. Values stay strings here; [`crate::config`] validates them with messages that
+//! name the flag.
+
+use argh::{ArgsInfo, FromArgs};
+
+/// mtt: a fast, trustworthy TLS tunnel.
+#[derive(FromArgs, ArgsInfo, Debug)]
+pub struct Top {
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+    #[argh(subcommand)]
+    pub cmd: Option<Command>,
+}
+
+/// The roles and tools of the one `mtt` binary.
+#[derive(FromArgs, ArgsInfo, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Client(ClientArgs),
+    Server(ServerArgs),
+    MuServer(MuServerArgs),
+    Cert(CertArgs),
+    Bench(BenchArgs),
+}
+
+/// listen locally and carry each accepted TCP connection to an mtt server over TLS
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "client")]
+pub struct ClientArgs {
+    /// local address to listen on, e.g. 127.0.0.1:1080
+    #[argh(option, arg_name = "host:port")]
+    pub b: Option<String>,
+    /// server address
+    #[argh(option, arg_name = "host:port")]
+    pub s: Option<String>,
+    /// server name: TLS SNI and the name verified in the certificate (default: host of -s)
+    #[argh(option)]
+    pub n: Option<String>,
+    /// skip verification of the server's certificate chain and name (dangerous)
+    #[argh(switch)]
+    pub sv: bool,
+    /// trust this PEM CA (or self-signed certificate) instead of the public roots
+    #[argh(option, arg_name = "file")]
+    pub ca: Option<String>,
+    /// accept only the server certificate with this SHA-256 fingerprint
+    #[argh(option, arg_name = "hex")]
+    pub cert_sha256: Option<String>,
+    /// idle timeout of a tunnel: no bytes either way for this long closes it (default 5m)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// use WebSocket over TLS
+    #[argh(switch)]
+    pub wss: bool,
+    /// path of the WebSocket upgrade request (default "/")
+    #[argh(option)]
+    pub wss_path: Option<String>,
+    /// multiplex connections over shared server connections
+    #[argh(switch)]
+    pub mux: bool,
+    /// max streams per multiplexed connection, 1 - 16 (default 4)
+    #[argh(option)]
+    pub mux_max_stream: Option<String>,
+    /// enable TCP fast open (Linux)
+    #[argh(switch)]
+    pub fast_open: bool,
+    /// resolve host names through this DNS server
+    #[argh(option, arg_name = "ip:port")]
+    pub fallback_dns: Option<String>,
+    /// log every connection
+    #[argh(switch)]
+    pub verbose: bool,
+}
+
+/// end the tunnel: accept TLS connections and carry each to one destination
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "server")]
+pub struct ServerArgs {
+    /// address to listen on (a socket path with -bind-unix)
+    #[argh(option, arg_name = "host:port")]
+    pub b: Option<String>,
+    /// destination address
+    #[argh(option, arg_name = "host:port")]
+    pub d: Option<String>,
+    /// file: PEM certificate chain (with -key; both empty: a self-signed certificate)
+    #[argh(option, arg_name = "file")]
+    pub cert: Option<String>,
+    /// file: PEM private key: PKCS#8, PKCS#1 or SEC1
+    #[argh(option, arg_name = "file")]
+    pub key: Option<String>,
+    /// name of the self-signed certificate (default: a random name)
+    #[argh(option)]
+    pub n: Option<String>,
+    /// idle timeout of a tunnel: no bytes either way for this long closes it (default 5m)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// serve without TLS, behind a TLS-terminating proxy
+    #[argh(switch)]
+    pub disable_tls: bool,
+    /// listen on a Unix socket: -b is a path, or @name for an abstract socket
+    #[argh(switch)]
+    pub bind_unix: bool,
+    /// use WebSocket over TLS
+    #[argh(switch)]
+    pub wss: bool,
+    /// path of the WebSocket upgrade request (default "/")
+    #[argh(option)]
+    pub wss_path: Option<String>,
+    /// multiplex: every connection is a session of streams
+    #[argh(switch)]
+    pub mux: bool,
+    /// enable TCP fast open (Linux)
+    #[argh(switch)]
+    pub fast_open: bool,
+    /// log every connection
+    #[argh(switch)]
+    pub verbose: bool,
+}
+
+/// many users on one TLS port, routed by WebSocket path (not yet supported)
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "mu-server")]
+pub struct MuServerArgs {
+    /// data listen address
+    #[argh(option, arg_name = "host:port")]
+    pub b: Option<String>,
+    /// controller listen address
+    #[argh(option, arg_name = "host:port")]
+    pub c: Option<String>,
+    /// file: PEM certificate chain
+    #[argh(option, arg_name = "file")]
+    pub cert: Option<String>,
+    /// file: PEM private key
+    #[argh(option, arg_name = "file")]
+    pub key: Option<String>,
+    /// serve without TLS
+    #[argh(switch)]
+    pub disable_tls: bool,
+    /// listen on a Unix socket
+    #[argh(switch)]
+    pub bind_unix: bool,
+    /// name of the self-signed certificate
+    #[argh(option)]
+    pub n: Option<String>,
+    /// default to multiplexing for clients that send no subprotocol
+    #[argh(switch)]
+    pub mux: bool,
+    /// idle timeout of a tunnel (default 1m)
+    #[argh(option)]
+    pub timeout: Option<String>,
+    /// enable TCP fast open (Linux)
+    #[argh(switch)]
+    pub fast_open: bool,
+    /// log every connection
+    #[argh(switch)]
+    pub verbose: bool,
+}
+
+/// write a self-signed certificate and key for a server and print its SHA-256 pin
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "cert")]
+pub struct CertArgs {
+    /// name (DNS name or IP address) the certificate is for
+    #[argh(option)]
+    pub n: Option<String>,
+    /// directory to write NAME.crt and NAME.key into (default: the current directory)
+    #[argh(option)]
+    pub out: Option<String>,
+}
+
+/// run a server, a client and a destination in this process on loopback and measure them
+#[derive(FromArgs, ArgsInfo, Debug, Default)]
+#[argh(subcommand, name = "bench")]
+pub struct BenchArgs {
+    /// size in MiB pushed each way by every stream (default 256)
+    #[argh(option)]
+    pub size: Option<String>,
+    /// parallel streams of the aggregate test (default 16)
+    #[argh(option)]
+    pub streams: Option<String>,
+    /// new connections timed for the latency test (default 200)
+    #[argh(option)]
+    pub conns: Option<String>,
+}

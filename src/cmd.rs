@@ -1,0 +1,279 @@
+//! The `mtt` command: dispatch on argv[0] (`mtt-client`, `mtt-server`, `mtt-mu-server`) or on
+//! a subcommand, then validate, set up and run one role or tool, mapping errors to exit codes.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use argh::FromArgs;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{BenchArgs, CertArgs, ClientArgs, MuServerArgs, ServerArgs, Top};
+use crate::config::{ClientConfig, Listen, ServerConfig};
+use crate::goflag::{self, Parsed};
+use crate::role::client::Client;
+use crate::role::server::Server;
+use crate::transport::{Listener, cert, tcp};
+use crate::{Error, Result, VERSION};
+
+/// What argv asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `mtt client`, `mtt-client`.
+    Client,
+    /// `mtt server`, `mtt-server`.
+    Server,
+    /// `mtt mu-server`, `mtt-mu-server`.
+    MuServer,
+    /// `mtt cert`.
+    Cert,
+    /// `mtt bench`.
+    Bench,
+}
+
+/// The outcome of looking at argv[0] and the first argument.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Run `Command` with this program name (for messages) and these arguments.
+    Run(Command, String, Vec<String>),
+    /// Print the top-level help (to stdout when asked for, else to stderr and fail).
+    Help { asked: bool },
+    /// Print the version.
+    Version,
+}
+
+/// Decides what to run from argv. Link names win over subcommands, as in busybox.
+pub fn dispatch(argv: &[String]) -> Result<Dispatch> {
+    let argv0 = argv.first().map(String::as_str).unwrap_or("mtt");
+    let base = Path::new(argv0)
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or(argv0);
+    let base = base.strip_suffix(".exe").unwrap_or(base);
+    let rest = argv.get(1..).unwrap_or_default();
+    let by_link = match base {
+        "mtt-client" => Some(Command::Client),
+        "mtt-server" => Some(Command::Server),
+        "mtt-mu-server" => Some(Command::MuServer),
+        _ => None,
+    };
+    if let Some(cmd) = by_link {
+        if matches!(rest, [v] if v == "--version" || v == "-version") {
+            return Ok(Dispatch::Version);
+        }
+        return Ok(Dispatch::Run(cmd, base.to_string(), rest.to_vec()));
+    }
+    let Some(first) = rest.first() else {
+        return Ok(Dispatch::Help { asked: false });
+    };
+    let cmd = match first.as_str() {
+        "client" => Command::Client,
+        "server" => Command::Server,
+        "mu-server" => Command::MuServer,
+        "cert" => Command::Cert,
+        "bench" => Command::Bench,
+        "-h" | "-help" | "--help" | "help" => return Ok(Dispatch::Help { asked: true }),
+        "-version" | "--version" | "version" => return Ok(Dispatch::Version),
+        other => {
+            return Err(Error::config(format!(
+                "mtt: unknown command '{other}': expected client, server, mu-server, cert or bench (run 'mtt -h')"
+            )));
+        }
+    };
+    if matches!(&rest[1..], [v] if v == "--version" || v == "-version") {
+        return Ok(Dispatch::Version);
+    }
+    Ok(Dispatch::Run(cmd, format!("mtt {first}"), rest[1..].to_vec()))
+}
+
+/// The top-level help: argh's list of commands plus the link names.
+pub fn top_help() -> String {
+    let text = match Top::from_args(&["mtt"], &["--help"]) {
+        Err(e) => e.output,
+        Ok(_) => String::new(),
+    };
+    format!(
+        "{}\nThe same binary runs as mtt-client, mtt-server and mtt-mu-server through links of those names.\nRun 'mtt <command> -h' for the flags of a command.\n",
+        goflag::single_dash_help(text.trim_end()).trim_end()
+    )
+}
+
+/// Runs the process; returns the exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let argv: Vec<String> = match args.into_iter().map(OsString::into_string).collect() {
+        Ok(v) => v,
+        Err(bad) => {
+            eprintln!("mtt: argument {bad:?} is not valid UTF-8");
+            return 2;
+        }
+    };
+    let (cmd, prog, rest) = match dispatch(&argv) {
+        Ok(Dispatch::Run(c, p, r)) => (c, p, r),
+        Ok(Dispatch::Help { asked: true }) => {
+            print!("{}", top_help());
+            return 0;
+        }
+        Ok(Dispatch::Help { asked: false }) => {
+            eprint!("{}", top_help());
+            return 2;
+        }
+        Ok(Dispatch::Version) => {
+            println!("mtt {VERSION}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return e.exit_code();
+        }
+    };
+    match run(cmd, &prog, &rest) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{prog}: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+macro_rules! parse_or_help {
+    ($ty:ty, $prog:expr, $rest:expr) => {
+        match goflag::parse::<$ty>($prog, $rest)? {
+            Parsed::Args(a) => a,
+            Parsed::Help(h) => {
+                print!("{h}");
+                return Ok(());
+            }
+        }
+    };
+}
+
+fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
+    match cmd {
+        Command::Client => {
+            let args = parse_or_help!(ClientArgs, prog, rest);
+            crate::logging::init(args.verbose);
+            let cfg = ClientConfig::from_args(&args)?;
+            runtime()?.block_on(async {
+                let client = Client::new(cfg.clone())?;
+                let listener = Listener::Tcp(tcp::bind_tcp(&cfg.listen).await?);
+                let shutdown = crate::shutdown::on_signals()?;
+                client.run(listener, shutdown).await;
+                Ok(())
+            })
+        }
+        Command::Server => {
+            let args = parse_or_help!(ServerArgs, prog, rest);
+            crate::logging::init(args.verbose);
+            let cfg = ServerConfig::from_args(&args)?;
+            runtime()?.block_on(async {
+                let server = Server::new(cfg.clone())?;
+                let listener = match &cfg.listen {
+                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp(a).await?),
+                    Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
+                };
+                let shutdown = crate::shutdown::on_signals()?;
+                server.run(listener, shutdown).await;
+                Ok(())
+            })
+        }
+        Command::MuServer => {
+            let args = parse_or_help!(MuServerArgs, prog, rest);
+            crate::logging::init(args.verbose);
+            crate::config::mu_server_from_args(&args)
+        }
+        Command::Cert => {
+            let args = parse_or_help!(CertArgs, prog, rest);
+            write_cert(&args)
+        }
+        Command::Bench => {
+            let args = parse_or_help!(BenchArgs, prog, rest);
+            crate::logging::init(false);
+            let opts = crate::bench::Options::from_args(&args)?;
+            runtime()?.block_on(crate::bench::run(opts, CancellationToken::new()))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("start the async runtime", e))
+}
+
+/// `mtt cert`: writes NAME.crt and NAME.key (mode 0600) and prints the pin.
+fn write_cert(args: &CertArgs) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let name = match args.n.as_deref() {
+        Some(n) if !n.is_empty() => n,
+        _ => {
+            return Err(Error::config(
+                "missing -n: the DNS name or IP address the certificate is for, e.g. -n example.com",
+            ));
+        }
+    };
+    if name.contains('/') || name.starts_with('.') {
+        return Err(Error::config(format!(
+            "-n: '{name}' is not a DNS name or IP address"
+        )));
+    }
+    let dir = Path::new(args.out.as_deref().unwrap_or("."));
+    let ss = cert::self_signed(Some(name))?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let write = |path: &Path, mode: u32, data: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        f.write_all(data.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    };
+    write(&key_path, 0o600, &ss.key_pem)?;
+    if let Err(e) = write(&cert_path, 0o644, &ss.cert_pem) {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e);
+    }
+    let fp = ss.cert_key.fingerprint();
+    println!("wrote {} and {}", cert_path.display(), key_path.display());
+    println!("SHA-256: {fp}");
+    println!(
+        "server: mtt server -cert {} -key {} ...",
+        cert_path.display(),
+        key_path.display()
+    );
+    println!("client: mtt client -n {name} -cert-sha256 {fp} ...");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn link_names_and_subcommands() {
+        let run = |a: &[&str]| match dispatch(&v(a)).unwrap() {
+            Dispatch::Run(c, p, r) => (c, p, r),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(run(&["/usr/bin/mtt-client", "-b", "x"]).0, Command::Client);
+        assert_eq!(run(&["mtt-server.exe"]).0, Command::Server);
+        assert_eq!(run(&["./mtt-mu-server"]).0, Command::MuServer);
+        let (c, p, r) = run(&["/opt/mtt", "client", "-sv"]);
+        assert_eq!((c, p.as_str(), r), (Command::Client, "mtt client", v(&["-sv"])));
+        assert_eq!(run(&["mtt", "bench"]).0, Command::Bench);
+        assert_eq!(dispatch(&v(&["mtt", "--version"])).unwrap(), Dispatch::Version);
+        assert_eq!(dispatch(&v(&["mtt-client", "-version"])).unwrap(), Dispatch::Version);
+        assert_eq!(dispatch(&v(&["mtt"])).unwrap(), Dispatch::Help { asked: false });
+        assert_eq!(dispatch(&v(&["mtt", "-h"])).unwrap(), Dispatch::Help { asked: true });
+        assert!(dispatch(&v(&["mtt", "clinet"])).is_err());
+    }
+}

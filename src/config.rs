@@ -1,0 +1,304 @@
+//! Validated runtime configuration of each role, built from the command line. Every check
+//! that can fail on user input happens here, before anything listens.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::addr::HostPort;
+use crate::cli::{ClientArgs, MuServerArgs, ServerArgs};
+use crate::goflag::{parse_duration, parse_int};
+use crate::{Error, Result};
+
+/// Default idle timeout of client and server (the original's `5m`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// TCP connect timeout for every dial (client → server, server → destination).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshake timeout on both ends.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long live tunnels may run on after SIGINT/SIGTERM before the process exits.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the client decides to trust the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// The chain against the public web PKI roots (webpki-roots) and the server name.
+    WebPki,
+    /// The chain against this PEM file's certificates only, and the server name.
+    Ca(PathBuf),
+    /// Exactly the certificate with this SHA-256 fingerprint (any issuer, any name).
+    Pin([u8; 32]),
+    /// Anything (`-sv`): encrypted but not authenticated.
+    Insecure,
+}
+
+/// TLS settings of a dialling end.
+#[derive(Debug, Clone)]
+pub struct TlsClientConfig {
+    /// SNI and the name checked in the certificate. IP literals send no SNI.
+    pub server_name: String,
+    /// Trust policy.
+    pub verify: Verify,
+}
+
+/// A validated client configuration.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Local listen address.
+    pub listen: HostPort,
+    /// The mtt server.
+    pub server: HostPort,
+    /// TLS to the server.
+    pub tls: TlsClientConfig,
+    /// Idle timeout of a tunnel (no bytes in either direction).
+    pub timeout: Duration,
+}
+
+/// Where a server listens.
+#[derive(Debug, Clone)]
+pub enum Listen {
+    /// A TCP address.
+    Tcp(HostPort),
+    /// A Unix stream socket path, or `@name` for a Linux abstract socket.
+    Unix(String),
+}
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files given with `-cert` and `-key`.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Made at start-up for this name (a random plausible one when `None`).
+    SelfSigned(Option<String>),
+}
+
+/// A validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: Listen,
+    /// Destination of every tunnel.
+    pub dest: HostPort,
+    /// `None` with `-disable-tls`.
+    pub tls: Option<CertSource>,
+    /// Idle timeout of a tunnel.
+    pub timeout: Duration,
+}
+
+fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str> {
+    match v.as_deref() {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Error::config(format!("missing -{flag}: {what}"))),
+    }
+}
+
+fn not_yet(flag: &str) -> Error {
+    Error::config(format!(
+        "-{flag} is not yet supported by mtt {}; remove -{flag} from the command line",
+        crate::VERSION
+    ))
+}
+
+fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = parse_duration("timeout", s)?;
+            if d.is_zero() {
+                return Err(Error::config(format!(
+                    "-timeout must be greater than zero, got '{s}'"
+                )));
+            }
+            Ok(d)
+        }
+    }
+}
+
+/// Parses a SHA-256 fingerprint written as 64 hex digits, with or without `:` separators.
+pub fn parse_pin(s: &str) -> Result<[u8; 32]> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    let bad = || {
+        Error::config(format!(
+            "-cert-sha256 must be 64 hex digits (the SHA-256 of the server certificate, as 'mtt cert' or the server's warning prints it), got '{s}'"
+        ))
+    };
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+impl ClientConfig {
+    /// Validates the client's flags.
+    pub fn from_args(a: &ClientArgs) -> Result<Self> {
+        let listen = HostPort::parse(
+            "b",
+            required("b", &a.b, "the local address to listen on, e.g. -b 127.0.0.1:1080")?,
+            true,
+        )?;
+        let server = HostPort::parse(
+            "s",
+            required("s", &a.s, "the server address, e.g. -s example.com:443")?,
+            false,
+        )?;
+        let timeout = timeout(&a.timeout, DEFAULT_TIMEOUT)?;
+        if let Some(v) = &a.mux_max_stream {
+            let n = parse_int("mux-max-stream", v)?;
+            if !(1..=16).contains(&n) {
+                return Err(Error::config(format!(
+                    "-mux-max-stream must be between 1 and 16, got {v}"
+                )));
+            }
+        }
+        if a.wss {
+            return Err(not_yet("wss"));
+        }
+        if a.wss_path.is_some() {
+            return Err(not_yet("wss-path"));
+        }
+        if a.mux {
+            return Err(not_yet("mux"));
+        }
+        if a.fast_open {
+            return Err(not_yet("fast-open"));
+        }
+        if a.fallback_dns.is_some() {
+            return Err(not_yet("fallback-dns"));
+        }
+        let server_name = match a.n.as_deref() {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => server.host.clone(),
+        };
+        let chosen = [a.sv, a.ca.is_some(), a.cert_sha256.is_some()];
+        if chosen.iter().filter(|x| **x).count() > 1 {
+            return Err(Error::config(
+                "-sv, -ca and -cert-sha256 exclude each other: choose one way to trust the server",
+            ));
+        }
+        let verify = if a.sv {
+            Verify::Insecure
+        } else if let Some(ca) = &a.ca {
+            if ca.is_empty() {
+                return Err(Error::config("-ca needs a file name"));
+            }
+            Verify::Ca(PathBuf::from(ca))
+        } else if let Some(pin) = &a.cert_sha256 {
+            Verify::Pin(parse_pin(pin)?)
+        } else {
+            Verify::WebPki
+        };
+        Ok(ClientConfig {
+            listen,
+            server,
+            tls: TlsClientConfig {
+                server_name,
+                verify,
+            },
+            timeout,
+        })
+    }
+}
+
+impl ServerConfig {
+    /// Validates the server's flags.
+    pub fn from_args(a: &ServerArgs) -> Result<Self> {
+        let b = required(
+            "b",
+            &a.b,
+            "the address to listen on, e.g. -b 0.0.0.0:443 (or a socket path with -bind-unix)",
+        )?;
+        let listen = if a.bind_unix {
+            Listen::Unix(b.to_string())
+        } else {
+            Listen::Tcp(HostPort::parse("b", b, true)?)
+        };
+        let dest = HostPort::parse(
+            "d",
+            required("d", &a.d, "the destination address, e.g. -d 127.0.0.1:8388")?,
+            false,
+        )?;
+        let timeout = timeout(&a.timeout, DEFAULT_TIMEOUT)?;
+        if a.wss {
+            return Err(not_yet("wss"));
+        }
+        if a.wss_path.is_some() {
+            return Err(not_yet("wss-path"));
+        }
+        if a.mux {
+            return Err(not_yet("mux"));
+        }
+        if a.fast_open {
+            return Err(not_yet("fast-open"));
+        }
+        let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?;
+        Ok(ServerConfig {
+            listen,
+            dest,
+            tls,
+            timeout,
+        })
+    }
+}
+
+/// `-cert`/`-key`/`-n`/`-disable-tls` → where the certificate comes from.
+fn cert_source(
+    cert: &Option<String>,
+    key: &Option<String>,
+    name: &Option<String>,
+    disable_tls: bool,
+) -> Result<Option<CertSource>> {
+    let cert = cert.as_deref().filter(|s| !s.is_empty());
+    let key = key.as_deref().filter(|s| !s.is_empty());
+    if disable_tls {
+        if cert.is_some() || key.is_some() {
+            log::warn!("-cert and -key are not used with -disable-tls");
+        }
+        return Ok(None);
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some(CertSource::Files {
+            cert: c.into(),
+            key: k.into(),
+        })),
+        (None, None) => Ok(Some(CertSource::SelfSigned(
+            name.as_deref().filter(|s| !s.is_empty()).map(str::to_string),
+        ))),
+        (Some(_), None) => Err(Error::config(
+            "-cert was given without -key: give both, or neither for a self-signed certificate",
+        )),
+        (None, Some(_)) => Err(Error::config(
+            "-key was given without -cert: give both, or neither for a self-signed certificate",
+        )),
+    }
+}
+
+/// The multi-user server is not built yet; its flags are recognised so the error is precise.
+pub fn mu_server_from_args(_a: &MuServerArgs) -> Result<()> {
+    Err(Error::config(format!(
+        "mu-server is not yet supported by mtt {}",
+        crate::VERSION
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_with_and_without_colons() {
+        let hex = "ab".repeat(32);
+        assert_eq!(parse_pin(&hex).unwrap(), [0xab; 32]);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
+        assert!(parse_pin("abcd").is_err());
+        assert!(parse_pin(&"zz".repeat(32)).is_err());
+    }
+}

@@ -1,0 +1,29 @@
+//! mtt: a TLS tunnel whose roles (client, server) stack the same layered stream adapters.
+//!
+//! ```text
+//! app ──TCP──▶ mtt client ══ TCP → TLS ══▶ mtt server ──TCP──▶ destination
+//! ```
+//!
+//! * [`transport`] holds the pipeline, one module per layer in wire order (`tcp`, `tls`), plus
+//!   the certificate helpers and the byte relay. It is the only place that knows the order.
+//! * [`role`] holds the roles; they only choose layers through [`transport::Dialer`] and
+//!   [`transport::Acceptor`] and never touch rustls types.
+//! * [`cli`] and [`config`] turn Go-style command lines into validated configurations.
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod bench;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod goflag;
+pub mod logging;
+pub mod role;
+pub mod shutdown;
+pub mod transport;
+
+pub use error::{Error, Result};
+
+/// The version printed by `mtt --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

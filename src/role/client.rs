@@ -1,0 +1,50 @@
+//! The client role: each accepted local connection gets a new tunnel from the [`Dialer`] and
+//! is relayed through it.
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnId, log_relay_end, serve};
+use crate::Result;
+use crate::config::ClientConfig;
+use crate::transport::{Dialer, Listener, Stream, relay};
+use std::sync::Arc;
+
+/// A ready-to-run client: configuration checked, TLS set up.
+pub struct Client {
+    cfg: ClientConfig,
+    dialer: Dialer,
+}
+
+impl Client {
+    /// Sets up the layers (fails on a bad `-ca` file or server name).
+    pub fn new(cfg: ClientConfig) -> Result<Self> {
+        let dialer = Dialer::new(&cfg)?;
+        Ok(Client { cfg, dialer })
+    }
+
+    /// Serves `listener` until `shutdown`, then drains.
+    pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
+        log::info!(
+            "client listening on {}, server {}",
+            listener.local_addr(),
+            self.cfg.server
+        );
+        let this = Arc::new(self);
+        serve(listener, shutdown, move |local, id| {
+            let this = this.clone();
+            async move { this.handle(local, id).await }
+        })
+        .await;
+    }
+
+    async fn handle(&self, mut local: Stream, id: ConnId) {
+        match self.dialer.dial().await {
+            Ok(mut remote) => {
+                log::debug!("{id}: tunnel to {} open", self.cfg.server);
+                log_relay_end(&id, relay(&mut local, &mut remote, self.cfg.timeout).await);
+            }
+            // Dropping `local` closes it at once: the application learns immediately.
+            Err(e) => log::warn!("{id}: {e}"),
+        }
+    }
+}

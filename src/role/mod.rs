@@ -1,0 +1,102 @@
+//! Plumbing shared by the roles: the accept loop that numbers connections, spawns one task per
+//! connection, backs off on resource errors, and drains live tunnels on shutdown.
+
+pub mod client;
+pub mod server;
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DRAIN_TIMEOUT;
+use crate::transport::{Listener, Stream};
+
+/// Identifies one accepted connection in logs: `#7 127.0.0.1:50432`.
+#[derive(Debug, Clone)]
+pub struct ConnId {
+    /// Sequence number within the process.
+    pub id: u64,
+    /// Peer address.
+    pub peer: String,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{} {}", self.id, self.peer)
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts until `shutdown` fires, running `handle` for each connection in its own task; then
+/// stops accepting (the listener is closed) and waits up to [`DRAIN_TIMEOUT`] for live
+/// connections.
+pub async fn serve<F, Fut>(listener: Listener, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(Stream, ConnId) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let id = ConnId {
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    peer,
+                };
+                log::debug!("{id}: accepted");
+                tracker.spawn(handle(stream, id));
+            }
+            Err(e) if is_transient(&e) => log::debug!("accept: {e}"),
+            Err(e) => {
+                // Out of descriptors or memory: wait for connections to finish instead of
+                // spinning on a listener that stays readable.
+                log::error!("accept on {}: {e}; retrying in 100ms", listener.local_addr());
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if !tracker.is_empty() {
+        log::info!("draining {} live connection(s) for up to {DRAIN_TIMEOUT:?}", tracker.len());
+        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+            .await
+            .is_err()
+        {
+            log::warn!("{} connection(s) still open after {DRAIN_TIMEOUT:?}; closing them", tracker.len());
+        }
+    }
+}
+
+/// Errors about one incoming connection that leave the listener healthy.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Logs how a relay ended, once per connection.
+pub(crate) fn log_relay_end(id: &ConnId, res: io::Result<crate::transport::Transferred>) {
+    match res {
+        Ok(t) => log::debug!("{id}: closed ({} bytes up, {} bytes down)", t.a_to_b, t.b_to_a),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => log::debug!("{id}: closed: {e}"),
+        Err(e) => log::info!("{id}: tunnel ended: {e}"),
+    }
+}

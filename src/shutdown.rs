@@ -1,0 +1,31 @@
+//! SIGINT/SIGTERM handling: the first signal asks the roles to stop accepting and drain, a
+//! second one exits at once.
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::Result;
+use crate::error::IoContext;
+
+/// Installs the handlers (inside a runtime) and returns the token the first signal cancels.
+pub fn on_signals() -> Result<CancellationToken> {
+    let mut int = signal(SignalKind::interrupt()).context(|| "install SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context(|| "install SIGTERM handler")?;
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        log::info!("{name}: no longer accepting; draining live tunnels (signal again to exit now)");
+        cancel.cancel();
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        log::warn!("{name} again: exiting without waiting for live tunnels");
+        std::process::exit(1);
+    });
+    Ok(token)
+}

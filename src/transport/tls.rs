@@ -1,0 +1,205 @@
+//! Layer 2, TLS: rustls client and server set-up (ring provider, SNI, trust policy: web PKI,
+//! a CA file, a pinned fingerprint or none) and handshakes bounded in time.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+use super::cert::{self, CertKey};
+use super::io::Io;
+use crate::config::{HANDSHAKE_TIMEOUT, TlsClientConfig, Verify};
+use crate::{Error, Result};
+
+/// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
+/// Android without cmake). Passed explicitly so two compiled-in providers can never clash.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(e: rustls::Error) -> Error {
+    Error::Tls(format!("TLS configuration: {e}"))
+}
+
+/// The dialling side of TLS.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl TlsClient {
+    /// Builds the client configuration. `alpn` is empty in plain mode (as the original).
+    pub fn new(cfg: &TlsClientConfig, alpn: &[&[u8]]) -> Result<Self> {
+        let name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| {
+            Error::config(format!(
+                "-n: '{}' is neither a DNS name nor an IP address",
+                cfg.server_name
+            ))
+        })?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?;
+        let algs = provider().signature_verification_algorithms;
+        let mut config = match &cfg.verify {
+            Verify::WebPki => {
+                let mut roots = RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Verify::Ca(path) => {
+                let mut roots = RootCertStore::empty();
+                let (added, _ignored) =
+                    roots.add_parsable_certificates(cert::load_certs("ca", path)?);
+                if added == 0 {
+                    return Err(Error::Tls(format!(
+                        "-ca {}: no usable certificate in the file",
+                        path.display()
+                    )));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            Verify::Pin(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Accept {
+                    pin: Some(*pin),
+                    algs,
+                }))
+                .with_no_client_auth(),
+            Verify::Insecure => {
+                log::warn!(
+                    "-sv: the server's certificate is not verified; anyone on the path can impersonate it (use -cert-sha256 or -ca instead)"
+                );
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
+                    .with_no_client_auth()
+            }
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+
+    /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
+    pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
+        within(
+            HANDSHAKE_TIMEOUT,
+            self.connector.connect(self.name.clone(), io),
+        )
+        .await
+    }
+}
+
+/// The accepting side of TLS.
+#[derive(Clone)]
+pub struct TlsServer {
+    acceptor: TlsAcceptor,
+}
+
+impl TlsServer {
+    /// Builds the server configuration; `alpn` lists the protocols offered (none in plain mode:
+    /// a server must not require ALPN, original clients send none).
+    pub fn new(ck: CertKey, alpn: &[&[u8]]) -> Result<Self> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_single_cert(ck.chain, ck.key)
+            .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(TlsServer {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+
+    /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept<S: Io>(&self, io: S) -> io::Result<server::TlsStream<S>> {
+        within(HANDSHAKE_TIMEOUT, self.acceptor.accept(io)).await
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("TLS handshake timed out after {limit:?}"),
+        )),
+    }
+}
+
+/// Accepts the server certificate without a chain: by pinned fingerprint, or anything (`-sv`).
+/// Handshake signatures are still verified, so the peer must hold the certificate's key.
+#[derive(Debug)]
+struct Accept {
+    pin: Option<[u8; 32]>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+#[derive(Debug)]
+struct PinMismatch(String);
+
+impl std::fmt::Display for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's certificate has SHA-256 {}, not the one given with -cert-sha256",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for PinMismatch {}
+
+impl ServerCertVerifier for Accept {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self.pin {
+            Some(pin) if cert::sha256(end_entity) != pin => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
+                    cert::fingerprint(end_entity),
+                )))),
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
