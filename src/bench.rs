@@ -41,7 +41,9 @@ impl Options {
                 None => default,
             };
             if !(1..=max).contains(&n) {
-                return Err(Error::config(format!("-{flag} must be between 1 and {max}, got {n}")));
+                return Err(Error::config(format!(
+                    "-{flag} must be between 1 and {max}, got {n}"
+                )));
             }
             Ok(n)
         };
@@ -128,7 +130,12 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-async fn measure(mode: &'static str, addr: SocketAddr, o: &Options, block: &Arc<Vec<u8>>) -> Result<Row> {
+async fn measure(
+    mode: &'static str,
+    addr: SocketAddr,
+    o: &Options,
+    block: &Arc<Vec<u8>>,
+) -> Result<Row> {
     let step = |what: &str| eprintln!("  {mode}: {what}…");
     step("single stream up");
     let up = rate(o.size, transfer(addr, o.size, 0, block.clone()).await?);
@@ -142,7 +149,8 @@ async fn measure(mode: &'static str, addr: SocketAddr, o: &Options, block: &Arc<
         tasks.push(tokio::spawn(transfer(addr, per, per, block.clone())));
     }
     for t in tasks {
-        t.await.map_err(|e| Error::Config(format!("bench task: {e}")))??;
+        t.await
+            .map_err(|e| Error::Config(format!("bench task: {e}")))??;
     }
     let aggregate = rate(2 * per * o.streams as u64, start.elapsed());
     step("new connections");
@@ -152,7 +160,14 @@ async fn measure(mode: &'static str, addr: SocketAddr, o: &Options, block: &Arc<
     }
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
-    Ok(Row { mode, up, down, aggregate, p50: pct(0.50), p99: pct(0.99) })
+    Ok(Row {
+        mode,
+        up,
+        down,
+        aggregate,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    })
 }
 
 fn rate(bytes: u64, d: Duration) -> f64 {
@@ -162,7 +177,13 @@ fn rate(bytes: u64, d: Duration) -> f64 {
 fn print_table(rows: &[Row]) {
     println!(
         "{:<8} {:>12} {:>12} {:>16} {:>12} {:>12} {:>14}",
-        "mode", "up MiB/s", "down MiB/s", "aggregate MiB/s", "connect p50", "connect p99", "vs direct"
+        "mode",
+        "up MiB/s",
+        "down MiB/s",
+        "aggregate MiB/s",
+        "connect p50",
+        "connect p99",
+        "vs direct"
     );
     let base = rows.first().cloned();
     for r in rows {
@@ -237,7 +258,10 @@ async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> 
                 let k = left.min(buf.len() as u64) as usize;
                 let n = r.read(&mut buf[..k]).await?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "download cut short"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "download cut short",
+                    ));
                 }
                 h.update(&buf[..n]);
                 left -= n as u64;
@@ -249,13 +273,17 @@ async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> 
         let ((), (down_hash, up_hash)) = tokio::try_join!(send, recv)?;
         let elapsed = start.elapsed();
         if down_hash != expected_hash(&block, down) || up_hash != expected_hash(&block, up) {
-            return Err(std::io::Error::other("data corrupted in transit: hash mismatch"));
+            return Err(std::io::Error::other(
+                "data corrupted in transit: hash mismatch",
+            ));
         }
         Ok(elapsed)
     };
     match tokio::time::timeout(STEP_LIMIT, work).await {
         Ok(r) => r.context(|| format!("bench transfer via {addr}")),
-        Err(_) => Err(Error::config(format!("bench transfer via {addr} took longer than {STEP_LIMIT:?}"))),
+        Err(_) => Err(Error::config(format!(
+            "bench transfer via {addr} took longer than {STEP_LIMIT:?}"
+        ))),
     }
 }
 
@@ -280,7 +308,10 @@ async fn destination(l: TcpListener, block: Arc<Vec<u8>>) {
                         let k = left.min(buf.len() as u64) as usize;
                         let n = r.read(&mut buf[..k]).await?;
                         if n == 0 {
-                            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "upload cut short"));
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "upload cut short",
+                            ));
                         }
                         h.update(&buf[..n]);
                         left -= n as u64;

@@ -82,7 +82,11 @@ pub fn dispatch(argv: &[String]) -> Result<Dispatch> {
     if matches!(&rest[1..], [v] if v == "--version" || v == "-version") {
         return Ok(Dispatch::Version);
     }
-    Ok(Dispatch::Run(cmd, format!("mtt {first}"), rest[1..].to_vec()))
+    Ok(Dispatch::Run(
+        cmd,
+        format!("mtt {first}"),
+        rest[1..].to_vec(),
+    ))
 }
 
 /// The top-level help: argh's list of commands plus the link names.
@@ -268,12 +272,27 @@ mod tests {
         assert_eq!(run(&["mtt-server.exe"]).0, Command::Server);
         assert_eq!(run(&["./mtt-mu-server"]).0, Command::MuServer);
         let (c, p, r) = run(&["/opt/mtt", "client", "-sv"]);
-        assert_eq!((c, p.as_str(), r), (Command::Client, "mtt client", v(&["-sv"])));
+        assert_eq!(
+            (c, p.as_str(), r),
+            (Command::Client, "mtt client", v(&["-sv"]))
+        );
         assert_eq!(run(&["mtt", "bench"]).0, Command::Bench);
-        assert_eq!(dispatch(&v(&["mtt", "--version"])).unwrap(), Dispatch::Version);
-        assert_eq!(dispatch(&v(&["mtt-client", "-version"])).unwrap(), Dispatch::Version);
-        assert_eq!(dispatch(&v(&["mtt"])).unwrap(), Dispatch::Help { asked: false });
-        assert_eq!(dispatch(&v(&["mtt", "-h"])).unwrap(), Dispatch::Help { asked: true });
+        assert_eq!(
+            dispatch(&v(&["mtt", "--version"])).unwrap(),
+            Dispatch::Version
+        );
+        assert_eq!(
+            dispatch(&v(&["mtt-client", "-version"])).unwrap(),
+            Dispatch::Version
+        );
+        assert_eq!(
+            dispatch(&v(&["mtt"])).unwrap(),
+            Dispatch::Help { asked: false }
+        );
+        assert_eq!(
+            dispatch(&v(&["mtt", "-h"])).unwrap(),
+            Dispatch::Help { asked: true }
+        );
         assert!(dispatch(&v(&["mtt", "clinet"])).is_err());
     }
 }

@@ -141,7 +141,11 @@ impl ClientConfig {
     pub fn from_args(a: &ClientArgs) -> Result<Self> {
         let listen = HostPort::parse(
             "b",
-            required("b", &a.b, "the local address to listen on, e.g. -b 127.0.0.1:1080")?,
+            required(
+                "b",
+                &a.b,
+                "the local address to listen on, e.g. -b 127.0.0.1:1080",
+            )?,
             true,
         )?;
         let server = HostPort::parse(
@@ -269,7 +273,9 @@ fn cert_source(
             key: k.into(),
         })),
         (None, None) => Ok(Some(CertSource::SelfSigned(
-            name.as_deref().filter(|s| !s.is_empty()).map(str::to_string),
+            name.as_deref()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
         ))),
         (Some(_), None) => Err(Error::config(
             "-cert was given without -key: give both, or neither for a self-signed certificate",

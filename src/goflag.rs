@@ -164,7 +164,11 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     if !ascii.is_ascii() {
         return Err(bad("unexpected character"));
     }
-    if ascii.len() > 64 || ascii.split(|c: char| !c.is_ascii_digit()).any(|run| run.len() > 18) {
+    if ascii.len() > 64
+        || ascii
+            .split(|c: char| !c.is_ascii_digit())
+            .any(|run| run.len() > 18)
+    {
         return Err(bad("too many digits"));
     }
     match go_parse_duration::parse_duration(&ascii) {
@@ -202,7 +206,10 @@ pub fn parse_int(flag: &str, s: &str) -> Result<i64> {
     } else {
         (10, lower.as_str())
     };
-    if digits.is_empty() || digits.starts_with('_') || digits.ends_with('_') || digits.contains("__")
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
     {
         return Err(bad());
     }
@@ -231,7 +238,15 @@ mod tests {
     #[test]
     fn bad_durations_are_named_errors_not_panics() {
         for s in [
-            "300", "5x", "", "-1s", "1é", "5ms\u{301}", "1.99999999999999999999999s", "h", ".s",
+            "300",
+            "5x",
+            "",
+            "-1s",
+            "1é",
+            "5ms\u{301}",
+            "1.99999999999999999999999s",
+            "h",
+            ".s",
         ] {
             let err = parse_duration("timeout", s).unwrap_err().to_string();
             assert!(err.starts_with("-timeout: invalid duration"), "{s}: {err}");

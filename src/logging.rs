@@ -4,7 +4,8 @@
 /// Initialises `env_logger` once; later calls are ignored.
 pub fn init(verbose: bool) {
     let default = if verbose { "mtt=debug,warn" } else { "warn" };
-    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         b.format_timestamp(None);
     }

@@ -59,7 +59,10 @@ where
             Err(e) => {
                 // Out of descriptors or memory: wait for connections to finish instead of
                 // spinning on a listener that stays readable.
-                log::error!("accept on {}: {e}; retrying in 100ms", listener.local_addr());
+                log::error!(
+                    "accept on {}: {e}; retrying in 100ms",
+                    listener.local_addr()
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -70,12 +73,18 @@ where
     drop(listener);
     tracker.close();
     if !tracker.is_empty() {
-        log::info!("draining {} live connection(s) for up to {DRAIN_TIMEOUT:?}", tracker.len());
+        log::info!(
+            "draining {} live connection(s) for up to {DRAIN_TIMEOUT:?}",
+            tracker.len()
+        );
         if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
             .await
             .is_err()
         {
-            log::warn!("{} connection(s) still open after {DRAIN_TIMEOUT:?}; closing them", tracker.len());
+            log::warn!(
+                "{} connection(s) still open after {DRAIN_TIMEOUT:?}; closing them",
+                tracker.len()
+            );
         }
     }
 }
@@ -95,7 +104,11 @@ fn is_transient(e: &io::Error) -> bool {
 /// Logs how a relay ended, once per connection.
 pub(crate) fn log_relay_end(id: &ConnId, res: io::Result<crate::transport::Transferred>) {
     match res {
-        Ok(t) => log::debug!("{id}: closed ({} bytes up, {} bytes down)", t.a_to_b, t.b_to_a),
+        Ok(t) => log::debug!(
+            "{id}: closed ({} bytes up, {} bytes down)",
+            t.a_to_b,
+            t.b_to_a
+        ),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => log::debug!("{id}: closed: {e}"),
         Err(e) => log::info!("{id}: tunnel ended: {e}"),
     }

@@ -44,7 +44,9 @@ pub fn load_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| bad(pem_error(e)))?;
     if chain.is_empty() {
-        return Err(bad("no PEM certificate (-----BEGIN CERTIFICATE-----) found".into()));
+        return Err(bad(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
+        ));
     }
     Ok(chain)
 }

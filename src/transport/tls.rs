@@ -126,10 +126,7 @@ impl TlsServer {
     }
 }
 
-async fn within<T>(
-    limit: Duration,
-    fut: impl Future<Output = io::Result<T>>,
-) -> io::Result<T> {
+async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(

@@ -1,0 +1,547 @@
+//! The `mtt` binary as users meet it: argv[0] dispatch through links, Go-style flags, one-line
+//! errors that name the flag, end-to-end tunnels between real processes, `mtt cert`,
+//! Unix-socket listening, and SIGTERM.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(mtt_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run mtt");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn links_dispatch_on_argv0() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (link, usage) in [
+        ("mtt-client", "Usage: mtt-client"),
+        ("mtt-server", "Usage: mtt-server"),
+        ("mtt-mu-server", "Usage: mtt-mu-server"),
+    ] {
+        let path = dir.path().join(link);
+        std::os::unix::fs::symlink(mtt_bin(), &path).expect("symlink");
+        let out = Command::new(&path).arg("-h").output().expect("run link");
+        assert_eq!(out.status.code(), Some(0), "{link} -h");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.starts_with(usage), "{link}: {stdout}");
+        let out = Command::new(&path)
+            .arg("--version")
+            .output()
+            .expect("run link");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("mtt {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    // A link in another directory, called by relative path, still dispatches.
+    let out = Command::new("./mtt-server")
+        .current_dir(dir.path())
+        .arg("-help")
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-disable-tls"));
+}
+
+#[test]
+fn subcommands_help_and_version() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for cmd in ["client", "server", "mu-server", "cert", "bench"] {
+        assert!(out.contains(cmd), "top help lists {cmd}");
+    }
+    let (code, out, _) = run(&["--version"]);
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("mtt {}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    for role in ["client", "server", "mu-server", "cert", "bench"] {
+        let (code, out, _) = run(&[role, "-h"]);
+        assert_eq!(code, 0, "{role} -h");
+        assert!(out.starts_with(&format!("Usage: mtt {role}")), "{out}");
+        // Flags are shown the way the original's users type them.
+        assert!(
+            !out.contains(" --"),
+            "{role}: help shows single-dash flags: {out}"
+        );
+    }
+    let (code, _, err) = run(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("Usage: mtt"));
+}
+
+#[test]
+fn every_invalid_input_is_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let garbage = path_str(&garbage);
+    let dirpath = path_str(dir.path());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-foo"],
+            "unknown flag -foo",
+        ),
+        (vec!["client", "-s", "a:1"], "missing -b"),
+        (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
+        (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
+        (vec!["server", "-d", "a:1"], "missing -b"),
+        (
+            vec!["client", "-b", "nonsense", "-s", "a:1"],
+            "-b: invalid address",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "::1:443"],
+            "-s: invalid address",
+        ),
+        (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "host:99999"],
+            "-d: invalid address",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-timeout",
+                "300",
+            ],
+            "-timeout",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-timeout",
+                "5 minutes",
+            ],
+            "-timeout",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-timeout", "0s"],
+            "-timeout",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-mux-max-stream",
+                "17",
+            ],
+            "-mux-max-stream",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-mux-max-stream",
+                "x",
+            ],
+            "-mux-max-stream",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-sv=maybe"],
+            "-sv",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-sv", "false"],
+            "-sv=false",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-timeout"],
+            "-timeout needs a value",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-sv",
+                "-cert-sha256",
+                "ab",
+            ],
+            "-cert-sha256",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-cert-sha256",
+                "abcd",
+            ],
+            "-cert-sha256",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-ca",
+                "/nonexistent/ca.pem",
+            ],
+            "-ca /nonexistent/ca.pem",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-ca", &garbage],
+            "-ca",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-n",
+                "bad name!",
+            ],
+            "-n",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-wss"],
+            "-wss is not yet supported",
+        ),
+        (
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-mux"],
+            "-mux is not yet supported",
+        ),
+        (
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-cert",
+                "/nonexistent/c.pem",
+                "-key",
+                "/nonexistent/k.pem",
+            ],
+            "-cert /nonexistent/c.pem",
+        ),
+        (
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-cert",
+                &garbage,
+                "-key",
+                &garbage,
+            ],
+            "-cert",
+        ),
+        (
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-cert",
+                &dirpath,
+                "-key",
+                &dirpath,
+            ],
+            "-cert",
+        ),
+        (
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-cert",
+                &garbage,
+            ],
+            "-cert was given without -key",
+        ),
+        (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-key", &garbage],
+            "-key was given without -cert",
+        ),
+        (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-wss"],
+            "-wss is not yet supported",
+        ),
+        (vec!["cert"], "missing -n"),
+        (vec!["bench", "-size", "0"], "-size"),
+        (vec!["frobnicate"], "unknown command"),
+    ];
+    for (args, needle) in cases {
+        let (code, stdout, stderr) = run(&args);
+        assert!(code != 0, "{args:?} must fail");
+        assert_eq!(stdout, "", "{args:?}: nothing on stdout");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one line, got {stderr:?}"
+        );
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: expected '{needle}' in {stderr:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn go_style_command_lines_are_accepted_and_sigterm_exits_cleanly() {
+    bounded(async {
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "--b=127.0.0.1:0",
+                "-s",
+                "127.0.0.1:9",
+                "-sv=true",
+                "-timeout",
+                "1h30m",
+                "-mux-max-stream=0x10",
+                "-verbose",
+                "-n=example.com",
+            ],
+        );
+        p.listening_addr().await;
+        p.signal("TERM");
+        let status = p.exit().await;
+        assert_eq!(status.code(), Some(0), "{:?}", p.seen);
+    })
+    .await;
+}
+
+/// `mtt cert` → `mtt server -cert -key` → `mtt client -cert-sha256`, three real processes.
+#[tokio::test]
+async fn processes_end_to_end_with_a_pinned_certificate() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = path_str(dir.path());
+        let (code, stdout, stderr) = run(&["cert", "-n", "localhost", "-out", &out]);
+        assert_eq!(code, 0, "{stderr}");
+        let pin = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SHA-256: "))
+            .expect("pin printed")
+            .to_string();
+        // Writing again refuses to overwrite.
+        let (code, _, stderr) = run(&["cert", "-n", "localhost", "-out", &out]);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("localhost.key"), "{stderr}");
+        let cert = format!("{out}/localhost.crt");
+        let key = format!("{out}/localhost.key");
+
+        let echo = echo_server().await;
+        let echo_s = echo.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo_s,
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-verbose",
+            ],
+        );
+        let server_addr = server.listening_addr().await.to_string();
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &server_addr,
+                "-n",
+                "localhost",
+                "-cert-sha256",
+                &pin,
+                "-verbose",
+            ],
+        );
+        let client_addr = client.listening_addr().await;
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let data = random_bytes(2 * 1024 * 1024 + i as usize, 100 + i);
+            tasks.push(tokio::spawn(async move {
+                echo_roundtrip(client_addr, &data).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("transfer");
+        }
+        client.signal("TERM");
+        server.signal("INT");
+        assert_eq!(client.exit().await.code(), Some(0));
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn self_signed_server_prints_its_pin_once() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-verbose",
+            ],
+        );
+        let warn = server.wait_line("self-signed certificate").await;
+        let pin = warn.rsplit(' ').next().expect("pin").to_string();
+        assert_eq!(pin.len(), 64, "{warn}");
+        let server_addr = server.listening_addr().await.to_string();
+        // Without -sv or a pin the client refuses the server, closes the local connection
+        // and says why, once.
+        let mut refusing = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &server_addr,
+                "-verbose",
+            ],
+        );
+        let refusing_addr = refusing.listening_addr().await;
+        let mut s = tokio::net::TcpStream::connect(refusing_addr)
+            .await
+            .expect("connect");
+        assert_eq!(drain(&mut s).await.0, 0);
+        let why = refusing.wait_line("TLS handshake with server").await;
+        assert!(why.contains("UnknownIssuer"), "{why}");
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &server_addr,
+                "-cert-sha256",
+                &pin,
+                "-verbose",
+            ],
+        );
+        let client_addr = client.listening_addr().await;
+        echo_roundtrip(client_addr, &random_bytes(1 << 20, 42)).await;
+        assert_eq!(
+            server
+                .seen
+                .iter()
+                .filter(|l| l.contains("self-signed certificate"))
+                .count(),
+            1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unix_socket_listener_replaces_only_sockets() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sock = dir.path().join("mtt.sock");
+        let sock_s = path_str(&sock);
+        let echo = echo_server().await.to_string();
+        for round in 0..2 {
+            // The second round finds the first round's socket file and replaces it.
+            let mut server = Proc::spawn(
+                &mtt_bin(),
+                &[
+                    "server",
+                    "-bind-unix",
+                    "-b",
+                    &sock_s,
+                    "-d",
+                    &echo,
+                    "-disable-tls",
+                    "-verbose",
+                ],
+            );
+            server.wait_line("server listening on").await;
+            let mut s = tokio::net::UnixStream::connect(&sock)
+                .await
+                .expect("connect unix");
+            let data = random_bytes(512 * 1024, round);
+            let (mut r, mut w) = s.split();
+            let send = async {
+                w.write_all(&data).await.expect("write");
+                w.shutdown().await.expect("shutdown");
+            };
+            let recv = async {
+                let mut back = Vec::new();
+                r.read_to_end(&mut back).await.expect("read");
+                back
+            };
+            let ((), back) = tokio::join!(send, recv);
+            assert_eq!(sha256(&back), sha256(&data));
+            server.signal("TERM");
+            assert_eq!(server.exit().await.code(), Some(0));
+        }
+        // A regular file in the way is reported and left alone (never a recursive delete).
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "keep me").expect("write");
+        let (code, _, stderr) = run(&[
+            "server",
+            "-bind-unix",
+            "-b",
+            &path_str(&file),
+            "-d",
+            &echo,
+            "-disable-tls",
+        ]);
+        assert_ne!(code, 0);
+        assert!(stderr.contains("not a socket"), "{stderr}");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("still there"),
+            "keep me"
+        );
+    })
+    .await;
+}

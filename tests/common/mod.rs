@@ -1,0 +1,352 @@
+//! Test helpers: certificates made with rcgen, loopback destinations (echo, reply-after-EOF,
+//! paced download), in-process mtt server and client on 127.0.0.1:0, hashing and deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mtt::addr::HostPort;
+use mtt::config::{CertSource, ClientConfig, Listen, ServerConfig, TlsClientConfig, Verify};
+use mtt::role::client::Client;
+use mtt::role::server::Server;
+use mtt::transport::Listener;
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Every test body runs under this bound.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `fut` with [`LIMIT`], failing the test when it is exceeded.
+pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    mtt::transport::cert::sha256(data)
+}
+
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn hp(s: impl ToString) -> HostPort {
+    HostPort::parse("test", &s.to_string(), true).expect("address")
+}
+
+/// A CA and a leaf it signed for `localhost` and 127.0.0.1, written as PEM files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "mtt test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("p");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf");
+    let write = |name: &str, data: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).expect("write");
+        p
+    };
+    let ca = write("ca.crt", ca_cert.pem());
+    let cert = write("server.crt", format!("{}{}", leaf.pem(), ca_cert.pem()));
+    let key = write("server.key", leaf_key.serialize_pem());
+    Pki { dir, ca, cert, key }
+}
+
+/// Echoes every byte; on EOF from the peer, finishes writing and shuts down its side.
+pub async fn echo_server() -> SocketAddr {
+    serve_dest(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        tokio::io::copy(&mut r, &mut w).await?;
+        w.shutdown().await
+    })
+    .await
+}
+
+/// Reads to EOF, only then replies with the SHA-256 of what it read, then closes.
+pub async fn reply_after_eof_server() -> SocketAddr {
+    serve_dest(|mut s| async move {
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await?;
+        s.write_all(&sha256(&all)).await?;
+        s.shutdown().await
+    })
+    .await
+}
+
+/// Sends `chunks` chunks of 1 KiB, one every `every`, then closes; never reads.
+pub async fn paced_server(chunks: usize, every: Duration) -> SocketAddr {
+    serve_dest(move |mut s| async move {
+        let mut tick = tokio::time::interval(every);
+        for i in 0..chunks {
+            tick.tick().await;
+            s.write_all(&[i as u8; 1024]).await?;
+        }
+        s.shutdown().await
+    })
+    .await
+}
+
+/// Accepts forever, running `f` on each connection.
+pub async fn serve_dest<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(f(s));
+        }
+    });
+    addr
+}
+
+/// A running in-process server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub fingerprint: Option<String>,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duration) -> ServerConfig {
+    ServerConfig {
+        listen: Listen::Tcp(hp("127.0.0.1:0")),
+        dest: hp(dest),
+        tls,
+        timeout,
+    }
+}
+
+pub async fn start_server(cfg: ServerConfig) -> Running {
+    let server = Server::new(cfg).expect("server");
+    let fingerprint = server.fingerprint();
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let done = tokio::spawn(server.run(Listener::Tcp(l), shutdown.clone()));
+    Running {
+        addr,
+        fingerprint,
+        shutdown,
+        done,
+    }
+}
+
+pub fn client_config(
+    server: SocketAddr,
+    name: &str,
+    verify: Verify,
+    timeout: Duration,
+) -> ClientConfig {
+    ClientConfig {
+        listen: hp("127.0.0.1:0"),
+        server: hp(server),
+        tls: TlsClientConfig {
+            server_name: name.into(),
+            verify,
+        },
+        timeout,
+    }
+}
+
+pub async fn start_client(cfg: ClientConfig) -> Running {
+    let client = Client::new(cfg).expect("client");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let done = tokio::spawn(client.run(Listener::Tcp(l), shutdown.clone()));
+    Running {
+        addr,
+        fingerprint: None,
+        shutdown,
+        done,
+    }
+}
+
+pub fn pin_of(r: &Running) -> Verify {
+    Verify::Pin(mtt::config::parse_pin(r.fingerprint.as_deref().expect("tls")).expect("pin"))
+}
+
+/// A self-signed server → echo, and a client pinned to it; returns the client's address.
+pub async fn tunnel_to(dest: SocketAddr, timeout: Duration) -> (Running, Running) {
+    let server = start_server(server_config(
+        dest,
+        Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        timeout,
+    ))
+    .await;
+    let client = start_client(client_config(
+        server.addr,
+        "127.0.0.1",
+        pin_of(&server),
+        timeout,
+    ))
+    .await;
+    (server, client)
+}
+
+/// Sends `data` through `addr` to an echo destination while reading the echo, half-closes,
+/// and checks that exactly `data` came back.
+pub async fn echo_roundtrip(addr: SocketAddr, data: &[u8]) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (mut r, mut w) = s.split();
+    let send = async {
+        for chunk in data.chunks(64 * 1024) {
+            w.write_all(chunk).await.expect("write");
+        }
+        w.shutdown().await.expect("shutdown");
+    };
+    let recv = async {
+        let mut back = Vec::with_capacity(data.len());
+        r.read_to_end(&mut back).await.expect("read");
+        back
+    };
+    let ((), back) = tokio::join!(send, recv);
+    assert_eq!(back.len(), data.len(), "echo length");
+    assert_eq!(sha256(&back), sha256(data), "echo content");
+}
+
+/// Reads until EOF or error; returns (bytes read, whether it ended by EOF).
+pub async fn drain(s: &mut TcpStream) -> (usize, bool) {
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => return (n, true),
+            Ok(k) => n += k,
+            Err(_) => return (n, false),
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// A spawned `mtt` (or other) process whose stderr/stdout lines are collected as they come.
+pub struct Proc {
+    pub child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub seen: Vec<String>,
+}
+
+pub fn mtt_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mtt"))
+}
+
+impl Proc {
+    /// Spawns `program args…`, reading stdout and stderr line by line.
+    pub fn spawn(program: &Path, args: &[&str]) -> Proc {
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for pipe in [
+            Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(err),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut r = tokio::io::BufReader::new(pipe).lines();
+                while let Ok(Some(l)) = r.next_line().await {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) for a line containing `needle`; returns it.
+    pub async fn wait_line(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Ok(None) => panic!(
+                    "process ended before printing '{needle}'; output: {:?}",
+                    self.seen
+                ),
+                Err(_) => panic!(
+                    "no line with '{needle}' within 20 s; output: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// The address in a "listening on ADDR," line.
+    pub async fn listening_addr(&mut self) -> SocketAddr {
+        let line = self.wait_line("listening on ").await;
+        let rest = line.split("listening on ").nth(1).expect("addr");
+        let addr = rest.split([',', ' ']).next().expect("addr");
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address in '{line}': {e}"))
+    }
+
+    /// Sends a signal with the system's `kill`.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running");
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// Waits (bounded) for the exit status.
+    pub async fn exit(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("process did not exit within 20 s")
+            .expect("wait")
+    }
+}

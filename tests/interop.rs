@@ -1,0 +1,311 @@
+//! Interop with independent TLS peers from OpenSSL: `openssl s_client` as the client of
+//! `mtt server`, `openssl s_server` as the server of `mtt client`. The application bytes must
+//! pass verbatim, nothing added.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use mtt::config::{CertSource, Verify};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(30);
+
+fn openssl() -> &'static Path {
+    Path::new("openssl")
+}
+
+/// Reads exactly `n` bytes, only then replies with their SHA-256 and closes.
+async fn reply_after_n(n: usize) -> std::net::SocketAddr {
+    serve_dest(move |mut s| async move {
+        let mut buf = vec![0u8; n];
+        s.read_exact(&mut buf).await?;
+        s.write_all(&sha256(&buf)).await?;
+        s.shutdown().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn openssl_s_client_through_mtt_server() {
+    bounded(async {
+        let data = random_bytes(300 * 1024, 77);
+        let dest = reply_after_n(data.len()).await;
+        let server = start_server(server_config(
+            dest,
+            Some(CertSource::SelfSigned(Some("localhost".into()))),
+            T,
+        ))
+        .await;
+        let connect = server.addr.to_string();
+        for version in ["-tls1_3", "-tls1_2"] {
+            let mut child = tokio::process::Command::new(openssl())
+                .args([
+                    "s_client",
+                    "-connect",
+                    &connect,
+                    "-servername",
+                    "localhost",
+                    "-quiet",
+                    version,
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("openssl s_client (install openssl)");
+            let mut stdin = child.stdin.take().expect("stdin");
+            let mut stdout = child.stdout.take().expect("stdout");
+            let feed = async {
+                stdin.write_all(&data).await.expect("feed s_client");
+                // Keep stdin open: s_client -quiet ignores its EOF anyway, and the server
+                // ends the session once the destination has replied.
+                stdin
+            };
+            let read = async {
+                let mut out = Vec::new();
+                stdout.read_to_end(&mut out).await.expect("read s_client");
+                out
+            };
+            let (_stdin, out) = tokio::join!(feed, read);
+            assert_eq!(
+                out,
+                sha256(&data),
+                "{version}: destination got exactly the bytes sent"
+            );
+            let status = child.wait().await.expect("wait");
+            assert!(status.success(), "{version}: s_client exit {status}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mtt_client_through_openssl_s_server() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ss = mtt::transport::cert::self_signed(Some("localhost")).expect("cert");
+        let cert = dir.path().join("c.pem");
+        let key = dir.path().join("k.pem");
+        std::fs::write(&cert, &ss.cert_pem).expect("w");
+        std::fs::write(&key, &ss.key_pem).expect("w");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let accept = format!("127.0.0.1:{port}");
+        let mut s_server = Proc::spawn(
+            openssl(),
+            &[
+                "s_server",
+                "-accept",
+                &accept,
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-naccept",
+                "1",
+            ],
+        );
+        s_server.wait_line("ACCEPT").await;
+        let client = start_client(client_config(
+            accept.parse().expect("addr"),
+            "localhost",
+            Verify::Pin(mtt::config::parse_pin(&ss.cert_key.fingerprint()).expect("pin")),
+            T,
+        ))
+        .await;
+        let mut s = TcpStream::connect(client.addr).await.expect("connect");
+        // Up: our line must appear verbatim in s_server's output.
+        let up = format!(
+            "from-the-app-{}",
+            mtt::transport::cert::hex(&random_bytes(24, 1))
+        );
+        s.write_all(format!("{up}\n").as_bytes())
+            .await
+            .expect("write");
+        s_server.wait_line(&up).await;
+        // Down: what s_server sends reaches the app verbatim.
+        let down = format!(
+            "from-s_server-{}\n",
+            mtt::transport::cert::hex(&random_bytes(24, 2))
+        );
+        let mut stdin = s_server.child.stdin.take().expect("stdin");
+        stdin
+            .write_all(down.as_bytes())
+            .await
+            .expect("feed s_server");
+        stdin.flush().await.expect("flush");
+        let mut got = vec![0u8; down.len()];
+        s.read_exact(&mut got).await.expect("read from s_server");
+        assert_eq!(String::from_utf8_lossy(&got), down);
+        drop(stdin);
+    })
+    .await;
+}
+
+fn sh(args: &[&str], dir: &Path) {
+    let out = std::process::Command::new(openssl())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Keys as OpenSSL writes them: PKCS#8, PKCS#1 (RSA) and SEC1 (EC P-384, the curve of the
+/// original's certificates), each serving a verified tunnel.
+#[tokio::test]
+async fn server_keys_in_pkcs8_pkcs1_and_sec1() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::write(
+            d.join("leaf.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("w");
+        sh(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-subj",
+                "/CN=test CA",
+                "-days",
+                "2",
+            ],
+            d,
+        );
+        let sign = |key: &str, crt: &str| {
+            sh(
+                &[
+                    "req",
+                    "-new",
+                    "-key",
+                    key,
+                    "-out",
+                    "leaf.csr",
+                    "-subj",
+                    "/CN=localhost",
+                ],
+                d,
+            );
+            sh(
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "leaf.csr",
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    crt,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "leaf.ext",
+                ],
+                d,
+            );
+        };
+        sh(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "rsa8.key",
+            ],
+            d,
+        );
+        sh(
+            &["rsa", "-in", "rsa8.key", "-out", "rsa1.key", "-traditional"],
+            d,
+        );
+        sign("rsa8.key", "rsa.crt");
+        sh(
+            &[
+                "ecparam",
+                "-name",
+                "secp384r1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "ec.key",
+            ],
+            d,
+        );
+        sign("ec.key", "ec.crt");
+        let head = |f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .expect("read")
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        assert_eq!(head("rsa8.key"), "-----BEGIN PRIVATE KEY-----");
+        assert_eq!(head("rsa1.key"), "-----BEGIN RSA PRIVATE KEY-----");
+        assert_eq!(head("ec.key"), "-----BEGIN EC PRIVATE KEY-----");
+        let echo = echo_server().await;
+        for (cert, key) in [
+            ("rsa.crt", "rsa8.key"),
+            ("rsa.crt", "rsa1.key"),
+            ("ec.crt", "ec.key"),
+        ] {
+            let server = start_server(server_config(
+                echo,
+                Some(CertSource::Files {
+                    cert: d.join(cert),
+                    key: d.join(key),
+                }),
+                T,
+            ))
+            .await;
+            let client = start_client(client_config(
+                server.addr,
+                "localhost",
+                Verify::Ca(d.join("ca.crt")),
+                T,
+            ))
+            .await;
+            echo_roundtrip(client.addr, &random_bytes(256 * 1024, 8)).await;
+        }
+        // A key that does not belong to the certificate is refused at start-up.
+        let err = mtt::role::server::Server::new(server_config(
+            echo,
+            Some(CertSource::Files {
+                cert: d.join("rsa.crt"),
+                key: d.join("ec.key"),
+            }),
+            T,
+        ))
+        .err()
+        .expect("mismatched key must be refused");
+        assert!(err.to_string().contains("certificate and key"), "{err}");
+    })
+    .await;
+}
