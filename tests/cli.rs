@@ -545,3 +545,45 @@ async fn unix_socket_listener_replaces_only_sockets() {
     })
     .await;
 }
+
+#[test]
+fn install_script_into_destdir_and_uninstall() {
+    let root = tempfile::tempdir().expect("tmp");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/install.sh");
+    let install = || {
+        let out = Command::new("sh")
+            .arg(script)
+            .env("DESTDIR", root.path())
+            .env("PREFIX", "/usr")
+            .env("MTT_BIN", mtt_bin())
+            .output()
+            .expect("run install.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    install();
+    install(); // idempotent
+    let bin = root.path().join("usr/bin");
+    for link in ["mtt-client", "mtt-server", "mtt-mu-server"] {
+        let out = Command::new(bin.join(link))
+            .arg("-h")
+            .output()
+            .expect("run link");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("Usage: {link}")));
+    }
+    let out = Command::new("sh")
+        .args([script, "--uninstall"])
+        .env("DESTDIR", root.path())
+        .env("PREFIX", "/usr")
+        .output()
+        .expect("uninstall");
+    assert!(out.status.success());
+    assert_eq!(
+        std::fs::read_dir(&bin).expect("bindir").count(),
+        0,
+        "uninstall leaves nothing"
+    );
+}
