@@ -272,6 +272,46 @@ mod tests {
         }
     }
 
+    fn norm(args: &[&str]) -> Result<Vec<String>> {
+        let v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        normalize::<crate::cli::ClientArgs>("mtt client", &v)
+    }
+
+    #[test]
+    fn go_command_lines_become_argh_ones() {
+        assert_eq!(
+            norm(&["-b", "127.0.0.1:1080", "--s=x:1", "-wss-path", "/p", "-sv"]).unwrap(),
+            [
+                "--b",
+                "127.0.0.1:1080",
+                "--s",
+                "x:1",
+                "--wss-path",
+                "/p",
+                "--sv"
+            ]
+        );
+        // A value may start with a dash, as in Go.
+        assert_eq!(norm(&["-n", "-odd"]).unwrap(), ["--n", "-odd"]);
+        // Booleans: =true keeps, =false drops; the last repetition wins.
+        assert_eq!(norm(&["-mux=true", "-sv=0"]).unwrap(), ["--mux"]);
+        assert_eq!(norm(&["-mux", "-mux=false"]).unwrap(), Vec::<String>::new());
+        assert_eq!(norm(&["-b", "a:1", "-b", "b:2"]).unwrap(), ["--b", "b:2"]);
+        assert_eq!(norm(&["-h"]).unwrap(), ["--help"]);
+        assert_eq!(norm(&["-b", "a:1", "--help"]).unwrap(), ["--help"]);
+    }
+
+    #[test]
+    fn go_command_line_mistakes_are_named() {
+        let err = |a: &[&str]| norm(a).unwrap_err().to_string();
+        assert!(err(&["-bogus"]).contains("unknown flag -bogus"));
+        assert!(err(&["-mux", "false"]).contains("write -mux=false"));
+        assert!(err(&["stray"]).contains("unexpected argument 'stray'"));
+        assert!(err(&["-b"]).contains("-b needs a value"));
+        assert!(err(&["-sv=yes"]).contains("-sv: invalid boolean"));
+        assert!(err(&["-"]).contains("unexpected argument '-'"));
+    }
+
     #[test]
     fn go_bools() {
         for t in ["1", "t", "T", "true", "TRUE", "True"] {

@@ -587,3 +587,22 @@ fn install_script_into_destdir_and_uninstall() {
         "uninstall leaves nothing"
     );
 }
+
+/// The README's first command, small: tunnels on loopback, verified, with a table.
+#[test]
+fn bench_runs_end_to_end_and_verifies() {
+    let (code, stdout, stderr) = run(&["bench", "-size", "8", "-streams", "4", "-conns", "10"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("direct"), "{stdout}");
+    let tls = stdout
+        .lines()
+        .find(|l| l.starts_with("tls "))
+        .expect("a tls row");
+    let up: f64 = tls
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    assert!(up > 0.0, "{tls}");
+    assert!(stdout.contains("verified"), "{stdout}");
+}

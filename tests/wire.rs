@@ -1,0 +1,165 @@
+//! What goes on the wire and how ends that misbehave are handled: SNI and ALPN in the
+//! ClientHello, IPv6 and host-name addresses, and handshakes that never finish.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use mtt::addr::HostPort;
+use mtt::config::{CertSource, Verify};
+use mtt::transport::{Dialer, Listener, tcp};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Accepts one TLS connection far enough to read its ClientHello; returns (SNI, ALPN list).
+async fn client_hello_of(
+    cfg: mtt::config::ClientConfig,
+    l: TcpListener,
+) -> (Option<String>, Vec<Vec<u8>>) {
+    let dialer = Dialer::new(&cfg).expect("dialer");
+    let dial = tokio::spawn(async move { dialer.dial().await.is_ok() });
+    let (tcp, _) = l.accept().await.expect("accept");
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .expect("client hello");
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(str::to_string);
+    let alpn = hello
+        .alpn()
+        .map(|a| a.map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    drop(start);
+    assert!(
+        !dial.await.expect("dial task"),
+        "handshake cannot succeed against a dropped server"
+    );
+    (sni, alpn)
+}
+
+#[tokio::test]
+async fn sni_is_the_server_name_and_absent_for_ip_literals_and_no_alpn() {
+    bounded(async {
+        for (s_host, n, want) in [
+            ("localhost", None, Some("localhost")),
+            ("localhost", Some("tunnel.example"), Some("tunnel.example")),
+            ("127.0.0.1", None, None),
+            ("localhost", Some("127.0.0.1"), None),
+        ] {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let port = l.local_addr().expect("addr").port();
+            let mut cfg = client_config(l.local_addr().expect("addr"), "x", Verify::Insecure, T);
+            cfg.server = HostPort::parse("s", &format!("{s_host}:{port}"), false).expect("addr");
+            cfg.tls.server_name = n.unwrap_or(s_host).to_string();
+            let (sni, alpn) = client_hello_of(cfg, l).await;
+            assert_eq!(sni.as_deref(), want, "-s {s_host} -n {n:?}");
+            assert!(
+                alpn.is_empty(),
+                "plain TLS mode offers no ALPN (as the original)"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
+    bounded(async {
+        let echo = echo_server().await;
+        // Server on [::1].
+        let server = mtt::role::server::Server::new(server_config(
+            echo,
+            Some(CertSource::SelfSigned(Some("::1".into()))),
+            T,
+        ))
+        .expect("server");
+        let pin = mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
+        let l6 = tcp::bind_tcp(&HostPort::parse("b", "[::1]:0", true).expect("addr"))
+            .await
+            .expect("bind [::1]");
+        let server_port = l6.local_addr().expect("addr").port();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(server.run(Listener::Tcp(l6), stop.clone()));
+        // Client on [::1] dialling [::1]:port.
+        let mut cfg = client_config(
+            "127.0.0.1:1".parse().expect("a"),
+            "::1",
+            Verify::Pin(pin),
+            T,
+        );
+        cfg.server = HostPort::parse("s", &format!("[::1]:{server_port}"), false).expect("addr");
+        let client = mtt::role::client::Client::new(cfg.clone()).expect("client");
+        let cl = tcp::bind_tcp(&HostPort::parse("b", "[::1]:0", true).expect("addr"))
+            .await
+            .expect("bind");
+        let caddr = cl.local_addr().expect("addr");
+        tokio::spawn(client.run(Listener::Tcp(cl), stop.clone()));
+        assert!(caddr.is_ipv6());
+        echo_roundtrip(caddr, &random_bytes(1 << 20, 6)).await;
+        // A host name is resolved when dialled: "localhost" to a server on 127.0.0.1.
+        let v4 = start_server(server_config(echo, Some(CertSource::SelfSigned(None)), T)).await;
+        let mut by_name = client_config(v4.addr, "localhost", pin_of(&v4), T);
+        by_name.server =
+            HostPort::parse("s", &format!("localhost:{}", v4.addr.port()), false).expect("addr");
+        let client = start_client(by_name).await;
+        echo_roundtrip(client.addr, &random_bytes(1 << 20, 7)).await;
+        // An empty listen host serves both families.
+        let any = tcp::bind_tcp(&HostPort::parse("b", ":0", true).expect("addr"))
+            .await
+            .expect("bind all");
+        let port = any.local_addr().expect("addr").port();
+        let (a, b) = tokio::join!(any.accept(), async {
+            (
+                TcpStream::connect(("127.0.0.1", port)).await.expect("v4"),
+                TcpStream::connect(("::1", port)).await.expect("v6"),
+            )
+        });
+        a.expect("accept");
+        drop(b);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn handshakes_that_never_finish_are_cut_after_ten_seconds() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (server, _client) = tunnel_to(echo, T).await;
+        // A peer that connects to the server and never sends a ClientHello.
+        let silent_client = async {
+            let mut s = TcpStream::connect(server.addr).await.expect("connect");
+            let start = Instant::now();
+            drain(&mut s).await;
+            start.elapsed()
+        };
+        // A "server" that accepts TCP and never answers the ClientHello.
+        let mute = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = start_client(client_config(
+            mute.local_addr().expect("a"),
+            "x",
+            Verify::Insecure,
+            T,
+        ))
+        .await;
+        let stalled_server = async {
+            let mut app = TcpStream::connect(client.addr).await.expect("connect");
+            let (_held, _) = mute.accept().await.expect("accept");
+            let start = Instant::now();
+            drain(&mut app).await;
+            start.elapsed()
+        };
+        let (a, b) = tokio::join!(silent_client, stalled_server);
+        for (who, took) in [("server", a), ("client", b)] {
+            assert!(
+                took >= Duration::from_secs(9),
+                "{who} gave up too early: {took:?}"
+            );
+            assert!(
+                took < Duration::from_secs(15),
+                "{who} waited too long: {took:?}"
+            );
+        }
+    })
+    .await;
+}
