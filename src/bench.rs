@@ -13,17 +13,41 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::addr::HostPort;
 use crate::cli::BenchArgs;
-use crate::config::{CertSource, ClientConfig, ServerConfig, TlsClientConfig, Verify};
+use crate::config::{
+    CertSource, ClientConfig, ServerConfig, TlsClientConfig, Verify, WsClientConfig, WsServerConfig,
+};
 use crate::error::IoContext;
 use crate::goflag::parse_int;
 use crate::role::client::Client;
 use crate::role::server::Server;
 use crate::transport::Listener;
+use crate::transport::http::PathMatch;
 use crate::{Error, Result};
+
+/// A tunnel mode to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// TCP → TLS.
+    Tls,
+    /// TCP → TLS → WebSocket.
+    Wss,
+}
+
+impl Mode {
+    /// Name in flags and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tls => "tls",
+            Mode::Wss => "wss",
+        }
+    }
+}
 
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Modes, in order; direct loopback is always measured first.
+    pub modes: Vec<Mode>,
     /// Bytes each way of the single-stream tests, and in total for the aggregate test.
     pub size: u64,
     /// Parallel streams of the aggregate test.
@@ -47,7 +71,21 @@ impl Options {
             }
             Ok(n)
         };
+        let modes = a
+            .modes
+            .as_deref()
+            .unwrap_or("tls,wss")
+            .split(',')
+            .map(|m| match m.trim() {
+                "tls" => Ok(Mode::Tls),
+                "wss" => Ok(Mode::Wss),
+                other => Err(Error::config(format!(
+                    "-modes: unknown mode '{other}' (choose from tls, wss)"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Options {
+            modes,
             size: num("size", &a.size, 256, 1 << 20)? as u64 * 1024 * 1024,
             streams: num("streams", &a.streams, 16, 1024)? as usize,
             conns: num("conns", &a.conns, 200, 100_000)? as usize,
@@ -85,10 +123,43 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     let dest_addr = dest.local_addr().context(|| "bench: destination address")?;
     tokio::spawn(destination(dest, block.clone()));
 
+    let mut paths = vec![("direct", dest_addr)];
+    for mode in &opts.modes {
+        let addr = start_tunnel(*mode, dest_addr, &shutdown).await?;
+        paths.push((mode.name(), addr));
+    }
+
+    println!(
+        "mtt bench: {} MiB each way per single stream, {} streams in the aggregate, {} new connections, loopback",
+        opts.size >> 20,
+        opts.streams,
+        opts.conns
+    );
+    let mut rows = Vec::new();
+    for (mode, addr) in paths {
+        rows.push(measure(mode, addr, &opts, &block).await?);
+    }
+    print_table(&rows);
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Starts an mtt server (self-signed, pinned by the client) and client for `mode` in this
+/// process; returns the client's address.
+async fn start_tunnel(
+    mode: Mode,
+    dest: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr> {
+    let ws = mode == Mode::Wss;
     let server = Server::new(ServerConfig {
         listen: crate::config::Listen::Tcp(HostPort::parse("b", "127.0.0.1:0", true)?),
-        dest: HostPort::parse("d", &dest_addr.to_string(), false)?,
+        dest: HostPort::parse("d", &dest.to_string(), false)?,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        ws: ws.then(|| WsServerConfig {
+            path: PathMatch::new("/bench"),
+            fallback: None,
+        }),
         timeout: Duration::from_secs(60),
     })?;
     let pin = server
@@ -107,6 +178,10 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
             server_name: "127.0.0.1".into(),
             verify: Verify::Pin(crate::config::parse_pin(&pin)?),
         },
+        ws: ws.then(|| WsClientConfig {
+            path: "/bench".into(),
+            host: "127.0.0.1".into(),
+        }),
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")
@@ -114,20 +189,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         .context(|| "bench: listen for the client")?;
     let client_addr = client_l.local_addr().context(|| "bench: client address")?;
     tokio::spawn(client.run(Listener::Tcp(client_l), shutdown.clone()));
-
-    println!(
-        "mtt bench: {} MiB each way per single stream, {} streams in the aggregate, {} new connections, loopback",
-        opts.size >> 20,
-        opts.streams,
-        opts.conns
-    );
-    let mut rows = Vec::new();
-    for (mode, addr) in [("direct", dest_addr), ("tls", client_addr)] {
-        rows.push(measure(mode, addr, &opts, &block).await?);
-    }
-    print_table(&rows);
-    shutdown.cancel();
-    Ok(())
+    Ok(client_addr)
 }
 
 async fn measure(
@@ -176,30 +238,37 @@ fn rate(bytes: u64, d: Duration) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>12} {:>12} {:>16} {:>12} {:>12} {:>14}",
+        "{:<8} {:>10} {:>10} {:>16} {:>12} {:>12} {:>10} {:>8}",
         "mode",
         "up MiB/s",
         "down MiB/s",
         "aggregate MiB/s",
         "connect p50",
         "connect p99",
-        "vs direct"
+        "vs direct",
+        "vs tls"
     );
     let base = rows.first().cloned();
+    let tls = rows.iter().find(|r| r.mode == "tls").cloned();
     for r in rows {
         let ratio = base
             .as_ref()
             .map(|b| format!("{:.2}x", (r.up + r.down) / (b.up + b.down)))
             .unwrap_or_default();
+        let vs_tls = match &tls {
+            Some(t) if r.mode != "direct" => format!("{:.2}x", (r.up + r.down) / (t.up + t.down)),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<8} {:>12.0} {:>12.0} {:>16.0} {:>12} {:>12} {:>14}",
+            "{:<8} {:>10.0} {:>10.0} {:>16.0} {:>12} {:>12} {:>10} {:>8}",
             r.mode,
             r.up,
             r.down,
             r.aggregate,
             format!("{:.0}us", r.p50.as_secs_f64() * 1e6),
             format!("{:.0}us", r.p99.as_secs_f64() * 1e6),
-            ratio
+            ratio,
+            vs_tls
         );
     }
     println!("all transfers verified (xxh3 of every byte, both directions)");

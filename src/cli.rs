@@ -110,6 +110,9 @@ pub struct ServerArgs {
     /// multiplex: every connection is a session of streams
     #[argh(switch)]
     pub mux: bool,
+    /// with -wss: send requests that are not tunnels to this web server instead of a 404
+    #[argh(option, arg_name = "host:port")]
+    pub fallback: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
@@ -173,6 +176,9 @@ pub struct CertArgs {
 #[derive(FromArgs, ArgsInfo, Debug, Default)]
 #[argh(subcommand, name = "bench")]
 pub struct BenchArgs {
+    /// modes to measure beside direct loopback, comma-separated: tls, wss (default tls,wss)
+    #[argh(option)]
+    pub modes: Option<String>,
     /// size in MiB pushed each way by every stream (default 256)
     #[argh(option)]
     pub size: Option<String>,

@@ -40,6 +40,24 @@ pub struct TlsClientConfig {
     pub verify: Verify,
 }
 
+/// WebSocket settings of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsClientConfig {
+    /// Request path, with its leading `/`.
+    pub path: String,
+    /// `Host` header: the server name, never a port.
+    pub host: String,
+}
+
+/// WebSocket settings of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsServerConfig {
+    /// Which paths open tunnels.
+    pub path: crate::transport::http::PathMatch,
+    /// Web server for requests that are not tunnels.
+    pub fallback: Option<HostPort>,
+}
+
 /// A validated client configuration.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -49,6 +67,8 @@ pub struct ClientConfig {
     pub server: HostPort,
     /// TLS to the server.
     pub tls: TlsClientConfig,
+    /// WebSocket over TLS (`-wss`).
+    pub ws: Option<WsClientConfig>,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -85,6 +105,8 @@ pub struct ServerConfig {
     pub dest: HostPort,
     /// `None` with `-disable-tls`.
     pub tls: Option<CertSource>,
+    /// HTTP + WebSocket in front of the tunnels (`-wss`).
+    pub ws: Option<WsServerConfig>,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -101,6 +123,20 @@ fn not_yet(flag: &str) -> Error {
         "-{flag} is not yet supported by mtt {}; remove -{flag} from the command line",
         crate::VERSION
     ))
+}
+
+/// Validates a `-wss-path` value and adds the leading `/` users may leave out.
+fn ws_path(v: &Option<String>, wss: bool) -> Result<String> {
+    let raw = v.as_deref().unwrap_or("/");
+    if raw.is_empty() || raw.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+        return Err(Error::config(format!(
+            "-wss-path must be a URL path of visible ASCII characters without spaces, e.g. /ws, got '{raw}'"
+        )));
+    }
+    if !wss && v.is_some() {
+        log::warn!("-wss-path is not used without -wss");
+    }
+    Ok(crate::transport::http::normalize_path(raw))
 }
 
 fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
@@ -162,12 +198,7 @@ impl ClientConfig {
                 )));
             }
         }
-        if a.wss {
-            return Err(not_yet("wss"));
-        }
-        if a.wss_path.is_some() {
-            return Err(not_yet("wss-path"));
-        }
+        let path = ws_path(&a.wss_path, a.wss)?;
         if a.mux {
             return Err(not_yet("mux"));
         }
@@ -199,6 +230,10 @@ impl ClientConfig {
         } else {
             Verify::WebPki
         };
+        let ws = a.wss.then(|| WsClientConfig {
+            path,
+            host: server_name.clone(),
+        });
         Ok(ClientConfig {
             listen,
             server,
@@ -206,6 +241,7 @@ impl ClientConfig {
                 server_name,
                 verify,
             },
+            ws,
             timeout,
         })
     }
@@ -230,12 +266,20 @@ impl ServerConfig {
             false,
         )?;
         let timeout = timeout(&a.timeout, DEFAULT_TIMEOUT)?;
-        if a.wss {
-            return Err(not_yet("wss"));
-        }
-        if a.wss_path.is_some() {
-            return Err(not_yet("wss-path"));
-        }
+        let path = ws_path(&a.wss_path, a.wss)?;
+        let fallback = match a.fallback.as_deref() {
+            None | Some("") => None,
+            Some(_) if !a.wss => {
+                return Err(Error::config(
+                    "-fallback needs -wss: it answers the HTTP requests that are not tunnels",
+                ));
+            }
+            Some(f) => Some(HostPort::parse("fallback", f, false)?),
+        };
+        let ws = a.wss.then(|| WsServerConfig {
+            path: crate::transport::http::PathMatch::new(&path),
+            fallback,
+        });
         if a.mux {
             return Err(not_yet("mux"));
         }
@@ -247,6 +291,7 @@ impl ServerConfig {
             listen,
             dest,
             tls,
+            ws,
             timeout,
         })
     }

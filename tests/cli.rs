@@ -9,12 +9,24 @@ use std::process::Command;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Runs mtt to completion, killing it (and failing) after 20 s.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(mtt_bin())
+    let mut child = Command::new(mtt_bin())
         .args(args)
         .env_remove("RUST_LOG")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run mtt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mtt {args:?} did not exit within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().expect("output");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -227,8 +239,8 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-n",
         ),
         (
-            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-wss"],
-            "-wss is not yet supported",
+            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-wss-path", "/a b"],
+            "-wss-path",
         ),
         (
             vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-mux"],
@@ -293,8 +305,12 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-key was given without -cert",
         ),
         (
-            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-wss"],
-            "-wss is not yet supported",
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-fallback", "b:1"],
+            "-fallback needs -wss",
+        ),
+        (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-wss", "-fallback", "nope"],
+            "-fallback: invalid address",
         ),
         (vec!["cert"], "missing -n"),
         (vec!["bench", "-size", "0"], "-size"),

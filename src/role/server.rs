@@ -19,7 +19,7 @@ pub struct Server {
 impl Server {
     /// Loads the certificate (or makes a self-signed one).
     pub fn new(cfg: ServerConfig) -> Result<Self> {
-        let acceptor = Acceptor::new(cfg.tls.as_ref())?;
+        let acceptor = Acceptor::new(&cfg)?;
         Ok(Server { cfg, acceptor })
     }
 
@@ -44,8 +44,9 @@ impl Server {
     }
 
     async fn handle(&self, conn: Stream, id: ConnId) {
-        let mut tunnel = match self.acceptor.accept(conn).await {
-            Ok(t) => t,
+        let mut tunnel = match self.acceptor.accept(conn, &id.to_string()).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
             Err(e) => {
                 log::warn!("{id}: {e}");
                 return;

@@ -137,6 +137,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         listen: Listen::Tcp(hp("127.0.0.1:0")),
         dest: hp(dest),
         tls,
+        ws: None,
         timeout,
     }
 }
@@ -169,6 +170,7 @@ pub fn client_config(
             server_name: name.into(),
             verify,
         },
+        ws: None,
         timeout,
     }
 }
