@@ -239,7 +239,15 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-n",
         ),
         (
-            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-wss-path", "/a b"],
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-wss-path",
+                "/a b",
+            ],
             "-wss-path",
         ),
         (
@@ -305,11 +313,28 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-key was given without -cert",
         ),
         (
-            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-fallback", "b:1"],
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-fallback",
+                "b:1",
+            ],
             "-fallback needs -wss",
         ),
         (
-            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-wss", "-fallback", "nope"],
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-wss",
+                "-fallback",
+                "nope",
+            ],
             "-fallback: invalid address",
         ),
         (vec!["cert"], "missing -n"),

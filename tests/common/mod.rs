@@ -352,3 +352,106 @@ impl Proc {
             .expect("wait")
     }
 }
+
+/// A WebSocket server (self-signed) → `dest`, and a pinned client; paths as users give them.
+pub async fn wss_tunnel_to(
+    dest: SocketAddr,
+    timeout: Duration,
+    server_path: &str,
+    client_path: &str,
+) -> (Running, Running) {
+    let mut scfg = server_config(
+        dest,
+        Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        timeout,
+    );
+    scfg.ws = Some(mtt::config::WsServerConfig {
+        path: mtt::transport::http::PathMatch::new(server_path),
+        fallback: None,
+    });
+    let server = start_server(scfg).await;
+    let client = start_client(wss_client_config(
+        server.addr,
+        pin_of(&server),
+        client_path,
+        timeout,
+    ))
+    .await;
+    (server, client)
+}
+
+pub fn wss_client_config(
+    server: SocketAddr,
+    verify: Verify,
+    path: &str,
+    timeout: Duration,
+) -> ClientConfig {
+    let mut c = client_config(server, "127.0.0.1", verify, timeout);
+    c.ws = Some(mtt::config::WsClientConfig {
+        path: mtt::transport::http::normalize_path(path),
+        host: "127.0.0.1".into(),
+    });
+    c
+}
+
+/// Connects once `addr` accepts, retrying for up to 10 s (for servers that cannot say when
+/// they are ready, such as nginx).
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port (bound and released: tests that hand ports to other programs).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// nginx from Debian, run in the foreground with its own configuration in a temp dir.
+pub struct Nginx {
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    /// Starts nginx with `http_block` (the inside of `http { }`); waits until `port` accepts.
+    pub async fn start(http_block: &str, port: u16) -> Nginx {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {d}/error.log info;\npid {d}/nginx.pid;\nevents {{ worker_connections 512; }}\nhttp {{\naccess_log off;\nclient_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\nfastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n{http_block}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let child = std::process::Command::new("nginx")
+            .args(["-c", &path_str(&path), "-p", &path_str(dir.path())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start nginx (install the nginx package)");
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).await;
+        Nginx { dir, child }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
