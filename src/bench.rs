@@ -112,6 +112,20 @@ pub struct Row {
     pub p50: Duration,
     /// Same, p99.
     pub p99: Duration,
+    /// CPU seconds of the whole process per GiB moved by the single-stream tests (load
+    /// generator and destination included; subtract the direct row for the tunnel's share).
+    pub cpu_per_gib: Option<f64>,
+}
+
+/// CPU time (user + system, all threads) of this process, from `/proc/self/stat`.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux ABI mtt runs on.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Runs every measurement and prints the table.
@@ -200,9 +214,13 @@ async fn measure(
 ) -> Result<Row> {
     let step = |what: &str| eprintln!("  {mode}: {what}…");
     step("single stream up");
+    let cpu_before = process_cpu();
     let up = rate(o.size, transfer(addr, o.size, 0, block.clone()).await?);
     step("single stream down");
     let down = rate(o.size, transfer(addr, 0, o.size, block.clone()).await?);
+    let cpu_per_gib = cpu_before.zip(process_cpu()).map(|(a, b)| {
+        (b.saturating_sub(a)).as_secs_f64() / (2.0 * o.size as f64 / (1u64 << 30) as f64)
+    });
     step(&format!("{} streams both ways", o.streams));
     let per = (o.size / o.streams as u64).max(1);
     let start = Instant::now();
@@ -229,6 +247,7 @@ async fn measure(
         aggregate,
         p50: pct(0.50),
         p99: pct(0.99),
+        cpu_per_gib,
     })
 }
 
@@ -238,7 +257,7 @@ fn rate(bytes: u64, d: Duration) -> f64 {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<8} {:>10} {:>10} {:>16} {:>12} {:>12} {:>10} {:>8}",
+        "{:<8} {:>10} {:>10} {:>16} {:>12} {:>12} {:>10} {:>8} {:>10} {:>12}",
         "mode",
         "up MiB/s",
         "down MiB/s",
@@ -246,7 +265,9 @@ fn print_table(rows: &[Row]) {
         "connect p50",
         "connect p99",
         "vs direct",
-        "vs tls"
+        "vs tls",
+        "CPU s/GiB",
+        "tunnel CPU"
     );
     let base = rows.first().cloned();
     let tls = rows.iter().find(|r| r.mode == "tls").cloned();
@@ -259,8 +280,16 @@ fn print_table(rows: &[Row]) {
             Some(t) if r.mode != "direct" => format!("{:.2}x", (r.up + r.down) / (t.up + t.down)),
             _ => "-".to_string(),
         };
+        let cpu = r
+            .cpu_per_gib
+            .map(|c| format!("{c:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let tunnel_cpu = match (r.cpu_per_gib, base.as_ref().and_then(|b| b.cpu_per_gib)) {
+            (Some(c), Some(d)) if r.mode != "direct" => format!("{:.2}", (c - d).max(0.0)),
+            _ => "-".into(),
+        };
         println!(
-            "{:<8} {:>10.0} {:>10.0} {:>16.0} {:>12} {:>12} {:>10} {:>8}",
+            "{:<8} {:>10.0} {:>10.0} {:>16.0} {:>12} {:>12} {:>10} {:>8} {:>10} {:>12}",
             r.mode,
             r.up,
             r.down,
@@ -268,7 +297,9 @@ fn print_table(rows: &[Row]) {
             format!("{:.0}us", r.p50.as_secs_f64() * 1e6),
             format!("{:.0}us", r.p99.as_secs_f64() * 1e6),
             ratio,
-            vs_tls
+            vs_tls,
+            cpu,
+            tunnel_cpu
         );
     }
     println!("all transfers verified (xxh3 of every byte, both directions)");
