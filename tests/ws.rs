@@ -612,3 +612,36 @@ async fn behind_nginx_both_ways() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn oversized_and_slow_request_heads_are_cut() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (server, client) = wss_tunnel_to(echo, T, "/t", "/t").await;
+        // A 20 KiB header: 431, connection closed.
+        let mut s = tls_to(server.addr).await;
+        let big = format!(
+            "GET /t HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        );
+        let (code, _, _) = http_exchange(&mut s, &big).await;
+        assert_eq!(code, 431);
+        // A head that never completes: closed after the 10 s header timeout.
+        let mut slow = tls_to(server.addr).await;
+        slow.write_all(b"GET /t HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .expect("write");
+        slow.flush().await.expect("flush");
+        let start = Instant::now();
+        let mut rest = Vec::new();
+        let _ = slow.read_to_end(&mut rest).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(9) && took < Duration::from_secs(15),
+            "{took:?}"
+        );
+        // Meanwhile and after, tunnels work.
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 3)).await;
+    })
+    .await;
+}
