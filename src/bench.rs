@@ -342,33 +342,14 @@ async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> 
         header[8..].copy_from_slice(&down.to_le_bytes());
         let send = async {
             w.write_all(&header).await?;
-            let mut left = up;
-            while left > 0 {
-                let k = left.min(block.len() as u64) as usize;
-                w.write_all(&block[..k]).await?;
-                left -= k as u64;
-            }
+            send_pattern(&mut w, &block, up).await?;
             w.shutdown().await
         };
         let recv = async {
-            let mut h = Xxh3::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut left = down;
-            while left > 0 {
-                let k = left.min(buf.len() as u64) as usize;
-                let n = r.read(&mut buf[..k]).await?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "download cut short",
-                    ));
-                }
-                h.update(&buf[..n]);
-                left -= n as u64;
-            }
+            let h = recv_hashed(&mut r, down).await?;
             let mut trailer = [0u8; 8];
             r.read_exact(&mut trailer).await?;
-            Ok((h.digest(), u64::from_le_bytes(trailer)))
+            Ok((h, u64::from_le_bytes(trailer)))
         };
         let ((), (down_hash, up_hash)) = tokio::try_join!(send, recv)?;
         let elapsed = start.elapsed();
@@ -387,6 +368,41 @@ async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> 
     }
 }
 
+/// Writes `n` bytes of the repeated pattern.
+async fn send_pattern<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    block: &[u8],
+    n: u64,
+) -> std::io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len() as u64) as usize;
+        w.write_all(&block[..k]).await?;
+        left -= k as u64;
+    }
+    Ok(())
+}
+
+/// Reads exactly `n` bytes, returning their xxh3.
+async fn recv_hashed<R: AsyncReadExt + Unpin>(r: &mut R, n: u64) -> std::io::Result<u64> {
+    let mut h = Xxh3::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        let got = r.read(&mut buf[..k]).await?;
+        if got == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "transfer cut short",
+            ));
+        }
+        h.update(&buf[..got]);
+        left -= got as u64;
+    }
+    Ok(h.digest())
+}
+
 /// Serves the bench protocol: 16-byte header (up, down), then `down` bytes of the pattern
 /// followed by the xxh3 of the `up` bytes received.
 async fn destination(l: TcpListener, block: Arc<Vec<u8>>) {
@@ -400,33 +416,8 @@ async fn destination(l: TcpListener, block: Arc<Vec<u8>>) {
                 let up = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
                 let down = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
                 let (mut r, mut w) = s.split();
-                let recv = async {
-                    let mut h = Xxh3::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    let mut left = up;
-                    while left > 0 {
-                        let k = left.min(buf.len() as u64) as usize;
-                        let n = r.read(&mut buf[..k]).await?;
-                        if n == 0 {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::UnexpectedEof,
-                                "upload cut short",
-                            ));
-                        }
-                        h.update(&buf[..n]);
-                        left -= n as u64;
-                    }
-                    Ok::<_, std::io::Error>(h.digest())
-                };
-                let send = async {
-                    let mut left = down;
-                    while left > 0 {
-                        let k = left.min(block.len() as u64) as usize;
-                        w.write_all(&block[..k]).await?;
-                        left -= k as u64;
-                    }
-                    Ok::<_, std::io::Error>(())
-                };
+                let recv = recv_hashed(&mut r, up);
+                let send = send_pattern(&mut w, &block, down);
                 let (hash, ()) = tokio::try_join!(recv, send)?;
                 w.write_all(&hash.to_le_bytes()).await?;
                 w.shutdown().await

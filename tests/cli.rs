@@ -7,7 +7,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs mtt to completion, killing it (and failing) after 20 s.
 fn run(args: &[&str]) -> (i32, String, String) {
@@ -546,22 +545,10 @@ async fn unix_socket_listener_replaces_only_sockets() {
                 ],
             );
             server.wait_line("server listening on").await;
-            let mut s = tokio::net::UnixStream::connect(&sock)
+            let s = tokio::net::UnixStream::connect(&sock)
                 .await
                 .expect("connect unix");
-            let data = random_bytes(512 * 1024, round);
-            let (mut r, mut w) = s.split();
-            let send = async {
-                w.write_all(&data).await.expect("write");
-                w.shutdown().await.expect("shutdown");
-            };
-            let recv = async {
-                let mut back = Vec::new();
-                r.read_to_end(&mut back).await.expect("read");
-                back
-            };
-            let ((), back) = tokio::join!(send, recv);
-            assert_eq!(sha256(&back), sha256(&data));
+            echo_over(s, &random_bytes(512 * 1024, round)).await;
             server.signal("TERM");
             assert_eq!(server.exit().await.code(), Some(0));
         }

@@ -87,16 +87,8 @@ async fn openssl_s_client_through_mtt_server() {
 #[tokio::test]
 async fn mtt_client_through_openssl_s_server() {
     bounded(async {
-        let dir = tempfile::tempdir().expect("tmp");
-        let ss = mtt::transport::cert::self_signed(Some("localhost")).expect("cert");
-        let cert = dir.path().join("c.pem");
-        let key = dir.path().join("k.pem");
-        std::fs::write(&cert, &ss.cert_pem).expect("w");
-        std::fs::write(&key, &ss.key_pem).expect("w");
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let (_dir, cert, key, fp) = self_signed_files("localhost");
+        let port = free_port();
         let accept = format!("127.0.0.1:{port}");
         let mut s_server = Proc::spawn(
             openssl(),
@@ -116,7 +108,7 @@ async fn mtt_client_through_openssl_s_server() {
         let client = start_client(client_config(
             accept.parse().expect("addr"),
             "localhost",
-            Verify::Pin(mtt::config::parse_pin(&ss.cert_key.fingerprint()).expect("pin")),
+            Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
             T,
         ))
         .await;

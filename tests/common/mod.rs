@@ -214,8 +214,13 @@ pub async fn tunnel_to(dest: SocketAddr, timeout: Duration) -> (Running, Running
 /// Sends `data` through `addr` to an echo destination while reading the echo, half-closes,
 /// and checks that exactly `data` came back.
 pub async fn echo_roundtrip(addr: SocketAddr, data: &[u8]) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let (mut r, mut w) = s.split();
+    let s = TcpStream::connect(addr).await.expect("connect");
+    echo_over(s, data).await;
+}
+
+/// The echo check of [`echo_roundtrip`] over any stream.
+pub async fn echo_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(s: S, data: &[u8]) {
+    let (mut r, mut w) = tokio::io::split(s);
     let send = async {
         for chunk in data.chunks(64 * 1024) {
             w.write_all(chunk).await.expect("write");
@@ -412,10 +417,37 @@ pub async fn wait_listening(addr: SocketAddr) {
 
 /// A free loopback port (bound and released: tests that hand ports to other programs).
 pub fn free_port() -> u16 {
+    dead_addr().port()
+}
+
+/// A loopback address nobody listens on (bound, noted, released).
+pub fn dead_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
-        .port()
+}
+
+/// A self-signed certificate for `name` written to PEM files: (dir, cert, key, SHA-256).
+pub fn self_signed_files(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ss = mtt::transport::cert::self_signed(Some(name)).expect("cert");
+    let cert = dir.path().join("c.pem");
+    let key = dir.path().join("k.pem");
+    std::fs::write(&cert, &ss.cert_pem).expect("write cert");
+    std::fs::write(&key, &ss.key_pem).expect("write key");
+    (dir, cert, key, ss.cert_key.fingerprint())
+}
+
+/// Asserts that the connection to `addr` is closed by the other side within 2 s, unused.
+pub async fn closed_promptly(addr: SocketAddr) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let start = std::time::Instant::now();
+    assert_eq!(drain(&mut s).await.0, 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 /// nginx from Debian, run in the foreground with its own configuration in a temp dir.
