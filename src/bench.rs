@@ -14,7 +14,8 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::addr::HostPort;
 use crate::cli::BenchArgs;
 use crate::config::{
-    CertSource, ClientConfig, ServerConfig, TlsClientConfig, Verify, WsClientConfig, WsServerConfig,
+    CertSource, ClientConfig, MuxClientConfig, ServerConfig, TlsClientConfig, Verify,
+    WsClientConfig, WsServerConfig,
 };
 use crate::error::IoContext;
 use crate::goflag::parse_int;
@@ -31,15 +32,32 @@ pub enum Mode {
     Tls,
     /// TCP → TLS → WebSocket.
     Wss,
+    /// TCP → TLS → yamux.
+    TlsMux,
+    /// TCP → TLS → WebSocket → yamux.
+    WssMux,
 }
 
 impl Mode {
+    /// Every mode, in table order.
+    pub const ALL: [Mode; 4] = [Mode::Tls, Mode::Wss, Mode::TlsMux, Mode::WssMux];
+
     /// Name in flags and tables.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Tls => "tls",
             Mode::Wss => "wss",
+            Mode::TlsMux => "tls+mux",
+            Mode::WssMux => "wss+mux",
         }
+    }
+
+    fn ws(self) -> bool {
+        matches!(self, Mode::Wss | Mode::WssMux)
+    }
+
+    fn mux(self) -> bool {
+        matches!(self, Mode::TlsMux | Mode::WssMux)
     }
 }
 
@@ -71,19 +89,22 @@ impl Options {
             }
             Ok(n)
         };
-        let modes = a
-            .modes
-            .as_deref()
-            .unwrap_or("tls,wss")
-            .split(',')
-            .map(|m| match m.trim() {
-                "tls" => Ok(Mode::Tls),
-                "wss" => Ok(Mode::Wss),
-                other => Err(Error::config(format!(
-                    "-modes: unknown mode '{other}' (choose from tls, wss)"
-                ))),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let modes = match a.modes.as_deref() {
+            None => Mode::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(|m| {
+                    Mode::ALL
+                        .into_iter()
+                        .find(|x| x.name() == m.trim())
+                        .ok_or_else(|| {
+                            Error::config(format!(
+                                "-modes: unknown mode '{m}' (choose from tls, wss, tls+mux, wss+mux)"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
         Ok(Options {
             modes,
             size: num("size", &a.size, 256, 1 << 20)? as u64 * 1024 * 1024,
@@ -165,7 +186,7 @@ async fn start_tunnel(
     dest: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<SocketAddr> {
-    let ws = mode == Mode::Wss;
+    let ws = mode.ws();
     let server = Server::new(ServerConfig {
         listen: crate::config::Listen::Tcp(HostPort::parse("b", "127.0.0.1:0", true)?),
         dest: HostPort::parse("d", &dest.to_string(), false)?,
@@ -174,6 +195,7 @@ async fn start_tunnel(
             path: PathMatch::new("/bench"),
             fallback: None,
         }),
+        mux: mode.mux(),
         timeout: Duration::from_secs(60),
     })?;
     let pin = server
@@ -195,6 +217,10 @@ async fn start_tunnel(
         ws: ws.then(|| WsClientConfig {
             path: "/bench".into(),
             host: "127.0.0.1".into(),
+        }),
+        mux: mode.mux().then_some(MuxClientConfig {
+            max_streams: 4,
+            idle: crate::transport::mux::DEFAULT_IDLE,
         }),
         timeout: Duration::from_secs(60),
     })?;

@@ -176,7 +176,7 @@ pub struct CertArgs {
 #[derive(FromArgs, ArgsInfo, Debug, Default)]
 #[argh(subcommand, name = "bench")]
 pub struct BenchArgs {
-    /// modes to measure beside direct loopback, comma-separated: tls, wss (default tls,wss)
+    /// modes to measure beside direct loopback, comma-separated: tls, wss, tls+mux, wss+mux (default: all)
     #[argh(option)]
     pub modes: Option<String>,
     /// size in MiB pushed each way by every stream (default 256)

@@ -49,6 +49,15 @@ pub struct WsClientConfig {
     pub host: String,
 }
 
+/// Multiplexing settings of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MuxClientConfig {
+    /// Streams per session (`-mux-max-stream`, 1–16).
+    pub max_streams: usize,
+    /// How long a session without streams is kept.
+    pub idle: Duration,
+}
+
 /// WebSocket settings of a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WsServerConfig {
@@ -69,6 +78,8 @@ pub struct ClientConfig {
     pub tls: TlsClientConfig,
     /// WebSocket over TLS (`-wss`).
     pub ws: Option<WsClientConfig>,
+    /// Multiplexing (`-mux`).
+    pub mux: Option<MuxClientConfig>,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -107,6 +118,9 @@ pub struct ServerConfig {
     pub tls: Option<CertSource>,
     /// HTTP + WebSocket in front of the tunnels (`-wss`).
     pub ws: Option<WsServerConfig>,
+    /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for
+    /// clients that name no subprotocol.
+    pub mux: bool,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -190,18 +204,23 @@ impl ClientConfig {
             false,
         )?;
         let timeout = timeout(&a.timeout, DEFAULT_TIMEOUT)?;
-        if let Some(v) = &a.mux_max_stream {
-            let n = parse_int("mux-max-stream", v)?;
-            if !(1..=16).contains(&n) {
-                return Err(Error::config(format!(
-                    "-mux-max-stream must be between 1 and 16, got {v}"
-                )));
+        let max_streams = match &a.mux_max_stream {
+            None => 4,
+            Some(v) => {
+                let n = parse_int("mux-max-stream", v)?;
+                if !(1..=16).contains(&n) {
+                    return Err(Error::config(format!(
+                        "-mux-max-stream must be between 1 and 16, got {v}"
+                    )));
+                }
+                n as usize
             }
-        }
+        };
+        let mux = a.mux.then_some(MuxClientConfig {
+            max_streams,
+            idle: crate::transport::mux::DEFAULT_IDLE,
+        });
         let path = ws_path(&a.wss_path, a.wss)?;
-        if a.mux {
-            return Err(not_yet("mux"));
-        }
         if a.fast_open {
             return Err(not_yet("fast-open"));
         }
@@ -242,6 +261,7 @@ impl ClientConfig {
                 verify,
             },
             ws,
+            mux,
             timeout,
         })
     }
@@ -280,9 +300,6 @@ impl ServerConfig {
             path: crate::transport::http::PathMatch::new(&path),
             fallback,
         });
-        if a.mux {
-            return Err(not_yet("mux"));
-        }
         if a.fast_open {
             return Err(not_yet("fast-open"));
         }
@@ -292,6 +309,7 @@ impl ServerConfig {
             dest,
             tls,
             ws,
+            mux: a.mux,
             timeout,
         })
     }

@@ -1,5 +1,6 @@
-//! The server role: each accepted connection goes through the [`Acceptor`] (TLS) and is
-//! relayed to the destination.
+//! The server role: each accepted connection goes through the [`Acceptor`]; every tunnel it
+//! yields (the connection itself, or each stream of a multiplexed session) is relayed to the
+//! destination.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ConnId, log_relay_end, serve};
 use crate::Result;
 use crate::config::{CONNECT_TIMEOUT, ServerConfig};
-use crate::transport::{Acceptor, Listener, Stream, relay, tcp};
+use crate::transport::{Accepted, Acceptor, BoxIo, Listener, Stream, relay, tcp};
 
 /// A ready-to-run server: configuration checked, certificate loaded or made.
 pub struct Server {
@@ -43,24 +44,47 @@ impl Server {
         .await;
     }
 
-    async fn handle(&self, conn: Stream, id: ConnId) {
-        let mut tunnel = match self.acceptor.accept(conn, &id.to_string()).await {
-            Ok(Some(t)) => t,
-            Ok(None) => return,
-            Err(e) => {
-                log::warn!("{id}: {e}");
-                return;
+    async fn handle(self: Arc<Self>, conn: Stream, id: ConnId) {
+        match self.acceptor.accept(conn, &id.to_string()).await {
+            Ok(Accepted::Tunnel(t)) => self.to_destination(t, &id).await,
+            Ok(Accepted::Session(mut session)) => {
+                log::debug!("{id}: multiplexed session");
+                let mut n = 0u64;
+                while let Some(next) = session.next().await {
+                    match next {
+                        Ok(stream) => {
+                            n += 1;
+                            let sid = ConnId {
+                                id: id.id,
+                                peer: format!("{}/{n}", id.peer),
+                            };
+                            let this = self.clone();
+                            tokio::spawn(async move {
+                                this.to_destination(Box::new(stream), &sid).await
+                            });
+                        }
+                        Err(e) => {
+                            log::info!("{id}: multiplexed session ended: {e}");
+                            break;
+                        }
+                    }
+                }
             }
-        };
+            Ok(Accepted::Nothing) => {}
+            Err(e) => log::warn!("{id}: {e}"),
+        }
+    }
+
+    async fn to_destination(&self, mut tunnel: BoxIo, id: &ConnId) {
         let mut dest = match tcp::connect(&self.cfg.dest, CONNECT_TIMEOUT).await {
             Ok(d) => d,
             Err(e) => {
-                // Dropping the tunnel closes the client's connection at once.
+                // Dropping the tunnel closes the client's side at once.
                 log::warn!("{id}: connect to destination {}: {e}", self.cfg.dest);
                 return;
             }
         };
         log::debug!("{id}: relaying to {}", self.cfg.dest);
-        log_relay_end(&id, relay(&mut tunnel, &mut dest, self.cfg.timeout).await);
+        log_relay_end(id, relay(&mut tunnel, &mut dest, self.cfg.timeout).await);
     }
 }

@@ -29,6 +29,8 @@ pub const MAX_HEAD: usize = 16 * 1024;
 pub const SMUX_OFF: &str = "smux_off";
 /// The subprotocol an original client sends with smux multiplexing, which mtt does not speak.
 pub const SMUX_ON: &str = "smux_on";
+/// The subprotocol of mtt clients that multiplex (with yamux).
+pub const YAMUX: &str = "yamux";
 
 const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body>\n</html>\n";
 const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n</body>\n</html>\n";
@@ -73,6 +75,8 @@ pub fn normalize_path(path: &str) -> String {
 pub enum Carry {
     /// One byte stream (`smux_off`, or no subprotocol and no `-mux`).
     Plain,
+    /// A yamux session (`yamux`, or no subprotocol with `-mux`).
+    Mux,
 }
 
 /// Settings of the HTTP front.
@@ -82,6 +86,8 @@ pub struct HttpServer {
     pub path: PathMatch,
     /// Where requests that are not tunnels go; `None` answers 404.
     pub fallback: Option<HostPort>,
+    /// What clients that name no subprotocol get (the server's `-mux`).
+    pub default_mux: bool,
 }
 
 type Body = Either<Full<Bytes>, Incoming>;
@@ -208,7 +214,9 @@ impl HttpServer {
         };
         let accept = ws::accept_key(key.trim());
         let offered = tokens(h, "sec-websocket-protocol");
-        let (carry, chosen) = if offered.iter().any(|p| p == SMUX_OFF) {
+        let (carry, chosen) = if offered.iter().any(|p| p == YAMUX) {
+            (Carry::Mux, Some(YAMUX))
+        } else if offered.iter().any(|p| p == SMUX_OFF) {
             (Carry::Plain, Some(SMUX_OFF))
         } else if offered.iter().any(|p| p == SMUX_ON) {
             log::warn!(
@@ -218,8 +226,10 @@ impl HttpServer {
                 StatusCode::BAD_REQUEST,
                 "smux multiplexing is not supported; connect without -mux or with an mtt client",
             ));
+        } else if self.default_mux {
+            // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides.
+            (Carry::Mux, None)
         } else {
-            // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): plain.
             (Carry::Plain, None)
         };
         let on_upgrade = hyper::upgrade::on(req);

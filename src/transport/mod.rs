@@ -1,10 +1,11 @@
-//! The pipeline, in wire order: TCP → TLS (→ WebSocket → multiplexing, in later layers).
+//! The pipeline, in wire order: TCP → TLS → optional WebSocket → optional multiplexing.
 //! This module is the only place that knows the order and which layers are optional; roles see
-//! only [`Dialer`], [`Acceptor`], [`BoxIo`] and [`relay`].
+//! only [`Dialer`], [`Acceptor`], [`Accepted`], [`BoxIo`] and [`relay`].
 
 pub mod cert;
 pub mod http;
 pub mod io;
+pub mod mux;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
@@ -12,35 +13,29 @@ pub mod ws;
 use std::sync::Arc;
 
 use crate::addr::HostPort;
-use crate::config::{CONNECT_TIMEOUT, CertSource, ClientConfig, ServerConfig, WsClientConfig};
+use crate::config::{
+    CONNECT_TIMEOUT, ClientConfig, HANDSHAKE_TIMEOUT, ServerConfig, WsClientConfig,
+};
 use crate::{Error, Result};
+
+pub use io::{BoxIo, Io, Transferred, relay};
+pub use mux::{MuxSession, MuxStream};
+pub use tcp::{Listener, Stream};
 
 /// ALPN of the WebSocket modes: HTTP/1.1 only, never h2 (the upgrade needs HTTP/1.1).
 const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 
-pub use io::{BoxIo, Io, Transferred, relay};
-pub use tcp::{Listener, Stream};
-
-/// Opens tunnels to the server: TCP, then TLS, then (with `-wss`) WebSocket.
-pub struct Dialer {
+/// The layers below multiplexing: one connection to the server per call.
+struct Connector {
     server: HostPort,
     tls: tls::TlsClient,
     ws: Option<WsClientConfig>,
+    /// WebSocket subprotocol: what the connection will carry.
+    protocol: &'static str,
 }
 
-impl Dialer {
-    /// Builds the layers from a validated client configuration (reads `-ca` now).
-    pub fn new(cfg: &ClientConfig) -> Result<Self> {
-        let alpn = if cfg.ws.is_some() { ALPN_HTTP1 } else { &[] };
-        Ok(Dialer {
-            server: cfg.server.clone(),
-            tls: tls::TlsClient::new(&cfg.tls, alpn)?,
-            ws: cfg.ws.clone(),
-        })
-    }
-
-    /// One new tunnel, ready for application bytes.
-    pub async fn dial(&self) -> Result<BoxIo> {
+impl Connector {
+    async fn connect(&self) -> Result<BoxIo> {
         let tcp = tcp::connect(&self.server, CONNECT_TIMEOUT)
             .await
             .map_err(|e| Error::io(format!("connect to server {}", self.server), e))?;
@@ -52,8 +47,8 @@ impl Dialer {
         let Some(ws) = &self.ws else {
             return Ok(Box::new(tls));
         };
-        let upgrade = ws::client(tls, &ws.host, &ws.path, http::SMUX_OFF);
-        let stream = tokio::time::timeout(crate::config::HANDSHAKE_TIMEOUT, upgrade)
+        let upgrade = ws::client(tls, &ws.host, &ws.path, self.protocol);
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, upgrade)
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
@@ -71,12 +66,79 @@ impl Dialer {
     }
 }
 
+/// Opens tunnels to the server: a new connection each (TCP, TLS, WebSocket), or a stream of
+/// a shared multiplexed session.
+pub struct Dialer {
+    connector: Arc<Connector>,
+    pool: Option<Arc<mux::MuxPool>>,
+}
+
+impl Dialer {
+    /// Builds the layers from a validated client configuration (reads `-ca` now).
+    pub fn new(cfg: &ClientConfig) -> Result<Self> {
+        let alpn = if cfg.ws.is_some() { ALPN_HTTP1 } else { &[] };
+        let connector = Arc::new(Connector {
+            server: cfg.server.clone(),
+            tls: tls::TlsClient::new(&cfg.tls, alpn)?,
+            ws: cfg.ws.clone(),
+            protocol: if cfg.mux.is_some() {
+                http::YAMUX
+            } else {
+                http::SMUX_OFF
+            },
+        });
+        let pool = cfg.mux.as_ref().map(|m| {
+            let c = connector.clone();
+            let dial: mux::DialFn = Box::new(move || {
+                let c = c.clone();
+                Box::pin(async move {
+                    c.connect()
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                })
+            });
+            mux::MuxPool::new(m.max_streams, m.idle, dial)
+        });
+        Ok(Dialer { connector, pool })
+    }
+
+    /// One new tunnel, ready for application bytes.
+    pub async fn dial(&self) -> Result<BoxIo> {
+        match &self.pool {
+            None => self.connector.connect().await,
+            Some(pool) => pool.open().await.map(|s| Box::new(s) as BoxIo).map_err(|e| {
+                Error::io(
+                    format!("multiplexed stream to server {}", self.connector.server),
+                    e,
+                )
+            }),
+        }
+    }
+
+    /// Multiplexed sessions alive or being dialled (0 without `-mux`).
+    pub fn sessions(&self) -> usize {
+        self.pool.as_ref().map_or(0, |p| p.sessions())
+    }
+}
+
+/// What an accepted connection turned out to carry.
+pub enum Accepted {
+    /// One tunnel.
+    Tunnel(BoxIo),
+    /// A multiplexed session: its streams are tunnels.
+    Session(MuxSession),
+    /// Nothing: ordinary HTTP requests were answered, or the client left.
+    Nothing,
+}
+
 /// Ends tunnels on the server: TLS (unless disabled) over an accepted connection, then (with
-/// `-wss`) the HTTP front and WebSocket.
+/// `-wss`) the HTTP front and WebSocket, then (with `-mux` or the client's choice)
+/// multiplexing.
 pub struct Acceptor {
     tls: Option<tls::TlsServer>,
     fingerprint: Option<String>,
     http: Option<Arc<http::HttpServer>>,
+    mux: bool,
 }
 
 impl Acceptor {
@@ -86,13 +148,14 @@ impl Acceptor {
             Arc::new(http::HttpServer {
                 path: ws.path.clone(),
                 fallback: ws.fallback.clone(),
+                default_mux: cfg.mux,
             })
         });
         let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
         let ck = match cfg.tls.as_ref() {
             None => None,
-            Some(CertSource::Files { cert: c, key: k }) => Some(cert::load(c, k)?),
-            Some(CertSource::SelfSigned(name)) => {
+            Some(crate::config::CertSource::Files { cert: c, key: k }) => Some(cert::load(c, k)?),
+            Some(crate::config::CertSource::SelfSigned(name)) => {
                 let ss = cert::self_signed(name.as_deref())?;
                 log::warn!(
                     "no -cert/-key: using a self-signed certificate for '{}'; clients can pin it with -cert-sha256 {}",
@@ -108,6 +171,7 @@ impl Acceptor {
             tls,
             fingerprint,
             http,
+            mux: cfg.mux,
         })
     }
 
@@ -116,9 +180,8 @@ impl Acceptor {
         self.fingerprint.clone()
     }
 
-    /// Completes the layers over one accepted connection: a tunnel, or `None` when the
-    /// connection only carried ordinary HTTP requests.
-    pub async fn accept<S: Io + 'static>(&self, io: S, id: &str) -> Result<Option<BoxIo>> {
+    /// Completes the layers over one accepted connection.
+    pub async fn accept<S: Io + 'static>(&self, io: S, id: &str) -> Result<Accepted> {
         match &self.tls {
             None => self.after_tls(io, id).await,
             Some(t) => {
@@ -131,14 +194,21 @@ impl Acceptor {
         }
     }
 
-    async fn after_tls<S: Io + 'static>(&self, io: S, id: &str) -> Result<Option<BoxIo>> {
-        let Some(front) = &self.http else {
-            return Ok(Some(Box::new(io)));
+    async fn after_tls<S: Io + 'static>(&self, io: S, id: &str) -> Result<Accepted> {
+        let (stream, carry): (BoxIo, http::Carry) = match &self.http {
+            None if self.mux => (Box::new(io), http::Carry::Mux),
+            None => (Box::new(io), http::Carry::Plain),
+            Some(front) => match front.serve(io, id).await {
+                Ok(Some(upgraded)) => upgraded,
+                Ok(None) => return Ok(Accepted::Nothing),
+                Err(e) => return Err(Error::io("HTTP", e)),
+            },
         };
-        match front.serve(io, id).await {
-            Ok(Some((stream, http::Carry::Plain))) => Ok(Some(stream)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(Error::io("HTTP", e)),
-        }
+        Ok(match carry {
+            http::Carry::Plain => Accepted::Tunnel(stream),
+            http::Carry::Mux => {
+                Accepted::Session(MuxSession::server(stream, mux::MAX_STREAMS_PER_SESSION))
+            }
+        })
     }
 }

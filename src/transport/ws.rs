@@ -274,16 +274,15 @@ pub fn encode_header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14]
     (h, at)
 }
 
+/// The mask as seen from `offset` bytes into the payload.
+fn rotated(mask: [u8; 4], offset: u64) -> [u8; 4] {
+    let r = (offset % 4) as usize;
+    [mask[r], mask[(r + 1) % 4], mask[(r + 2) % 4], mask[(r + 3) % 4]]
+}
+
 /// XORs `data` with `mask`, as if `data` started `offset` bytes into the payload.
 fn apply_mask(data: &mut [u8], mask: [u8; 4], offset: u64) {
-    let r = (offset % 4) as usize;
-    let rotated = [
-        mask[r],
-        mask[(r + 1) % 4],
-        mask[(r + 2) % 4],
-        mask[(r + 3) % 4],
-    ];
-    fastwebsockets::unmask(data, rotated);
+    fastwebsockets::unmask(data, rotated(mask, offset));
 }
 
 /// `dst = src ^ mask`, eight bytes at a time: masking a client frame while building it.
@@ -382,13 +381,24 @@ impl<S: Io> WsStream<S> {
 
     /// Appends a whole frame to the pending output.
     fn queue(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        self.queue_parts(opcode, &[payload])
+    }
+
+    /// Appends a frame whose payload is `parts` joined, masking while copying.
+    fn queue_parts(&mut self, opcode: u8, parts: &[&[u8]]) -> io::Result<()> {
         let mask = self.mask()?;
-        let (h, hl) = encode_header(opcode, payload.len(), mask);
-        let out = self.out(hl + payload.len());
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let (h, hl) = encode_header(opcode, len, mask);
+        let out = self.out(hl + len);
         out[..hl].copy_from_slice(&h[..hl]);
-        match mask {
-            Some(m) => masked_copy(&mut out[hl..], payload, m),
-            None => out[hl..].copy_from_slice(payload),
+        let mut at = hl;
+        for p in parts {
+            let dst = &mut out[at..at + p.len()];
+            match mask {
+                Some(m) => masked_copy(dst, p, rotated(m, (at - hl) as u64)),
+                None => dst.copy_from_slice(p),
+            }
+            at += p.len();
         }
         Ok(())
     }
@@ -567,51 +577,99 @@ impl<S: Io> AsyncRead for WsStream<S> {
     }
 }
 
+impl<S: Io> WsStream<S> {
+    /// Sends the bytes of `bufs` (up to [`MAX_WRITE`]) as one binary frame.
+    fn poll_write_parts(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.close_sent {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "WebSocket already closed for writing",
+            )));
+        }
+        ready!(self.poll_drain(cx))?;
+        let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
+        let (mut k, mut n) = (0, 0);
+        for b in bufs {
+            if k == MAX_PARTS || n == MAX_WRITE {
+                break;
+            }
+            let take = b.len().min(MAX_WRITE - n);
+            if take > 0 {
+                parts[k] = &b[..take];
+                k += 1;
+                n += take;
+            }
+        }
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let parts = &parts[..k];
+        match self.role {
+            Role::Server => {
+                // Header and payload in one vectored write; only what the transport did not
+                // take is copied, to be written before anything else.
+                let (h, hl) = encode_header(OP_BINARY, n, None);
+                let mut iov = [io::IoSlice::new(&[]); MAX_PARTS + 1];
+                iov[0] = io::IoSlice::new(&h[..hl]);
+                for (slot, p) in iov[1..].iter_mut().zip(parts) {
+                    *slot = io::IoSlice::new(p);
+                }
+                let w = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..=k]))?;
+                if w == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                if w < hl + n {
+                    let out = self.out(hl + n - w);
+                    let mut skip = w;
+                    let mut at = 0;
+                    for chunk in std::iter::once(&h[..hl]).chain(parts.iter().copied()) {
+                        let from = skip.min(chunk.len());
+                        skip -= from;
+                        let rest = &chunk[from..];
+                        out[at..at + rest.len()].copy_from_slice(rest);
+                        at += rest.len();
+                    }
+                }
+            }
+            Role::Client => {
+                // Masking needs a copy anyway: build the frame, then write what goes.
+                self.queue_parts(OP_BINARY, parts)?;
+                if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+/// Slices of one vectored write gathered into a frame.
+const MAX_PARTS: usize = 8;
+
 impl<S: Io> AsyncWrite for WsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.close_sent {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "WebSocket already closed for writing",
-            )));
-        }
-        ready!(this.poll_drain(cx))?;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let n = buf.len().min(MAX_WRITE);
-        match this.role {
-            Role::Server => {
-                // Header and payload in one vectored write; only what the transport did not
-                // take is copied, to be written before anything else.
-                let (h, hl) = encode_header(OP_BINARY, n, None);
-                let slices = [io::IoSlice::new(&h[..hl]), io::IoSlice::new(&buf[..n])];
-                let w = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices))?;
-                if w == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                if w < hl {
-                    let out = this.out(hl - w + n);
-                    out[..hl - w].copy_from_slice(&h[w..hl]);
-                    out[hl - w..].copy_from_slice(&buf[..n]);
-                } else if w < hl + n {
-                    this.out(hl + n - w).copy_from_slice(&buf[w - hl..n]);
-                }
-            }
-            Role::Client => {
-                // Masking needs a copy anyway: build the frame, then write what goes.
-                this.queue(OP_BINARY, &buf[..n])?;
-                if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-                    return Poll::Ready(Err(e));
-                }
-            }
-        }
-        Poll::Ready(Ok(n))
+        self.get_mut()
+            .poll_write_parts(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_parts(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -138,6 +138,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         dest: hp(dest),
         tls,
         ws: None,
+        mux: false,
         timeout,
     }
 }
@@ -171,6 +172,7 @@ pub fn client_config(
             verify,
         },
         ws: None,
+        mux: None,
         timeout,
     }
 }
