@@ -163,3 +163,38 @@ async fn handshakes_that_never_finish_are_cut_after_ten_seconds() {
     })
     .await;
 }
+
+/// Tunnel sockets find dead peers: keepalive and TCP_USER_TIMEOUT, read back from the socket.
+#[tokio::test]
+async fn tunnel_sockets_have_nodelay_keepalive_and_user_timeout() {
+    bounded(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
+        let (dialled, accepted) = tokio::join!(tcp::connect(&addr, T), async {
+            Listener::Tcp(l).accept().await.expect("accept")
+        });
+        let dialled = dialled.expect("connect");
+        let mtt::transport::Stream::Tcp(accepted) = accepted.0 else {
+            panic!("tcp")
+        };
+        for s in [&dialled, &accepted] {
+            let sock = socket2::SockRef::from(s);
+            assert!(s.nodelay().expect("nodelay"));
+            assert!(sock.keepalive().expect("keepalive"));
+            assert_eq!(
+                sock.tcp_keepalive_time().expect("time"),
+                Duration::from_secs(15)
+            );
+            assert_eq!(
+                sock.tcp_keepalive_interval().expect("interval"),
+                Duration::from_secs(5)
+            );
+            assert_eq!(sock.tcp_keepalive_retries().expect("retries"), 3);
+            assert_eq!(
+                sock.tcp_user_timeout().expect("user timeout"),
+                Some(Duration::from_secs(30))
+            );
+        }
+    })
+    .await;
+}

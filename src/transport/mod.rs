@@ -106,12 +106,16 @@ impl Dialer {
     pub async fn dial(&self) -> Result<BoxIo> {
         match &self.pool {
             None => self.connector.connect().await,
-            Some(pool) => pool.open().await.map(|s| Box::new(s) as BoxIo).map_err(|e| {
-                Error::io(
-                    format!("multiplexed stream to server {}", self.connector.server),
-                    e,
-                )
-            }),
+            Some(pool) => pool
+                .open()
+                .await
+                .map(|s| Box::new(s) as BoxIo)
+                .map_err(|e| {
+                    Error::io(
+                        format!("multiplexed stream to server {}", self.connector.server),
+                        e,
+                    )
+                }),
         }
     }
 
@@ -126,7 +130,7 @@ pub enum Accepted {
     /// One tunnel.
     Tunnel(BoxIo),
     /// A multiplexed session: its streams are tunnels.
-    Session(MuxSession),
+    Session(Box<MuxSession>),
     /// Nothing: ordinary HTTP requests were answered, or the client left.
     Nothing,
 }
@@ -206,9 +210,10 @@ impl Acceptor {
         };
         Ok(match carry {
             http::Carry::Plain => Accepted::Tunnel(stream),
-            http::Carry::Mux => {
-                Accepted::Session(MuxSession::server(stream, mux::MAX_STREAMS_PER_SESSION))
-            }
+            http::Carry::Mux => Accepted::Session(Box::new(MuxSession::server(
+                stream,
+                mux::MAX_STREAMS_PER_SESSION,
+            ))),
         })
     }
 }

@@ -296,10 +296,12 @@ impl MuxPool {
         let stream = answer
             .await
             .map_err(|_| io::Error::other("multiplexed session closed"))??;
-        Ok(MuxStream {
-            inner: stream.compat(),
-            _slot: slot,
-        })
+        let mut inner = stream.compat();
+        // yamux announces a stream with its first frame; an empty write sends that frame now,
+        // so the server dials the destination even if the application waits for it to speak
+        // first (SMTP, SSH banners).
+        tokio::io::AsyncWriteExt::write(&mut inner, &[]).await?;
+        Ok(MuxStream { inner, _slot: slot })
     }
 
     /// Dials the session's connection and drives it until it ends.
@@ -374,7 +376,9 @@ async fn drive(
             }
             let notified = session.count.idle.notified();
             tokio::pin!(notified);
-            if notified.poll(cx).is_ready() || (!idle_armed && session.count.open.load(Ordering::Acquire) == 0) {
+            if notified.poll(cx).is_ready()
+                || (!idle_armed && session.count.open.load(Ordering::Acquire) == 0)
+            {
                 return Poll::Ready(Ok(true));
             }
             if idle_armed && idle.as_mut().poll(cx).is_ready() {
@@ -393,8 +397,7 @@ async fn drive(
             // The last stream went away (or none came yet): start the idle period.
             Ok(true) => {
                 if session.count.open.load(Ordering::Acquire) == 0 {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + pool.idle);
+                    idle.as_mut().reset(tokio::time::Instant::now() + pool.idle);
                     idle_armed = true;
                 }
             }

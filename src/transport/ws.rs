@@ -277,7 +277,12 @@ pub fn encode_header(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> ([u8; 14]
 /// The mask as seen from `offset` bytes into the payload.
 fn rotated(mask: [u8; 4], offset: u64) -> [u8; 4] {
     let r = (offset % 4) as usize;
-    [mask[r], mask[(r + 1) % 4], mask[(r + 2) % 4], mask[(r + 3) % 4]]
+    [
+        mask[r],
+        mask[(r + 1) % 4],
+        mask[(r + 2) % 4],
+        mask[(r + 3) % 4],
+    ]
 }
 
 /// XORs `data` with `mask`, as if `data` started `offset` bytes into the payload.

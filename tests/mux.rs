@@ -1,0 +1,367 @@
+//! Multiplexing end to end on real loopback sockets: many streams over few sessions (TLS and
+//! WebSocket), half-close per stream, fairness between streams, warm-session reuse, idle
+//! close, a killed server replaced, and the server's per-session stream limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use mtt::config::{CertSource, MuxClientConfig, Verify, WsServerConfig};
+use mtt::transport::http::PathMatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Relays TCP to `target`, counting connections made and still open.
+struct Counting {
+    addr: SocketAddr,
+    made: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+}
+
+async fn counting_proxy(target: SocketAddr) -> Counting {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let made = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (m, o) = (made.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            m.fetch_add(1, Ordering::SeqCst);
+            o.fetch_add(1, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                if let Ok(mut b) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Counting { addr, made, open }
+}
+
+fn mux_server(dest: SocketAddr, ws: bool) -> mtt::config::ServerConfig {
+    let mut c = server_config(
+        dest,
+        Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        T,
+    );
+    c.mux = true;
+    if ws {
+        c.ws = Some(WsServerConfig {
+            path: PathMatch::new("/m"),
+            fallback: None,
+        });
+    }
+    c
+}
+
+fn mux_client(
+    server: SocketAddr,
+    verify: Verify,
+    ws: bool,
+    max_streams: usize,
+    idle: Duration,
+) -> mtt::config::ClientConfig {
+    let mut c = if ws {
+        wss_client_config(server, verify, "/m", T)
+    } else {
+        client_config(server, "127.0.0.1", verify, T)
+    };
+    c.mux = Some(MuxClientConfig { max_streams, idle });
+    c
+}
+
+/// A server (self-signed) behind a counting proxy, and a pinned multiplexing client.
+async fn mux_tunnel(
+    dest: SocketAddr,
+    ws: bool,
+    max_streams: usize,
+    idle: Duration,
+) -> (Running, Counting, Running) {
+    let server = start_server(mux_server(dest, ws)).await;
+    let proxy = counting_proxy(server.addr).await;
+    let client = start_client(mux_client(
+        proxy.addr,
+        pin_of(&server),
+        ws,
+        max_streams,
+        idle,
+    ))
+    .await;
+    (server, proxy, client)
+}
+
+#[tokio::test]
+async fn many_streams_over_few_sessions_hashed_with_half_close() {
+    bounded(async {
+        let echo = echo_server().await;
+        let replier = reply_after_eof_server().await;
+        for ws in [false, true] {
+            let (_server, proxy, client) = mux_tunnel(echo, ws, 4, Duration::from_secs(10)).await;
+            let mut tasks = Vec::new();
+            for i in 0..64u64 {
+                let data = random_bytes(512 * 1024 + i as usize * 101, 900 + i);
+                tasks.push(tokio::spawn(async move {
+                    echo_roundtrip(client.addr, &data).await
+                }));
+            }
+            for t in tasks {
+                t.await.expect("stream transfer");
+            }
+            let sessions = proxy.made.load(Ordering::SeqCst);
+            assert!(
+                (1..=16).contains(&sessions),
+                "ws {ws}: 64 streams by 4 need at most 16 sessions, used {sessions}"
+            );
+
+            // Half-close per stream: the reply after EOF arrives, on several streams at once.
+            let (_s2, _p2, client) = mux_tunnel(replier, ws, 4, Duration::from_secs(10)).await;
+            let mut tasks = Vec::new();
+            for i in 0..8u64 {
+                tasks.push(tokio::spawn(async move {
+                    let data = random_bytes(256 * 1024, i);
+                    let mut s = TcpStream::connect(client.addr).await.expect("connect");
+                    s.write_all(&data).await.expect("write");
+                    s.shutdown().await.expect("half-close");
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply).await.expect("reply");
+                    assert_eq!(reply, sha256(&data));
+                }));
+            }
+            for t in tasks {
+                t.await.expect("half-close stream");
+            }
+        }
+    })
+    .await;
+}
+
+/// First byte picks the behaviour: `E` echo; `D` download without end (until the peer goes).
+async fn mode_server() -> SocketAddr {
+    serve_dest(|mut s| async move {
+        let mut mode = [0u8; 1];
+        s.read_exact(&mut mode).await?;
+        match mode[0] {
+            b'D' => {
+                let chunk = vec![0x5a; 64 * 1024];
+                loop {
+                    s.write_all(&chunk).await?;
+                }
+            }
+            _ => {
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await?;
+                w.shutdown().await
+            }
+        }
+    })
+    .await
+}
+
+async fn ping(s: &mut TcpStream) -> Duration {
+    let start = Instant::now();
+    s.write_all(b"ping").await.expect("ping");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.expect("pong");
+    start.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::test]
+async fn a_stalled_or_saturating_stream_does_not_hold_back_its_siblings() {
+    bounded(async {
+        let dest = mode_server().await;
+        let (_server, proxy, client) = mux_tunnel(dest, false, 4, Duration::from_secs(10)).await;
+        // The sibling: an echo stream, measured alone first.
+        let mut sibling = TcpStream::connect(client.addr).await.expect("connect");
+        sibling.write_all(b"E").await.expect("mode");
+        let mut alone = Vec::new();
+        for _ in 0..20 {
+            alone.push(ping(&mut sibling).await);
+        }
+        // A stalled reader: its download fills its window and stops there.
+        let mut stalled = TcpStream::connect(client.addr).await.expect("connect");
+        stalled.write_all(b"D").await.expect("mode");
+        // A saturating reader: drains a download as fast as it can.
+        let mut busy = TcpStream::connect(client.addr).await.expect("connect");
+        busy.write_all(b"D").await.expect("mode");
+        let drained = Arc::new(AtomicUsize::new(0));
+        let d = drained.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = busy.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                d.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        // Wait until the download is really flowing.
+        while drained.load(Ordering::Relaxed) < 16 << 20 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut loaded = Vec::new();
+        for _ in 0..20 {
+            loaded.push(ping(&mut sibling).await);
+        }
+        assert_eq!(proxy.made.load(Ordering::SeqCst), 1, "all three streams share one session");
+        let (a, l) = (median(alone), median(loaded));
+        assert!(
+            l < a + Duration::from_millis(50),
+            "echo round trip went from {a:?} alone to {l:?} beside a stalled and a saturating stream"
+        );
+        // The stalled stream is still alive: it reads its data once it wants to.
+        let mut b = [0u8; 1024];
+        stalled.read_exact(&mut b).await.expect("stalled stream resumes");
+        reader.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn warm_sessions_are_reused_and_idle_ones_closed() {
+    bounded(async {
+        let echo = echo_server().await;
+        let idle = Duration::from_millis(400);
+        let (_server, proxy, client) = mux_tunnel(echo, false, 4, idle).await;
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 1)).await;
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 2)).await;
+        assert_eq!(
+            proxy.made.load(Ordering::SeqCst),
+            1,
+            "the second connection reuses the warm session"
+        );
+        // With no streams left the session closes after its idle time, not before.
+        let quiet = Instant::now();
+        while proxy.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                quiet.elapsed() < Duration::from_secs(10),
+                "idle session never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            quiet.elapsed() >= idle - Duration::from_millis(50),
+            "closed after {:?}",
+            quiet.elapsed()
+        );
+        // The next connection dials a new session.
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 3)).await;
+        assert_eq!(proxy.made.load(Ordering::SeqCst), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_destination_that_speaks_first_is_heard() {
+    bounded(async {
+        let dest = paced_server(4, Duration::from_millis(10)).await;
+        let (_server, _proxy, client) = mux_tunnel(dest, false, 4, Duration::from_secs(10)).await;
+        // The application sends nothing; the destination's bytes still arrive, then EOF.
+        let mut s = TcpStream::connect(client.addr).await.expect("connect");
+        assert_eq!(drain(&mut s).await, (4 * 1024, true));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_destination_closes_only_that_stream() {
+    bounded(async {
+        let (_server, proxy, client) =
+            mux_tunnel(dead_addr(), false, 4, Duration::from_secs(10)).await;
+        closed_promptly(client.addr).await;
+        closed_promptly(client.addr).await;
+        assert_eq!(
+            proxy.made.load(Ordering::SeqCst),
+            1,
+            "the session survives refused streams"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_17th_stream_is_refused_and_the_16_others_live_on() {
+    bounded(async {
+        let dest = mode_server().await;
+        let (_server, proxy, client) = mux_tunnel(dest, false, 17, Duration::from_secs(10)).await;
+        let mut live = Vec::new();
+        for _ in 0..16 {
+            let mut s = TcpStream::connect(client.addr).await.expect("connect");
+            s.write_all(b"E").await.expect("mode");
+            ping(&mut s).await;
+            live.push(s);
+        }
+        closed_promptly(client.addr).await;
+        assert_eq!(
+            proxy.made.load(Ordering::SeqCst),
+            1,
+            "one session carried all 17"
+        );
+        for (i, s) in live.into_iter().enumerate() {
+            echo_over(s, &random_bytes(64 * 1024, i as u64)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_server_is_replaced_when_it_comes_back() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_dir, cert, key, fp) = self_signed_files("localhost");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let args = [
+            "server",
+            "-b",
+            &listen,
+            "-d",
+            &echo,
+            "-mux",
+            "-cert",
+            &path_str(&cert),
+            "-key",
+            &path_str(&key),
+            "-verbose",
+        ];
+        let mut server = Proc::spawn(&mtt_bin(), &args);
+        server.wait_line("server listening on").await;
+        let pin = Verify::Pin(mtt::config::parse_pin(&fp).expect("pin"));
+        let client = start_client(mux_client(
+            listen.parse().expect("addr"),
+            pin,
+            false,
+            4,
+            Duration::from_secs(10),
+        ))
+        .await;
+        let mut held = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut held).await;
+        // kill -9: the session dies with the process; the held stream is closed promptly.
+        server.signal("KILL");
+        server.exit().await;
+        let start = Instant::now();
+        drain(&mut held).await;
+        assert!(start.elapsed() < Duration::from_secs(2));
+        // While the server is down, connections fail fast instead of queueing on a dead session.
+        closed_promptly(client.addr).await;
+        // Back on the same port: the next connection gets a new session and works.
+        let mut server = Proc::spawn(&mtt_bin(), &args);
+        server.wait_line("server listening on").await;
+        echo_roundtrip(client.addr, &random_bytes(256 * 1024, 77)).await;
+    })
+    .await;
+}
