@@ -12,6 +12,7 @@ use crate::config::{ClientConfig, Listen, ServerConfig};
 use crate::goflag::{self, Parsed};
 use crate::role::client::Client;
 use crate::role::server::Server;
+use crate::sip003;
 use crate::transport::{Listener, cert, tcp};
 use crate::{Error, Result, VERSION};
 
@@ -150,10 +151,52 @@ macro_rules! parse_or_help {
     };
 }
 
+/// Plugin mode: the role's arguments from the SIP003 environment instead of argv.
+fn plugin_args<T: argh::ArgsInfo + FromArgs>(
+    prog: &str,
+    rest: &[String],
+    env: &sip003::PluginEnv,
+    addrs: &[(&str, &str)],
+) -> Result<(T, sip003::HostArgs)> {
+    let mut host = sip003::host_args(prog, rest)?;
+    let options = sip003::parse_options(env.options.as_deref().unwrap_or(""))?;
+    let (argv, vpn) = sip003::command_line::<T>(addrs, &options)?;
+    host.vpn |= vpn;
+    match goflag::parse::<T>(prog, &argv)? {
+        Parsed::Args(a) => Ok((a, host)),
+        Parsed::Help(_) => Err(Error::config("SS_PLUGIN_OPTIONS cannot ask for help")),
+    }
+}
+
+/// Logs what plugin mode cannot honour yet, and ties the plugin's life to its host.
+fn enter_plugin_mode(host: &sip003::HostArgs) {
+    log::info!("running as a SIP003 plugin");
+    if host.fast_open {
+        log::warn!("-fast-open from the plugin host: TCP fast open is not supported by this build; continuing without it");
+    }
+    if host.vpn {
+        log::warn!("Android VPN protection (-V) is not supported by this build; sockets are not protected");
+    }
+    crate::platform::exit_with_parent();
+}
+
 fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
+    let plugin = match cmd {
+        Command::Client | Command::Server => sip003::from_env(|k| std::env::var(k).ok())?,
+        _ => None,
+    };
     match cmd {
         Command::Client => {
-            let args = parse_or_help!(ClientArgs, prog, rest);
+            let args = match &plugin {
+                None => parse_or_help!(ClientArgs, prog, rest),
+                Some(env) => {
+                    let addrs = [("b", env.local.as_str()), ("s", env.remote.as_str())];
+                    let (args, host) = plugin_args::<ClientArgs>(prog, rest, env, &addrs)?;
+                    crate::logging::init(args.verbose);
+                    enter_plugin_mode(&host);
+                    args
+                }
+            };
             crate::logging::init(args.verbose);
             let cfg = ClientConfig::from_args(&args)?;
             runtime()?.block_on(async {
@@ -165,7 +208,16 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             })
         }
         Command::Server => {
-            let args = parse_or_help!(ServerArgs, prog, rest);
+            let args = match &plugin {
+                None => parse_or_help!(ServerArgs, prog, rest),
+                Some(env) => {
+                    let addrs = [("b", env.remote.as_str()), ("d", env.local.as_str())];
+                    let (args, host) = plugin_args::<ServerArgs>(prog, rest, env, &addrs)?;
+                    crate::logging::init(args.verbose);
+                    enter_plugin_mode(&host);
+                    args
+                }
+            };
             crate::logging::init(args.verbose);
             let cfg = ServerConfig::from_args(&args)?;
             runtime()?.block_on(async {

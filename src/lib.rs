@@ -19,8 +19,10 @@ pub mod config;
 pub mod error;
 pub mod goflag;
 pub mod logging;
+pub mod platform;
 pub mod role;
 pub mod shutdown;
+pub mod sip003;
 pub mod transport;
 
 pub use error::{Error, Result};
