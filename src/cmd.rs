@@ -172,10 +172,14 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
 fn enter_plugin_mode(host: &sip003::HostArgs) {
     log::info!("running as a SIP003 plugin");
     if host.fast_open {
-        log::warn!("-fast-open from the plugin host: TCP fast open is not supported by this build; continuing without it");
+        log::warn!(
+            "-fast-open from the plugin host: TCP fast open is not supported by this build; continuing without it"
+        );
     }
     if host.vpn {
-        log::warn!("Android VPN protection (-V) is not supported by this build; sockets are not protected");
+        log::warn!(
+            "Android VPN protection (-V) is not supported by this build; sockets are not protected"
+        );
     }
     crate::platform::exit_with_parent();
 }

@@ -235,7 +235,9 @@ mod tests {
         .unwrap();
         assert_eq!(full.remote, "[::1]:8388");
         assert_eq!(full.local, "127.0.0.1:1080");
-        let err = from_env(env(&[("SS_REMOTE_HOST", "a")])).unwrap_err().to_string();
+        let err = from_env(env(&[("SS_REMOTE_HOST", "a")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("SS_LOCAL_PORT"), "{err}");
         assert!(from_env(env(&[("SS_PLUGIN_OPTIONS", "wss")])).is_err());
     }
@@ -252,10 +254,20 @@ mod tests {
     fn options_per_the_spec() {
         assert_eq!(
             p("wss;wss-path=/a\\;b;n=x"),
-            [kv("wss", None), kv("wss-path", Some("/a;b")), kv("n", Some("x"))]
+            [
+                kv("wss", None),
+                kv("wss-path", Some("/a;b")),
+                kv("n", Some("x"))
+            ]
         );
-        assert_eq!(p("cert-sha256=ab==;ca=c\\=d"), [kv("cert-sha256", Some("ab==")), kv("ca", Some("c=d"))]);
-        assert_eq!(p(" wss ; n = host ;;"), [kv("wss", None), kv("n", Some("host"))]);
+        assert_eq!(
+            p("cert-sha256=ab==;ca=c\\=d"),
+            [kv("cert-sha256", Some("ab==")), kv("ca", Some("c=d"))]
+        );
+        assert_eq!(
+            p(" wss ; n = host ;;"),
+            [kv("wss", None), kv("n", Some("host"))]
+        );
         assert_eq!(p("a\\\\b=c\\\\"), [kv("a\\b", Some("c\\"))]);
         assert_eq!(p(""), []);
         assert!(parse_options("a=b\\").is_err());
@@ -269,19 +281,44 @@ mod tests {
             command_line::<ClientArgs>(&[("b", "127.0.0.1:1"), ("s", "h:2")], &opts).unwrap();
         assert_eq!(
             argv,
-            ["-b", "127.0.0.1:1", "-s", "h:2", "-wss", "-mux=false", "-n=x", "-timeout=90s"]
+            [
+                "-b",
+                "127.0.0.1:1",
+                "-s",
+                "h:2",
+                "-wss",
+                "-mux=false",
+                "-n=x",
+                "-timeout=90s"
+            ]
         );
         assert!(vpn);
-        let err = command_line::<ClientArgs>(&[], &p("wss;path=/x;n=y")).unwrap_err().to_string();
-        assert!(err.contains("unknown option 'path'") && err.contains("wss-path"), "{err}");
+        let err = command_line::<ClientArgs>(&[], &p("wss;path=/x;n=y"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown option 'path'") && err.contains("wss-path"),
+            "{err}"
+        );
         assert!(command_line::<ClientArgs>(&[], &p("n")).is_err());
         assert!(command_line::<ClientArgs>(&[], &p("wss=maybe")).is_err());
     }
 
     #[test]
     fn host_arguments() {
-        let a = |v: &[&str]| host_args("mtt-client", &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(a(&["-V", "--fast-open"]).unwrap(), HostArgs { vpn: true, fast_open: true });
+        let a = |v: &[&str]| {
+            host_args(
+                "mtt-client",
+                &v.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            a(&["-V", "--fast-open"]).unwrap(),
+            HostArgs {
+                vpn: true,
+                fast_open: true
+            }
+        );
         assert!(a(&["-b", "x"]).is_err());
     }
 

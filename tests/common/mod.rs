@@ -489,3 +489,21 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// Like [`echo_over`] without the half-close, for peers that close both ways on EOF
+/// (shadowsocks): writes `data` while reading exactly as many bytes back.
+pub async fn echo_exact<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(s: S, data: &[u8]) {
+    let (mut r, mut w) = tokio::io::split(s);
+    let send = async {
+        for chunk in data.chunks(64 * 1024) {
+            w.write_all(chunk).await.expect("write");
+        }
+    };
+    let recv = async {
+        let mut back = vec![0u8; data.len()];
+        r.read_exact(&mut back).await.expect("read echo");
+        back
+    };
+    let ((), back) = tokio::join!(send, recv);
+    assert_eq!(sha256(&back), sha256(data), "echo content");
+}

@@ -1,0 +1,313 @@
+//! SIP003 plugin mode: the binary started with `SS_*` variables as shadowsocks starts it,
+//! errors for bad environments and options, stopping with the host, and real
+//! shadowsocks-libev (`ss-server`, `ss-local`) carrying SOCKS5 traffic through mtt in every
+//! mode.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `mtt-client` and `mtt-server` links to the binary, as a plugin host finds them.
+fn links() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let client = dir.path().join("mtt-client");
+    let server = dir.path().join("mtt-server");
+    std::os::unix::fs::symlink(mtt_bin(), &client).expect("link");
+    std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
+    (dir, client, server)
+}
+
+fn plugin(
+    program: &Path,
+    remote: SocketAddr,
+    local: SocketAddr,
+    options: &str,
+    args: &[&str],
+) -> tokio::process::Child {
+    tokio::process::Command::new(program)
+        .args(args)
+        .env("SS_REMOTE_HOST", remote.ip().to_string())
+        .env("SS_REMOTE_PORT", remote.port().to_string())
+        .env("SS_LOCAL_HOST", local.ip().to_string())
+        .env("SS_LOCAL_PORT", local.port().to_string())
+        .env("SS_PLUGIN_OPTIONS", options)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start plugin")
+}
+
+/// Retries a small echo through `addr` until it works (plugins say nothing when ready).
+async fn until_echo_works(addr: SocketAddr, socks_to: Option<SocketAddr>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let attempt = async {
+            let mut s = match socks_to {
+                Some(dest) => socks5(addr, dest).await?,
+                None => TcpStream::connect(addr).await?,
+            };
+            s.write_all(b"ready?").await?;
+            let mut b = [0u8; 6];
+            s.read_exact(&mut b).await?;
+            Ok::<_, std::io::Error>(())
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tunnel through {addr} never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn plugins_started_with_the_sip003_environment_carry_traffic() {
+    bounded(async {
+        let (_links, client_bin, server_bin) = links();
+        let (_certs, cert, key, fp) = self_signed_files("localhost");
+        let echo = echo_server().await;
+        let server_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let client_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        // The server listens on SS_REMOTE and forwards to SS_LOCAL; the client the reverse.
+        let _server = plugin(
+            &server_bin,
+            server_at,
+            echo,
+            &format!(
+                "cert={};key={};wss;wss-path=/a\\;b;mux",
+                path_str(&cert),
+                path_str(&key)
+            ),
+            &[],
+        );
+        let _client = plugin(
+            &client_bin,
+            server_at,
+            client_at,
+            &format!("n=localhost;cert-sha256={fp};wss;wss-path=/a\\;b;mux=true;mux-max-stream=2"),
+            &["-fast-open"],
+        );
+        until_echo_works(client_at, None).await;
+        let mut tasks = Vec::new();
+        for i in 0..6u64 {
+            let data = random_bytes(512 * 1024, i);
+            tasks.push(tokio::spawn(async move {
+                echo_roundtrip(client_at, &data).await
+            }));
+        }
+        for t in tasks {
+            t.await.expect("transfer");
+        }
+    })
+    .await;
+}
+
+async fn plugin_error(env: &[(&str, &str)], args: &[&str]) -> String {
+    let (_links, client_bin, _) = links();
+    let mut cmd = tokio::process::Command::new(&client_bin);
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("plugin exits")
+        .expect("run");
+    assert!(!out.status.success(), "{env:?} must fail");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    err
+}
+
+#[tokio::test]
+async fn bad_environments_and_options_are_one_clear_line() {
+    bounded(async {
+        let full = [
+            ("SS_REMOTE_HOST", "127.0.0.1"),
+            ("SS_REMOTE_PORT", "1"),
+            ("SS_LOCAL_HOST", "127.0.0.1"),
+            ("SS_LOCAL_PORT", "0"),
+        ];
+        let err = plugin_error(&[("SS_REMOTE_HOST", "127.0.0.1")], &[]).await;
+        assert!(err.contains("SS_LOCAL_PORT"), "{err}");
+        let mut with = full.to_vec();
+        with.push(("SS_PLUGIN_OPTIONS", "wss;path=/old;n=x"));
+        let err = plugin_error(&with, &[]).await;
+        assert!(
+            err.contains("unknown option 'path'") && err.contains("wss-path"),
+            "{err}"
+        );
+        let mut with = full.to_vec();
+        with.push(("SS_PLUGIN_OPTIONS", "mux-max-stream=17"));
+        assert!(plugin_error(&with, &[]).await.contains("-mux-max-stream"));
+        let mut with = full.to_vec();
+        with.push(("SS_PLUGIN_OPTIONS", "sv=perhaps"));
+        assert!(plugin_error(&with, &[]).await.contains("sv"));
+        let err = plugin_error(&full, &["-b", "127.0.0.1:9"]).await;
+        assert!(err.contains("SIP003"), "{err}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_plugin_stops_when_its_host_dies() {
+    bounded(async {
+        let (_links, client_bin, _) = links();
+        let local = format!("127.0.0.1:{}", free_port());
+        // A host that starts the plugin and is then killed without a chance to clean up.
+        let script = format!(
+            "SS_REMOTE_HOST=127.0.0.1 SS_REMOTE_PORT=1 SS_LOCAL_HOST=127.0.0.1 SS_LOCAL_PORT={} SS_PLUGIN_OPTIONS=sv {} & echo $!; wait",
+            local.rsplit(':').next().expect("port"),
+            client_bin.display()
+        );
+        let mut host = tokio::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("sh");
+        let mut out = host.stdout.take().expect("stdout");
+        let mut pid = String::new();
+        let mut b = [0u8; 1];
+        while !pid.ends_with('\n') {
+            assert_eq!(out.read(&mut b).await.expect("read pid"), 1);
+            pid.push(b[0] as char);
+        }
+        let pid = pid.trim().to_string();
+        wait_listening(local.parse().expect("addr")).await;
+        host.start_kill().expect("kill host");
+        host.wait().await.expect("host gone");
+        let gone = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+        {
+            assert!(gone.elapsed() < Duration::from_secs(10), "plugin {pid} outlived its host");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+/// SOCKS5 CONNECT (no authentication) to an IPv4 destination.
+async fn socks5(proxy: SocketAddr, dest: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut s = TcpStream::connect(proxy).await?;
+    s.write_all(&[5, 1, 0]).await?;
+    let mut r = [0u8; 2];
+    s.read_exact(&mut r).await?;
+    if r != [5, 0] {
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 method refused: {r:?}"
+        )));
+    }
+    let std::net::IpAddr::V4(ip) = dest.ip() else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&ip.octets());
+    req.extend_from_slice(&dest.port().to_be_bytes());
+    s.write_all(&req).await?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!(
+            "SOCKS5 connect failed: {}",
+            reply[1]
+        )));
+    }
+    Ok(s)
+}
+
+/// ss-server with `mtt-server`, ss-local with `mtt-client`, a SOCKS5 client through both to a
+/// local echo: the command lines of the README's SIP003 section.
+#[tokio::test]
+async fn real_shadowsocks_libev_in_every_mode() {
+    bounded(async {
+        let (_links, client_bin, server_bin) = links();
+        let (_certs, cert, key, fp) = self_signed_files("localhost");
+        let echo = echo_server().await;
+        let modes = [
+            ("tls", "", ""),
+            ("wss", "wss;wss-path=/s\\;s", "wss;wss-path=/s\\;s"),
+            ("mux", "mux", "mux"),
+            ("wss+mux", "wss;mux;wss-path=/m", "wss;mux;wss-path=/m"),
+        ];
+        for (name, server_extra, client_extra) in modes {
+            let ss_port = free_port().to_string();
+            let socks_port = free_port();
+            let server_opts = format!(
+                "cert={};key={};{server_extra}",
+                path_str(&cert),
+                path_str(&key)
+            );
+            let client_opts = format!("n=localhost;cert-sha256={fp};{client_extra}");
+            let common = ["-k", "mtt-test-secret", "-m", "chacha20-ietf-poly1305"];
+            let mut ss_server = tokio::process::Command::new("ss-server");
+            ss_server
+                .args(["-s", "127.0.0.1", "-p", &ss_port])
+                .args(common)
+                .args([
+                    "--plugin",
+                    &path_str(&server_bin),
+                    "--plugin-opts",
+                    &server_opts,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let _ss_server = ss_server
+                .spawn()
+                .expect("ss-server (install shadowsocks-libev)");
+            let mut ss_local = tokio::process::Command::new("ss-local");
+            ss_local
+                .args([
+                    "-s",
+                    "127.0.0.1",
+                    "-p",
+                    &ss_port,
+                    "-b",
+                    "127.0.0.1",
+                    "-l",
+                    &socks_port.to_string(),
+                ])
+                .args(common)
+                .args([
+                    "--plugin",
+                    &path_str(&client_bin),
+                    "--plugin-opts",
+                    &client_opts,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let _ss_local = ss_local.spawn().expect("ss-local");
+            let socks: SocketAddr = format!("127.0.0.1:{socks_port}").parse().expect("addr");
+            until_echo_works(socks, Some(echo)).await;
+            let mut tasks = Vec::new();
+            for i in 0..4u64 {
+                tasks.push(tokio::spawn(async move {
+                    // shadowsocks closes both ways on EOF: no half-close on this path.
+                    let s = socks5(socks, echo).await.expect("socks5");
+                    echo_exact(s, &random_bytes(1024 * 1024 + i as usize, 40 + i)).await;
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    })
+    .await;
+}
