@@ -196,6 +196,7 @@ async fn start_tunnel(
             fallback: None,
         }),
         mux: mode.mux(),
+        fast_open: false,
         timeout: Duration::from_secs(60),
     })?;
     let pin = server
@@ -222,6 +223,7 @@ async fn start_tunnel(
             max_streams: 4,
             idle: crate::transport::mux::DEFAULT_IDLE,
         }),
+        fast_open: false,
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")

@@ -160,8 +160,11 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
 ) -> Result<(T, sip003::HostArgs)> {
     let mut host = sip003::host_args(prog, rest)?;
     let options = sip003::parse_options(env.options.as_deref().unwrap_or(""))?;
-    let (argv, vpn) = sip003::command_line::<T>(addrs, &options)?;
+    let (mut argv, vpn) = sip003::command_line::<T>(addrs, &options)?;
     host.vpn |= vpn;
+    if host.fast_open {
+        argv.push("-fast-open".into());
+    }
     match goflag::parse::<T>(prog, &argv)? {
         Parsed::Args(a) => Ok((a, host)),
         Parsed::Help(_) => Err(Error::config("SS_PLUGIN_OPTIONS cannot ask for help")),
@@ -205,7 +208,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             let cfg = ClientConfig::from_args(&args)?;
             runtime()?.block_on(async {
                 let client = Client::new(cfg.clone())?;
-                let listener = Listener::Tcp(tcp::bind_tcp(&cfg.listen).await?);
+                let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.fast_open).await?);
                 let shutdown = crate::shutdown::on_signals()?;
                 client.run(listener, shutdown).await;
                 Ok(())
@@ -227,7 +230,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             runtime()?.block_on(async {
                 let server = Server::new(cfg.clone())?;
                 let listener = match &cfg.listen {
-                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp(a).await?),
+                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
                 };
                 let shutdown = crate::shutdown::on_signals()?;

@@ -80,6 +80,8 @@ pub struct ClientConfig {
     pub ws: Option<WsClientConfig>,
     /// Multiplexing (`-mux`).
     pub mux: Option<MuxClientConfig>,
+    /// TCP fast open on the listener and on dials to the server (`-fast-open`).
+    pub fast_open: bool,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -121,6 +123,8 @@ pub struct ServerConfig {
     /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for
     /// clients that name no subprotocol.
     pub mux: bool,
+    /// TCP fast open on the listener (`-fast-open`).
+    pub fast_open: bool,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -221,9 +225,6 @@ impl ClientConfig {
             idle: crate::transport::mux::DEFAULT_IDLE,
         });
         let path = ws_path(&a.wss_path, a.wss)?;
-        if a.fast_open {
-            return Err(not_yet("fast-open"));
-        }
         if a.fallback_dns.is_some() {
             return Err(not_yet("fallback-dns"));
         }
@@ -262,6 +263,7 @@ impl ClientConfig {
             },
             ws,
             mux,
+            fast_open: a.fast_open,
             timeout,
         })
     }
@@ -300,9 +302,6 @@ impl ServerConfig {
             path: crate::transport::http::PathMatch::new(&path),
             fallback,
         });
-        if a.fast_open {
-            return Err(not_yet("fast-open"));
-        }
         let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?;
         Ok(ServerConfig {
             listen,
@@ -310,6 +309,7 @@ impl ServerConfig {
             tls,
             ws,
             mux: a.mux,
+            fast_open: a.fast_open,
             timeout,
         })
     }

@@ -250,8 +250,16 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-wss-path",
         ),
         (
-            vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-fast-open"],
-            "-fast-open is not yet supported",
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-fallback-dns",
+                "127.0.0.1",
+            ],
+            "-fallback-dns is not yet supported",
         ),
         (
             vec![

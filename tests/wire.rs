@@ -198,3 +198,51 @@ async fn tunnel_sockets_have_nodelay_keepalive_and_user_timeout() {
     })
     .await;
 }
+
+/// `-fast-open`: TCP_FASTOPEN on listeners, TCP_FASTOPEN_CONNECT on dials, read back from
+/// the sockets, and a tunnel through both still carries data.
+#[tokio::test]
+async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
+    bounded(async {
+        let l = tcp::bind_tcp_with(&HostPort::parse("b", "127.0.0.1:0", true).expect("a"), true)
+            .await
+            .expect("bind");
+        assert_eq!(
+            mtt::sys::tcp_fastopen_listener(&l).expect("getsockopt"),
+            256
+        );
+        let plain = tcp::bind_tcp(&HostPort::parse("b", "127.0.0.1:0", true).expect("a"))
+            .await
+            .expect("bind");
+        assert_eq!(
+            mtt::sys::tcp_fastopen_listener(&plain).expect("getsockopt"),
+            0
+        );
+        let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
+        let opts = tcp::DialOpts { fast_open: true };
+        let (dialled, _) = tokio::join!(tcp::connect_with(&addr, T, opts), l.accept());
+        let dialled = dialled.expect("connect");
+        let on =
+            nix::sys::socket::getsockopt(&dialled, nix::sys::socket::sockopt::TcpFastOpenConnect)
+                .expect("getsockopt");
+        assert!(on, "TCP_FASTOPEN_CONNECT on the dialled socket");
+
+        // A tunnel with -fast-open on both ends.
+        let echo = echo_server().await;
+        let mut scfg = server_config(echo, Some(CertSource::SelfSigned(None)), T);
+        scfg.fast_open = true;
+        let server = mtt::role::server::Server::new(scfg).expect("server");
+        let pin = mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
+        let sl = tcp::bind_tcp_with(&HostPort::parse("b", "127.0.0.1:0", true).expect("a"), true)
+            .await
+            .expect("bind");
+        let saddr = sl.local_addr().expect("a");
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(server.run(Listener::Tcp(sl), stop.clone()));
+        let mut ccfg = client_config(saddr, "x", Verify::Pin(pin), T);
+        ccfg.fast_open = true;
+        let client = start_client(ccfg).await;
+        echo_roundtrip(client.addr, &random_bytes(1 << 20, 8)).await;
+    })
+    .await;
+}

@@ -28,6 +28,7 @@ const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
 /// The layers below multiplexing: one connection to the server per call.
 struct Connector {
     server: HostPort,
+    dial: tcp::DialOpts,
     tls: tls::TlsClient,
     ws: Option<WsClientConfig>,
     /// WebSocket subprotocol: what the connection will carry.
@@ -36,7 +37,7 @@ struct Connector {
 
 impl Connector {
     async fn connect(&self) -> Result<BoxIo> {
-        let tcp = tcp::connect(&self.server, CONNECT_TIMEOUT)
+        let tcp = tcp::connect_with(&self.server, CONNECT_TIMEOUT, self.dial)
             .await
             .map_err(|e| Error::io(format!("connect to server {}", self.server), e))?;
         let tls = self
@@ -79,6 +80,9 @@ impl Dialer {
         let alpn = if cfg.ws.is_some() { ALPN_HTTP1 } else { &[] };
         let connector = Arc::new(Connector {
             server: cfg.server.clone(),
+            dial: tcp::DialOpts {
+                fast_open: cfg.fast_open,
+            },
             tls: tls::TlsClient::new(&cfg.tls, alpn)?,
             ws: cfg.ws.clone(),
             protocol: if cfg.mux.is_some() {

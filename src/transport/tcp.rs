@@ -44,12 +44,50 @@ fn tune(stream: &TcpStream) {
     }
 }
 
+/// How to dial.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DialOpts {
+    /// TCP fast open (`TCP_FASTOPEN_CONNECT`): the SYN carries the first write. Only for
+    /// dials whose first move is ours (a TLS ClientHello): a socket nobody writes to first
+    /// is never connected.
+    pub fast_open: bool,
+}
+
+async fn connect_one(sa: SocketAddr, opts: DialOpts) -> io::Result<TcpStream> {
+    if !opts.fast_open {
+        return TcpStream::connect(sa).await;
+    }
+    let socket = if sa.is_ipv6() {
+        tokio::net::TcpSocket::new_v6()?
+    } else {
+        tokio::net::TcpSocket::new_v4()?
+    };
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::TcpFastOpenConnect,
+        &true,
+    ) {
+        log::debug!("TCP_FASTOPEN_CONNECT: {e}");
+    }
+    socket.connect(sa).await
+}
+
 /// Resolves `addr` now and connects to its addresses in turn within `timeout` overall.
 pub async fn connect(addr: &HostPort, timeout: Duration) -> io::Result<TcpStream> {
+    connect_with(addr, timeout, DialOpts::default()).await
+}
+
+/// [`connect`] with options.
+pub async fn connect_with(
+    addr: &HostPort,
+    timeout: Duration,
+    opts: DialOpts,
+) -> io::Result<TcpStream> {
     let attempt = async {
         let mut last = None;
         for sa in addr.resolve().await? {
-            match TcpStream::connect(sa).await {
+            match connect_one(sa, opts).await {
                 Ok(s) => {
                     tune(&s);
                     return Ok(s);
@@ -70,6 +108,11 @@ pub async fn connect(addr: &HostPort, timeout: Duration) -> io::Result<TcpStream
 
 /// Binds a TCP listener. An empty host listens on all interfaces, IPv6 and IPv4 alike.
 pub async fn bind_tcp(addr: &HostPort) -> Result<TcpListener> {
+    bind_tcp_with(addr, false).await
+}
+
+/// [`bind_tcp`], with TCP fast open (`TCP_FASTOPEN`) accepted from clients when `fast_open`.
+pub async fn bind_tcp_with(addr: &HostPort, fast_open: bool) -> Result<TcpListener> {
     let ctx = || format!("listen on {addr}");
     let candidates: Vec<SocketAddr> = if addr.host.is_empty() {
         vec![
@@ -81,7 +124,7 @@ pub async fn bind_tcp(addr: &HostPort) -> Result<TcpListener> {
     };
     let mut last = None;
     for sa in candidates {
-        match bind_one(sa, addr.host.is_empty()) {
+        match bind_one(sa, addr.host.is_empty(), fast_open) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }
@@ -92,7 +135,10 @@ pub async fn bind_tcp(addr: &HostPort) -> Result<TcpListener> {
     ))
 }
 
-fn bind_one(sa: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+/// Pending fast-open connections a listener queues.
+const FAST_OPEN_QUEUE: i32 = 256;
+
+fn bind_one(sa: SocketAddr, dual_stack: bool, fast_open: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(sa), Type::STREAM, None)?;
     if sa.is_ipv6() && dual_stack {
         socket.set_only_v6(false)?;
@@ -100,6 +146,9 @@ fn bind_one(sa: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&sa.into())?;
+    if fast_open && let Err(e) = crate::sys::set_tcp_fastopen_listener(&socket, FAST_OPEN_QUEUE) {
+        log::warn!("-fast-open: TCP_FASTOPEN on {sa}: {e}");
+    }
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }

@@ -139,6 +139,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         tls,
         ws: None,
         mux: false,
+        fast_open: false,
         timeout,
     }
 }
@@ -173,6 +174,7 @@ pub fn client_config(
         },
         ws: None,
         mux: None,
+        fast_open: false,
         timeout,
     }
 }
