@@ -224,6 +224,7 @@ async fn start_tunnel(
             idle: crate::transport::mux::DEFAULT_IDLE,
         }),
         fast_open: false,
+        fallback_dns: None,
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")

@@ -82,6 +82,8 @@ pub struct ClientConfig {
     pub mux: Option<MuxClientConfig>,
     /// TCP fast open on the listener and on dials to the server (`-fast-open`).
     pub fast_open: bool,
+    /// DNS server for the server's host name (`-fallback-dns`).
+    pub fallback_dns: Option<std::net::SocketAddr>,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -134,13 +136,6 @@ fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::config(format!("missing -{flag}: {what}"))),
     }
-}
-
-fn not_yet(flag: &str) -> Error {
-    Error::config(format!(
-        "-{flag} is not yet supported by mtt {}; remove -{flag} from the command line",
-        crate::VERSION
-    ))
 }
 
 /// Validates a `-wss-path` value and adds the leading `/` users may leave out.
@@ -225,9 +220,10 @@ impl ClientConfig {
             idle: crate::transport::mux::DEFAULT_IDLE,
         });
         let path = ws_path(&a.wss_path, a.wss)?;
-        if a.fallback_dns.is_some() {
-            return Err(not_yet("fallback-dns"));
-        }
+        let fallback_dns = match a.fallback_dns.as_deref() {
+            None | Some("") => None,
+            Some(v) => Some(crate::transport::dns::Dns::parse("fallback-dns", v)?),
+        };
         let server_name = match a.n.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => server.host.clone(),
@@ -264,6 +260,7 @@ impl ClientConfig {
             ws,
             mux,
             fast_open: a.fast_open,
+            fallback_dns,
             timeout,
         })
     }

@@ -219,8 +219,11 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
             0
         );
         let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
-        let opts = tcp::DialOpts { fast_open: true };
-        let (dialled, _) = tokio::join!(tcp::connect_with(&addr, T, opts), l.accept());
+        let opts = tcp::DialOpts {
+            fast_open: true,
+            dns: None,
+        };
+        let (dialled, _) = tokio::join!(tcp::connect_with(&addr, T, &opts), l.accept());
         let dialled = dialled.expect("connect");
         let on =
             nix::sys::socket::getsockopt(&dialled, nix::sys::socket::sockopt::TcpFastOpenConnect)
@@ -243,6 +246,55 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
         ccfg.fast_open = true;
         let client = start_client(ccfg).await;
         echo_roundtrip(client.addr, &random_bytes(1 << 20, 8)).await;
+    })
+    .await;
+}
+
+/// `-fallback-dns`: the server's host name is resolved through the given DNS server (dnsmasq
+/// on loopback, from Debian), not the system's, which does not know the name.
+#[tokio::test]
+async fn fallback_dns_resolves_through_the_given_server() {
+    bounded(async {
+        let dns_port = free_port();
+        let mut dnsmasq = tokio::process::Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--user=root",
+                "--pid-file=",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                &format!("--port={dns_port}"),
+                "--address=/tunnel.mtt-test/127.0.0.1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("dnsmasq (install dnsmasq-base)");
+        // dnsmasq answers on TCP too; its TCP port accepting means it is up.
+        wait_listening(std::net::SocketAddr::from(([127, 0, 0, 1], dns_port))).await;
+        let echo = echo_server().await;
+        let server = start_server(server_config(echo, Some(CertSource::SelfSigned(None)), T)).await;
+        let by_name = |dns: Option<std::net::SocketAddr>| {
+            let mut c = client_config(server.addr, "x", pin_of(&server), T);
+            c.server = HostPort::parse(
+                "s",
+                &format!("tunnel.mtt-test:{}", server.addr.port()),
+                false,
+            )
+            .expect("addr");
+            c.fallback_dns = dns;
+            c
+        };
+        let client = start_client(by_name(Some(([127, 0, 0, 1], dns_port).into()))).await;
+        echo_roundtrip(client.addr, &random_bytes(256 * 1024, 3)).await;
+        // Without it the system resolver does not know the name: the connection just closes.
+        let plain = start_client(by_name(None)).await;
+        closed_promptly(plain.addr).await;
+        dnsmasq.start_kill().expect("kill");
     })
     .await;
 }

@@ -3,6 +3,7 @@
 //! only [`Dialer`], [`Acceptor`], [`Accepted`], [`BoxIo`] and [`relay`].
 
 pub mod cert;
+pub mod dns;
 pub mod http;
 pub mod io;
 pub mod mux;
@@ -37,7 +38,7 @@ struct Connector {
 
 impl Connector {
     async fn connect(&self) -> Result<BoxIo> {
-        let tcp = tcp::connect_with(&self.server, CONNECT_TIMEOUT, self.dial)
+        let tcp = tcp::connect_with(&self.server, CONNECT_TIMEOUT, &self.dial)
             .await
             .map_err(|e| Error::io(format!("connect to server {}", self.server), e))?;
         let tls = self
@@ -82,6 +83,11 @@ impl Dialer {
             server: cfg.server.clone(),
             dial: tcp::DialOpts {
                 fast_open: cfg.fast_open,
+                dns: cfg
+                    .fallback_dns
+                    .map(dns::Dns::new)
+                    .transpose()?
+                    .map(Arc::new),
             },
             tls: tls::TlsClient::new(&cfg.tls, alpn)?,
             ws: cfg.ws.clone(),

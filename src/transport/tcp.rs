@@ -45,15 +45,17 @@ fn tune(stream: &TcpStream) {
 }
 
 /// How to dial.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct DialOpts {
     /// TCP fast open (`TCP_FASTOPEN_CONNECT`): the SYN carries the first write. Only for
     /// dials whose first move is ours (a TLS ClientHello): a socket nobody writes to first
     /// is never connected.
     pub fast_open: bool,
+    /// Resolve host names through this DNS server instead of the system's.
+    pub dns: Option<std::sync::Arc<super::dns::Dns>>,
 }
 
-async fn connect_one(sa: SocketAddr, opts: DialOpts) -> io::Result<TcpStream> {
+async fn connect_one(sa: SocketAddr, opts: &DialOpts) -> io::Result<TcpStream> {
     if !opts.fast_open {
         return TcpStream::connect(sa).await;
     }
@@ -75,18 +77,22 @@ async fn connect_one(sa: SocketAddr, opts: DialOpts) -> io::Result<TcpStream> {
 
 /// Resolves `addr` now and connects to its addresses in turn within `timeout` overall.
 pub async fn connect(addr: &HostPort, timeout: Duration) -> io::Result<TcpStream> {
-    connect_with(addr, timeout, DialOpts::default()).await
+    connect_with(addr, timeout, &DialOpts::default()).await
 }
 
 /// [`connect`] with options.
 pub async fn connect_with(
     addr: &HostPort,
     timeout: Duration,
-    opts: DialOpts,
+    opts: &DialOpts,
 ) -> io::Result<TcpStream> {
     let attempt = async {
         let mut last = None;
-        for sa in addr.resolve().await? {
+        let addrs = match &opts.dns {
+            Some(dns) => dns.resolve(addr).await?,
+            None => addr.resolve().await?,
+        };
+        for sa in addrs {
             match connect_one(sa, opts).await {
                 Ok(s) => {
                     tune(&s);

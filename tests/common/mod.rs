@@ -175,6 +175,7 @@ pub fn client_config(
         ws: None,
         mux: None,
         fast_open: false,
+        fallback_dns: None,
         timeout,
     }
 }
