@@ -257,9 +257,9 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
                 "-s",
                 "a:1",
                 "-fallback-dns",
-                "127.0.0.1",
+                "dns.example",
             ],
-            "-fallback-dns is not yet supported",
+            "-fallback-dns must be an IP address",
         ),
         (
             vec![
