@@ -225,6 +225,7 @@ async fn start_tunnel(
         }),
         fast_open: false,
         fallback_dns: None,
+        protect: None,
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")

@@ -171,19 +171,9 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
     }
 }
 
-/// Logs what plugin mode cannot honour yet, and ties the plugin's life to its host.
-fn enter_plugin_mode(host: &sip003::HostArgs) {
+/// Ties the plugin's life to its host.
+fn enter_plugin_mode() {
     log::info!("running as a SIP003 plugin");
-    if host.fast_open {
-        log::warn!(
-            "-fast-open from the plugin host: TCP fast open is not supported by this build; continuing without it"
-        );
-    }
-    if host.vpn {
-        log::warn!(
-            "Android VPN protection (-V) is not supported by this build; sockets are not protected"
-        );
-    }
     crate::platform::exit_with_parent();
 }
 
@@ -194,18 +184,22 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
     };
     match cmd {
         Command::Client => {
-            let args = match &plugin {
-                None => parse_or_help!(ClientArgs, prog, rest),
+            let (args, vpn) = match &plugin {
+                None => (parse_or_help!(ClientArgs, prog, rest), false),
                 Some(env) => {
                     let addrs = [("b", env.local.as_str()), ("s", env.remote.as_str())];
                     let (args, host) = plugin_args::<ClientArgs>(prog, rest, env, &addrs)?;
                     crate::logging::init(args.verbose);
-                    enter_plugin_mode(&host);
-                    args
+                    enter_plugin_mode();
+                    (args, host.vpn)
                 }
             };
             crate::logging::init(args.verbose);
-            let cfg = ClientConfig::from_args(&args)?;
+            let mut cfg = ClientConfig::from_args(&args)?;
+            if vpn {
+                // Relative, as Android hosts put it in the plugin's working directory.
+                cfg.protect = Some(crate::transport::protect::PROTECT_PATH.into());
+            }
             runtime()?.block_on(async {
                 let client = Client::new(cfg.clone())?;
                 let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.fast_open).await?);
@@ -221,7 +215,12 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                     let addrs = [("b", env.remote.as_str()), ("d", env.local.as_str())];
                     let (args, host) = plugin_args::<ServerArgs>(prog, rest, env, &addrs)?;
                     crate::logging::init(args.verbose);
-                    enter_plugin_mode(&host);
+                    if host.vpn {
+                        log::info!(
+                            "-V is for clients on Android; the server has nothing to protect"
+                        );
+                    }
+                    enter_plugin_mode();
                     args
                 }
             };

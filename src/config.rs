@@ -84,6 +84,8 @@ pub struct ClientConfig {
     pub fast_open: bool,
     /// DNS server for the server's host name (`-fallback-dns`).
     pub fallback_dns: Option<std::net::SocketAddr>,
+    /// Android VPN protect server (plugin mode's `-V`): every dial is protected first.
+    pub protect: Option<PathBuf>,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -261,6 +263,7 @@ impl ClientConfig {
             mux,
             fast_open: a.fast_open,
             fallback_dns,
+            protect: None,
             timeout,
         })
     }

@@ -7,6 +7,8 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -308,6 +310,119 @@ async fn real_shadowsocks_libev_in_every_mode() {
                 t.await.unwrap_or_else(|e| panic!("{name}: {e}"));
             }
         }
+    })
+    .await;
+}
+
+/// A protect server as Android hosts run it: receives each socket over `protect_path`
+/// (SCM_RIGHTS), checks that it is not connected yet, answers one byte.
+fn protect_server(dir: &Path) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let listener = std::os::unix::net::UnixListener::bind(dir.join("protect_path"))
+        .expect("bind protect_path");
+    let protected = Arc::new(AtomicUsize::new(0));
+    let already_connected = Arc::new(AtomicUsize::new(0));
+    let (p, c) = (protected.clone(), already_connected.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut byte = [0u8; 1];
+            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let Ok(msg) = nix::sys::socket::recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::empty(),
+            ) else {
+                continue;
+            };
+            let mut fds = Vec::new();
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for cmsg in cmsgs {
+                    if let nix::sys::socket::ControlMessageOwned::ScmRights(f) = cmsg {
+                        fds.extend(f);
+                    }
+                }
+            }
+            for fd in fds {
+                let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(fd);
+                if peer != Err(nix::errno::Errno::ENOTCONN) {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+                p.fetch_add(1, Ordering::SeqCst);
+                let _ = nix::unistd::close(fd);
+            }
+            let _ = conn.write_all(&[0]);
+        }
+    });
+    (protected, already_connected)
+}
+
+#[tokio::test]
+async fn android_vpn_protect_hands_over_every_socket_before_it_connects() {
+    bounded(async {
+        let (_links, client_bin, _) = links();
+        let echo = echo_server().await;
+        let (server, _) = tunnel_to(echo, Duration::from_secs(30)).await;
+        let fp = server.fingerprint.clone().expect("fp");
+        let work = tempfile::tempdir().expect("tmp");
+        let (protected, already_connected) = protect_server(work.path());
+        let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        for how in [("", vec!["-V"]), (";__android_vpn", vec![])] {
+            let local: SocketAddr = if how.1.is_empty() {
+                format!("127.0.0.1:{}", free_port()).parse().expect("a")
+            } else {
+                local
+            };
+            let mut cmd = tokio::process::Command::new(&client_bin);
+            cmd.args(&how.1)
+                .current_dir(work.path())
+                .env("SS_REMOTE_HOST", "127.0.0.1")
+                .env("SS_REMOTE_PORT", server.addr.port().to_string())
+                .env("SS_LOCAL_HOST", "127.0.0.1")
+                .env("SS_LOCAL_PORT", local.port().to_string())
+                .env(
+                    "SS_PLUGIN_OPTIONS",
+                    format!("n=127.0.0.1;cert-sha256={fp}{}", how.0),
+                )
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            let _client = cmd.spawn().expect("plugin");
+            until_echo_works(local, None).await;
+            let before = protected.load(Ordering::SeqCst);
+            for i in 0..3u64 {
+                echo_roundtrip(local, &random_bytes(128 * 1024, i)).await;
+            }
+            assert_eq!(
+                protected.load(Ordering::SeqCst) - before,
+                3,
+                "one protected socket per dial"
+            );
+        }
+        assert_eq!(
+            already_connected.load(Ordering::SeqCst),
+            0,
+            "sockets arrive before they connect"
+        );
+        // Without a protect server the dial is refused, not made unprotected.
+        std::fs::remove_file(work.path().join("protect_path")).expect("rm");
+        let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let _client = tokio::process::Command::new(&client_bin)
+            .arg("-V")
+            .current_dir(work.path())
+            .env("SS_REMOTE_HOST", "127.0.0.1")
+            .env("SS_REMOTE_PORT", server.addr.port().to_string())
+            .env("SS_LOCAL_HOST", "127.0.0.1")
+            .env("SS_LOCAL_PORT", local.port().to_string())
+            .env("SS_PLUGIN_OPTIONS", format!("n=127.0.0.1;cert-sha256={fp}"))
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("plugin");
+        wait_listening(local).await;
+        closed_promptly(local).await;
     })
     .await;
 }

@@ -222,6 +222,7 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
         let opts = tcp::DialOpts {
             fast_open: true,
             dns: None,
+            protect: None,
         };
         let (dialled, _) = tokio::join!(tcp::connect_with(&addr, T, &opts), l.accept());
         let dialled = dialled.expect("connect");

@@ -7,6 +7,7 @@ pub mod dns;
 pub mod http;
 pub mod io;
 pub mod mux;
+pub mod protect;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
@@ -88,6 +89,7 @@ impl Dialer {
                     .map(dns::Dns::new)
                     .transpose()?
                     .map(Arc::new),
+                protect: cfg.protect.clone(),
             },
             tls: tls::TlsClient::new(&cfg.tls, alpn)?,
             ws: cfg.ws.clone(),

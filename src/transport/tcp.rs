@@ -53,10 +53,12 @@ pub struct DialOpts {
     pub fast_open: bool,
     /// Resolve host names through this DNS server instead of the system's.
     pub dns: Option<std::sync::Arc<super::dns::Dns>>,
+    /// Android VPN: hand each socket to the protect server at this path before connecting.
+    pub protect: Option<std::path::PathBuf>,
 }
 
 async fn connect_one(sa: SocketAddr, opts: &DialOpts) -> io::Result<TcpStream> {
-    if !opts.fast_open {
+    if !opts.fast_open && opts.protect.is_none() {
         return TcpStream::connect(sa).await;
     }
     let socket = if sa.is_ipv6() {
@@ -65,12 +67,17 @@ async fn connect_one(sa: SocketAddr, opts: &DialOpts) -> io::Result<TcpStream> {
         tokio::net::TcpSocket::new_v4()?
     };
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = nix::sys::socket::setsockopt(
-        &socket,
-        nix::sys::socket::sockopt::TcpFastOpenConnect,
-        &true,
-    ) {
+    if opts.fast_open
+        && let Err(e) = nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::TcpFastOpenConnect,
+            &true,
+        )
+    {
         log::debug!("TCP_FASTOPEN_CONNECT: {e}");
+    }
+    if let Some(path) = &opts.protect {
+        super::protect::protect(&socket, path).await?;
     }
     socket.connect(sa).await
 }

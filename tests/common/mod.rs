@@ -176,6 +176,7 @@ pub fn client_config(
         mux: None,
         fast_open: false,
         fallback_dns: None,
+        protect: None,
         timeout,
     }
 }
