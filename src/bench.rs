@@ -197,6 +197,7 @@ async fn start_tunnel(
         }),
         mux: mode.mux(),
         fast_open: false,
+        fallback_dns: None,
         timeout: Duration::from_secs(60),
     })?;
     let pin = server

@@ -113,6 +113,9 @@ pub struct ServerArgs {
     /// with -wss: send requests that are not tunnels to this web server instead of a 404
     #[argh(option, arg_name = "host:port")]
     pub fallback: Option<String>,
+    /// resolve the host name of -d through this DNS server
+    #[argh(option, arg_name = "ip:port")]
+    pub fallback_dns: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

@@ -129,6 +129,8 @@ pub struct ServerConfig {
     pub mux: bool,
     /// TCP fast open on the listener (`-fast-open`).
     pub fast_open: bool,
+    /// DNS server for the destination's host name (`-fallback-dns`).
+    pub fallback_dns: Option<std::net::SocketAddr>,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -137,6 +139,14 @@ fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::config(format!("missing -{flag}: {what}"))),
+    }
+}
+
+/// Validates `-fallback-dns`.
+fn fallback_dns(v: &Option<String>) -> Result<Option<std::net::SocketAddr>> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => Ok(Some(crate::transport::dns::Dns::parse("fallback-dns", v)?)),
     }
 }
 
@@ -222,10 +232,7 @@ impl ClientConfig {
             idle: crate::transport::mux::DEFAULT_IDLE,
         });
         let path = ws_path(&a.wss_path, a.wss)?;
-        let fallback_dns = match a.fallback_dns.as_deref() {
-            None | Some("") => None,
-            Some(v) => Some(crate::transport::dns::Dns::parse("fallback-dns", v)?),
-        };
+        let fallback_dns = fallback_dns(&a.fallback_dns)?;
         let server_name = match a.n.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => server.host.clone(),
@@ -310,6 +317,7 @@ impl ServerConfig {
             ws,
             mux: a.mux,
             fast_open: a.fast_open,
+            fallback_dns: fallback_dns(&a.fallback_dns)?,
             timeout,
         })
     }

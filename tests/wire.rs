@@ -295,6 +295,14 @@ async fn fallback_dns_resolves_through_the_given_server() {
         // Without it the system resolver does not know the name: the connection just closes.
         let plain = start_client(by_name(None)).await;
         closed_promptly(plain.addr).await;
+        // The server resolves its destination (-d) by name the same way.
+        let mut scfg = server_config(echo, Some(CertSource::SelfSigned(None)), T);
+        scfg.dest =
+            HostPort::parse("d", &format!("tunnel.mtt-test:{}", echo.port()), false).expect("addr");
+        scfg.fallback_dns = Some(([127, 0, 0, 1], dns_port).into());
+        let named = start_server(scfg).await;
+        let client = start_client(client_config(named.addr, "x", pin_of(&named), T)).await;
+        echo_roundtrip(client.addr, &random_bytes(128 * 1024, 4)).await;
         dnsmasq.start_kill().expect("kill");
     })
     .await;

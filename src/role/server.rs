@@ -15,13 +15,28 @@ use crate::transport::{Accepted, Acceptor, BoxIo, Listener, Stream, relay, tcp};
 pub struct Server {
     cfg: ServerConfig,
     acceptor: Acceptor,
+    dial: tcp::DialOpts,
 }
 
 impl Server {
     /// Loads the certificate (or makes a self-signed one).
     pub fn new(cfg: ServerConfig) -> Result<Self> {
         let acceptor = Acceptor::new(&cfg)?;
-        Ok(Server { cfg, acceptor })
+        // No fast open towards the destination: a destination that speaks first (SMTP, SSH)
+        // would never see the connection, since fast open connects on our first write.
+        let dial = tcp::DialOpts {
+            dns: cfg
+                .fallback_dns
+                .map(crate::transport::dns::Dns::new)
+                .transpose()?
+                .map(Arc::new),
+            ..Default::default()
+        };
+        Ok(Server {
+            cfg,
+            acceptor,
+            dial,
+        })
     }
 
     /// SHA-256 of the served certificate (what clients pin), if TLS is on.
@@ -76,7 +91,7 @@ impl Server {
     }
 
     async fn to_destination(&self, mut tunnel: BoxIo, id: &ConnId) {
-        let mut dest = match tcp::connect(&self.cfg.dest, CONNECT_TIMEOUT).await {
+        let mut dest = match tcp::connect_with(&self.cfg.dest, CONNECT_TIMEOUT, &self.dial).await {
             Ok(d) => d,
             Err(e) => {
                 // Dropping the tunnel closes the client's side at once.

@@ -140,6 +140,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         ws: None,
         mux: false,
         fast_open: false,
+        fallback_dns: None,
         timeout,
     }
 }
