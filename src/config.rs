@@ -59,7 +59,7 @@ pub struct MuxClientConfig {
 }
 
 /// WebSocket settings of a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct WsServerConfig {
     /// Which paths open tunnels.
     pub path: crate::transport::http::PathMatch,

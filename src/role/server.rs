@@ -61,8 +61,8 @@ impl Server {
 
     async fn handle(self: Arc<Self>, conn: Stream, id: ConnId) {
         match self.acceptor.accept(conn, &id.to_string()).await {
-            Ok(Accepted::Tunnel(t)) => self.to_destination(t, &id).await,
-            Ok(Accepted::Session(mut session)) => {
+            Ok(Accepted::Tunnel(t, _)) => self.to_destination(t, &id).await,
+            Ok(Accepted::Session(mut session, _)) => {
                 log::debug!("{id}: multiplexed session");
                 let mut n = 0u64;
                 while let Some(next) = session.next().await {

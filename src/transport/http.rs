@@ -35,13 +35,34 @@ pub const YAMUX: &str = "yamux";
 const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body>\n</html>\n";
 const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n</body>\n</html>\n";
 
+/// What a router attaches to a tunnel: who it belongs to (a mu-server user).
+pub type Tag = Arc<dyn std::any::Any + Send + Sync>;
+
+/// Maps request paths to tunnel owners (mu-server users); `None` is not a tunnel path.
+pub trait Router: Send + Sync {
+    /// The owner of `path`, if it opens a tunnel.
+    fn route(&self, path: &str) -> Option<Tag>;
+}
+
 /// Which request paths open a tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum PathMatch {
     /// `-wss-path /`: every path (as the original).
     Any,
     /// Exactly this path (with its leading `/`).
     Exact(String),
+    /// Whatever the router knows, tagged with its owner.
+    Route(Arc<dyn Router>),
+}
+
+impl std::fmt::Debug for PathMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathMatch::Any => f.write_str("Any"),
+            PathMatch::Exact(p) => write!(f, "Exact({p:?})"),
+            PathMatch::Route(_) => f.write_str("Route"),
+        }
+    }
 }
 
 impl PathMatch {
@@ -53,10 +74,12 @@ impl PathMatch {
         }
     }
 
-    fn matches(&self, path: &str) -> bool {
+    /// `None`: not a tunnel path; `Some(tag)`: a tunnel, with its owner if routed.
+    fn route(&self, path: &str) -> Option<Option<Tag>> {
         match self {
-            PathMatch::Any => true,
-            PathMatch::Exact(p) => p == path,
+            PathMatch::Any => Some(None),
+            PathMatch::Exact(p) => (p == path).then_some(None),
+            PathMatch::Route(r) => r.route(path).map(Some),
         }
     }
 }
@@ -91,7 +114,10 @@ pub struct HttpServer {
 }
 
 type Body = Either<Full<Bytes>, Incoming>;
-type Slot = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Carry)>>>;
+type Slot = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Carry, Option<Tag>)>>>;
+
+/// A connection upgraded to a tunnel: the stream, what it carries, and its owner.
+pub type Upgraded = (BoxIo, Carry, Option<Tag>);
 
 impl HttpServer {
     /// Serves HTTP on `io` until a request upgrades to a tunnel (returned) or the client goes
@@ -100,7 +126,7 @@ impl HttpServer {
         self: &Arc<Self>,
         io: S,
         id: &str,
-    ) -> io::Result<Option<(BoxIo, Carry)>> {
+    ) -> io::Result<Option<Upgraded>> {
         let slot: Slot = Arc::default();
         let service = {
             let this = self.clone();
@@ -123,7 +149,7 @@ impl HttpServer {
             .await
             .map_err(|e| io::Error::other(format!("HTTP: {e}")))?;
         let upgrade = slot.lock().map(|mut s| s.take()).unwrap_or(None);
-        let Some((on_upgrade, carry)) = upgrade else {
+        let Some((on_upgrade, carry, tag)) = upgrade else {
             return Ok(None);
         };
         let upgraded = on_upgrade
@@ -138,17 +164,17 @@ impl HttpServer {
             )),
             Err(upgraded) => Box::new(WsStream::new(TokioIo::new(upgraded), Role::Server, &[])),
         };
-        Ok(Some((stream, carry)))
+        Ok(Some((stream, carry, tag)))
     }
 
     async fn respond(&self, mut req: Request<Incoming>, slot: &Slot, id: &str) -> Response<Body> {
         let headers = req.headers();
         let wants_ws = has_token(headers, "upgrade", "websocket");
-        if wants_ws && self.path.matches(req.uri().path()) {
+        if wants_ws && let Some(tag) = self.path.route(req.uri().path()) {
             return match self.upgrade(&mut req, id) {
                 Ok((resp, on_upgrade, carry)) => {
                     if let Ok(mut s) = slot.lock() {
-                        *s = Some((on_upgrade, carry));
+                        *s = Some((on_upgrade, carry, tag));
                     }
                     resp
                 }

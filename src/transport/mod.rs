@@ -137,12 +137,13 @@ impl Dialer {
     }
 }
 
-/// What an accepted connection turned out to carry.
+/// What an accepted connection turned out to carry; the tag names the tunnels' owner when
+/// the HTTP front routes paths (mu-server).
 pub enum Accepted {
     /// One tunnel.
-    Tunnel(BoxIo),
+    Tunnel(BoxIo, Option<http::Tag>),
     /// A multiplexed session: its streams are tunnels.
-    Session(Box<MuxSession>),
+    Session(Box<MuxSession>, Option<http::Tag>),
     /// Nothing: ordinary HTTP requests were answered, or the client left.
     Nothing,
 }
@@ -160,15 +161,24 @@ pub struct Acceptor {
 impl Acceptor {
     /// Loads or makes the certificate (none with `-disable-tls`) and sets up the layers.
     pub fn new(cfg: &ServerConfig) -> Result<Self> {
-        let http = cfg.ws.as_ref().map(|ws| {
+        Self::with_layers(cfg.tls.as_ref(), cfg.ws.as_ref(), cfg.mux)
+    }
+
+    /// The layers chosen one by one: TLS certificate (none: plain), HTTP front, `-mux`.
+    pub fn with_layers(
+        tls: Option<&crate::config::CertSource>,
+        ws: Option<&crate::config::WsServerConfig>,
+        mux: bool,
+    ) -> Result<Self> {
+        let http = ws.map(|ws| {
             Arc::new(http::HttpServer {
                 path: ws.path.clone(),
                 fallback: ws.fallback.clone(),
-                default_mux: cfg.mux,
+                default_mux: mux,
             })
         });
         let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
-        let ck = match cfg.tls.as_ref() {
+        let ck = match tls {
             None => None,
             Some(crate::config::CertSource::Files { cert: c, key: k }) => Some(cert::load(c, k)?),
             Some(crate::config::CertSource::SelfSigned(name)) => {
@@ -187,7 +197,7 @@ impl Acceptor {
             tls,
             fingerprint,
             http,
-            mux: cfg.mux,
+            mux,
         })
     }
 
@@ -211,9 +221,9 @@ impl Acceptor {
     }
 
     async fn after_tls<S: Io + 'static>(&self, io: S, id: &str) -> Result<Accepted> {
-        let (stream, carry): (BoxIo, http::Carry) = match &self.http {
-            None if self.mux => (Box::new(io), http::Carry::Mux),
-            None => (Box::new(io), http::Carry::Plain),
+        let (stream, carry, tag): http::Upgraded = match &self.http {
+            None if self.mux => (Box::new(io), http::Carry::Mux, None),
+            None => (Box::new(io), http::Carry::Plain, None),
             Some(front) => match front.serve(io, id).await {
                 Ok(Some(upgraded)) => upgraded,
                 Ok(None) => return Ok(Accepted::Nothing),
@@ -221,11 +231,11 @@ impl Acceptor {
             },
         };
         Ok(match carry {
-            http::Carry::Plain => Accepted::Tunnel(stream),
-            http::Carry::Mux => Accepted::Session(Box::new(MuxSession::server(
-                stream,
-                mux::MAX_STREAMS_PER_SESSION,
-            ))),
+            http::Carry::Plain => Accepted::Tunnel(stream, tag),
+            http::Carry::Mux => Accepted::Session(
+                Box::new(MuxSession::server(stream, mux::MAX_STREAMS_PER_SESSION)),
+                tag,
+            ),
         })
     }
 }
