@@ -124,14 +124,14 @@ pub struct ServerArgs {
     pub verbose: bool,
 }
 
-/// many users on one TLS port, routed by WebSocket path (not yet supported)
+/// many users on one TLS port, routed by WebSocket path, managed through a controller
 #[derive(FromArgs, ArgsInfo, Debug, Default)]
 #[argh(subcommand, name = "mu-server")]
 pub struct MuServerArgs {
     /// data listen address
     #[argh(option, arg_name = "host:port")]
     pub b: Option<String>,
-    /// controller listen address
+    /// controller listen address (default 127.0.0.1:8080; beyond loopback needs -c-token)
     #[argh(option, arg_name = "host:port")]
     pub c: Option<String>,
     /// file: PEM certificate chain
@@ -155,6 +155,15 @@ pub struct MuServerArgs {
     /// idle timeout of a tunnel (default 1m)
     #[argh(option)]
     pub timeout: Option<String>,
+    /// send requests that are not tunnels to this web server instead of a 404
+    #[argh(option, arg_name = "host:port")]
+    pub fallback: Option<String>,
+    /// bearer token the controller requires (or MTT_CONTROLLER_TOKEN)
+    #[argh(option)]
+    pub c_token: Option<String>,
+    /// keep users in this file: loaded at start, every change saved before it is acknowledged
+    #[argh(option, arg_name = "file")]
+    pub users_file: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

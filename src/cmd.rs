@@ -240,7 +240,21 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
         Command::MuServer => {
             let args = parse_or_help!(MuServerArgs, prog, rest);
             crate::logging::init(args.verbose);
-            crate::config::mu_server_from_args(&args)
+            let cfg = crate::config::MuServerConfig::from_args(
+                &args,
+                std::env::var("MTT_CONTROLLER_TOKEN").ok(),
+            )?;
+            runtime()?.block_on(async {
+                let server = crate::role::mu_server::MuServer::new(cfg.clone())?;
+                let data = match &cfg.listen {
+                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
+                    Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
+                };
+                let control = tcp::bind_tcp(&cfg.controller).await?;
+                let shutdown = crate::shutdown::on_signals()?;
+                server.run(data, control, shutdown).await;
+                Ok(())
+            })
         }
         Command::Cert => {
             let args = parse_or_help!(CertArgs, prog, rest);

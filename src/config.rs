@@ -357,12 +357,84 @@ fn cert_source(
     }
 }
 
-/// The multi-user server is not built yet; its flags are recognised so the error is precise.
-pub fn mu_server_from_args(_a: &MuServerArgs) -> Result<()> {
-    Err(Error::config(format!(
-        "mu-server is not yet supported by mtt {}",
-        crate::VERSION
-    )))
+/// Default controller address: loopback only.
+pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:8080";
+/// Default idle timeout of the multi-user server (the original's `1m`).
+pub const MU_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A validated multi-user server configuration.
+#[derive(Debug, Clone)]
+pub struct MuServerConfig {
+    /// Data listener.
+    pub listen: Listen,
+    /// Controller listener.
+    pub controller: HostPort,
+    /// Bearer token of the controller.
+    pub token: Option<String>,
+    /// Where users are kept.
+    pub users_file: Option<PathBuf>,
+    /// `None` with `-disable-tls`.
+    pub tls: Option<CertSource>,
+    /// Web server for requests that are not tunnels.
+    pub fallback: Option<HostPort>,
+    /// Default for clients that name no subprotocol.
+    pub mux: bool,
+    /// TCP fast open on the data listener.
+    pub fast_open: bool,
+    /// Idle timeout of a tunnel.
+    pub timeout: Duration,
+}
+
+fn is_loopback(h: &HostPort) -> bool {
+    h.host == "localhost" || h.ip().is_some_and(|ip| ip.is_loopback())
+}
+
+impl MuServerConfig {
+    /// Validates the multi-user server's flags; `env_token` is `MTT_CONTROLLER_TOKEN`.
+    pub fn from_args(a: &MuServerArgs, env_token: Option<String>) -> Result<Self> {
+        let b = required(
+            "b",
+            &a.b,
+            "the address to listen on, e.g. -b 0.0.0.0:443 (or a socket path with -bind-unix)",
+        )?;
+        let listen = if a.bind_unix {
+            Listen::Unix(b.to_string())
+        } else {
+            Listen::Tcp(HostPort::parse("b", b, true)?)
+        };
+        let controller = HostPort::parse(
+            "c",
+            a.c.as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_CONTROLLER),
+            true,
+        )?;
+        let token = a.c_token.clone().or(env_token).filter(|t| !t.is_empty());
+        if token.is_none() && !is_loopback(&controller) {
+            return Err(Error::config(format!(
+                "-c {controller} listens beyond loopback: anyone who reaches it could change the users; set -c-token (or MTT_CONTROLLER_TOKEN), or listen on 127.0.0.1"
+            )));
+        }
+        let fallback = match a.fallback.as_deref() {
+            None | Some("") => None,
+            Some(f) => Some(HostPort::parse("fallback", f, false)?),
+        };
+        Ok(MuServerConfig {
+            listen,
+            controller,
+            token,
+            users_file: a
+                .users_file
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?,
+            fallback,
+            mux: a.mux,
+            fast_open: a.fast_open,
+            timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
+        })
+    }
 }
 
 #[cfg(test)]

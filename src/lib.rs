@@ -27,6 +27,7 @@ pub mod shutdown;
 pub mod sip003;
 pub mod sys;
 pub mod transport;
+pub mod users;
 
 pub use error::{Error, Result};
 

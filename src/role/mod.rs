@@ -1,7 +1,9 @@
 //! Plumbing shared by the roles: the accept loop that numbers connections, spawns one task per
 //! connection, backs off on resource errors, and drains live tunnels on shutdown.
 
+pub mod api;
 pub mod client;
+pub mod mu_server;
 pub mod server;
 
 use std::future::Future;

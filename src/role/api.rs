@@ -1,0 +1,382 @@
+//! The mu-server's controller: the original's JSON command API (byte-compatible answers),
+//! a REST API under `/v1/`, Prometheus text at `/metrics`, and bearer-token authentication.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::users::{Change, Users};
+
+/// Largest request body (the original's limit).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// The controller's state.
+pub struct Controller {
+    users: Arc<Users>,
+    token: Option<String>,
+    started: Instant,
+}
+
+#[derive(Deserialize)]
+struct CompatRequest {
+    #[serde(default)]
+    opt: i64,
+    #[serde(default)]
+    args_bunch: Vec<CompatArg>,
+}
+
+#[derive(Deserialize)]
+struct CompatArg {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    dst: String,
+}
+
+/// The original's answer: every field omitted when zero or empty.
+#[derive(Serialize)]
+struct CompatReply {
+    #[serde(skip_serializing_if = "is_zero")]
+    res: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    err_string: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    current_users: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+#[derive(Deserialize)]
+struct PutUser {
+    dst: String,
+}
+
+fn body(
+    status: StatusCode,
+    content_type: &'static str,
+    text: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(text.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    body(status, "application/json", text)
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "error": msg.into() }))
+}
+
+/// Compatible-API answers keep the original's content type and compact bytes.
+fn compat(status: StatusCode, reply: CompatReply) -> Response<Full<Bytes>> {
+    let text = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{}".to_vec());
+    body(status, "text/plain; charset=utf-8", text)
+}
+
+fn compat_err(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
+    compat(
+        status,
+        CompatReply {
+            res: 2,
+            err_string: msg.into(),
+            current_users: 0,
+        },
+    )
+}
+
+/// Equal in time whatever the inputs share.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Controller {
+    /// A controller over `users`; with `token`, every request needs `Authorization: Bearer`.
+    pub fn new(users: Arc<Users>, token: Option<String>) -> Arc<Self> {
+        Arc::new(Controller {
+            users,
+            token,
+            started: Instant::now(),
+        })
+    }
+
+    /// Serves the controller until `shutdown`.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        log::warn!("controller accept: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.respond(req).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(crate::transport::http::HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+                if let Err(e) = served {
+                    log::debug!("controller connection from {peer}: {e}");
+                }
+            });
+        }
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if !same(given.as_bytes(), token.as_bytes()) {
+                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+                r.headers_mut()
+                    .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        match (method, path.as_str()) {
+            (Method::GET, "/metrics") => self.metrics(),
+            (Method::GET, "/v1/status") => self.status(),
+            (Method::GET, "/v1/users") => self.list(),
+            (m, p) if p.starts_with("/v1/users/") => {
+                let user_path = format!("/{}", &p["/v1/users/".len()..]);
+                match m {
+                    Method::PUT => self.put(req, user_path).await,
+                    Method::DELETE => {
+                        let kick = req
+                            .uri()
+                            .query()
+                            .unwrap_or("")
+                            .split('&')
+                            .any(|kv| kv == "kick=true" || kv == "kick=1" || kv == "kick");
+                        self.delete(user_path, kick).await
+                    }
+                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT or DELETE"),
+                }
+            }
+            (_, p) if p.starts_with("/v1/") || p == "/metrics" => {
+                error(StatusCode::NOT_FOUND, format!("no such endpoint: {p}"))
+            }
+            (Method::POST, _) => self.compat(req).await,
+            _ => compat_err(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
+        }
+    }
+
+    async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+        match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => Ok(b.to_bytes()),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                Err(compat_err(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body over 2 MiB",
+                ))
+            }
+            Err(e) => Err(compat_err(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body: {e}"),
+            )),
+        }
+    }
+
+    /// The original's command API.
+    async fn compat(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let raw = match Self::read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let cmd: CompatRequest = match serde_json::from_slice(&raw) {
+            Ok(c) => c,
+            Err(e) => return compat_err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+        };
+        let ok = CompatReply {
+            res: 1,
+            err_string: String::new(),
+            current_users: 0,
+        };
+        let change = match cmd.opt {
+            1 | 2 if cmd.args_bunch.is_empty() => {
+                return compat_err(StatusCode::OK, "empty args");
+            }
+            1 => Change::Add(
+                cmd.args_bunch
+                    .into_iter()
+                    .map(|a| (a.path, a.dst))
+                    .collect(),
+            ),
+            2 => Change::Remove(cmd.args_bunch.into_iter().map(|a| a.path).collect(), false),
+            3 => Change::Reset,
+            9 => {
+                return compat(
+                    StatusCode::OK,
+                    CompatReply {
+                        current_users: self.users.len() as i64,
+                        ..ok
+                    },
+                );
+            }
+            _ => return compat_err(StatusCode::OK, "invalid opt"),
+        };
+        match self.users.apply(change).await {
+            Ok(()) => compat(StatusCode::OK, ok),
+            Err(e) => compat_err(StatusCode::OK, e.to_string()),
+        }
+    }
+
+    fn list(&self) -> Response<Full<Bytes>> {
+        let users: Vec<_> = self
+            .users
+            .list()
+            .iter()
+            .map(|u| {
+                let (live, up, down) = u.counters();
+                serde_json::json!({
+                    "path": u.path, "dst": u.dst.to_string(),
+                    "connections": live, "bytes_up": up, "bytes_down": down,
+                })
+            })
+            .collect();
+        json(StatusCode::OK, &users)
+    }
+
+    async fn put(&self, req: Request<Incoming>, path: String) -> Response<Full<Bytes>> {
+        let raw = match Self::read_body(req).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let put: PutUser = match serde_json::from_slice(&raw) {
+            Ok(p) => p,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid JSON, expected {{\"dst\":\"host:port\"}}: {e}"),
+                );
+            }
+        };
+        match self
+            .users
+            .apply(Change::Add(vec![(path.clone(), put.dst)]))
+            .await
+        {
+            Ok(()) => match self.users.get(&path) {
+                Some(u) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": u.path, "dst": u.dst.to_string() }),
+                ),
+                None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
+            },
+            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+
+    async fn delete(&self, path: String, kick: bool) -> Response<Full<Bytes>> {
+        if self.users.get(&path).is_none() {
+            return error(StatusCode::NOT_FOUND, format!("no user with path {path}"));
+        }
+        match self
+            .users
+            .apply(Change::Remove(vec![path.clone()], kick))
+            .await
+        {
+            Ok(()) => json(
+                StatusCode::OK,
+                &serde_json::json!({ "path": path, "removed": true, "kicked": kick }),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+
+    fn status(&self) -> Response<Full<Bytes>> {
+        let users = self.users.list();
+        let live: u64 = users.iter().map(|u| u.counters().0).sum();
+        json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "version": crate::VERSION,
+                "users": users.len(),
+                "connections": live,
+                "uptime_seconds": self.started.elapsed().as_secs(),
+            }),
+        )
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let users = self.users.list();
+        let mut out = String::new();
+        out.push_str("# HELP mtt_users Users configured.\n# TYPE mtt_users gauge\n");
+        out.push_str(&format!("mtt_users {}\n", users.len()));
+        let series = [
+            (
+                "mtt_user_connections",
+                "gauge",
+                "Live tunnels of a user.",
+                0usize,
+            ),
+            (
+                "mtt_user_bytes_up_total",
+                "counter",
+                "Bytes from the user's clients to its destination.",
+                1,
+            ),
+            (
+                "mtt_user_bytes_down_total",
+                "counter",
+                "Bytes from the user's destination to its clients.",
+                2,
+            ),
+        ];
+        for (name, kind, help, idx) in series {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for u in &users {
+                let c = u.counters();
+                let v = [c.0, c.1, c.2][idx];
+                out.push_str(&format!("{name}{{path=\"{}\"}} {v}\n", label(&u.path)));
+            }
+        }
+        body(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            out,
+        )
+    }
+}

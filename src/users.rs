@@ -1,0 +1,270 @@
+//! The mu-server's user table: path → destination, per-user counters, kick, and persistence
+//! to `-users-file` (every change written atomically before it is acknowledged).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::HostPort;
+use crate::transport::http::{Router, Tag};
+use crate::{Error, Result};
+
+/// One user: a path and where its tunnels go.
+#[derive(Debug)]
+pub struct User {
+    /// WebSocket path, with its leading `/`.
+    pub path: String,
+    /// Destination of the user's tunnels.
+    pub dst: HostPort,
+    removed: AtomicBool,
+    kick: CancellationToken,
+    live: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl User {
+    fn new(path: String, dst: HostPort) -> Arc<Self> {
+        Arc::new(User {
+            path,
+            dst,
+            removed: AtomicBool::new(false),
+            kick: CancellationToken::new(),
+            live: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the user was removed (or replaced) since this handle was taken.
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    /// Fires when the user is removed with kick: live tunnels end.
+    pub fn kicked(&self) -> &CancellationToken {
+        &self.kick
+    }
+
+    /// Counts a tunnel for as long as the guard lives.
+    pub fn tunnel(self: &Arc<Self>) -> LiveGuard {
+        self.live.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(self.clone())
+    }
+
+    /// Adds a finished tunnel's bytes.
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        self.up.fetch_add(up, Ordering::Relaxed);
+        self.down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// (live tunnels, bytes up, bytes down).
+    pub fn counters(&self) -> (u64, u64, u64) {
+        (
+            self.live.load(Ordering::Relaxed),
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Keeps a user's live-tunnel count up while it exists.
+pub struct LiveGuard(Arc<User>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a controller asks for.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Add or replace users.
+    Add(Vec<(String, String)>),
+    /// Remove users (unknown paths are ignored); `kick` ends their live tunnels too.
+    Remove(Vec<String>, bool),
+    /// Remove everyone (live tunnels keep running).
+    Reset,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    path: String,
+    dst: String,
+}
+
+/// The table.
+pub struct Users {
+    map: RwLock<HashMap<String, Arc<User>>>,
+    file: Option<PathBuf>,
+    /// Changes happen one at a time, so each file written is a state that was acknowledged.
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// A user path must start with `/` and be visible ASCII, as the client can send it.
+pub fn check_path(path: &str) -> Result<()> {
+    if !path.starts_with('/')
+        || path.len() > 1024
+        || path.bytes().any(|b| !(0x21..0x7f).contains(&b))
+        || path.contains('?')
+        || path.contains('#')
+    {
+        return Err(Error::config(format!(
+            "invalid path '{path}': it must start with '/' and contain only visible ASCII, without '?' or '#'"
+        )));
+    }
+    Ok(())
+}
+
+fn check(path: &str, dst: &str) -> Result<HostPort> {
+    check_path(path)?;
+    HostPort::parse("dst", dst, false).map_err(|e| {
+        Error::config(format!(
+            "path '{path}': {}",
+            e.to_string().trim_start_matches("-dst: ")
+        ))
+    })
+}
+
+impl Users {
+    /// Loads `file` if given and present (a missing file is an empty table).
+    pub fn load(file: Option<PathBuf>) -> Result<Arc<Self>> {
+        let mut map = HashMap::new();
+        if let Some(f) = &file {
+            match std::fs::read(f) {
+                Ok(bytes) => {
+                    let saved: Vec<Saved> = serde_json::from_slice(&bytes).map_err(|e| {
+                        Error::config(format!(
+                            "-users-file {}: not a users file: {e}",
+                            f.display()
+                        ))
+                    })?;
+                    for s in saved {
+                        let dst = check(&s.path, &s.dst).map_err(|e| {
+                            Error::config(format!("-users-file {}: {e}", f.display()))
+                        })?;
+                        map.insert(s.path.clone(), User::new(s.path, dst));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("-users-file {}", f.display()), e)),
+            }
+        }
+        Ok(Arc::new(Users {
+            map: RwLock::new(map),
+            file,
+            writer: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<User>>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current user of `path`.
+    pub fn get(&self, path: &str) -> Option<Arc<User>> {
+        self.read().get(path).cloned()
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Every user, sorted by path.
+    pub fn list(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<_> = self.read().values().cloned().collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Applies a change: validated first (nothing changes if any item is bad), saved to the
+    /// users file, then made visible. Returns when it is durable.
+    pub async fn apply(&self, change: Change) -> Result<()> {
+        let _one_at_a_time = self.writer.lock().await;
+        let mut next: HashMap<String, Arc<User>> = self.read().clone();
+        let mut retired: Vec<(Arc<User>, bool)> = Vec::new();
+        match change {
+            Change::Add(items) => {
+                let mut checked = Vec::with_capacity(items.len());
+                for (path, dst) in items {
+                    let hp = check(&path, &dst)?;
+                    checked.push((path, hp));
+                }
+                for (path, dst) in checked {
+                    if let Some(old) = next.insert(path.clone(), User::new(path, dst)) {
+                        retired.push((old, false));
+                    }
+                }
+            }
+            Change::Remove(paths, kick) => {
+                for p in paths {
+                    if let Some(old) = next.remove(&p) {
+                        retired.push((old, kick));
+                    }
+                }
+            }
+            Change::Reset => retired.extend(next.drain().map(|(_, u)| (u, false))),
+        }
+        if let Some(f) = &self.file {
+            save(f, &next)?;
+        }
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
+        for (user, kick) in retired {
+            user.removed.store(true, Ordering::Release);
+            if kick {
+                user.kick.cancel();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Router for Users {
+    fn route(&self, path: &str) -> Option<Tag> {
+        self.get(path).map(|u| u as Tag)
+    }
+}
+
+/// Writes the table to `file` atomically: a temp file beside it, fsync, rename, fsync of the
+/// directory. A crash leaves either the old or the new file, never a torn one.
+fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
+    let ctx = || format!("-users-file {}", file.display());
+    let mut list: Vec<Saved> = users
+        .values()
+        .map(|u| Saved {
+            path: u.path.clone(),
+            dst: u.dst.to_string(),
+        })
+        .collect();
+    list.sort_by(|a, b| a.path.cmp(&b.path));
+    let json =
+        serde_json::to_vec_pretty(&list).map_err(|e| Error::config(format!("{}: {e}", ctx())))?;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("users")
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| Error::io(ctx(), e))
+}
