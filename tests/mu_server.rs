@@ -1,0 +1,388 @@
+//! The multi-user server: the original's controller API byte for byte, the REST API, tokens,
+//! tunnels routed per user (plain and multiplexed), removal with and without kick, 404s, and
+//! the users file surviving kill -9.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use mtt::config::{CertSource, Listen, MuServerConfig, Verify};
+use mtt::role::mu_server::MuServer;
+use mtt::transport::Listener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Mu {
+    data: SocketAddr,
+    control: SocketAddr,
+    pin: Verify,
+}
+
+fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuServerConfig {
+    MuServerConfig {
+        listen: Listen::Tcp(hp("127.0.0.1:0")),
+        controller: hp("127.0.0.1:0"),
+        token: token.map(str::to_string),
+        users_file,
+        tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        fallback: None,
+        mux: false,
+        fast_open: false,
+        timeout: T,
+    }
+}
+
+async fn start_mu(cfg: MuServerConfig) -> Mu {
+    let server = MuServer::new(cfg).expect("mu-server");
+    let pin = Verify::Pin(mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"));
+    let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let (d, c) = (
+        data.local_addr().expect("a"),
+        control.local_addr().expect("a"),
+    );
+    tokio::spawn(server.run(
+        Listener::Tcp(data),
+        control,
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Mu {
+        data: d,
+        control: c,
+        pin,
+    }
+}
+
+/// One HTTP/1.1 request; returns (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect controller");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: controller\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let mut hs = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut hs);
+    let len = match resp.parse(&raw).expect("HTTP response") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => panic!("partial response: {}", String::from_utf8_lossy(&raw)),
+    };
+    (
+        resp.code.unwrap_or(0),
+        String::from_utf8_lossy(&raw[len..]).into_owned(),
+    )
+}
+
+async fn post(mu: &Mu, json: &str) -> (u16, String) {
+    http(mu.control, "POST", "/", "", json.as_bytes()).await
+}
+
+fn user_client(mu: &Mu, path: &str, mux: bool) -> mtt::config::ClientConfig {
+    let mut c = wss_client_config(mu.data, mu.pin.clone(), path, T);
+    if mux {
+        c.mux = Some(mtt::config::MuxClientConfig {
+            max_streams: 4,
+            idle: Duration::from_secs(10),
+        });
+    }
+    c
+}
+
+#[tokio::test]
+async fn compatible_api_answers_byte_for_byte() {
+    bounded(async {
+        let mu = start_mu(mu_config(None, None)).await;
+        let add = r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1001"},{"path":"/b","dst":"127.0.0.1:1002"}]}"#;
+        assert_eq!(post(&mu, add).await, (200, r#"{"res":1}"#.into()));
+        assert_eq!(post(&mu, r#"{"opt":9}"#).await, (200, r#"{"res":1,"current_users":2}"#.into()));
+        assert_eq!(
+            post(&mu, r#"{"opt":2,"args_bunch":[{"path":"/a"},{"path":"/unknown"}]}"#).await,
+            (200, r#"{"res":1}"#.into())
+        );
+        assert_eq!(post(&mu, r#"{"opt":1}"#).await, (200, r#"{"res":2,"err_string":"empty args"}"#.into()));
+        assert_eq!(post(&mu, r#"{"opt":2,"args_bunch":[]}"#).await, (200, r#"{"res":2,"err_string":"empty args"}"#.into()));
+        assert_eq!(post(&mu, r#"{"opt":7}"#).await, (200, r#"{"res":2,"err_string":"invalid opt"}"#.into()));
+        assert_eq!(post(&mu, r#"{}"#).await, (200, r#"{"res":2,"err_string":"invalid opt"}"#.into()));
+        assert_eq!(post(&mu, r#"{"opt":3}"#).await, (200, r#"{"res":1}"#.into()));
+        // Zero users: the field is omitted, as a restarted original answers.
+        assert_eq!(post(&mu, r#"{"opt":9}"#).await, (200, r#"{"res":1}"#.into()));
+        // Bad input: JSON errors with real statuses, and nothing changes.
+        for (body, status) in [("{not json", 400), (r#"{"opt":"1"}"#, 400), (r#"{"opt":1,"args_bunch":{}}"#, 400)] {
+            let (code, text) = post(&mu, body).await;
+            assert_eq!(code, status, "{body}");
+            assert!(text.starts_with(r#"{"res":2,"err_string":"#), "{text}");
+        }
+        let (code, text) = http(mu.control, "GET", "/", "", b"").await;
+        assert_eq!((code, text.as_str()), (405, r#"{"res":2,"err_string":"use POST"}"#));
+        let huge = vec![b' '; 2 * 1024 * 1024 + 1];
+        assert_eq!(http(mu.control, "POST", "/", "", &huge).await.0, 413);
+        for bad in [
+            r#"{"opt":1,"args_bunch":[{"path":"nos lash","dst":"127.0.0.1:1"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/ok","dst":"nope"}]}"#,
+            r#"{"opt":1,"args_bunch":[{"path":"/ok","dst":"127.0.0.1:1"},{"path":"/x","dst":"h:99999"}]}"#,
+        ] {
+            let (code, text) = post(&mu, bad).await;
+            assert_eq!(code, 200);
+            assert!(text.starts_with(r#"{"res":2,"err_string":"#), "{text}");
+        }
+        assert_eq!(post(&mu, r#"{"opt":9}"#).await.1, r#"{"res":1}"#, "a rejected batch adds nobody");
+        // A thousand users in one request.
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"path":"/u{i}","dst":"127.0.0.1:{}"}}"#, 2000 + i))
+            .collect();
+        let req = format!(r#"{{"opt":1,"args_bunch":[{}]}}"#, many.join(","));
+        assert_eq!(post(&mu, &req).await.1, r#"{"res":1}"#);
+        assert_eq!(post(&mu, r#"{"opt":9}"#).await.1, r#"{"res":1,"current_users":1000}"#);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rest_api_metrics_and_concurrent_writes() {
+    bounded(async {
+        let mu = start_mu(mu_config(None, None)).await;
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let control = mu.control;
+            tasks.push(tokio::spawn(async move {
+                let body = format!(r#"{{"dst":"127.0.0.1:{}"}}"#, 3000 + i);
+                http(
+                    control,
+                    "PUT",
+                    &format!("/v1/users/p{i}"),
+                    "",
+                    body.as_bytes(),
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            let (code, text) = t.await.expect("put");
+            assert_eq!(code, 200, "{text}");
+        }
+        let (code, list) = http(mu.control, "GET", "/v1/users", "", b"").await;
+        assert_eq!(code, 200);
+        let users: serde_json::Value = serde_json::from_str(&list).expect("json");
+        assert_eq!(users.as_array().expect("array").len(), 20);
+        assert_eq!(users[0]["path"], "/p0");
+        assert_eq!(users[0]["connections"], 0);
+        assert_eq!(
+            http(mu.control, "PUT", "/v1/users/x", "", b"{\"dst\":\"bad\"}")
+                .await
+                .0,
+            400
+        );
+        assert_eq!(
+            http(mu.control, "PUT", "/v1/users/x", "", b"not json")
+                .await
+                .0,
+            400
+        );
+        assert_eq!(
+            http(mu.control, "DELETE", "/v1/users/p3", "", b"").await.0,
+            200
+        );
+        assert_eq!(
+            http(mu.control, "DELETE", "/v1/users/p3", "", b"").await.0,
+            404
+        );
+        let (code, status) = http(mu.control, "GET", "/v1/status", "", b"").await;
+        assert_eq!(code, 200);
+        assert!(status.contains("\"users\":19"), "{status}");
+        let (code, metrics) = http(mu.control, "GET", "/metrics", "", b"").await;
+        assert_eq!(code, 200);
+        assert!(metrics.contains("mtt_users 19\n"), "{metrics}");
+        assert!(metrics.contains("mtt_user_bytes_up_total{path=\"/p0\"} 0\n"));
+        assert_eq!(http(mu.control, "GET", "/v1/nothing", "", b"").await.0, 404);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tokens_guard_every_endpoint() {
+    bounded(async {
+        let mu = start_mu(mu_config(Some("s3cret"), None)).await;
+        let add = r#"{"opt":1,"args_bunch":[{"path":"/a","dst":"127.0.0.1:1"}]}"#;
+        for headers in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: s3cret\r\n",
+        ] {
+            assert_eq!(
+                http(mu.control, "POST", "/", headers, add.as_bytes())
+                    .await
+                    .0,
+                401
+            );
+            assert_eq!(
+                http(mu.control, "GET", "/v1/users", headers, b"").await.0,
+                401
+            );
+        }
+        let auth = "Authorization: Bearer s3cret\r\n";
+        let (_, ping) = http(mu.control, "POST", "/", auth, br#"{"opt":9}"#).await;
+        assert_eq!(ping, r#"{"res":1}"#, "nothing was added without the token");
+        assert_eq!(
+            http(mu.control, "POST", "/", auth, add.as_bytes()).await.1,
+            r#"{"res":1}"#
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn users_are_routed_removed_and_kicked() {
+    bounded(async {
+        let echo = echo_server().await;
+        let replier = reply_after_eof_server().await;
+        let mu = start_mu(mu_config(None, None)).await;
+        let add = format!(
+            r#"{{"opt":1,"args_bunch":[{{"path":"/echo","dst":"{echo}"}},{{"path":"/hash","dst":"{replier}"}},{{"path":"/kick","dst":"{echo}"}},{{"path":"/mux","dst":"{echo}"}}]}}"#
+        );
+        assert_eq!(post(&mu, &add).await.1, r#"{"res":1}"#);
+        let echo_client = start_client(user_client(&mu, "/echo", false)).await;
+        let hash_client = start_client(user_client(&mu, "/hash", false)).await;
+        let mux_client = start_client(user_client(&mu, "/mux", true)).await;
+        let mut tasks = Vec::new();
+        for i in 0..6u64 {
+            let (e, m) = (echo_client.addr, mux_client.addr);
+            tasks.push(tokio::spawn(async move { echo_roundtrip(e, &random_bytes(512 * 1024, i)).await }));
+            tasks.push(tokio::spawn(async move { echo_roundtrip(m, &random_bytes(256 * 1024, 50 + i)).await }));
+        }
+        // Each user reaches its own destination: this one answers a hash after EOF.
+        let data = random_bytes(300 * 1024, 9);
+        let mut s = TcpStream::connect(hash_client.addr).await.expect("connect");
+        s.write_all(&data).await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply).await.expect("reply");
+        assert_eq!(reply, sha256(&data));
+        for t in tasks {
+            t.await.expect("transfer");
+        }
+        // The /hash tunnel's bytes are counted once its relay has finished.
+        let counted = format!(r#""bytes_down":32,"bytes_up":{},"connections":0,"dst":"{replier}","path":"/hash""#, data.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, users) = http(mu.control, "GET", "/v1/users", "", b"").await;
+            if users.contains(&counted) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "bytes not counted: {users}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // Removal without kick: a live tunnel goes on, new ones are refused.
+        let mut live = TcpStream::connect(echo_client.addr).await.expect("connect");
+        live.write_all(b"ping").await.expect("w");
+        let mut b = [0u8; 4];
+        live.read_exact(&mut b).await.expect("echo");
+        assert_eq!(post(&mu, r#"{"opt":2,"args_bunch":[{"path":"/echo"}]}"#).await.1, r#"{"res":1}"#);
+        live.write_all(b"pong").await.expect("w");
+        live.read_exact(&mut b).await.expect("the live tunnel survives removal");
+        assert_eq!(&b, b"pong");
+        closed_promptly(echo_client.addr).await;
+        // Removal with kick: the live tunnel is closed at once.
+        let kick_client = start_client(user_client(&mu, "/kick", false)).await;
+        let mut kicked = TcpStream::connect(kick_client.addr).await.expect("connect");
+        kicked.write_all(b"ping").await.expect("w");
+        kicked.read_exact(&mut b).await.expect("echo");
+        assert_eq!(http(mu.control, "DELETE", "/v1/users/kick?kick=true", "", b"").await.0, 200);
+        let start = std::time::Instant::now();
+        drain(&mut kicked).await;
+        assert!(start.elapsed() < Duration::from_secs(2), "kick took {:?}", start.elapsed());
+        // A removed multiplexing user's session opens no new streams.
+        assert_eq!(http(mu.control, "DELETE", "/v1/users/mux", "", b"").await.0, 200);
+        closed_promptly(mux_client.addr).await;
+        // Unknown paths are an ordinary 404.
+        let out = tokio::process::Command::new("curl")
+            .args(["-sk", "-m", "10", "-w", "\n%{http_code}", &format!("https://127.0.0.1:{}/nobody", mu.data.port())])
+            .output()
+            .await
+            .expect("curl");
+        assert!(String::from_utf8_lossy(&out.stdout).ends_with("\n404"));
+    })
+    .await;
+}
+
+/// kill -9 right after acknowledged changes: the restarted server has every user.
+#[tokio::test]
+async fn the_users_file_survives_kill_9() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("users.json");
+        let echo = echo_server().await;
+        let data_port = free_port();
+        let control_port = free_port();
+        let args = [
+            "mu-server",
+            "-b",
+            &format!("127.0.0.1:{data_port}"),
+            "-c",
+            &format!("127.0.0.1:{control_port}"),
+            "-users-file",
+            &path_str(&file),
+            "-n",
+            "127.0.0.1",
+            "-verbose",
+        ];
+        let control: SocketAddr = format!("127.0.0.1:{control_port}").parse().expect("a");
+        let mut p = Proc::spawn(&mtt_bin(), &args);
+        let pin = p
+            .wait_line("self-signed")
+            .await
+            .rsplit(' ')
+            .next()
+            .expect("pin")
+            .to_string();
+        p.wait_line("mu-server listening").await;
+        for i in 0..50 {
+            let body = format!(r#"{{"opt":1,"args_bunch":[{{"path":"/k{i}","dst":"{echo}"}}]}}"#);
+            assert_eq!(
+                http(control, "POST", "/", "", body.as_bytes()).await.1,
+                r#"{"res":1}"#
+            );
+        }
+        assert_eq!(
+            http(control, "DELETE", "/v1/users/k7", "", b"").await.0,
+            200
+        );
+        p.signal("KILL");
+        p.exit().await;
+        let mut p = Proc::spawn(&mtt_bin(), &args);
+        p.wait_line("mu-server listening").await;
+        assert_eq!(
+            http(control, "POST", "/", "", br#"{"opt":9}"#).await.1,
+            r#"{"res":1,"current_users":49}"#
+        );
+        let pin = p
+            .seen
+            .iter()
+            .find(|l| l.contains("self-signed"))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+            .unwrap_or(pin);
+        let mu = Mu {
+            data: format!("127.0.0.1:{data_port}").parse().expect("a"),
+            control,
+            pin: Verify::Pin(mtt::config::parse_pin(&pin).expect("pin")),
+        };
+        let client = start_client(user_client(&mu, "/k42", false)).await;
+        echo_roundtrip(client.addr, &random_bytes(128 * 1024, 1)).await;
+        closed_promptly(start_client(user_client(&mu, "/k7", false)).await.addr).await;
+    })
+    .await;
+}
