@@ -386,3 +386,47 @@ async fn the_users_file_survives_kill_9() {
     })
     .await;
 }
+
+/// Off loopback the controller needs a token: refused without one, and
+/// MTT_CONTROLLER_TOKEN provides it.
+#[tokio::test]
+async fn an_exposed_controller_requires_a_token() {
+    bounded(async {
+        let out = tokio::process::Command::new(mtt_bin())
+            .args(["mu-server", "-b", "127.0.0.1:0", "-c", "0.0.0.0:0"])
+            .env_remove("MTT_CONTROLLER_TOKEN")
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("-c-token") && err.trim_end().lines().count() == 1,
+            "{err}"
+        );
+
+        let port = free_port();
+        let mut cmd = tokio::process::Command::new(mtt_bin());
+        cmd.args([
+            "mu-server",
+            "-b",
+            "127.0.0.1:0",
+            "-c",
+            &format!("0.0.0.0:{port}"),
+            "-verbose",
+        ])
+        .env("MTT_CONTROLLER_TOKEN", "from-env")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+        let _p = cmd.spawn().expect("mu-server");
+        let control: SocketAddr = format!("127.0.0.1:{port}").parse().expect("a");
+        wait_listening(control).await;
+        assert_eq!(http(control, "POST", "/", "", br#"{"opt":9}"#).await.0, 401);
+        let auth = "Authorization: Bearer from-env\r\n";
+        assert_eq!(
+            http(control, "POST", "/", auth, br#"{"opt":9}"#).await,
+            (200, r#"{"res":1}"#.into())
+        );
+    })
+    .await;
+}
