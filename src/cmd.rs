@@ -228,6 +228,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             let cfg = ServerConfig::from_args(&args)?;
             runtime()?.block_on(async {
                 let server = Server::new(cfg.clone())?;
+                crate::shutdown::on_hangup(server.reloader())?;
                 let listener = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
@@ -246,6 +247,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             )?;
             runtime()?.block_on(async {
                 let server = crate::role::mu_server::MuServer::new(cfg.clone())?;
+                crate::shutdown::on_hangup(server.reloader())?;
                 let data = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),

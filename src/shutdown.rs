@@ -7,6 +7,17 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::error::IoContext;
 
+/// Runs `reload` on every SIGHUP (systemd's `ExecReload`, certbot's deploy hooks).
+pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context(|| "install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload.reload().await;
+        }
+    });
+    Ok(())
+}
+
 /// Installs the handlers (inside a runtime) and returns the token the first signal cancels.
 pub fn on_signals() -> Result<CancellationToken> {
     let mut int = signal(SignalKind::interrupt()).context(|| "install SIGINT handler")?;

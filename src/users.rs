@@ -231,6 +231,42 @@ impl Users {
     }
 }
 
+impl Users {
+    /// Re-reads the users file (after an edit by hand, on SIGHUP). Users whose destination is
+    /// unchanged keep their counters and live tunnels; removed ones open nothing new. Returns
+    /// the number of users, or `None` without a file; a bad file changes nothing.
+    pub async fn reload_file(&self) -> Result<Option<usize>> {
+        let Some(file) = &self.file else {
+            return Ok(None);
+        };
+        let _one_at_a_time = self.writer.lock().await;
+        let fresh = Users::load(Some(file.clone()))?;
+        let loaded = fresh.read().clone();
+        let mut next = HashMap::with_capacity(loaded.len());
+        let mut retired = Vec::new();
+        {
+            let current = self.read();
+            for (path, user) in loaded {
+                match current.get(&path) {
+                    Some(old) if old.dst == user.dst => next.insert(path, old.clone()),
+                    _ => next.insert(path, user),
+                };
+            }
+            for (path, old) in current.iter() {
+                if next.get(path).is_none_or(|u| !Arc::ptr_eq(u, old)) {
+                    retired.push(old.clone());
+                }
+            }
+        }
+        let n = next.len();
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
+        for user in retired {
+            user.removed.store(true, Ordering::Release);
+        }
+        Ok(Some(n))
+    }
+}
+
 impl Router for Users {
     fn route(&self, path: &str) -> Option<Tag> {
         self.get(path).map(|u| u as Tag)

@@ -103,6 +103,31 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// What SIGHUP re-reads: the certificate files, and the mu-server's users file.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(crate) acceptor: std::sync::Arc<crate::transport::Acceptor>,
+    pub(crate) users: Option<std::sync::Arc<crate::users::Users>>,
+}
+
+impl Reloader {
+    /// Re-reads what can be; a bad file keeps what was loaded and says why, once.
+    pub async fn reload(&self) {
+        match self.acceptor.reload() {
+            Ok(Some(fp)) => log::warn!("reloaded -cert/-key: new handshakes present SHA-256 {fp}"),
+            Ok(None) => log::info!("reload: no -cert/-key files to re-read"),
+            Err(e) => log::error!("reload: {e}; keeping the current certificate"),
+        }
+        if let Some(users) = &self.users {
+            match users.reload_file().await {
+                Ok(Some(n)) => log::warn!("reloaded -users-file: {n} user(s)"),
+                Ok(None) => {}
+                Err(e) => log::error!("reload: {e}; keeping the current users"),
+            }
+        }
+    }
+}
+
 /// Logs how a relay ended, once per connection.
 pub(crate) fn log_relay_end(id: &ConnId, res: io::Result<crate::transport::Transferred>) {
     match res {

@@ -17,7 +17,7 @@ use crate::users::{User, Users};
 /// A ready-to-run multi-user server.
 pub struct MuServer {
     cfg: MuServerConfig,
-    acceptor: Acceptor,
+    acceptor: Arc<Acceptor>,
     users: Arc<Users>,
     dial: tcp::DialOpts,
 }
@@ -37,7 +37,7 @@ impl MuServer {
         let acceptor = Acceptor::with_layers(cfg.tls.as_ref(), Some(&ws), cfg.mux)?;
         Ok(MuServer {
             cfg,
-            acceptor,
+            acceptor: Arc::new(acceptor),
             users,
             dial: tcp::DialOpts::default(),
         })
@@ -46,6 +46,14 @@ impl MuServer {
     /// The user table (shared with the controller).
     pub fn users(&self) -> Arc<Users> {
         self.users.clone()
+    }
+
+    /// The handle SIGHUP uses to re-read the certificate and the users file.
+    pub fn reloader(&self) -> super::Reloader {
+        super::Reloader {
+            acceptor: self.acceptor.clone(),
+            users: Some(self.users.clone()),
+        }
     }
 
     /// SHA-256 of the served certificate, if TLS is on.

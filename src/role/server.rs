@@ -14,7 +14,7 @@ use crate::transport::{Accepted, Acceptor, BoxIo, Listener, Stream, relay, tcp};
 /// A ready-to-run server: configuration checked, certificate loaded or made.
 pub struct Server {
     cfg: ServerConfig,
-    acceptor: Acceptor,
+    acceptor: Arc<Acceptor>,
     dial: tcp::DialOpts,
 }
 
@@ -34,9 +34,17 @@ impl Server {
         };
         Ok(Server {
             cfg,
-            acceptor,
+            acceptor: Arc::new(acceptor),
             dial,
         })
+    }
+
+    /// The handle SIGHUP uses to re-read the certificate.
+    pub fn reloader(&self) -> super::Reloader {
+        super::Reloader {
+            acceptor: self.acceptor.clone(),
+            users: None,
+        }
     }
 
     /// SHA-256 of the served certificate (what clients pin), if TLS is on.

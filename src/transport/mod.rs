@@ -153,7 +153,10 @@ pub enum Accepted {
 /// multiplexing.
 pub struct Acceptor {
     tls: Option<tls::TlsServer>,
-    fingerprint: Option<String>,
+    store: Option<Arc<tls::CertStore>>,
+    /// Where the certificate came from, for reloads.
+    source: Option<crate::config::CertSource>,
+    fingerprint: std::sync::RwLock<Option<String>>,
     http: Option<Arc<http::HttpServer>>,
     mux: bool,
 }
@@ -170,6 +173,7 @@ impl Acceptor {
         ws: Option<&crate::config::WsServerConfig>,
         mux: bool,
     ) -> Result<Self> {
+        let tls_source = tls.cloned();
         let http = ws.map(|ws| {
             Arc::new(http::HttpServer {
                 path: ws.path.clone(),
@@ -192,10 +196,16 @@ impl Acceptor {
             }
         };
         let fingerprint = ck.as_ref().map(cert::CertKey::fingerprint);
-        let tls = ck.map(|ck| tls::TlsServer::new(ck, alpn)).transpose()?;
+        let store = ck.map(tls::CertStore::new).transpose()?;
+        let tls = store
+            .clone()
+            .map(|s| tls::TlsServer::new(s, alpn))
+            .transpose()?;
         Ok(Acceptor {
             tls,
-            fingerprint,
+            store,
+            source: tls_source,
+            fingerprint: std::sync::RwLock::new(fingerprint),
             http,
             mux,
         })
@@ -203,7 +213,26 @@ impl Acceptor {
 
     /// SHA-256 of the certificate served, if TLS is on.
     pub fn fingerprint(&self) -> Option<String> {
-        self.fingerprint.clone()
+        self.fingerprint
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads `-cert`/`-key`: new handshakes present the new certificate, live tunnels are
+    /// untouched; a file that does not load leaves the old certificate in place. Returns the
+    /// new fingerprint, or `None` when there are no files to re-read.
+    pub fn reload(&self) -> Result<Option<String>> {
+        let (Some(store), Some(crate::config::CertSource::Files { cert: c, key: k })) =
+            (&self.store, &self.source)
+        else {
+            return Ok(None);
+        };
+        let ck = cert::load(c, k)?;
+        let fp = ck.fingerprint();
+        store.replace(ck)?;
+        *self.fingerprint.write().unwrap_or_else(|p| p.into_inner()) = Some(fp.clone());
+        Ok(Some(fp))
     }
 
     /// Completes the layers over one accepted connection.

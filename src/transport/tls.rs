@@ -98,6 +98,49 @@ impl TlsClient {
     }
 }
 
+/// The certificate a server presents, replaceable while it runs (hot reload): handshakes
+/// take whichever is current; live connections keep the one they started with.
+#[derive(Debug)]
+pub struct CertStore {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertStore {
+    fn certified(ck: CertKey) -> Result<Arc<rustls::sign::CertifiedKey>> {
+        rustls::sign::CertifiedKey::from_der(ck.chain, ck.key, &provider())
+            .map(Arc::new)
+            .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
+    }
+
+    /// A store holding `ck` (the key must belong to the certificate).
+    pub fn new(ck: CertKey) -> Result<Arc<Self>> {
+        Ok(Arc::new(CertStore {
+            current: std::sync::RwLock::new(Self::certified(ck)?),
+        }))
+    }
+
+    /// Presents `ck` from the next handshake on; on error the current one stays.
+    pub fn replace(&self, ck: CertKey) -> Result<()> {
+        let next = Self::certified(ck)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
 /// The accepting side of TLS.
 #[derive(Clone)]
 pub struct TlsServer {
@@ -105,15 +148,14 @@ pub struct TlsServer {
 }
 
 impl TlsServer {
-    /// Builds the server configuration; `alpn` lists the protocols offered (none in plain mode:
-    /// a server must not require ALPN, original clients send none).
-    pub fn new(ck: CertKey, alpn: &[&[u8]]) -> Result<Self> {
+    /// Builds the server configuration around `store`; `alpn` lists the protocols offered
+    /// (none in plain mode: a server must not require ALPN, original clients send none).
+    pub fn new(store: Arc<CertStore>, alpn: &[&[u8]]) -> Result<Self> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .with_no_client_auth()
-            .with_single_cert(ck.chain, ck.key)
-            .map_err(|e| Error::Tls(format!("certificate and key: {e}")))?;
+            .with_cert_resolver(store);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),

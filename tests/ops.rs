@@ -1,0 +1,148 @@
+//! Operations: hot reload of certificates (and the mu-server's users file) on SIGHUP without
+//! touching live tunnels, and a bad new file keeping the old one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mtt::config::{CertSource, Verify};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(30);
+
+fn pin(fp: &str) -> Verify {
+    Verify::Pin(mtt::config::parse_pin(fp).expect("pin"))
+}
+
+async fn ping(s: &mut TcpStream) {
+    s.write_all(b"ping").await.expect("write");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.expect("echo");
+    assert_eq!(&b, b"ping");
+}
+
+#[tokio::test]
+async fn reload_swaps_the_certificate_for_new_handshakes_only() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (dir, cert, key, fp_a) = self_signed_files("localhost");
+        let server = mtt::role::server::Server::new(server_config(
+            echo,
+            Some(CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            T,
+        ))
+        .expect("server");
+        let reloader = server.reloader();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("a");
+        tokio::spawn(server.run(
+            mtt::transport::Listener::Tcp(l),
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let old_client = start_client(client_config(addr, "localhost", pin(&fp_a), T)).await;
+        let mut live = TcpStream::connect(old_client.addr).await.expect("connect");
+        ping(&mut live).await;
+
+        // New files in place, then reload.
+        let (_d2, cert_b, key_b, fp_b) = self_signed_files("localhost");
+        std::fs::copy(&cert_b, &cert).expect("copy");
+        std::fs::copy(&key_b, &key).expect("copy");
+        reloader.reload().await;
+        let new_client = start_client(client_config(addr, "localhost", pin(&fp_b), T)).await;
+        echo_roundtrip(new_client.addr, &random_bytes(64 * 1024, 1)).await;
+        // A client that never met the server and pins the old certificate is refused. (The old
+        // client may still resume its TLS session: resumption is not a new certificate check.)
+        let fresh_old = start_client(client_config(addr, "localhost", pin(&fp_a), T)).await;
+        closed_promptly(fresh_old.addr).await;
+        ping(&mut live).await; // the tunnel opened before the reload flows on
+
+        // A broken file keeps the current certificate.
+        std::fs::write(&cert, "garbage").expect("write");
+        reloader.reload().await;
+        echo_roundtrip(new_client.addr, &random_bytes(64 * 1024, 2)).await;
+        drop(dir);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_running_server() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_dir, cert, key, _fp_a) = self_signed_files("localhost");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let (_d2, cert_b, key_b, fp_b) = self_signed_files("localhost");
+        std::fs::copy(&cert_b, &cert).expect("copy");
+        std::fs::copy(&key_b, &key).expect("copy");
+        server.signal("HUP");
+        let line = server.wait_line("reloaded -cert/-key").await;
+        assert!(line.contains(&fp_b), "{line}");
+        let client = start_client(client_config(addr, "localhost", pin(&fp_b), T)).await;
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 3)).await;
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sighup_rereads_the_users_file() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("users.json");
+        std::fs::write(&file, r#"[{"path":"/a","dst":"127.0.0.1:1"}]"#).expect("write");
+        let port = free_port();
+        let control: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                &control.to_string(),
+                "-users-file",
+                &path_str(&file),
+                "-verbose",
+            ],
+        );
+        p.wait_line("1 user(s)").await;
+        std::fs::write(
+            &file,
+            r#"[{"path":"/a","dst":"127.0.0.1:1"},{"path":"/b","dst":"127.0.0.1:2"}]"#,
+        )
+        .expect("write");
+        p.signal("HUP");
+        p.wait_line("reloaded -users-file: 2 user(s)").await;
+        std::fs::write(&file, "not json").expect("write");
+        p.signal("HUP");
+        let err = p.wait_line("keeping the current users").await;
+        assert!(err.contains("users"), "{err}");
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+    })
+    .await;
+}
