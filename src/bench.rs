@@ -198,6 +198,7 @@ async fn start_tunnel(
         mux: mode.mux(),
         fast_open: false,
         fallback_dns: None,
+        drain: Duration::ZERO,
         timeout: Duration::from_secs(60),
     })?;
     let pin = server
@@ -227,6 +228,7 @@ async fn start_tunnel(
         fast_open: false,
         fallback_dns: None,
         protect: None,
+        drain: Duration::ZERO,
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")

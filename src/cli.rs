@@ -68,6 +68,9 @@ pub struct ClientArgs {
     /// resolve host names through this DNS server
     #[argh(option, arg_name = "ip:port")]
     pub fallback_dns: Option<String>,
+    /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
+    #[argh(option)]
+    pub drain_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -119,6 +122,9 @@ pub struct ServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
+    #[argh(option)]
+    pub drain_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -167,6 +173,9 @@ pub struct MuServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
+    #[argh(option)]
+    pub drain_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,

@@ -86,6 +86,8 @@ pub struct ClientConfig {
     pub fallback_dns: Option<std::net::SocketAddr>,
     /// Android VPN protect server (plugin mode's `-V`): every dial is protected first.
     pub protect: Option<PathBuf>,
+    /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
+    pub drain: Duration,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -131,6 +133,8 @@ pub struct ServerConfig {
     pub fast_open: bool,
     /// DNS server for the destination's host name (`-fallback-dns`).
     pub fallback_dns: Option<std::net::SocketAddr>,
+    /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
+    pub drain: Duration,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -139,6 +143,14 @@ fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::config(format!("missing -{flag}: {what}"))),
+    }
+}
+
+/// Validates `-drain-timeout` (zero: exit at once).
+fn drain(v: &Option<String>) -> Result<Duration> {
+    match v {
+        None => Ok(DRAIN_TIMEOUT),
+        Some(s) => parse_duration("drain-timeout", s),
     }
 }
 
@@ -271,6 +283,7 @@ impl ClientConfig {
             fast_open: a.fast_open,
             fallback_dns,
             protect: None,
+            drain: drain(&a.drain_timeout)?,
             timeout,
         })
     }
@@ -318,6 +331,7 @@ impl ServerConfig {
             mux: a.mux,
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
+            drain: drain(&a.drain_timeout)?,
             timeout,
         })
     }
@@ -381,6 +395,8 @@ pub struct MuServerConfig {
     pub mux: bool,
     /// TCP fast open on the data listener.
     pub fast_open: bool,
+    /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
+    pub drain: Duration,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -432,6 +448,7 @@ impl MuServerConfig {
             fallback,
             mux: a.mux,
             fast_open: a.fast_open,
+            drain: drain(&a.drain_timeout)?,
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
         })
     }

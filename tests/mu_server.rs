@@ -32,6 +32,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         fallback: None,
         mux: false,
         fast_open: false,
+        drain: T,
         timeout: T,
     }
 }

@@ -146,3 +146,73 @@ async fn sighup_rereads_the_users_file() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let start_server = |drain: &str| {
+            Proc::spawn(
+                &mtt_bin(),
+                &[
+                    "server",
+                    "-b",
+                    "127.0.0.1:0",
+                    "-d",
+                    &echo,
+                    "-n",
+                    "127.0.0.1",
+                    "-drain-timeout",
+                    drain,
+                    "-verbose",
+                ],
+            )
+        };
+        // Default-length drain: a transfer under way when SIGTERM arrives completes, and new
+        // connections are refused meanwhile.
+        let mut server = start_server("30s");
+        let fp = server
+            .wait_line("self-signed")
+            .await
+            .rsplit(' ')
+            .next()
+            .expect("pin")
+            .to_string();
+        let addr = server.listening_addr().await;
+        let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
+        let mut live = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut live).await;
+        server.signal("TERM");
+        server.wait_line("draining").await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no new connections while draining"
+        );
+        echo_over(live, &random_bytes(2 << 20, 5)).await;
+        assert_eq!(server.exit().await.code(), Some(0));
+
+        // A short drain: a silent tunnel is cut when it runs out.
+        let mut server = start_server("300ms");
+        let fp = server
+            .wait_line("self-signed")
+            .await
+            .rsplit(' ')
+            .next()
+            .expect("pin")
+            .to_string();
+        let addr = server.listening_addr().await;
+        let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
+        let mut silent = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut silent).await;
+        let start = std::time::Instant::now();
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        assert_eq!(drain(&mut silent).await.0, 0);
+    })
+    .await;
+}

@@ -30,7 +30,8 @@ impl Client {
             self.cfg.server
         );
         let this = Arc::new(self);
-        serve(listener, shutdown, move |local, id| {
+        let drain = this.cfg.drain;
+        serve(listener, shutdown, drain, move |local, id| {
             let this = this.clone();
             async move { this.handle(local, id).await }
         })

@@ -14,7 +14,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::DRAIN_TIMEOUT;
 use crate::transport::{Listener, Stream};
 
 /// Identifies one accepted connection in logs: `#7 127.0.0.1:50432`.
@@ -35,10 +34,14 @@ impl std::fmt::Display for ConnId {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts until `shutdown` fires, running `handle` for each connection in its own task; then
-/// stops accepting (the listener is closed) and waits up to [`DRAIN_TIMEOUT`] for live
+/// stops accepting (the listener is closed) and waits up to `drain` for live
 /// connections.
-pub async fn serve<F, Fut>(listener: Listener, shutdown: CancellationToken, handle: F)
-where
+pub async fn serve<F, Fut>(
+    listener: Listener,
+    shutdown: CancellationToken,
+    drain: Duration,
+    handle: F,
+) where
     F: Fn(Stream, ConnId) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -76,15 +79,12 @@ where
     tracker.close();
     if !tracker.is_empty() {
         log::info!(
-            "draining {} live connection(s) for up to {DRAIN_TIMEOUT:?}",
+            "draining {} live connection(s) for up to {drain:?}",
             tracker.len()
         );
-        if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
             log::warn!(
-                "{} connection(s) still open after {DRAIN_TIMEOUT:?}; closing them",
+                "{} connection(s) still open after {drain:?}; closing them",
                 tracker.len()
             );
         }

@@ -75,7 +75,8 @@ impl MuServer {
         let controller = Controller::new(self.users.clone(), self.cfg.token.clone());
         tokio::spawn(controller.run(control, shutdown.clone()));
         let this = Arc::new(self);
-        serve(data, shutdown, move |conn, id| {
+        let drain = this.cfg.drain;
+        serve(data, shutdown, drain, move |conn, id| {
             let this = this.clone();
             async move { this.handle(conn, id).await }
         })

@@ -60,7 +60,8 @@ impl Server {
             self.cfg.dest
         );
         let this = Arc::new(self);
-        serve(listener, shutdown, move |conn, id| {
+        let drain = this.cfg.drain;
+        serve(listener, shutdown, drain, move |conn, id| {
             let this = this.clone();
             async move { this.handle(conn, id).await }
         })

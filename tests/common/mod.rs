@@ -141,6 +141,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         mux: false,
         fast_open: false,
         fallback_dns: None,
+        drain: Duration::from_secs(30),
         timeout,
     }
 }
@@ -178,6 +179,7 @@ pub fn client_config(
         fast_open: false,
         fallback_dns: None,
         protect: None,
+        drain: Duration::from_secs(30),
         timeout,
     }
 }
