@@ -642,3 +642,54 @@ fn bench_runs_end_to_end_and_verifies() {
     assert!(up > 0.0, "{tls}");
     assert!(stdout.contains("verified"), "{stdout}");
 }
+
+/// The systemd units pass `systemd-analyze verify` without a warning, and are hardened.
+#[test]
+fn systemd_units_verify_and_are_hardened() {
+    let units = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/systemd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("mkdir");
+    for link in ["mtt-client", "mtt-server", "mtt-mu-server"] {
+        std::os::unix::fs::symlink(mtt_bin(), bin.join(link)).expect("link");
+    }
+    let mut paths = Vec::new();
+    for (file, instance) in [
+        ("mtt-server@.service", "mtt-server@main.service"),
+        ("mtt-client@.service", "mtt-client@main.service"),
+        ("mtt-mu-server.service", "mtt-mu-server.service"),
+    ] {
+        let text = std::fs::read_to_string(format!("{units}/{file}")).expect("read unit");
+        for key in [
+            "DynamicUser=yes",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "CapabilityBoundingSet=",
+        ] {
+            assert!(text.contains(key), "{file} lacks {key}");
+        }
+        if file != "mtt-client@.service" {
+            assert!(
+                text.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+                "{file}"
+            );
+            assert!(
+                text.contains("CapabilityBoundingSet=CAP_NET_BIND_SERVICE"),
+                "{file}"
+            );
+        }
+        let local = text.replace("/usr/local/bin/", &format!("{}/", bin.display()));
+        let path = dir.path().join(instance);
+        std::fs::write(&path, local).expect("write");
+        paths.push(path);
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg("--man=no")
+        .args(&paths)
+        .output()
+        .expect("systemd-analyze (install systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(err.trim(), "", "no warnings");
+}
