@@ -289,19 +289,24 @@ impl ClientConfig {
     }
 }
 
+/// `-b` of the servers: a TCP address, or with `-bind-unix` a socket path.
+fn server_listen(b: &Option<String>, bind_unix: bool) -> Result<Listen> {
+    let b = required(
+        "b",
+        b,
+        "the address to listen on, e.g. -b 0.0.0.0:443 (or a socket path with -bind-unix)",
+    )?;
+    Ok(if bind_unix {
+        Listen::Unix(b.to_string())
+    } else {
+        Listen::Tcp(HostPort::parse("b", b, true)?)
+    })
+}
+
 impl ServerConfig {
     /// Validates the server's flags.
     pub fn from_args(a: &ServerArgs) -> Result<Self> {
-        let b = required(
-            "b",
-            &a.b,
-            "the address to listen on, e.g. -b 0.0.0.0:443 (or a socket path with -bind-unix)",
-        )?;
-        let listen = if a.bind_unix {
-            Listen::Unix(b.to_string())
-        } else {
-            Listen::Tcp(HostPort::parse("b", b, true)?)
-        };
+        let listen = server_listen(&a.b, a.bind_unix)?;
         let dest = HostPort::parse(
             "d",
             required("d", &a.d, "the destination address, e.g. -d 127.0.0.1:8388")?,
@@ -408,16 +413,7 @@ fn is_loopback(h: &HostPort) -> bool {
 impl MuServerConfig {
     /// Validates the multi-user server's flags; `env_token` is `MTT_CONTROLLER_TOKEN`.
     pub fn from_args(a: &MuServerArgs, env_token: Option<String>) -> Result<Self> {
-        let b = required(
-            "b",
-            &a.b,
-            "the address to listen on, e.g. -b 0.0.0.0:443 (or a socket path with -bind-unix)",
-        )?;
-        let listen = if a.bind_unix {
-            Listen::Unix(b.to_string())
-        } else {
-            Listen::Tcp(HostPort::parse("b", b, true)?)
-        };
+        let listen = server_listen(&a.b, a.bind_unix)?;
         let controller = HostPort::parse(
             "c",
             a.c.as_deref()

@@ -165,14 +165,6 @@ async fn mode_server() -> SocketAddr {
     .await
 }
 
-async fn ping(s: &mut TcpStream) -> Duration {
-    let start = Instant::now();
-    s.write_all(b"ping").await.expect("ping");
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b).await.expect("pong");
-    start.elapsed()
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

@@ -7,20 +7,12 @@ use std::time::Duration;
 
 use common::*;
 use mtt::config::{CertSource, Verify};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);
 
 fn pin(fp: &str) -> Verify {
     Verify::Pin(mtt::config::parse_pin(fp).expect("pin"))
-}
-
-async fn ping(s: &mut TcpStream) {
-    s.write_all(b"ping").await.expect("write");
-    let mut b = [0u8; 4];
-    s.read_exact(&mut b).await.expect("echo");
-    assert_eq!(&b, b"ping");
 }
 
 #[tokio::test]

@@ -514,3 +514,13 @@ pub async fn echo_exact<S: tokio::io::AsyncRead + tokio::io::AsyncWrite>(s: S, d
     let ((), back) = tokio::join!(send, recv);
     assert_eq!(sha256(&back), sha256(data), "echo content");
 }
+
+/// Writes `ping` and reads the echo; returns the round trip.
+pub async fn ping(s: &mut TcpStream) -> Duration {
+    let start = std::time::Instant::now();
+    s.write_all(b"ping").await.expect("ping");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.expect("pong");
+    assert_eq!(&b, b"ping");
+    start.elapsed()
+}
