@@ -68,6 +68,9 @@ pub struct ClientArgs {
     /// resolve host names through this DNS server
     #[argh(option, arg_name = "ip:port")]
     pub fallback_dns: Option<String>,
+    /// serve Prometheus metrics at http://ADDR/metrics
+    #[argh(option, arg_name = "host:port")]
+    pub metrics: Option<String>,
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
@@ -122,6 +125,9 @@ pub struct ServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// serve Prometheus metrics at http://ADDR/metrics
+    #[argh(option, arg_name = "host:port")]
+    pub metrics: Option<String>,
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,

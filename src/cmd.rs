@@ -200,10 +200,12 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 // Relative, as Android hosts put it in the plugin's working directory.
                 cfg.protect = Some(crate::transport::protect::PROTECT_PATH.into());
             }
+            let metrics = metrics_addr(&args.metrics)?;
             runtime()?.block_on(async {
                 let client = Client::new(cfg.clone())?;
                 let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.fast_open).await?);
                 let shutdown = crate::shutdown::on_signals()?;
+                serve_metrics(metrics.as_ref(), &shutdown).await?;
                 client.run(listener, shutdown).await;
                 Ok(())
             })
@@ -226,6 +228,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             };
             crate::logging::init(args.verbose);
             let cfg = ServerConfig::from_args(&args)?;
+            let metrics = metrics_addr(&args.metrics)?;
             runtime()?.block_on(async {
                 let server = Server::new(cfg.clone())?;
                 crate::shutdown::on_hangup(server.reloader())?;
@@ -234,6 +237,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
                 };
                 let shutdown = crate::shutdown::on_signals()?;
+                serve_metrics(metrics.as_ref(), &shutdown).await?;
                 server.run(listener, shutdown).await;
                 Ok(())
             })
@@ -269,6 +273,29 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             runtime()?.block_on(crate::bench::run(opts, CancellationToken::new()))
         }
     }
+}
+
+fn metrics_addr(v: &Option<String>) -> Result<Option<crate::addr::HostPort>> {
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|m| crate::addr::HostPort::parse("metrics", m, true))
+        .transpose()
+}
+
+/// Starts the `-metrics` endpoint, if asked for.
+async fn serve_metrics(
+    addr: Option<&crate::addr::HostPort>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    if let Some(addr) = addr {
+        let l = tcp::bind_tcp(addr).await?;
+        log::info!(
+            "metrics at http://{}/metrics",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        tokio::spawn(crate::metrics::serve(l, shutdown.clone()));
+    }
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

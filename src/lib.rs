@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod goflag;
 pub mod logging;
+pub mod metrics;
 pub mod platform;
 pub mod role;
 pub mod shutdown;

@@ -208,3 +208,99 @@ async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
     })
     .await;
 }
+
+/// GET /metrics over plain HTTP.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// Checks the exposition's shape and returns the value of the sample `name`.
+fn sample(text: &str, name: &str) -> f64 {
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics text ends with # EOF"
+    );
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (n, v) = line.rsplit_once(' ').expect("name value");
+        assert!(v.parse::<f64>().is_ok(), "bad value in {line}");
+        assert!(n.starts_with("mtt_"), "{line}");
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+        .parse()
+        .expect("number")
+}
+
+#[tokio::test]
+async fn metrics_endpoints_count_traffic() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mport = free_port();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-mux",
+                "-metrics",
+                &format!("127.0.0.1:{mport}"),
+                "-verbose",
+            ],
+        );
+        let fp = server
+            .wait_line("self-signed")
+            .await
+            .rsplit(' ')
+            .next()
+            .expect("pin")
+            .to_string();
+        let addr = server.listening_addr().await;
+        server.wait_line("metrics at").await;
+        let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().expect("a");
+        let before = scrape(metrics).await;
+        assert_eq!(sample(&before, "mtt_connections_accepted_total"), 0.0);
+        let mut cfg = client_config(addr, "127.0.0.1", pin(&fp), T);
+        cfg.mux = Some(mtt::config::MuxClientConfig {
+            max_streams: 4,
+            idle: Duration::from_secs(10),
+        });
+        let client = start_client(cfg).await;
+        let mut held = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut held).await;
+        for i in 0..3u64 {
+            echo_roundtrip(client.addr, &random_bytes(100_000, i)).await;
+        }
+        let after = scrape(metrics).await;
+        assert_eq!(
+            sample(&after, "mtt_connections_accepted_total"),
+            1.0,
+            "one session carried it all"
+        );
+        assert_eq!(sample(&after, "mtt_mux_sessions"), 1.0);
+        assert!(
+            sample(&after, "mtt_mux_streams") >= 1.0,
+            "the held stream is open"
+        );
+        assert!(sample(&after, "mtt_bytes_total{direction=\"up\"}") >= 300_000.0);
+        assert!(sample(&after, "mtt_bytes_total{direction=\"down\"}") >= 300_000.0);
+        assert_eq!(sample(&after, "mtt_handshake_seconds_count"), 1.0);
+        drop(held);
+        server.signal("TERM");
+    })
+    .await;
+}

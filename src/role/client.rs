@@ -39,13 +39,18 @@ impl Client {
     }
 
     async fn handle(&self, mut local: Stream, id: ConnId) {
+        let start = std::time::Instant::now();
         match self.dialer.dial().await {
             Ok(mut remote) => {
+                crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.server);
                 log_relay_end(&id, relay(&mut local, &mut remote, self.cfg.timeout).await);
             }
             // Dropping `local` closes it at once: the application learns immediately.
-            Err(e) => log::warn!("{id}: {e}"),
+            Err(e) => {
+                crate::metrics::get().fail("server");
+                log::warn!("{id}: {e}");
+            }
         }
     }
 }

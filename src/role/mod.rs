@@ -58,7 +58,14 @@ pub async fn serve<F, Fut>(
                     peer,
                 };
                 log::debug!("{id}: accepted");
-                tracker.spawn(handle(stream, id));
+                let m = crate::metrics::get();
+                m.accepted.inc();
+                m.active.inc();
+                let work = handle(stream, id);
+                tracker.spawn(async move {
+                    work.await;
+                    m.active.dec();
+                });
             }
             Err(e) if is_transient(&e) => log::debug!("accept: {e}"),
             Err(e) => {
@@ -130,6 +137,9 @@ impl Reloader {
 
 /// Logs how a relay ended, once per connection.
 pub(crate) fn log_relay_end(id: &ConnId, res: io::Result<crate::transport::Transferred>) {
+    if let Ok(t) = &res {
+        crate::metrics::get().add_bytes(t.a_to_b, t.b_to_a);
+    }
     match res {
         Ok(t) => log::debug!(
             "{id}: closed ({} bytes up, {} bytes down)",

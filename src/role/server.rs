@@ -69,7 +69,15 @@ impl Server {
     }
 
     async fn handle(self: Arc<Self>, conn: Stream, id: ConnId) {
-        match self.acceptor.accept(conn, &id.to_string()).await {
+        let start = std::time::Instant::now();
+        let accepted = self.acceptor.accept(conn, &id.to_string()).await;
+        let m = crate::metrics::get();
+        match &accepted {
+            Ok(Accepted::Nothing) => {}
+            Ok(_) => m.handshake_took(start.elapsed()),
+            Err(_) => m.fail("handshake"),
+        }
+        match accepted {
             Ok(Accepted::Tunnel(t, _)) => self.to_destination(t, &id).await,
             Ok(Accepted::Session(mut session, _)) => {
                 log::debug!("{id}: multiplexed session");
@@ -104,6 +112,7 @@ impl Server {
             Ok(d) => d,
             Err(e) => {
                 // Dropping the tunnel closes the client's side at once.
+                crate::metrics::get().fail("destination");
                 log::warn!("{id}: connect to destination {}: {e}", self.cfg.dest);
                 return;
             }

@@ -77,8 +77,16 @@ struct Counter {
     idle: Notify,
 }
 
+impl Slot {
+    fn new(count: Arc<Counter>) -> Self {
+        crate::metrics::get().mux_streams.inc();
+        Slot { count }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::metrics::get().mux_streams.dec();
         if self.count.open.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.count.idle.notify_one();
         }
@@ -128,6 +136,7 @@ pub struct MuxSession {
 impl MuxSession {
     /// Starts the server end of a session over an established tunnel connection.
     pub fn server(io: BoxIo, limit: usize) -> Self {
+        crate::metrics::get().mux_sessions.inc();
         MuxSession {
             conn: yamux::Connection::new(transport(io), config(), yamux::Mode::Server),
             count: Arc::default(),
@@ -157,9 +166,7 @@ impl MuxSession {
             self.count.open.fetch_add(1, Ordering::AcqRel);
             return Some(Ok(MuxStream {
                 inner: stream.compat(),
-                _slot: Slot {
-                    count: self.count.clone(),
-                },
+                _slot: Slot::new(self.count.clone()),
             }));
         }
     }
@@ -167,6 +174,12 @@ impl MuxSession {
     /// Streams refused so far for the limit.
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+}
+
+impl Drop for MuxSession {
+    fn drop(&mut self) {
+        crate::metrics::get().mux_sessions.dec();
     }
 }
 
@@ -270,9 +283,7 @@ impl MuxPool {
             }
         };
         // From here the slot is ours; the guard gives it back on every early return.
-        let slot = Slot {
-            count: session.count.clone(),
-        };
+        let slot = Slot::new(session.count.clone());
         if let (true, Some(ready_tx)) = (fresh, announce) {
             let pool = self.clone();
             let s = session.clone();
@@ -318,7 +329,10 @@ impl MuxPool {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = ready.send(Some(Ok(tx)));
         let conn = yamux::Connection::new(transport(io), config(), yamux::Mode::Client);
+        let m = crate::metrics::get();
+        m.mux_sessions.inc();
         let why = drive(conn, rx, &session, &self).await;
+        m.mux_sessions.dec();
         session.dead.store(true, Ordering::Release);
         log::debug!("multiplexed session ended: {why}");
     }

@@ -1,0 +1,176 @@
+//! Process-wide counters in Prometheus text format (prometheus-client): connections accepted,
+//! active and failed by reason, bytes each way, handshake latency, multiplexed sessions and
+//! streams; served by `-metrics ADDR` and on the mu-server's controller at `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// `handshake`, `server`, `destination`.
+    pub reason: &'static str,
+}
+
+/// Which way bytes went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    /// `up` (towards the destination) or `down`.
+    pub direction: &'static str,
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    /// Connections accepted by a listener.
+    pub accepted: Counter,
+    /// Connections being served.
+    pub active: Gauge,
+    /// Connections that failed before carrying data.
+    pub failed: Family<Reason, Counter>,
+    /// Bytes relayed.
+    pub bytes: Family<Direction, Counter>,
+    /// Time to set up a tunnel's layers (TCP, TLS, WebSocket) as dialled or accepted.
+    pub handshake: Histogram,
+    /// Multiplexed sessions open.
+    pub mux_sessions: Gauge,
+    /// Multiplexed streams open.
+    pub mux_streams: Gauge,
+    registry: Registry,
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| {
+        let mut registry = Registry::with_prefix("mtt");
+        let m = Metrics {
+            accepted: Counter::default(),
+            active: Gauge::default(),
+            failed: Family::default(),
+            bytes: Family::default(),
+            handshake: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            mux_sessions: Gauge::default(),
+            mux_streams: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections_accepted",
+            "Connections accepted",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "connections_active",
+            "Connections being served",
+            m.active.clone(),
+        );
+        registry.register(
+            "connections_failed",
+            "Connections that failed, by reason",
+            m.failed.clone(),
+        );
+        registry.register("bytes", "Bytes relayed, by direction", m.bytes.clone());
+        registry.register(
+            "handshake_seconds",
+            "Time to set up a tunnel's layers",
+            m.handshake.clone(),
+        );
+        registry.register(
+            "mux_sessions",
+            "Multiplexed sessions open",
+            m.mux_sessions.clone(),
+        );
+        registry.register(
+            "mux_streams",
+            "Multiplexed streams open",
+            m.mux_streams.clone(),
+        );
+        Metrics { registry, ..m }
+    })
+}
+
+impl Metrics {
+    /// Counts a failure.
+    pub fn fail(&self, reason: &'static str) {
+        self.failed.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// Adds a finished tunnel's bytes.
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        self.bytes
+            .get_or_create(&Direction { direction: "up" })
+            .inc_by(up);
+        self.bytes
+            .get_or_create(&Direction { direction: "down" })
+            .inc_by(down);
+    }
+
+    /// Records a handshake's duration.
+    pub fn handshake_took(&self, d: Duration) {
+        self.handshake.observe(d.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    loop {
+        let tcp = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    log::warn!("metrics accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        let mut r = Response::new(Full::new(Bytes::from(get().render())));
+                        r.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static(
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                        );
+                        r
+                    } else {
+                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+                        *r.status_mut() = StatusCode::NOT_FOUND;
+                        r
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(crate::transport::http::HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
