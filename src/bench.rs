@@ -199,6 +199,7 @@ async fn start_tunnel(
         fast_open: false,
         fallback_dns: None,
         drain: Duration::ZERO,
+        max_conns: 0,
         timeout: Duration::from_secs(60),
     })?;
     let pin = server
@@ -229,6 +230,7 @@ async fn start_tunnel(
         fallback_dns: None,
         protect: None,
         drain: Duration::ZERO,
+        max_conns: 0,
         timeout: Duration::from_secs(60),
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")

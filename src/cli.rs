@@ -71,6 +71,9 @@ pub struct ClientArgs {
     /// serve Prometheus metrics at http://ADDR/metrics
     #[argh(option, arg_name = "host:port")]
     pub metrics: Option<String>,
+    /// refuse connections beyond this many at once (default 0: no limit)
+    #[argh(option)]
+    pub max_conns: Option<String>,
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
@@ -128,6 +131,9 @@ pub struct ServerArgs {
     /// serve Prometheus metrics at http://ADDR/metrics
     #[argh(option, arg_name = "host:port")]
     pub metrics: Option<String>,
+    /// refuse connections beyond this many at once (default 0: no limit)
+    #[argh(option)]
+    pub max_conns: Option<String>,
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
@@ -179,6 +185,9 @@ pub struct MuServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// refuse connections beyond this many at once (default 0: no limit)
+    #[argh(option)]
+    pub max_conns: Option<String>,
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,

@@ -182,6 +182,9 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
         Command::Client | Command::Server => sip003::from_env(|k| std::env::var(k).ok())?,
         _ => None,
     };
+    if matches!(cmd, Command::Client | Command::Server | Command::MuServer) {
+        crate::platform::raise_nofile();
+    }
     match cmd {
         Command::Client => {
             let (args, vpn) = match &plugin {

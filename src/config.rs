@@ -88,6 +88,8 @@ pub struct ClientConfig {
     pub protect: Option<PathBuf>,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
     pub drain: Duration,
+    /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
+    pub max_conns: usize,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
 }
@@ -135,6 +137,8 @@ pub struct ServerConfig {
     pub fallback_dns: Option<std::net::SocketAddr>,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
     pub drain: Duration,
+    /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
+    pub max_conns: usize,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -143,6 +147,19 @@ fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::config(format!("missing -{flag}: {what}"))),
+    }
+}
+
+/// Validates `-max-conns`.
+fn max_conns(v: &Option<String>) -> Result<usize> {
+    match v {
+        None => Ok(0),
+        Some(s) => {
+            let n = parse_int("max-conns", s)?;
+            usize::try_from(n).map_err(|_| {
+                Error::config(format!("-max-conns must be 0 (no limit) or more, got {s}"))
+            })
+        }
     }
 }
 
@@ -284,6 +301,7 @@ impl ClientConfig {
             fallback_dns,
             protect: None,
             drain: drain(&a.drain_timeout)?,
+            max_conns: max_conns(&a.max_conns)?,
             timeout,
         })
     }
@@ -337,6 +355,7 @@ impl ServerConfig {
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
             drain: drain(&a.drain_timeout)?,
+            max_conns: max_conns(&a.max_conns)?,
             timeout,
         })
     }
@@ -402,6 +421,8 @@ pub struct MuServerConfig {
     pub fast_open: bool,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
     pub drain: Duration,
+    /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
+    pub max_conns: usize,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
 }
@@ -445,6 +466,7 @@ impl MuServerConfig {
             mux: a.mux,
             fast_open: a.fast_open,
             drain: drain(&a.drain_timeout)?,
+            max_conns: max_conns(&a.max_conns)?,
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
         })
     }

@@ -20,3 +20,22 @@ pub fn exit_with_parent() {
 /// Elsewhere the host's SIGTERM is the only signal.
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 pub fn exit_with_parent() {}
+
+/// Raises the soft limit of open files to the hard limit: every tunnel holds two or more
+/// descriptors, and the usual soft limit of 1024 would cap a server at a few hundred.
+#[cfg(unix)]
+pub fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("open file limit raised from {soft} to {hard}"),
+            Err(e) => log::warn!("cannot raise the open file limit from {soft}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::debug!("open file limit: {e}"),
+    }
+}
+
+/// Elsewhere the limit is left as it is.
+#[cfg(not(unix))]
+pub fn raise_nofile() {}

@@ -33,6 +33,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         mux: false,
         fast_open: false,
         drain: T,
+        max_conns: 0,
         timeout: T,
     }
 }

@@ -304,3 +304,85 @@ async fn metrics_endpoints_count_traffic() {
     })
     .await;
 }
+
+/// -max-conns refuses beyond the limit cleanly; the open file limit is raised at start.
+#[tokio::test]
+async fn max_conns_refuses_cleanly_and_the_file_limit_is_raised() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        // Started with a soft limit below the hard one, as on most systems.
+        let bin = path_str(&mtt_bin());
+        let mut server = Proc::spawn(
+            std::path::Path::new("sh"),
+            &[
+                "-c",
+                "ulimit -Sn 256 && exec \"$0\" \"$@\"",
+                &bin,
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-max-conns",
+                "2",
+                "-verbose",
+            ],
+        );
+        let fp = server
+            .wait_line("self-signed")
+            .await
+            .rsplit(' ')
+            .next()
+            .expect("pin")
+            .to_string();
+        let addr = server.listening_addr().await;
+        let pid = server.child.id().expect("pid");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("nofile");
+        let nums: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| w.parse::<u64>().is_ok() || *w == "unlimited")
+            .collect();
+        assert_eq!(nums.len(), 2, "{line}");
+        assert_eq!(
+            nums[0], nums[1],
+            "soft limit raised to the hard limit: {line}"
+        );
+
+        let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
+        let mut a = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut a).await;
+        let mut b = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut b).await;
+        closed_promptly(client.addr).await;
+        server.wait_line("-max-conns 2 reached").await;
+        ping(&mut a).await;
+        drop(b);
+        // A place is free again once a tunnel ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut c = TcpStream::connect(client.addr).await.expect("connect");
+            let ok = tokio::time::timeout(Duration::from_secs(2), async {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                c.write_all(b"ping").await.ok()?;
+                let mut r = [0u8; 4];
+                c.read_exact(&mut r).await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+            if ok {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no place came free");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}

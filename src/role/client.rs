@@ -30,8 +30,11 @@ impl Client {
             self.cfg.server
         );
         let this = Arc::new(self);
-        let drain = this.cfg.drain;
-        serve(listener, shutdown, drain, move |local, id| {
+        let limits = super::Limits {
+            drain: this.cfg.drain,
+            max_conns: this.cfg.max_conns,
+        };
+        serve(listener, shutdown, limits, move |local, id| {
             let this = this.clone();
             async move { this.handle(local, id).await }
         })

@@ -16,6 +16,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::transport::{Listener, Stream};
 
+/// Bounds of an accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long live connections may finish after shutdown.
+    pub drain: Duration,
+    /// Connections at once (0: no limit).
+    pub max_conns: usize,
+}
+
 /// Identifies one accepted connection in logs: `#7 127.0.0.1:50432`.
 #[derive(Debug, Clone)]
 pub struct ConnId {
@@ -39,7 +48,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub async fn serve<F, Fut>(
     listener: Listener,
     shutdown: CancellationToken,
-    drain: Duration,
+    limits: Limits,
     handle: F,
 ) where
     F: Fn(Stream, ConnId) -> Fut,
@@ -57,8 +66,15 @@ pub async fn serve<F, Fut>(
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                     peer,
                 };
-                log::debug!("{id}: accepted");
                 let m = crate::metrics::get();
+                if limits.max_conns > 0 && tracker.len() >= limits.max_conns {
+                    // Closing at once is the clean refusal: the peer sees EOF, nothing hangs.
+                    m.fail("limit");
+                    log::info!("{id}: refused: -max-conns {} reached", limits.max_conns);
+                    drop(stream);
+                    continue;
+                }
+                log::debug!("{id}: accepted");
                 m.accepted.inc();
                 m.active.inc();
                 let work = handle(stream, id);
@@ -83,6 +99,7 @@ pub async fn serve<F, Fut>(
         }
     }
     drop(listener);
+    let drain = limits.drain;
     tracker.close();
     if !tracker.is_empty() {
         log::info!(

@@ -75,8 +75,11 @@ impl MuServer {
         let controller = Controller::new(self.users.clone(), self.cfg.token.clone());
         tokio::spawn(controller.run(control, shutdown.clone()));
         let this = Arc::new(self);
-        let drain = this.cfg.drain;
-        serve(data, shutdown, drain, move |conn, id| {
+        let limits = super::Limits {
+            drain: this.cfg.drain,
+            max_conns: this.cfg.max_conns,
+        };
+        serve(data, shutdown, limits, move |conn, id| {
             let this = this.clone();
             async move { this.handle(conn, id).await }
         })

@@ -60,8 +60,11 @@ impl Server {
             self.cfg.dest
         );
         let this = Arc::new(self);
-        let drain = this.cfg.drain;
-        serve(listener, shutdown, drain, move |conn, id| {
+        let limits = super::Limits {
+            drain: this.cfg.drain,
+            max_conns: this.cfg.max_conns,
+        };
+        serve(listener, shutdown, limits, move |conn, id| {
             let this = this.clone();
             async move { this.handle(conn, id).await }
         })

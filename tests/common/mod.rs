@@ -142,6 +142,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
         fast_open: false,
         fallback_dns: None,
         drain: Duration::from_secs(30),
+        max_conns: 0,
         timeout,
     }
 }
@@ -180,6 +181,7 @@ pub fn client_config(
         fallback_dns: None,
         protect: None,
         drain: Duration::from_secs(30),
+        max_conns: 0,
         timeout,
     }
 }
