@@ -301,3 +301,65 @@ async fn server_keys_in_pkcs8_pkcs1_and_sec1() {
     })
     .await;
 }
+
+/// What `openssl s_client` can negotiate with `mtt server`: TLS 1.2 and 1.3 with AEAD suites
+/// only; TLS 1.0/1.1 and CBC or non-forward-secret suites are refused.
+#[tokio::test]
+async fn tls_hygiene_as_openssl_sees_it() {
+    bounded(async {
+        let echo = echo_server().await;
+        let server = start_server(server_config(
+            echo,
+            Some(CertSource::SelfSigned(Some("localhost".into()))),
+            T,
+        ))
+        .await;
+        let connect = server.addr.to_string();
+        let attempt = |args: Vec<&'static str>| {
+            let connect = connect.clone();
+            async move {
+                let mut cmd = tokio::process::Command::new(openssl());
+                cmd.args(["s_client", "-connect", &connect, "-brief"])
+                    .args(&args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+                    .await
+                    .expect("s_client finishes")
+                    .expect("run openssl");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (text.contains("CONNECTION ESTABLISHED"), text)
+            }
+        };
+        for (args, want) in [
+            (vec!["-tls1_3"], true),
+            (
+                vec!["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"],
+                true,
+            ),
+            (
+                vec!["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+                true,
+            ),
+            (
+                vec!["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:@SECLEVEL=0"],
+                false,
+            ),
+            (
+                vec!["-tls1_2", "-cipher", "AES128-GCM-SHA256:@SECLEVEL=0"],
+                false,
+            ),
+            (vec!["-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
+            (vec!["-tls1", "-cipher", "DEFAULT:@SECLEVEL=0"], false),
+        ] {
+            let (ok, text) = attempt(args.clone()).await;
+            assert_eq!(ok, want, "{args:?}: {text}");
+        }
+    })
+    .await;
+}
