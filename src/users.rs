@@ -122,6 +122,11 @@ pub fn check_path(path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Validates a user: the path as [`check_path`], the destination as `host:port`.
+pub fn check_user(path: &str, dst: &str) -> Result<HostPort> {
+    check(path, dst)
+}
+
 fn check(path: &str, dst: &str) -> Result<HostPort> {
     check_path(path)?;
     HostPort::parse("dst", dst, false).map_err(|e| {

@@ -101,6 +101,19 @@ fn compat_err(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes
     )
 }
 
+/// Decodes a compatible-API request body: `(opt, [(path, dst)])`, or why it is not one.
+pub fn decode_compat(body: &[u8]) -> Result<(i64, Vec<(String, String)>), String> {
+    let cmd: CompatRequest =
+        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    Ok((
+        cmd.opt,
+        cmd.args_bunch
+            .into_iter()
+            .map(|a| (a.path, a.dst))
+            .collect(),
+    ))
+}
+
 /// Equal in time whatever the inputs share.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -225,26 +238,21 @@ impl Controller {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let cmd: CompatRequest = match serde_json::from_slice(&raw) {
+        let (opt, args) = match decode_compat(&raw) {
             Ok(c) => c,
-            Err(e) => return compat_err(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")),
+            Err(e) => return compat_err(StatusCode::BAD_REQUEST, e),
         };
         let ok = CompatReply {
             res: 1,
             err_string: String::new(),
             current_users: 0,
         };
-        let change = match cmd.opt {
-            1 | 2 if cmd.args_bunch.is_empty() => {
+        let change = match opt {
+            1 | 2 if args.is_empty() => {
                 return compat_err(StatusCode::OK, "empty args");
             }
-            1 => Change::Add(
-                cmd.args_bunch
-                    .into_iter()
-                    .map(|a| (a.path, a.dst))
-                    .collect(),
-            ),
-            2 => Change::Remove(cmd.args_bunch.into_iter().map(|a| a.path).collect(), false),
+            1 => Change::Add(args),
+            2 => Change::Remove(args.into_iter().map(|(path, _)| path).collect(), false),
             3 => Change::Reset,
             9 => {
                 return compat(

@@ -1,0 +1,12 @@
+//! Fuzzes the controller's request decoding and the validation of users.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(cmd) = mtt::role::api::decode_compat(data) {
+        for (path, dst) in cmd.1 {
+            let _ = mtt::users::check_user(&path, &dst);
+        }
+    }
+});
