@@ -1,4 +1,4 @@
-//! The `mtt` command: dispatch on argv[0] (`mtt-client`, `mtt-server`, `mtt-mu-server`) or on
+//! The `mtt` command: dispatch on `argv[0]` (`mtt-client`, `mtt-server`, `mtt-mu-server`) or on
 //! a subcommand, then validate, set up and run one role or tool, mapping errors to exit codes.
 
 use std::ffi::OsString;
@@ -31,7 +31,7 @@ pub enum Command {
     Bench,
 }
 
-/// The outcome of looking at argv[0] and the first argument.
+/// The outcome of looking at `argv[0]` and the first argument.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Dispatch {
     /// Run `Command` with this program name (for messages) and these arguments.
