@@ -526,3 +526,21 @@ pub async fn ping(s: &mut TcpStream) -> Duration {
     assert_eq!(&b, b"ping");
     start.elapsed()
 }
+
+/// Whether `addr` still carries tunnels: a connection that echoes `ping` (through an echo
+/// destination). A refused connection, or one to whatever else took the port since, is not.
+pub async fn still_tunnels(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let attempt = async {
+        s.write_all(b"ping").await.ok()?;
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.ok()?;
+        (&b == b"ping").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), attempt).await,
+        Ok(Some(()))
+    )
+}
