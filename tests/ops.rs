@@ -175,7 +175,7 @@ async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
         let mut live = TcpStream::connect(client.addr).await.expect("connect");
         ping(&mut live).await;
         server.signal("TERM");
-        server.wait_line("draining").await;
+        server.wait_line("live connection(s) for up to").await;
         // No new tunnel while draining (the port may be taken by another test's socket).
         let fresh = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
         assert!(
