@@ -15,12 +15,6 @@ use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = mtt::transport::tls::TlsClient::new(
         &TlsClientConfig {
@@ -58,13 +52,7 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             ];
             args.extend(&flags);
             let mut server = Proc::spawn(&mtt_bin(), &args);
-            let fp = server
-                .wait_line("self-signed")
-                .await
-                .rsplit(' ')
-                .next()
-                .expect("pin")
-                .to_string();
+            let fp = server.pin().await;
             let addr = server.listening_addr().await;
             let pid = server.child.id().expect("pid");
             let baseline = open_fds(pid);

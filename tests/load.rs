@@ -9,12 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Waits (bounded) until `pid` has at most `baseline` descriptors open.
 async fn back_to(pid: u32, baseline: usize, who: &str, within: Duration) {
     let start = Instant::now();
@@ -57,13 +51,7 @@ async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
             ];
             sargs.extend(&flags);
             let mut server = Proc::spawn(&mtt_bin(), &sargs);
-            let pin = server
-                .wait_line("self-signed")
-                .await
-                .rsplit(' ')
-                .next()
-                .expect("pin")
-                .to_string();
+            let pin = server.pin().await;
             let saddr = server.listening_addr().await.to_string();
             let mut cargs = vec![
                 "client",

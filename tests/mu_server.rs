@@ -343,13 +343,7 @@ async fn the_users_file_survives_kill_9() {
         ];
         let control: SocketAddr = format!("127.0.0.1:{control_port}").parse().expect("a");
         let mut p = Proc::spawn(&mtt_bin(), &args);
-        let pin = p
-            .wait_line("self-signed")
-            .await
-            .rsplit(' ')
-            .next()
-            .expect("pin")
-            .to_string();
+        let pin = p.pin().await;
         p.wait_line("mu-server listening").await;
         for i in 0..50 {
             let body = format!(r#"{{"opt":1,"args_bunch":[{{"path":"/k{i}","dst":"{echo}"}}]}}"#);
@@ -370,13 +364,10 @@ async fn the_users_file_survives_kill_9() {
             http(control, "POST", "/", "", br#"{"opt":9}"#).await.1,
             r#"{"res":1,"current_users":49}"#
         );
-        let pin = p
-            .seen
-            .iter()
-            .find(|l| l.contains("self-signed"))
-            .and_then(|l| l.rsplit(' ').next())
-            .map(str::to_string)
-            .unwrap_or(pin);
+        // A restart makes a new self-signed certificate.
+        let restarted_pin = p.pin().await;
+        assert_ne!(restarted_pin, pin);
+        let pin = restarted_pin;
         let mu = Mu {
             data: format!("127.0.0.1:{data_port}").parse().expect("a"),
             control,

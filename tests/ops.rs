@@ -163,13 +163,7 @@ async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
         // Default-length drain: a transfer under way when SIGTERM arrives completes, and new
         // connections are refused meanwhile.
         let mut server = start_server("30s");
-        let fp = server
-            .wait_line("self-signed")
-            .await
-            .rsplit(' ')
-            .next()
-            .expect("pin")
-            .to_string();
+        let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
         let mut live = TcpStream::connect(client.addr).await.expect("connect");
@@ -187,13 +181,7 @@ async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
 
         // A short drain: a silent tunnel is cut when it runs out.
         let mut server = start_server("300ms");
-        let fp = server
-            .wait_line("self-signed")
-            .await
-            .rsplit(' ')
-            .next()
-            .expect("pin")
-            .to_string();
+        let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
         let mut silent = TcpStream::connect(client.addr).await.expect("connect");
@@ -264,13 +252,7 @@ async fn metrics_endpoints_count_traffic() {
                 "-verbose",
             ],
         );
-        let fp = server
-            .wait_line("self-signed")
-            .await
-            .rsplit(' ')
-            .next()
-            .expect("pin")
-            .to_string();
+        let fp = server.pin().await;
         let addr = server.listening_addr().await;
         server.wait_line("metrics at").await;
         let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().expect("a");
@@ -332,13 +314,7 @@ async fn max_conns_refuses_cleanly_and_the_file_limit_is_raised() {
                 "-verbose",
             ],
         );
-        let fp = server
-            .wait_line("self-signed")
-            .await
-            .rsplit(' ')
-            .next()
-            .expect("pin")
-            .to_string();
+        let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let pid = server.child.id().expect("pid");
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");

@@ -340,6 +340,12 @@ impl Proc {
         }
     }
 
+    /// The SHA-256 pin a self-signed server prints in its warning line.
+    pub async fn pin(&mut self) -> String {
+        let line = self.wait_line("self-signed").await;
+        line.rsplit(' ').next().expect("pin").to_string()
+    }
+
     /// The address in a "listening on ADDR," line.
     pub async fn listening_addr(&mut self) -> SocketAddr {
         let line = self.wait_line("listening on ").await;
@@ -543,4 +549,11 @@ pub async fn still_tunnels(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(3), attempt).await,
         Ok(Some(()))
     )
+}
+
+/// Descriptors open in process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
