@@ -423,3 +423,47 @@ async fn an_exposed_controller_requires_a_token() {
     })
     .await;
 }
+
+/// With -fallback, paths nobody owns are the real site's (nginx from Debian here).
+#[tokio::test]
+async fn unknown_paths_go_to_the_fallback_site() {
+    bounded(async {
+        let web_port = free_port();
+        let site = tempfile::tempdir().expect("tmp");
+        std::fs::write(site.path().join("index.html"), "<h1>the real site</h1>\n").expect("write");
+        let _nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{web_port}; root {}; }}",
+                site.path().display()
+            ),
+            web_port,
+        )
+        .await;
+        let mut cfg = mu_config(None, None);
+        cfg.fallback = Some(hp(format!("127.0.0.1:{web_port}")));
+        let mu = start_mu(cfg).await;
+        let echo = echo_server().await;
+        let add = format!(r#"{{"opt":1,"args_bunch":[{{"path":"/u","dst":"{echo}"}}]}}"#);
+        assert_eq!(post(&mu, &add).await.1, r#"{"res":1}"#);
+        let out = tokio::process::Command::new("curl")
+            .args([
+                "-sk",
+                "-m",
+                "10",
+                "-w",
+                "\n%{http_code}",
+                &format!("https://127.0.0.1:{}/", mu.data.port()),
+            ])
+            .output()
+            .await
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("<h1>the real site</h1>") && text.ends_with("\n200"),
+            "{text}"
+        );
+        let client = start_client(user_client(&mu, "/u", false)).await;
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 2)).await;
+    })
+    .await;
+}
