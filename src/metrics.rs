@@ -2,14 +2,12 @@
 //! active and failed by reason, bytes each way, handshake latency, multiplexed sessions and
 //! streams; served by `-metrics ADDR` and on the mu-server's controller at `/metrics`.
 
-use std::convert::Infallible;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::{Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -135,42 +133,21 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    loop {
-        let tcp = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    log::warn!("metrics accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        let mut r = Response::new(Full::new(Bytes::from(get().render())));
-                        r.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static(
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            ),
-                        );
-                        r
-                    } else {
-                        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-                        *r.status_mut() = StatusCode::NOT_FOUND;
-                        r
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(crate::transport::http::HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+    crate::transport::http::serve_plain(listener, shutdown, "metrics", |req| async move {
+        if req.uri().path() == "/metrics" {
+            let mut r = Response::new(Full::new(Bytes::from(get().render())));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        } else {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    })
+    .await;
 }

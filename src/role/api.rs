@@ -1,7 +1,6 @@
 //! The mu-server's controller: the original's JSON command API (byte-compatible answers),
 //! a REST API under `/v1/`, Prometheus text at `/metrics`, and bearer-token authentication.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,7 +9,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -138,34 +136,11 @@ impl Controller {
 
     /// Serves the controller until `shutdown`.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        log::warn!("controller accept: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        crate::transport::http::serve_plain(listener, shutdown, "controller", move |req| {
             let this = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.respond(req).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(crate::transport::http::HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-                if let Err(e) = served {
-                    log::debug!("controller connection from {peer}: {e}");
-                }
-            });
-        }
+            async move { this.respond(req).await }
+        })
+        .await;
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

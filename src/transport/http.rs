@@ -315,3 +315,45 @@ async fn proxy(req: Request<Incoming>, site: &HostPort) -> io::Result<Response<I
     });
     sender.send_request(req).await.map_err(io::Error::other)
 }
+
+/// Serves plain HTTP/1.1 on `listener` until `shutdown`, answering every request with
+/// `respond`: one task per connection, the header timeout, accept errors backed off. For the
+/// mu-server's controller and the `-metrics` endpoint; `what` names it in logs.
+pub async fn serve_plain<F, Fut>(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+    what: &'static str,
+    respond: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    log::warn!("{what} accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let respond = respond.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let respond = respond.clone();
+                async move { Ok::<_, Infallible>(respond(req).await) }
+            });
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+            if let Err(e) = served {
+                log::debug!("{what} connection from {peer}: {e}");
+            }
+        });
+    }
+}
