@@ -428,15 +428,9 @@ async fn an_exposed_controller_requires_a_token() {
 #[tokio::test]
 async fn unknown_paths_go_to_the_fallback_site() {
     bounded(async {
-        let web_port = free_port();
-        let site = tempfile::tempdir().expect("tmp");
-        std::fs::write(site.path().join("index.html"), "<h1>the real site</h1>\n").expect("write");
-        let _nginx = Nginx::start(
-            &format!(
-                "server {{ listen 127.0.0.1:{web_port}; root {}; }}",
-                site.path().display()
-            ),
-            web_port,
+        let (_nginx, web_port) = Nginx::static_site(
+            "<h1>the real site</h1>
+",
         )
         .await;
         let mut cfg = mu_config(None, None);

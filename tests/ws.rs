@@ -496,15 +496,9 @@ fn wss_server_config(
 #[tokio::test]
 async fn fallback_forwards_other_requests_to_a_real_web_server() {
     bounded(async {
-        let web_port = free_port();
-        let site = tempfile::tempdir().expect("tmp");
-        std::fs::write(site.path().join("index.html"), "<h1>a real site</h1>\n").expect("write");
-        let nginx = Nginx::start(
-            &format!(
-                "server {{ listen 127.0.0.1:{web_port}; root {}; }}",
-                site.path().display()
-            ),
-            web_port,
+        let (nginx, web_port) = Nginx::static_site(
+            "<h1>a real site</h1>
+",
         )
         .await;
         let echo = echo_server().await;

@@ -470,6 +470,7 @@ pub async fn closed_promptly(addr: SocketAddr) {
 /// nginx from Debian, run in the foreground with its own configuration in a temp dir.
 pub struct Nginx {
     pub dir: tempfile::TempDir,
+    site: Option<tempfile::TempDir>,
     child: std::process::Child,
 }
 
@@ -490,7 +491,29 @@ impl Nginx {
             .spawn()
             .expect("start nginx (install the nginx package)");
         wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).await;
-        Nginx { dir, child }
+        Nginx {
+            dir,
+            site: None,
+            child,
+        }
+    }
+
+    /// nginx serving `index_html` as a static site on a free loopback port; returns it and
+    /// the port (the site's files live in nginx's temp dir).
+    pub async fn static_site(index_html: &str) -> (Nginx, u16) {
+        let port = free_port();
+        let site = tempfile::tempdir().expect("tmp");
+        std::fs::write(site.path().join("index.html"), index_html).expect("write");
+        let mut nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{port}; root {}; }}",
+                site.path().display()
+            ),
+            port,
+        )
+        .await;
+        nginx.site = Some(site);
+        (nginx, port)
     }
 
     pub fn error_log(&self) -> String {
