@@ -235,6 +235,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             runtime()?.block_on(async {
                 let server = Server::new(cfg.clone())?;
                 crate::shutdown::on_hangup(server.reloader())?;
+                crate::watch::on_cert_change(server.reloader());
                 let listener = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
@@ -255,6 +256,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             runtime()?.block_on(async {
                 let server = crate::role::mu_server::MuServer::new(cfg.clone())?;
                 crate::shutdown::on_hangup(server.reloader())?;
+                crate::watch::on_cert_change(server.reloader());
                 let data = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),

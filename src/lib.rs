@@ -32,6 +32,7 @@ pub mod sip003;
 pub mod sys;
 pub mod transport;
 pub mod users;
+pub mod watch;
 
 pub use error::{Error, Result};
 

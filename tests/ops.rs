@@ -99,6 +99,59 @@ async fn sighup_reloads_a_running_server() {
     .await;
 }
 
+/// A renewal that re-points the files (as certbot does with its `live/` symlinks) is picked
+/// up without a signal; a tunnel opened before it flows on.
+#[tokio::test]
+async fn changed_certificate_files_are_reloaded_without_a_signal() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_dir, cert_a, key_a, fp_a) = self_signed_files("localhost");
+        let (_d2, cert_b, key_b, fp_b) = self_signed_files("localhost");
+        let live = tempfile::tempdir().expect("tmp");
+        let (cert, key) = (
+            live.path().join("fullchain.pem"),
+            live.path().join("privkey.pem"),
+        );
+        std::os::unix::fs::symlink(&cert_a, &cert).expect("link");
+        std::os::unix::fs::symlink(&key_a, &key).expect("link");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let old = start_client(client_config(addr, "localhost", pin(&fp_a), T)).await;
+        let mut tunnel = TcpStream::connect(old.addr).await.expect("connect");
+        ping(&mut tunnel).await;
+        server.wait_line("watching").await;
+        // Re-point each link the way a renewal does: a new link renamed over the old one.
+        for (link, target) in [(&cert, &cert_b), (&key, &key_b)] {
+            let tmp = link.with_extension("new");
+            std::os::unix::fs::symlink(target, &tmp).expect("link");
+            std::fs::rename(&tmp, link).expect("rename");
+        }
+        let line = server.wait_line("reloaded -cert/-key").await;
+        assert!(line.contains(&fp_b), "{line}");
+        let new = start_client(client_config(addr, "localhost", pin(&fp_b), T)).await;
+        echo_roundtrip(new.addr, &random_bytes(64 * 1024, 4)).await;
+        ping(&mut tunnel).await;
+        server.signal("TERM");
+        drop(tunnel);
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sighup_rereads_the_users_file() {
     bounded(async {

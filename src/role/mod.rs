@@ -135,13 +135,23 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Re-reads what can be; a bad file keeps what was loaded and says why, once.
-    pub async fn reload(&self) {
+    /// The certificate files worth watching for changes, if there are any.
+    pub fn cert_files(&self) -> Option<[std::path::PathBuf; 2]> {
+        self.acceptor.cert_files()
+    }
+
+    /// Re-reads only `-cert`/`-key` (what a change on disk calls for).
+    pub fn reload_cert(&self) {
         match self.acceptor.reload() {
             Ok(Some(fp)) => log::warn!("reloaded -cert/-key: new handshakes present SHA-256 {fp}"),
             Ok(None) => log::info!("reload: no -cert/-key files to re-read"),
             Err(e) => log::error!("reload: {e}; keeping the current certificate"),
         }
+    }
+
+    /// Re-reads what can be; a bad file keeps what was loaded and says why, once.
+    pub async fn reload(&self) {
+        self.reload_cert();
         if let Some(users) = &self.users {
             match users.reload_file().await {
                 Ok(Some(n)) => log::warn!("reloaded -users-file: {n} user(s)"),

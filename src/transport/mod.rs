@@ -235,6 +235,17 @@ impl Acceptor {
         Ok(Some(fp))
     }
 
+    /// The `-cert`/`-key` files that [`Acceptor::reload`] re-reads, if the certificate came
+    /// from files.
+    pub fn cert_files(&self) -> Option<[std::path::PathBuf; 2]> {
+        match &self.source {
+            Some(crate::config::CertSource::Files { cert, key }) => {
+                Some([cert.clone(), key.clone()])
+            }
+            _ => None,
+        }
+    }
+
     /// Completes the layers over one accepted connection.
     pub async fn accept<S: Io + 'static>(&self, io: S, id: &str) -> Result<Accepted> {
         match &self.tls {
