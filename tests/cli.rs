@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -590,7 +591,7 @@ fn install_script_into_destdir_and_uninstall() {
         let out = Command::new("sh")
             .arg(script)
             .env("DESTDIR", root.path())
-            .env("PREFIX", "/usr")
+            .env("PREFIX", "/opt/mtt")
             .env("MTT_BIN", mtt_bin())
             .output()
             .expect("run install.sh");
@@ -602,26 +603,61 @@ fn install_script_into_destdir_and_uninstall() {
     };
     install();
     install(); // idempotent
-    let bin = root.path().join("usr/bin");
+    let prefix = root.path().join("opt/mtt");
+    let bin = prefix.join("bin");
     for link in ["mtt-client", "mtt-server", "mtt-mu-server"] {
         let out = Command::new(bin.join(link))
             .arg("-h")
             .output()
             .expect("run link");
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("Usage: {link}")));
+        // Its unit starts it from this prefix, not from the packaged /usr/bin.
+        let unit = if link == "mtt-mu-server" {
+            format!("{link}.service")
+        } else {
+            format!("{link}@.service")
+        };
+        let text = std::fs::read_to_string(prefix.join("lib/systemd/system").join(&unit))
+            .expect("unit installed");
+        assert!(
+            text.contains(&format!("ExecStart=/opt/mtt/bin/{link} ")),
+            "{unit}: {text}"
+        );
+    }
+    for example in ["client", "server", "mu-server"] {
+        let path = prefix.join(format!("share/doc/mtt/examples/{example}-example.env"));
+        let text = std::fs::read_to_string(&path).expect("example installed");
+        assert!(text.contains("MTT_ARGS="), "{}", path.display());
     }
     let out = Command::new("sh")
         .args([script, "--uninstall"])
         .env("DESTDIR", root.path())
-        .env("PREFIX", "/usr")
+        .env("PREFIX", "/opt/mtt")
         .output()
         .expect("uninstall");
     assert!(out.status.success());
     assert_eq!(
-        std::fs::read_dir(&bin).expect("bindir").count(),
-        0,
+        files_under(root.path()),
+        Vec::<String>::new(),
         "uninstall leaves nothing"
     );
+}
+
+/// Every file or link below `dir`, relative to it (directories themselves are not listed).
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if entry.file_type().expect("file type").is_dir() {
+                todo.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).expect("below").display().to_string());
+            }
+        }
+    }
+    found
 }
 
 /// The README's first command, small: tunnels on loopback, verified, with a table.
@@ -678,7 +714,11 @@ fn systemd_units_verify_and_are_hardened() {
                 "{file}"
             );
         }
-        let local = text.replace("/usr/local/bin/", &format!("{}/", bin.display()));
+        assert!(
+            text.contains("ExecStart=/usr/bin/mtt-"),
+            "{file}: packaged path"
+        );
+        let local = text.replace("/usr/bin/mtt-", &format!("{}/mtt-", bin.display()));
         let path = dir.path().join(instance);
         std::fs::write(&path, local).expect("write");
         paths.push(path);
