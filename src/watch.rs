@@ -20,7 +20,8 @@ pub fn on_cert_change(reload: Reloader) {
         return;
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let targets: Vec<(PathBuf, std::ffi::OsString)> = files.iter().filter_map(|f| split(f)).collect();
+    let targets: Vec<(PathBuf, std::ffi::OsString)> =
+        files.iter().filter_map(|f| split(f)).collect();
     let dirs = {
         let mut d: Vec<PathBuf> = targets.iter().map(|(dir, _)| dir.clone()).collect();
         d.dedup();
