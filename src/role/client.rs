@@ -43,7 +43,9 @@ impl Client {
 
     async fn handle(&self, mut local: Stream, id: ConnId) {
         let start = std::time::Instant::now();
-        match self.dialer.dial().await {
+        // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
+        // state should not stay in every idle tunnel's task.
+        match Box::pin(self.dialer.dial()).await {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.server);

@@ -87,7 +87,8 @@ impl MuServer {
     }
 
     async fn handle(self: Arc<Self>, conn: Stream, id: ConnId) {
-        match self.acceptor.accept(conn, &id.to_string()).await {
+        // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
+        match Box::pin(self.acceptor.accept(conn, &id.to_string())).await {
             Ok(Accepted::Tunnel(t, tag)) => match owner(tag) {
                 Some(user) => self.to_destination(user, t, &id).await,
                 None => log::warn!("{id}: tunnel without a user"),
@@ -128,13 +129,14 @@ impl MuServer {
 
     async fn to_destination(&self, user: Arc<User>, mut tunnel: BoxIo, id: &ConnId) {
         let _live = user.tunnel();
-        let mut dest = match tcp::connect_with(&user.dst, CONNECT_TIMEOUT, &self.dial).await {
-            Ok(d) => d,
-            Err(e) => {
-                log::warn!("{id}: user {}: connect to {}: {e}", user.path, user.dst);
-                return;
-            }
-        };
+        let mut dest =
+            match Box::pin(tcp::connect_with(&user.dst, CONNECT_TIMEOUT, &self.dial)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    log::warn!("{id}: user {}: connect to {}: {e}", user.path, user.dst);
+                    return;
+                }
+            };
         log::debug!("{id}: user {} → {}", user.path, user.dst);
         tokio::select! {
             res = relay(&mut tunnel, &mut dest, self.cfg.timeout) => {

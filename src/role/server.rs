@@ -73,7 +73,8 @@ impl Server {
 
     async fn handle(self: Arc<Self>, conn: Stream, id: ConnId) {
         let start = std::time::Instant::now();
-        let accepted = self.acceptor.accept(conn, &id.to_string()).await;
+        // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
+        let accepted = Box::pin(self.acceptor.accept(conn, &id.to_string())).await;
         let m = crate::metrics::get();
         match &accepted {
             Ok(Accepted::Nothing) => {}
@@ -111,7 +112,13 @@ impl Server {
     }
 
     async fn to_destination(&self, mut tunnel: BoxIo, id: &ConnId) {
-        let mut dest = match tcp::connect_with(&self.cfg.dest, CONNECT_TIMEOUT, &self.dial).await {
+        let mut dest = match Box::pin(tcp::connect_with(
+            &self.cfg.dest,
+            CONNECT_TIMEOUT,
+            &self.dial,
+        ))
+        .await
+        {
             Ok(d) => d,
             Err(e) => {
                 // Dropping the tunnel closes the client's side at once.

@@ -50,8 +50,12 @@ pub async fn relay<A: Io + ?Sized, B: Io + ?Sized>(
         last: &last,
         start,
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, b, RELAY_BUFFER, RELAY_BUFFER);
-    tokio::pin!(copy);
+    let mut copy = std::pin::pin!(Bidirectional {
+        a: &mut a,
+        b,
+        a_to_b: Direction::default(),
+        b_to_a: Direction::default(),
+    });
     loop {
         let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
@@ -68,6 +72,152 @@ pub async fn relay<A: Io + ?Sized, B: Io + ?Sized>(
                 }
             }
         }
+    }
+}
+
+/// Both directions of a relay; ready when both have ended, or at the first error.
+struct Bidirectional<'a, A: ?Sized, B: ?Sized> {
+    a: &'a mut A,
+    b: &'a mut B,
+    a_to_b: Direction,
+    b_to_a: Direction,
+}
+
+impl<A: Io + ?Sized, B: Io + ?Sized> Future for Bidirectional<'_, A, B> {
+    type Output = io::Result<(u64, u64)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let up = this.a_to_b.poll_copy(cx, &mut *this.a, &mut *this.b)?;
+        let down = this.b_to_a.poll_copy(cx, &mut *this.b, &mut *this.a)?;
+        match (up, down) {
+            (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// One direction of a relay. It holds a copy buffer only while it has bytes to write: a
+/// direction waiting for input gives its buffer back to the worker thread's pool, so an idle
+/// tunnel holds no relay buffers at all, and a busy one reuses the same few without zeroing
+/// or allocating them again.
+#[derive(Default)]
+struct Direction {
+    buf: Option<Box<[u8]>>,
+    pos: usize,
+    end: usize,
+    moved: u64,
+    eof: bool,
+    unflushed: bool,
+    done: bool,
+}
+
+impl Direction {
+    fn poll_copy<R: AsyncRead + Unpin + ?Sized, W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        w: &mut W,
+    ) -> Poll<io::Result<u64>> {
+        if self.done {
+            return Poll::Ready(Ok(self.moved));
+        }
+        loop {
+            if self.pos == self.end && !self.eof {
+                let mut buf = self.buf.take().unwrap_or_else(pool::take);
+                let mut rb = ReadBuf::new(&mut buf);
+                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                        self.eof = true;
+                        pool::give(buf);
+                    }
+                    Poll::Ready(Ok(())) => {
+                        (self.pos, self.end) = (0, rb.filled().len());
+                        self.buf = Some(buf);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        pool::give(buf);
+                        return Poll::Ready(Err(e));
+                    }
+                    Poll::Pending => {
+                        pool::give(buf);
+                        // Nothing more to send for now: push out what the writer holds.
+                        if self.unflushed {
+                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            self.unflushed = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            if let Some(buf) = &self.buf {
+                while self.pos < self.end {
+                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.end]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    self.pos += n;
+                    self.moved += n as u64;
+                    self.unflushed = true;
+                }
+            }
+            if self.eof {
+                if self.unflushed {
+                    ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                    self.unflushed = false;
+                }
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(self.moved));
+            }
+        }
+    }
+}
+
+/// Relay buffers kept per worker thread for reuse.
+mod pool {
+    use std::cell::RefCell;
+
+    use super::RELAY_BUFFER;
+
+    /// At most this many idle buffers per thread (4 MiB at 64 KiB each); more are freed.
+    const KEEP: usize = 64;
+
+    thread_local! {
+        static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[cfg(test)]
+    thread_local! {
+        static MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    pub(super) fn take() -> Box<[u8]> {
+        FREE.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
+            #[cfg(test)]
+            MADE.set(MADE.get() + 1);
+            vec![0u8; RELAY_BUFFER].into_boxed_slice()
+        })
+    }
+
+    /// Buffers this thread has allocated so far.
+    #[cfg(test)]
+    pub(super) fn made() -> usize {
+        MADE.get()
+    }
+
+    /// Buffers waiting in this thread's pool.
+    #[cfg(test)]
+    pub(super) fn idle() -> usize {
+        FREE.with_borrow(Vec::len)
+    }
+
+    pub(super) fn give(buf: Box<[u8]>) {
+        FREE.with_borrow_mut(|free| {
+            if free.len() < KEEP {
+                free.push(buf);
+            }
+        });
     }
 }
 
@@ -227,5 +377,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         let this = self.get_mut();
         ready!(this.poll_write_pending(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A relay that has moved data and now waits on both sides holds no copy buffer: both
+    /// went back to the pool (an idle tunnel costs no relay memory), and the next burst reuses
+    /// them instead of allocating.
+    #[tokio::test]
+    async fn an_idle_relay_gives_its_buffers_back() {
+        let (mut app, a) = tokio::io::duplex(256 * 1024);
+        let (b, mut far) = tokio::io::duplex(256 * 1024);
+        let relay = tokio::spawn(async move {
+            let (mut a, mut b) = (a, b);
+            relay(&mut a, &mut b, Duration::from_secs(30)).await
+        });
+        assert_eq!(pool::idle(), 0);
+        let mut made = Vec::new();
+        for round in 0..3u8 {
+            let data = vec![round; 200 * 1024];
+            app.write_all(&data).await.expect("write");
+            far.write_all(&data).await.expect("write");
+            let (mut up, mut down) = (vec![0; data.len()], vec![0; data.len()]);
+            far.read_exact(&mut up).await.expect("read");
+            app.read_exact(&mut down).await.expect("read");
+            assert!(up == data && down == data, "round {round}: bytes changed");
+            // Let the relay find both sides empty again (it runs on this thread).
+            for _ in 0..1000 {
+                if pool::idle() == pool::made() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                pool::idle(),
+                pool::made(),
+                "round {round}: the relay holds none"
+            );
+            made.push(pool::made());
+        }
+        // At most one buffer per direction, allocated once and reused afterwards.
+        assert!((1..=2).contains(&made[0]), "{made:?}");
+        assert!(made.iter().all(|&m| m == made[0]), "{made:?}");
+        app.shutdown().await.expect("shutdown");
+        far.shutdown().await.expect("shutdown");
+        let moved = relay.await.expect("join").expect("relay");
+        assert_eq!((moved.a_to_b, moved.b_to_a), (600 * 1024, 600 * 1024));
     }
 }
