@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of mtt against direct loopback and stunnel, in one run.
+
+Separate processes on 127.0.0.1: iperf3 through `mtt client` -> `mtt server` (tls, wss, mux,
+wss+mux), beside iperf3 direct and through stunnel; connection rate with wrk (a new
+connection per request) through each tunnel to nginx; CPU seconds per GiB of the two tunnel
+processes; RSS of an idle process and per idle tunnelled connection. Writes a Markdown table
+and an SVG chart. Started by benches/run, which installs the tools and builds mtt.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+MODES = {
+    "tls": [],
+    "wss": ["-wss", "-wss-path", "/bench"],
+    "mux": ["-mux"],
+    "wss+mux": ["-wss", "-wss-path", "/bench", "-mux"],
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, proc, what, timeout=10.0):
+    """Waits until something listens on 127.0.0.1:port (read from ss, no connection made)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode} before listening")
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+        if out.stdout.strip():
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"{what} is not listening on {port} after {timeout} s")
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise SystemExit(f"no VmRSS for {pid}")
+
+
+class Tunnel:
+    """A client and a server process carrying 127.0.0.1:<port> to `dest`."""
+
+    def __init__(self, kind, dest, ctx):
+        self.kind = kind
+        self.procs = []
+        sp, self.port = free_port(), free_port()
+        if kind == "stunnel":
+            self._stunnel(sp, dest, ctx)
+        else:
+            flags = MODES[kind]
+            server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
+                      "-cert", ctx.cert, "-key", ctx.key] + flags
+            client = [ctx.mtt, "client", "-b", f"127.0.0.1:{self.port}", "-s", f"127.0.0.1:{sp}",
+                      "-n", "bench.local", "-cert-sha256", ctx.pin] + flags
+            self._start(server, sp, "mtt server")
+            self._start(client, self.port, "mtt client")
+
+    def _stunnel(self, sp, dest, ctx):
+        common = "foreground = yes\nsyslog = no\ndebug = 3\n"
+        sconf = os.path.join(ctx.tmp, f"stunnel-server-{sp}.conf")
+        with open(sconf, "w") as f:
+            f.write(common + f"pid = {ctx.tmp}/stunnel-s-{sp}.pid\n[s]\naccept = 127.0.0.1:{sp}\n"
+                    f"connect = {dest}\ncert = {ctx.cert}\nkey = {ctx.key}\n")
+        cconf = os.path.join(ctx.tmp, f"stunnel-client-{sp}.conf")
+        with open(cconf, "w") as f:
+            f.write(common + f"pid = {ctx.tmp}/stunnel-c-{sp}.pid\nclient = yes\n[c]\n"
+                    f"accept = 127.0.0.1:{self.port}\nconnect = 127.0.0.1:{sp}\nsni = bench.local\n")
+        self._start(["stunnel", sconf], sp, "stunnel server")
+        self._start(["stunnel", cconf], self.port, "stunnel client")
+
+    def _start(self, cmd, port, what):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        wait_listening(port, p, what)
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def stop(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def iperf(port, seconds, reverse=False, parallel=1):
+    cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J",
+           "-P", str(parallel)]
+    if reverse:
+        cmd.append("-R")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise SystemExit(f"iperf3 through port {port}: {data['error']}")
+    recv = data["end"]["sum_received"]
+    return recv["bytes"], recv["bits_per_second"] / 8 / (1 << 20)
+
+
+def wrk_rate(port, seconds):
+    cmd = ["wrk", "-t", "2", "-c", "32", "-d", f"{seconds}s", "--latency",
+           "-H", "Connection: close", f"http://127.0.0.1:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    p50_ms = float(p50.group(1)) * scale[p50.group(2)] if p50 else float("nan")
+    errors = re.search(r"Socket errors: (.*)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"wrk through port {port}: {non2xx.group(1)} failed requests\n{out}")
+    return rate, p50_ms, errors.group(1) if errors else ""
+
+
+class EchoServer:
+    """An asyncio echo server in a thread: the destination that holds idle connections."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.port = free_port()
+        ready = threading.Event()
+
+        async def handle(reader, writer):
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
+            writer.close()
+
+        async def main():
+            self.server = await asyncio.start_server(handle, "127.0.0.1", self.port, backlog=4096)
+            ready.set()
+            await self.server.serve_forever()
+
+        threading.Thread(target=lambda: self.loop.run_until_complete(main()), daemon=True).start()
+        if not ready.wait(10):
+            raise SystemExit("echo server did not start")
+
+
+async def hold_idle(port, n, pids):
+    """Opens n connections, each proven end to end by one echoed byte, and returns the RSS of
+    `pids` while they are all open and idle; then closes them."""
+    writers = await open_idle(port, n)
+    loaded = settle_rss(pids)
+    for w in writers:
+        w.close()
+    return loaded
+
+
+async def open_idle(port, n):
+    """Opens n connections, each proven end to end by one echoed byte; returns the writers."""
+    sem = asyncio.Semaphore(64)
+
+    async def one(i):
+        async with sem:
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+            b = bytes([i % 251])
+            w.write(b)
+            await w.drain()
+            got = await asyncio.wait_for(r.readexactly(1), 10)
+            if got != b:
+                raise SystemExit(f"connection {i}: echo {got!r} != {b!r}")
+            return w
+
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def settle_rss(pids):
+    """RSS of each pid once it has stopped changing (checked every 100 ms, at most 3 s)."""
+    last = None
+    for _ in range(30):
+        now = [rss_kib(p) for p in pids]
+        if now == last:
+            break
+        last = now
+        time.sleep(0.1)
+    return last
+
+
+def svg_chart(rows, conn_rows, path):
+    """Horizontal bars: throughput up/down (MiB/s) and connection rate (conn/s)."""
+    width, bar, gap, left = 760, 14, 6, 110
+    colors = {"up": "#3b7dd8", "down": "#8cb6ee", "rate": "#d8843b"}
+    parts = []
+    y = 30
+
+    def section(title, entries, unit):
+        nonlocal y
+        top = max(v for _, vals in entries for _, v in vals) or 1
+        parts.append(f'<text x="10" y="{y}" font-weight="bold">{title}</text>')
+        y += 12
+        for label, vals in entries:
+            parts.append(f'<text x="10" y="{y + bar * len(vals) / 2 + 4}">{label}</text>')
+            for key, v in vals:
+                w = (width - left - 120) * v / top
+                parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar}" '
+                             f'fill="{colors[key]}"/>')
+                parts.append(f'<text x="{left + w + 4:.1f}" y="{y + bar - 3}">{v:.0f} {unit}'
+                             f'{" " + key if key != "rate" else ""}</text>')
+                y += bar
+            y += gap
+        y += 24
+
+    section("Single-stream throughput (iperf3), MiB/s",
+            [(r["name"], [("up", r["up"]), ("down", r["down"])]) for r in rows], "MiB/s")
+    section("New connections per second (wrk, Connection: close)",
+            [(r["name"], [("rate", r["rate"])]) for r in conn_rows], "/s")
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y}" '
+            f'font-family="sans-serif" font-size="12">'
+            f'<rect width="100%" height="100%" fill="white"/>')
+    with open(path, "w") as f:
+        f.write(head + "".join(parts) + "</svg>\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mtt", default="target/release/mtt")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3/wrk run")
+    ap.add_argument("--idle", type=int, default=2000, help="idle tunnelled connections")
+    ap.add_argument("--out", default="benches", help="where results.md and results.svg go")
+    args = ap.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    ctx = argparse.Namespace(mtt=os.path.abspath(args.mtt), tmp=tempfile.mkdtemp(prefix="mtt-bench-"))
+    out = subprocess.run([ctx.mtt, "cert", "-n", "bench.local", "-out", ctx.tmp],
+                         capture_output=True, text=True, check=True).stdout
+    ctx.cert = os.path.join(ctx.tmp, "bench.local.crt")
+    ctx.key = os.path.join(ctx.tmp, "bench.local.key")
+    ctx.pin = re.search(r"SHA-256: ([0-9a-f]{64})", out).group(1)
+    version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout + \
+        subprocess.run(cmd, capture_output=True, text=True).stderr
+    env = {
+        "mtt": version([ctx.mtt, "--version"]).strip(),
+        "stunnel": re.search(r"stunnel [\d.]+", version(["stunnel", "-version"])).group(0),
+        "iperf3": version(["iperf3", "--version"]).splitlines()[0].strip(),
+        "wrk": version(["wrk", "-v"]).splitlines()[0].strip(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+    }
+    log(f"bench: {env}")
+    kinds = ["stunnel"] + list(MODES)
+    bg = []
+    try:
+        # Throughput and CPU per GiB.
+        iport = free_port()
+        iperf_srv = subprocess.Popen(["iperf3", "-s", "-p", str(iport)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bg.append(iperf_srv)
+        wait_listening(iport, iperf_srv, "iperf3 -s")
+        rows = []
+        for name in ["direct"] + kinds:
+            t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{iport}", ctx)
+            port = iport if t is None else t.port
+            row = {"name": name}
+            cpu, moved = 0.0, 0
+            for key, rev, par in [("up", False, 1), ("down", True, 1), ("p16", False, 16)]:
+                before = cpu_seconds(t.pids) if t else 0
+                nbytes, mibs = iperf(port, args.seconds, rev, par)
+                if t:
+                    cpu += cpu_seconds(t.pids) - before
+                moved += nbytes
+                row[key] = mibs
+            row["cpu_per_gib"] = cpu / (moved / GIB) if t else None
+            log(f"throughput {name}: up {row['up']:.0f} down {row['down']:.0f} "
+                f"16 streams {row['p16']:.0f} MiB/s")
+            rows.append(row)
+            if t:
+                t.stop()
+        iperf_srv.terminate()
+
+        # Connection rate: a new connection (and tunnel) per request.
+        site = os.path.join(ctx.tmp, "nginx")
+        os.makedirs(os.path.join(site, "logs"))
+        hport = free_port()
+        with open(os.path.join(site, "nginx.conf"), "w") as f:
+            f.write(f"worker_processes 1; daemon off; pid {site}/nginx.pid; "
+                    f"error_log {site}/error.log; events {{ worker_connections 8192; }}\n"
+                    f"http {{ access_log off; server {{ listen 127.0.0.1:{hport}; "
+                    f"location / {{ return 200 'ok\\n'; }} }} }}\n")
+        nginx = subprocess.Popen(["nginx", "-p", site, "-c", os.path.join(site, "nginx.conf")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bg.append(nginx)
+        wait_listening(hport, nginx, "nginx")
+        conn_rows = []
+        for name in ["direct"] + kinds:
+            t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{hport}", ctx)
+            rate, p50, errors = wrk_rate(hport if t is None else t.port, args.seconds)
+            conn_rows.append({"name": name, "rate": rate, "p50": p50, "errors": errors})
+            log(f"connections {name}: {rate:.0f}/s, p50 {p50:.2f} ms {errors}")
+            if t:
+                t.stop()
+        nginx.terminate()
+
+        # Memory: idle processes, then `idle` idle tunnelled connections.
+        echo = EchoServer()
+        mem_rows = []
+        for name in kinds:
+            t = Tunnel(name, f"127.0.0.1:{echo.port}", ctx)
+            idle = settle_rss(t.pids)
+            loaded = asyncio.run(hold_idle(t.port, args.idle, t.pids))
+            per = [(b - a) / max(args.idle, 1) for a, b in zip(idle, loaded)]
+            mem_rows.append({"name": name, "idle_client": idle[1], "idle_server": idle[0],
+                             "per_client": per[1], "per_server": per[0]})
+            log(f"memory {name}: idle client {idle[1]} KiB, server {idle[0]} KiB; per "
+                f"connection client {per[1]:.1f} KiB, server {per[0]:.1f} KiB")
+            t.stop()
+    finally:
+        for p in bg:
+            if p.poll() is None:
+                p.terminate()
+        shutil.rmtree(ctx.tmp, ignore_errors=True)
+
+    report(rows, conn_rows, mem_rows, env, args)
+
+
+def report(rows, conn_rows, mem_rows, env, args):
+    by = {r["name"]: r for r in rows}
+    cby = {r["name"]: r for r in conn_rows}
+    tls, stunnel = by["tls"], by["stunnel"]
+    single = lambda r: (r["up"] + r["down"]) / 2
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {env['cpus']} CPUs, Linux {env['kernel']}: "
+        f"{env['mtt']}, {env['stunnel']}, {env['iperf3']}, {env['wrk']}.",
+        f"Command: `benches/run` (`--seconds {args.seconds} --idle {args.idle}`).",
+        "",
+        "| | up MiB/s | down MiB/s | 16 streams MiB/s | × mtt tls | tunnel CPU s/GiB "
+        "| new conn/s | conn p50 ms | × stunnel conn/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        c = cby[r["name"]]
+        cpu = f"{r['cpu_per_gib']:.2f}" if r["cpu_per_gib"] is not None else "–"
+        lines.append(
+            f"| {r['name']} | {r['up']:.0f} | {r['down']:.0f} | {r['p16']:.0f} "
+            f"| {single(r) / single(tls):.2f} | {cpu} | {c['rate']:.0f} | {c['p50']:.2f} "
+            f"| {c['rate'] / cby['stunnel']['rate']:.2f} |")
+    lines += [
+        "",
+        f"| memory ({args.idle} idle tunnelled connections) | idle client KiB | idle server KiB "
+        "| client KiB/conn | server KiB/conn |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in mem_rows:
+        lines.append(f"| {m['name']} | {m['idle_client']} | {m['idle_server']} "
+                     f"| {m['per_client']:.1f} | {m['per_server']:.1f} |")
+    mem = {m["name"]: m for m in mem_rows}
+    mtt_mem = [m for n, m in mem.items() if n != "stunnel"]
+    targets = [
+        ("mtt tls throughput ≥ 1.5× stunnel", single(tls) / single(stunnel), 1.5),
+        ("wss ≥ 0.9× mtt tls", single(by["wss"]) / single(tls), 0.9),
+        ("mux ≥ 0.8× mtt tls", single(by["mux"]) / single(tls), 0.8),
+        ("mtt tls connection rate ≥ 2× stunnel", cby["tls"]["rate"] / cby["stunnel"]["rate"], 2.0),
+    ]
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    for name, value, goal in targets:
+        lines.append(f"| {name} | {value:.2f}× | {'yes' if value >= goal else 'no'} |")
+    worst_per = max(max(m["per_client"], m["per_server"]) for m in mtt_mem)
+    worst_idle = max(max(m["idle_client"], m["idle_server"]) for m in mtt_mem)
+    lines.append(f"| ≤ 16 KiB RSS per idle connection per process (worst mode) "
+                 f"| {worst_per:.1f} KiB | {'yes' if worst_per <= 16 else 'no'} |")
+    lines.append(f"| idle process RSS ≤ 4 MiB (worst) | {worst_idle / 1024:.2f} MiB "
+                 f"| {'yes' if worst_idle <= 4096 else 'no'} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    svg_chart(rows, conn_rows, os.path.join(args.out, "results.svg"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
