@@ -19,7 +19,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
 /// Copy buffer of each direction of a relay.
-pub const RELAY_BUFFER: usize = 64 * 1024;
+pub const RELAY_BUFFER: usize = 256 * 1024;
 
 /// Bytes moved by a finished relay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
