@@ -129,8 +129,13 @@ def iperf(port, seconds, reverse=False, parallel=1):
            "-P", str(parallel)]
     if reverse:
         cmd.append("-R")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    data = json.loads(out.stdout)
+    for _ in range(20):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        data = json.loads(out.stdout)
+        # iperf3 -s runs one test at a time and may still be ending the previous one.
+        if "busy" not in data.get("error", ""):
+            break
+        time.sleep(0.5)
     if "error" in data:
         raise SystemExit(f"iperf3 through port {port}: {data['error']}")
     recv = data["end"]["sum_received"]
@@ -276,7 +281,7 @@ def main():
         "mtt": version([ctx.mtt, "--version"]).strip(),
         "stunnel": re.search(r"stunnel [\d.]+", version(["stunnel", "-version"])).group(0),
         "iperf3": version(["iperf3", "--version"]).splitlines()[0].strip(),
-        "wrk": version(["wrk", "-v"]).splitlines()[0].strip(),
+        "wrk": version(["wrk", "-v"]).splitlines()[0].split(" [")[0].strip(),
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
     }
