@@ -69,7 +69,7 @@ async fn server_killed_mid_transfer_closes_local_connections_and_recovers() {
             args.extend_from_slice(&["-cert", &cert, "-key", &key]);
             let mut server = Proc::spawn(&mtt_bin(), &args);
             server.wait_line("server listening on").await;
-            let (_client, local) = spawn_client(listen.parse().expect("addr"), &pin, mode).await;
+            let (client, local) = spawn_client(listen.parse().expect("addr"), &pin, mode).await;
 
             let conn = TcpStream::connect(local).await.expect("connect");
             let (mut rd, mut wr) = conn.into_split();
@@ -104,8 +104,58 @@ async fn server_killed_mid_transfer_closes_local_connections_and_recovers() {
             server.wait_line("server listening on").await;
             echo_roundtrip(local, &random_bytes(512 * 1024, 10)).await;
             eprintln!("{name}: local connection closed {took:?} after kill -9; recovered");
+            drop(client);
             server.signal("TERM");
             server.exit().await;
+        }
+    })
+    .await;
+}
+
+/// A destination that resets each connection (RST, not FIN) once it has read the first
+/// bytes: in every mode the client closes the local connection at once, and the tunnel
+/// processes stay up for the next connection.
+#[tokio::test]
+async fn a_destination_reset_closes_the_local_connection_promptly() {
+    bounded(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let dest = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    if s.read_exact(&mut b).await.is_ok() {
+                        // SO_LINGER 0: close sends RST.
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                    }
+                });
+            }
+        });
+        for (name, mode) in MODES {
+            let listen = "127.0.0.1:0";
+            let mut server = Proc::spawn(&mtt_bin(), &server_args(listen, &dest, mode));
+            let addr = server.listening_addr().await;
+            let pin = server.pin().await;
+            let (client, local) = spawn_client(addr, &pin, mode).await;
+            for round in 0..2 {
+                let mut s = TcpStream::connect(local).await.expect("connect");
+                s.write_all(b"x").await.expect("write");
+                let start = Instant::now();
+                let (n, _) = drain(&mut s).await;
+                assert_eq!(n, 0, "{name}: nothing comes back from a reset");
+                assert!(
+                    start.elapsed() < Duration::from_secs(2),
+                    "{name} round {round}: closed after {:?}",
+                    start.elapsed()
+                );
+            }
+            drop(client); // and with it any idle mux session the server would wait for
+            server.signal("TERM");
+            assert_eq!(
+                server.exit().await.code(),
+                Some(0),
+                "{name}: server survived"
+            );
         }
     })
     .await;
@@ -315,7 +365,7 @@ async fn transfers_complete_intact_over_a_lossy_delaying_link() {
             let mut server = Proc::spawn(std::path::Path::new("ip"), &args);
             let addr = server.listening_addr().await;
             let pin = server.pin().await;
-            let (_client, local) = spawn_client(addr, &pin, mode).await;
+            let (client, local) = spawn_client(addr, &pin, mode).await;
             let start = Instant::now();
             let mut jobs = Vec::new();
             for i in 0..4u64 {
@@ -327,6 +377,7 @@ async fn transfers_complete_intact_over_a_lossy_delaying_link() {
                 j.await.expect("an echo through the impaired link");
             }
             report.push(format!("{name} {:?}", start.elapsed()));
+            drop(client);
             server.signal("TERM");
             server.exit().await;
         }
