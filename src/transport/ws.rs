@@ -455,6 +455,26 @@ impl<S: Io> AsyncRead for WsStream<S> {
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
+        // Fill as much of `buf` as is there, across frames: what arrived with a header and
+        // the payload after it go out to the caller together, not as a tiny read of their
+        // own (each read is a write, and a syscall, for a relay).
+        let start = buf.filled().len();
+        match this.poll_read_frames(cx, buf) {
+            Poll::Pending if buf.filled().len() > start => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+impl<S: Io> WsStream<S> {
+    /// Reads frames into `buf` until it is full, the stream ends, or the transport has
+    /// nothing more for now (Pending, with whatever was filled kept in `buf`).
+    fn poll_read_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             match &mut this.rx {
                 Rx::Eof => return Poll::Ready(Ok(())),
@@ -529,7 +549,6 @@ impl<S: Io> AsyncRead for WsStream<S> {
                     buf.advance(n);
                     *left -= n as u64;
                     *offset += n as u64;
-                    return Poll::Ready(Ok(()));
                 }
                 Rx::Control {
                     opcode,
@@ -724,6 +743,27 @@ impl Masks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames already received come out of one read together, header-adjacent payload
+    /// included: a relay makes one write of them, not a tiny one per frame.
+    #[tokio::test]
+    async fn one_read_returns_every_frame_that_has_arrived() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server_side, client_io) = tokio::io::duplex(1 << 20);
+        let mut client = WsStream::new(client_io, Role::Client, &[]);
+        let mut sent = Vec::new();
+        for (i, len) in [1000usize, 70_000, 3].into_iter().enumerate() {
+            let payload = vec![i as u8 + 1; len];
+            let (h, hl) = encode_header(OP_BINARY, len, None);
+            server_side.write_all(&h[..hl]).await.expect("header");
+            server_side.write_all(&payload).await.expect("payload");
+            sent.extend_from_slice(&payload);
+        }
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = client.read(&mut buf).await.expect("read");
+        assert_eq!(n, sent.len(), "one read, every frame");
+        assert_eq!(&buf[..n], &sent[..]);
+    }
 
     #[test]
     fn accept_key_of_rfc_6455_example() {
