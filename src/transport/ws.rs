@@ -340,6 +340,9 @@ pub struct WsStream<S> {
     wend: usize,
     close_sent: bool,
     masks: Masks,
+    /// An error met after a read had already filled bytes: those bytes are returned first,
+    /// the error on the next read (a read that fails must not also deliver data).
+    read_err: Option<io::Error>,
 }
 
 impl<S: Io> WsStream<S> {
@@ -359,6 +362,7 @@ impl<S: Io> WsStream<S> {
             wend: 0,
             close_sent: false,
             masks: Masks::default(),
+            read_err: None,
         }
     }
 
@@ -458,9 +462,16 @@ impl<S: Io> AsyncRead for WsStream<S> {
         // Fill as much of `buf` as is there, across frames: what arrived with a header and
         // the payload after it go out to the caller together, not as a tiny read of their
         // own (each read is a write, and a syscall, for a relay).
+        if let Some(e) = this.read_err.take() {
+            return Poll::Ready(Err(e));
+        }
         let start = buf.filled().len();
         match this.poll_read_frames(cx, buf) {
             Poll::Pending if buf.filled().len() > start => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) if buf.filled().len() > start => {
+                this.read_err = Some(e);
+                Poll::Ready(Ok(()))
+            }
             other => other,
         }
     }
@@ -763,6 +774,30 @@ mod tests {
         let n = client.read(&mut buf).await.expect("read");
         assert_eq!(n, sent.len(), "one read, every frame");
         assert_eq!(&buf[..n], &sent[..]);
+    }
+
+    /// Data followed by a broken frame: the data is read first, then the error; no read both
+    /// fills the buffer and fails (found by the ws_stream fuzz target with tokio's
+    /// read_to_end, which checks exactly that).
+    #[tokio::test]
+    async fn data_before_an_error_is_delivered_then_the_error() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server_side, client_io) = tokio::io::duplex(1 << 16);
+        let mut client = WsStream::new(client_io, Role::Client, &[]);
+        let (h, hl) = encode_header(OP_BINARY, 5, None);
+        server_side.write_all(&h[..hl]).await.expect("header");
+        server_side.write_all(b"hello").await.expect("payload");
+        server_side
+            .write_all(&[0xC2, 0x00])
+            .await
+            .expect("reserved bits set");
+        let mut out = Vec::new();
+        let err = client
+            .read_to_end(&mut out)
+            .await
+            .expect_err("a protocol error");
+        assert!(err.to_string().contains("reserved"), "{err}");
+        assert_eq!(out, b"hello");
     }
 
     #[test]
