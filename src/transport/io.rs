@@ -18,7 +18,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// `poll_write_vectored`, so nothing is lost by boxing.
 pub type BoxIo = Box<dyn Io>;
 
-/// Copy buffer of each direction of a relay.
+/// Copy buffer of each direction of a relay, held only while that direction has data (see
+/// `Direction`). Measured against 64 KiB: fewer, larger writes to TLS and to yamux (one
+/// frame per write), so less CPU per byte in every mode.
 pub const RELAY_BUFFER: usize = 256 * 1024;
 
 /// Bytes moved by a finished relay.
@@ -180,8 +182,9 @@ mod pool {
 
     use super::RELAY_BUFFER;
 
-    /// At most this many idle buffers per thread (4 MiB at 64 KiB each); more are freed.
-    const KEEP: usize = 64;
+    /// At most this many idle bytes of buffers per thread; more are freed.
+    const KEEP_BYTES: usize = 4 << 20;
+    const KEEP: usize = KEEP_BYTES / RELAY_BUFFER;
 
     thread_local! {
         static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
