@@ -65,6 +65,12 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def linkage(path):
+    """"static" or "dynamic": whether the executable names a program interpreter."""
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True, check=True)
+    return "dynamic" if "program interpreter" in out.stdout else "static"
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -261,7 +267,9 @@ def svg_chart(rows, conn_rows, path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mtt", default="target/release/mtt")
+    ap.add_argument("--mtt", default="target/release/mtt", help="the mtt binary measured")
+    ap.add_argument("--mtt-also", metavar="PATH",
+                    help="a second mtt build (e.g. the dynamic one) whose memory is measured too")
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3/wrk run")
     ap.add_argument("--idle", type=int, default=2000, help="idle tunnelled connections")
     ap.add_argument("--out", default="benches", help="where results.md and results.svg go")
@@ -278,7 +286,7 @@ def main():
     version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout + \
         subprocess.run(cmd, capture_output=True, text=True).stderr
     env = {
-        "mtt": version([ctx.mtt, "--version"]).strip(),
+        "mtt": f"{version([ctx.mtt, '--version']).strip()} ({linkage(ctx.mtt)})",
         "stunnel": re.search(r"stunnel [\d.]+", version(["stunnel", "-version"])).group(0),
         "iperf3": version(["iperf3", "--version"]).splitlines()[0].strip(),
         "wrk": version(["wrk", "-v"]).splitlines()[0].split(" [")[0].strip(),
@@ -342,13 +350,18 @@ def main():
         # Memory: idle processes, then `idle` idle tunnelled connections.
         echo = EchoServer()
         mem_rows = []
-        for name in kinds:
-            t = Tunnel(name, f"127.0.0.1:{echo.port}", ctx)
+        runs = [(name, name, ctx) for name in kinds]
+        if args.mtt_also:
+            also = argparse.Namespace(**vars(ctx))
+            also.mtt = os.path.abspath(args.mtt_also)
+            runs += [(f"{name}, {linkage(also.mtt)} build", name, also) for name in MODES]
+        for name, kind, c in runs:
+            t = Tunnel(kind, f"127.0.0.1:{echo.port}", c)
             idle = settle_rss(t.pids)
             loaded = asyncio.run(hold_idle(t.port, args.idle, t.pids))
             per = [(b - a) / max(args.idle, 1) for a, b in zip(idle, loaded)]
             mem_rows.append({"name": name, "idle_client": idle[1], "idle_server": idle[0],
-                             "per_client": per[1], "per_server": per[0]})
+                             "per_client": per[1], "per_server": per[0], "main": c is ctx})
             log(f"memory {name}: idle client {idle[1]} KiB, server {idle[0]} KiB; per "
                 f"connection client {per[1]:.1f} KiB, server {per[0]:.1f} KiB")
             t.stop()
@@ -392,7 +405,8 @@ def report(rows, conn_rows, mem_rows, env, args):
         lines.append(f"| {m['name']} | {m['idle_client']} | {m['idle_server']} "
                      f"| {m['per_client']:.1f} | {m['per_server']:.1f} |")
     mem = {m["name"]: m for m in mem_rows}
-    mtt_mem = [m for n, m in mem.items() if n != "stunnel"]
+    mtt_mem = [m for n, m in mem.items() if n != "stunnel" and m["main"]]
+    also_mem = [m for m in mem_rows if not m["main"]]
     targets = [
         ("mtt tls throughput ≥ 1.5× stunnel", single(tls) / single(stunnel), 1.5),
         ("wss ≥ 0.9× mtt tls", single(by["wss"]) / single(tls), 0.9),
@@ -408,6 +422,11 @@ def report(rows, conn_rows, mem_rows, env, args):
                  f"| {worst_per:.1f} KiB | {'yes' if worst_per <= 16 else 'no'} |")
     lines.append(f"| idle process RSS ≤ 4 MiB (worst) | {worst_idle / 1024:.2f} MiB "
                  f"| {'yes' if worst_idle <= 4096 else 'no'} |")
+    lines += ["", f"Targets are for the measured build: {env['mtt']}."]
+    if also_mem:
+        worst_also = max(max(m["idle_client"], m["idle_server"]) for m in also_mem)
+        lines[-1] += (f" The other build's idle process RSS (worst): "
+                      f"{worst_also / 1024:.2f} MiB.")
     text = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
