@@ -23,6 +23,10 @@ pub type BoxIo = Box<dyn Io>;
 /// frame per write), so less CPU per byte in every mode.
 pub const RELAY_BUFFER: usize = 256 * 1024;
 
+/// Size of the buffers in the per-thread pool: a relay buffer and room for a frame header,
+/// so the WebSocket layer can frame a whole relay write in one pooled buffer.
+pub const POOL_BUFFER: usize = RELAY_BUFFER + 64;
+
 /// Bytes moved by a finished relay.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
@@ -127,7 +131,7 @@ impl Direction {
         loop {
             if self.pos == self.end && !self.eof {
                 let mut buf = self.buf.take().unwrap_or_else(pool::take);
-                let mut rb = ReadBuf::new(&mut buf);
+                let mut rb = ReadBuf::new(&mut buf[..RELAY_BUFFER]);
                 match Pin::new(&mut *r).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                         self.eof = true;
@@ -177,14 +181,16 @@ impl Direction {
 }
 
 /// Relay buffers kept per worker thread for reuse.
-mod pool {
+/// Copy buffers of [`POOL_BUFFER`] bytes, kept per thread between the bursts of the streams
+/// that use them (relay directions, WebSocket frames being written).
+pub(crate) mod pool {
     use std::cell::RefCell;
 
-    use super::RELAY_BUFFER;
+    use super::POOL_BUFFER;
 
     /// At most this many idle bytes of buffers per thread; more are freed.
     const KEEP_BYTES: usize = 4 << 20;
-    const KEEP: usize = KEEP_BYTES / RELAY_BUFFER;
+    const KEEP: usize = KEEP_BYTES / POOL_BUFFER;
 
     thread_local! {
         static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -195,11 +201,12 @@ mod pool {
         static MADE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
-    pub(super) fn take() -> Box<[u8]> {
+    /// A buffer of [`POOL_BUFFER`] bytes (zeroed when newly made).
+    pub(crate) fn take() -> Box<[u8]> {
         FREE.with_borrow_mut(Vec::pop).unwrap_or_else(|| {
             #[cfg(test)]
             MADE.set(MADE.get() + 1);
-            vec![0u8; RELAY_BUFFER].into_boxed_slice()
+            vec![0u8; POOL_BUFFER].into_boxed_slice()
         })
     }
 
@@ -215,9 +222,10 @@ mod pool {
         FREE.with_borrow(Vec::len)
     }
 
-    pub(super) fn give(buf: Box<[u8]>) {
+    /// Returns a buffer from [`take`]; one that was resized is freed instead.
+    pub(crate) fn give(buf: Box<[u8]>) {
         FREE.with_borrow_mut(|free| {
-            if free.len() < KEEP {
+            if buf.len() == POOL_BUFFER && free.len() < KEEP {
                 free.push(buf);
             }
         });

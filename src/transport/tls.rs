@@ -90,11 +90,13 @@ impl TlsClient {
 
     /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
-        within(
+        let mut tls = within(
             HANDSHAKE_TIMEOUT,
             self.connector.connect(self.name.clone(), io),
         )
-        .await
+        .await?;
+        tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+        Ok(tls)
     }
 }
 
@@ -164,9 +166,16 @@ impl TlsServer {
 
     /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<S: Io>(&self, io: S) -> io::Result<server::TlsStream<S>> {
-        within(HANDSHAKE_TIMEOUT, self.acceptor.accept(io)).await
+        let mut tls = within(HANDSHAKE_TIMEOUT, self.acceptor.accept(io)).await?;
+        tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+        Ok(tls)
     }
 }
+
+/// Bytes of unsent TLS records a connection may hold (rustls's default is 64 KiB): enough
+/// for one relay write or one whole WebSocket frame, so neither is taken in parts, the
+/// rest copied aside by the layer above and written again.
+const SEND_BUFFER: usize = crate::transport::io::RELAY_BUFFER + 16 * 1024;
 
 async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(limit, fut).await {
@@ -240,5 +249,78 @@ impl ServerCertVerifier for Accept {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::io::RELAY_BUFFER;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpSocket;
+
+    /// Small socket buffers, so that a write fills them long before it ends.
+    fn small(socket: &TcpSocket) {
+        socket.set_send_buffer_size(8192).expect("SO_SNDBUF");
+        socket.set_recv_buffer_size(8192).expect("SO_RCVBUF");
+    }
+
+    /// One write of a relay's size is taken whole by either end, even while the socket is
+    /// full and the peer reads nothing (rustls's default takes 64 KiB at a time and leaves
+    /// the rest for the layer above to copy aside and write again); every byte arrives.
+    #[tokio::test]
+    async fn a_relay_write_is_taken_whole() {
+        let made = cert::self_signed(Some("localhost")).expect("certificate");
+        let pin = made.cert_key.fingerprint();
+        let server = TlsServer::new(CertStore::new(made.cert_key).expect("store"), &[])
+            .expect("server config");
+        let client = TlsClient::new(
+            &TlsClientConfig {
+                server_name: "localhost".into(),
+                verify: Verify::Pin(crate::config::parse_pin(&pin).expect("pin")),
+            },
+            &[],
+        )
+        .expect("client config");
+        let socket = TcpSocket::new_v4().expect("socket");
+        small(&socket);
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            server.accept(tcp).await.expect("server handshake")
+        });
+        let socket = TcpSocket::new_v4().expect("socket");
+        small(&socket);
+        let tcp = socket.connect(addr).await.expect("connect");
+        let mut c = client.connect(tcp).await.expect("client handshake");
+        let mut s = accepting.await.expect("accept task");
+        let data: Vec<u8> = (0..RELAY_BUFFER).map(|i| (i * 7 % 253) as u8).collect();
+        let limit = Duration::from_secs(10);
+        for (from, to) in [(0, 1), (1, 0)] {
+            let (w, r): (&mut dyn Io, &mut dyn Io) = if from == 0 {
+                (&mut c, &mut s)
+            } else {
+                (&mut s, &mut c)
+            };
+            let n = tokio::time::timeout(limit, w.write(&data))
+                .await
+                .expect("write in time")
+                .expect("write");
+            assert_eq!(n, RELAY_BUFFER, "end {from} took {n} bytes of one write");
+            let mut got = vec![0u8; RELAY_BUFFER];
+            let reading = r.read_exact(&mut got);
+            let flushing = w.flush();
+            let (read, flushed) =
+                tokio::time::timeout(limit, async { tokio::join!(reading, flushing) })
+                    .await
+                    .expect("transfer in time");
+            read.expect("read");
+            flushed.expect("flush");
+            assert!(got == data, "end {to} received other bytes");
+        }
     }
 }
