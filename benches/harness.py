@@ -17,6 +17,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -272,6 +273,9 @@ def main():
                     help="a second mtt build (e.g. the dynamic one) whose memory is measured too")
     ap.add_argument("--seconds", type=int, default=5, help="length of each iperf3/wrk run")
     ap.add_argument("--idle", type=int, default=2000, help="idle tunnelled connections")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="throughput rounds; each round measures every tunnel in turn, and "
+                         "the median is reported, so a slow spell of the machine hits all alike")
     ap.add_argument("--out", default="benches", help="where results.md and results.svg go")
     args = ap.parse_args()
 
@@ -303,25 +307,39 @@ def main():
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         bg.append(iperf_srv)
         wait_listening(iport, iperf_srv, "iperf3 -s")
-        rows = []
-        for name in ["direct"] + kinds:
-            t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{iport}", ctx)
-            port = iport if t is None else t.port
-            row = {"name": name}
-            cpu, moved = 0.0, 0
-            for key, rev, par in [("up", False, 1), ("down", True, 1), ("p16", False, 16)]:
-                before = cpu_seconds(t.pids) if t else 0
-                nbytes, mibs = iperf(port, args.seconds, rev, par)
-                if t:
-                    cpu += cpu_seconds(t.pids) - before
-                moved += nbytes
-                row[key] = mibs
-            row["cpu_per_gib"] = cpu / (moved / GIB) if t else None
-            log(f"throughput {name}: up {row['up']:.0f} down {row['down']:.0f} "
-                f"16 streams {row['p16']:.0f} MiB/s")
-            rows.append(row)
-            if t:
+        names = ["direct"] + kinds
+        tunnels = {}
+        try:
+            for name in kinds:
+                tunnels[name] = Tunnel(name, f"127.0.0.1:{iport}", ctx)
+            samples = {n: {"up": [], "down": [], "p16": [], "cpu": 0.0, "moved": 0} for n in names}
+            for rnd in range(args.rounds):
+                for name in names:
+                    t = tunnels.get(name)
+                    port = iport if t is None else t.port
+                    got = samples[name]
+                    for key, rev, par in [("up", False, 1), ("down", True, 1), ("p16", False, 16)]:
+                        before = cpu_seconds(t.pids) if t else 0
+                        nbytes, mibs = iperf(port, args.seconds, rev, par)
+                        if t:
+                            got["cpu"] += cpu_seconds(t.pids) - before
+                        got["moved"] += nbytes
+                        got[key].append(mibs)
+                    log(f"throughput {name} (round {rnd + 1}/{args.rounds}): up "
+                        f"{got['up'][-1]:.0f} down {got['down'][-1]:.0f} "
+                        f"16 streams {got['p16'][-1]:.0f} MiB/s")
+        finally:
+            for t in tunnels.values():
                 t.stop()
+        rows = []
+        for name in names:
+            got = samples[name]
+            row = {"name": name}
+            for key in ("up", "down", "p16"):
+                row[key] = statistics.median(got[key])
+                row[key + "_range"] = (min(got[key]), max(got[key]))
+            row["cpu_per_gib"] = got["cpu"] / (got["moved"] / GIB) if name != "direct" else None
+            rows.append(row)
         iperf_srv.terminate()
 
         # Connection rate: a new connection (and tunnel) per request.
@@ -382,19 +400,24 @@ def report(rows, conn_rows, mem_rows, env, args):
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {env['cpus']} CPUs, Linux {env['kernel']}: "
         f"{env['mtt']}, {env['stunnel']}, {env['iperf3']}, {env['wrk']}.",
-        f"Command: `benches/run` (`--seconds {args.seconds} --idle {args.idle}`).",
+        f"Command: `benches/run` (`--seconds {args.seconds} --idle {args.idle} "
+        f"--rounds {args.rounds}`). Throughput: the median of {args.rounds} rounds, each "
+        f"measuring every row in turn; single-stream ranges (min–max of up and down) in the "
+        f"last column.",
         "",
         "| | up MiB/s | down MiB/s | 16 streams MiB/s | × mtt tls | tunnel CPU s/GiB "
-        "| new conn/s | conn p50 ms | × stunnel conn/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| new conn/s | conn p50 ms | × stunnel conn/s | single-stream range MiB/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         c = cby[r["name"]]
         cpu = f"{r['cpu_per_gib']:.2f}" if r["cpu_per_gib"] is not None else "–"
+        lo = min(r["up_range"][0], r["down_range"][0])
+        hi = max(r["up_range"][1], r["down_range"][1])
         lines.append(
             f"| {r['name']} | {r['up']:.0f} | {r['down']:.0f} | {r['p16']:.0f} "
             f"| {single(r) / single(tls):.2f} | {cpu} | {c['rate']:.0f} | {c['p50']:.2f} "
-            f"| {c['rate'] / cby['stunnel']['rate']:.2f} |")
+            f"| {c['rate'] / cby['stunnel']['rate']:.2f} | {lo:.0f}–{hi:.0f} |")
     lines += [
         "",
         f"| memory ({args.idle} idle tunnelled connections) | idle client KiB | idle server KiB "
