@@ -287,8 +287,10 @@ def main():
     ctx.cert = os.path.join(ctx.tmp, "bench.local.crt")
     ctx.key = os.path.join(ctx.tmp, "bench.local.key")
     ctx.pin = re.search(r"SHA-256: ([0-9a-f]{64})", out).group(1)
-    version = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout + \
-        subprocess.run(cmd, capture_output=True, text=True).stderr
+    def version(cmd):
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        return done.stdout + done.stderr
+
     env = {
         "mtt": f"{version([ctx.mtt, '--version']).strip()} ({linkage(ctx.mtt)})",
         "stunnel": re.search(r"stunnel [\d.]+", version(["stunnel", "-version"])).group(0),

@@ -180,7 +180,6 @@ impl Direction {
     }
 }
 
-/// Relay buffers kept per worker thread for reuse.
 /// Copy buffers of [`POOL_BUFFER`] bytes, kept per thread between the bursts of the streams
 /// that use them (relay directions, WebSocket frames being written).
 pub(crate) mod pool {

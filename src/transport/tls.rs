@@ -12,7 +12,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
 use super::cert::{self, CertKey};
-use super::io::Io;
+use super::io::{Io, RELAY_BUFFER};
 use crate::config::{HANDSHAKE_TIMEOUT, TlsClientConfig, Verify};
 use crate::{Error, Result};
 
@@ -175,7 +175,7 @@ impl TlsServer {
 /// Bytes of unsent TLS records a connection may hold (rustls's default is 64 KiB): enough
 /// for one relay write or one whole WebSocket frame, so neither is taken in parts, the
 /// rest copied aside by the layer above and written again.
-const SEND_BUFFER: usize = crate::transport::io::RELAY_BUFFER + 16 * 1024;
+const SEND_BUFFER: usize = RELAY_BUFFER + 16 * 1024;
 
 async fn within<T>(limit: Duration, fut: impl Future<Output = io::Result<T>>) -> io::Result<T> {
     match tokio::time::timeout(limit, fut).await {
@@ -255,7 +255,6 @@ impl ServerCertVerifier for Accept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::io::RELAY_BUFFER;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpSocket;
 
