@@ -19,7 +19,7 @@ impl HostPort {
     /// Parses `s`, naming `flag` in errors. `allow_empty_host` is for listen addresses.
     pub fn parse(flag: &str, s: &str, allow_empty_host: bool) -> Result<Self> {
         let bad = |why: &str| {
-            Error::config(format!(
+            Error::usage(format!(
                 "-{flag}: invalid address '{s}': {why} (expected host:port, e.g. 127.0.0.1:1080, example.com:443 or [::1]:443)"
             ))
         };

@@ -77,6 +77,9 @@ pub struct ClientArgs {
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
+    /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
+    #[argh(option)]
+    pub handshake_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -137,6 +140,9 @@ pub struct ServerArgs {
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
+    /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
+    #[argh(option)]
+    pub handshake_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -191,6 +197,9 @@ pub struct MuServerArgs {
     /// how long live tunnels may finish after SIGINT/SIGTERM (default 30s)
     #[argh(option)]
     pub drain_timeout: Option<String>,
+    /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
+    #[argh(option)]
+    pub handshake_timeout: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,

@@ -13,7 +13,7 @@ use crate::goflag::{self, Parsed};
 use crate::role::client::Client;
 use crate::role::server::Server;
 use crate::sip003;
-use crate::transport::{Listener, cert, tcp};
+use crate::transport::{Listener, cert, tcp, unix};
 use crate::{Error, Result, VERSION};
 
 /// What argv asks for.
@@ -75,7 +75,7 @@ pub fn dispatch(argv: &[String]) -> Result<Dispatch> {
         "-h" | "-help" | "--help" | "help" => return Ok(Dispatch::Help { asked: true }),
         "-version" | "--version" | "version" => return Ok(Dispatch::Version),
         other => {
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "mtt: unknown command '{other}': expected client, server, mu-server, cert or bench (run 'mtt -h')"
             )));
         }
@@ -167,7 +167,7 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
     }
     match goflag::parse::<T>(prog, &argv)? {
         Parsed::Args(a) => Ok((a, host)),
-        Parsed::Help(_) => Err(Error::config("SS_PLUGIN_OPTIONS cannot ask for help")),
+        Parsed::Help(_) => Err(Error::usage("SS_PLUGIN_OPTIONS cannot ask for help")),
     }
 }
 
@@ -201,12 +201,13 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             let mut cfg = ClientConfig::from_args(&args)?;
             if vpn {
                 // Relative, as Android hosts put it in the plugin's working directory.
-                cfg.protect = Some(crate::transport::protect::PROTECT_PATH.into());
+                cfg.dial.protect = Some(crate::transport::protect::PROTECT_PATH.into());
             }
             let metrics = metrics_addr(&args.metrics)?;
             runtime()?.block_on(async {
                 let client = Client::new(cfg.clone())?;
-                let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.fast_open).await?);
+                let listener =
+                    Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
                 let shutdown = crate::shutdown::on_signals()?;
                 serve_metrics(metrics.as_ref(), &shutdown).await?;
                 client.run(listener, shutdown).await;
@@ -238,7 +239,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 crate::watch::on_cert_change(server.reloader());
                 let listener = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
-                    Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
+                    Listen::Unix(p) => Listener::Unix(unix::bind_unix(p)?),
                 };
                 let shutdown = crate::shutdown::on_signals()?;
                 serve_metrics(metrics.as_ref(), &shutdown).await?;
@@ -259,7 +260,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 crate::watch::on_cert_change(server.reloader());
                 let data = match &cfg.listen {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
-                    Listen::Unix(p) => Listener::Unix(tcp::bind_unix(p)?),
+                    Listen::Unix(p) => Listener::Unix(unix::bind_unix(p)?),
                 };
                 let control = tcp::bind_tcp(&cfg.controller).await?;
                 let shutdown = crate::shutdown::on_signals()?;
@@ -298,7 +299,7 @@ async fn serve_metrics(
             "metrics at http://{}/metrics",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );
-        tokio::spawn(crate::metrics::serve(l, shutdown.clone()));
+        tokio::spawn(crate::admin::serve_metrics(l, shutdown.clone()));
     }
     Ok(())
 }
@@ -312,43 +313,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// `mtt cert`: writes NAME.crt and NAME.key (mode 0600) and prints the pin.
 fn write_cert(args: &CertArgs) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
     let name = match args.n.as_deref() {
         Some(n) if !n.is_empty() => n,
         _ => {
-            return Err(Error::config(
+            return Err(Error::usage(
                 "missing -n: the DNS name or IP address the certificate is for, e.g. -n example.com",
             ));
         }
     };
-    if name.contains('/') || name.starts_with('.') {
-        return Err(Error::config(format!(
-            "-n: '{name}' is not a DNS name or IP address"
-        )));
-    }
     let dir = Path::new(args.out.as_deref().unwrap_or("."));
-    let ss = cert::self_signed(Some(name))?;
-    let cert_path = dir.join(format!("{name}.crt"));
-    let key_path = dir.join(format!("{name}.key"));
-    let write = |path: &Path, mode: u32, data: &str| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-        f.write_all(data.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))
-    };
-    write(&key_path, 0o600, &ss.key_pem)?;
-    if let Err(e) = write(&cert_path, 0o644, &ss.cert_pem) {
-        let _ = std::fs::remove_file(&key_path);
-        return Err(e);
-    }
-    let fp = ss.cert_key.fingerprint();
+    let (cert_path, key_path, fp) = cert::write_self_signed(name, dir)?;
     println!("wrote {} and {}", cert_path.display(), key_path.display());
     println!("SHA-256: {fp}");
     println!(

@@ -7,85 +7,26 @@ use std::time::Duration;
 use crate::addr::HostPort;
 use crate::cli::{ClientArgs, MuServerArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
+use crate::transport::options::{
+    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
+    Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
+    normalize_path,
+};
+use crate::transport::{fingerprint, mux};
 use crate::{Error, Result};
 
 /// Default idle timeout of client and server (the original's `5m`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-/// TCP connect timeout for every dial (client → server, server → destination).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshake timeout on both ends.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long live tunnels may run on after SIGINT/SIGTERM before the process exits.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How the client decides to trust the server's certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verify {
-    /// The chain against the public web PKI roots (webpki-roots) and the server name.
-    WebPki,
-    /// The chain against this PEM file's certificates only, and the server name.
-    Ca(PathBuf),
-    /// Exactly the certificate with this SHA-256 fingerprint (any issuer, any name).
-    Pin([u8; 32]),
-    /// Anything (`-sv`): encrypted but not authenticated.
-    Insecure,
-}
-
-/// TLS settings of a dialling end.
-#[derive(Debug, Clone)]
-pub struct TlsClientConfig {
-    /// SNI and the name checked in the certificate. IP literals send no SNI.
-    pub server_name: String,
-    /// Trust policy.
-    pub verify: Verify,
-}
-
-/// WebSocket settings of a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WsClientConfig {
-    /// Request path, with its leading `/`.
-    pub path: String,
-    /// `Host` header: the server name, never a port.
-    pub host: String,
-}
-
-/// Multiplexing settings of a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MuxClientConfig {
-    /// Streams per session (`-mux-max-stream`, 1–16).
-    pub max_streams: usize,
-    /// How long a session without streams is kept.
-    pub idle: Duration,
-}
-
-/// WebSocket settings of a server.
-#[derive(Debug, Clone)]
-pub struct WsServerConfig {
-    /// Which paths open tunnels.
-    pub path: crate::transport::http::PathMatch,
-    /// Web server for requests that are not tunnels.
-    pub fallback: Option<HostPort>,
-}
 
 /// A validated client configuration.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Local listen address.
+    /// Local listen address (with fast open when `dial.fast_open`).
     pub listen: HostPort,
-    /// The mtt server.
-    pub server: HostPort,
-    /// TLS to the server.
-    pub tls: TlsClientConfig,
-    /// WebSocket over TLS (`-wss`).
-    pub ws: Option<WsClientConfig>,
-    /// Multiplexing (`-mux`).
-    pub mux: Option<MuxClientConfig>,
-    /// TCP fast open on the listener and on dials to the server (`-fast-open`).
-    pub fast_open: bool,
-    /// DNS server for the server's host name (`-fallback-dns`).
-    pub fallback_dns: Option<std::net::SocketAddr>,
-    /// Android VPN protect server (plugin mode's `-V`): every dial is protected first.
-    pub protect: Option<PathBuf>,
+    /// How tunnels to the server are made.
+    pub dial: DialOptions,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
     pub drain: Duration,
     /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
@@ -103,20 +44,6 @@ pub enum Listen {
     Unix(String),
 }
 
-/// Where the server's certificate comes from.
-#[derive(Debug, Clone)]
-pub enum CertSource {
-    /// PEM files given with `-cert` and `-key`.
-    Files {
-        /// Certificate chain, leaf first.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-    /// Made at start-up for this name (a random plausible one when `None`).
-    SelfSigned(Option<String>),
-}
-
 /// A validated server configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -124,13 +51,8 @@ pub struct ServerConfig {
     pub listen: Listen,
     /// Destination of every tunnel.
     pub dest: HostPort,
-    /// `None` with `-disable-tls`.
-    pub tls: Option<CertSource>,
-    /// HTTP + WebSocket in front of the tunnels (`-wss`).
-    pub ws: Option<WsServerConfig>,
-    /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for
-    /// clients that name no subprotocol.
-    pub mux: bool,
+    /// How tunnels are ended: certificate, WebSocket, multiplexing, timeouts.
+    pub accept: AcceptOptions<()>,
     /// TCP fast open on the listener (`-fast-open`).
     pub fast_open: bool,
     /// DNS server for the destination's host name (`-fallback-dns`).
@@ -146,7 +68,7 @@ pub struct ServerConfig {
 fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str> {
     match v.as_deref() {
         Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(Error::config(format!("missing -{flag}: {what}"))),
+        _ => Err(Error::usage(format!("missing -{flag}: {what}"))),
     }
 }
 
@@ -157,7 +79,7 @@ fn max_conns(v: &Option<String>) -> Result<usize> {
         Some(s) => {
             let n = parse_int("max-conns", s)?;
             usize::try_from(n).map_err(|_| {
-                Error::config(format!("-max-conns must be 0 (no limit) or more, got {s}"))
+                Error::usage(format!("-max-conns must be 0 (no limit) or more, got {s}"))
             })
         }
     }
@@ -179,18 +101,35 @@ fn fallback_dns(v: &Option<String>) -> Result<Option<std::net::SocketAddr>> {
     }
 }
 
+/// Validates `-handshake-timeout`.
+fn timeouts(v: &Option<String>) -> Result<Timeouts> {
+    let Some(s) = v else {
+        return Ok(DEFAULT_TIMEOUTS);
+    };
+    let handshake = parse_duration("handshake-timeout", s)?;
+    if handshake.is_zero() {
+        return Err(Error::usage(format!(
+            "-handshake-timeout must be greater than zero, got '{s}'"
+        )));
+    }
+    Ok(Timeouts {
+        handshake,
+        ..DEFAULT_TIMEOUTS
+    })
+}
+
 /// Validates a `-wss-path` value and adds the leading `/` users may leave out.
 fn ws_path(v: &Option<String>, wss: bool) -> Result<String> {
     let raw = v.as_deref().unwrap_or("/");
-    if raw.is_empty() || raw.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
-        return Err(Error::config(format!(
+    if !is_valid_path(raw, false) {
+        return Err(Error::usage(format!(
             "-wss-path must be a URL path of visible ASCII characters without spaces, e.g. /ws, got '{raw}'"
         )));
     }
     if !wss && v.is_some() {
         log::warn!("-wss-path is not used without -wss");
     }
-    Ok(crate::transport::http::normalize_path(raw))
+    Ok(normalize_path(raw))
 }
 
 fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
@@ -199,7 +138,7 @@ fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
         Some(s) => {
             let d = parse_duration("timeout", s)?;
             if d.is_zero() {
-                return Err(Error::config(format!(
+                return Err(Error::usage(format!(
                     "-timeout must be greater than zero, got '{s}'"
                 )));
             }
@@ -208,22 +147,13 @@ fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
     }
 }
 
-/// Parses a SHA-256 fingerprint written as 64 hex digits, with or without `:` separators.
+/// Parses `-cert-sha256`: 64 hex digits, with or without `:` separators.
 pub fn parse_pin(s: &str) -> Result<[u8; 32]> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect();
-    let bad = || {
-        Error::config(format!(
+    fingerprint::parse(s).ok_or_else(|| {
+        Error::usage(format!(
             "-cert-sha256 must be 64 hex digits (the SHA-256 of the server certificate, as 'mtt cert' or the server's warning prints it), got '{s}'"
         ))
-    };
-    if hex.len() != 64 || !hex.is_ascii() {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
+    })
 }
 
 impl ClientConfig {
@@ -249,16 +179,16 @@ impl ClientConfig {
             Some(v) => {
                 let n = parse_int("mux-max-stream", v)?;
                 if !(1..=16).contains(&n) {
-                    return Err(Error::config(format!(
+                    return Err(Error::usage(format!(
                         "-mux-max-stream must be between 1 and 16, got {v}"
                     )));
                 }
                 n as usize
             }
         };
-        let mux = a.mux.then_some(MuxClientConfig {
+        let mux = a.mux.then_some(MuxClientOptions {
             max_streams,
-            idle: crate::transport::mux::DEFAULT_IDLE,
+            idle: mux::DEFAULT_IDLE,
         });
         let path = ws_path(&a.wss_path, a.wss)?;
         let fallback_dns = fallback_dns(&a.fallback_dns)?;
@@ -268,7 +198,7 @@ impl ClientConfig {
         };
         let chosen = [a.sv, a.ca.is_some(), a.cert_sha256.is_some()];
         if chosen.iter().filter(|x| **x).count() > 1 {
-            return Err(Error::config(
+            return Err(Error::usage(
                 "-sv, -ca and -cert-sha256 exclude each other: choose one way to trust the server",
             ));
         }
@@ -276,7 +206,7 @@ impl ClientConfig {
             Verify::Insecure
         } else if let Some(ca) = &a.ca {
             if ca.is_empty() {
-                return Err(Error::config("-ca needs a file name"));
+                return Err(Error::usage("-ca needs a file name"));
             }
             Verify::Ca(PathBuf::from(ca))
         } else if let Some(pin) = &a.cert_sha256 {
@@ -284,22 +214,25 @@ impl ClientConfig {
         } else {
             Verify::WebPki
         };
-        let ws = a.wss.then(|| WsClientConfig {
+        let ws = a.wss.then(|| WsClientOptions {
             path,
             host: server_name.clone(),
         });
         Ok(ClientConfig {
             listen,
-            server,
-            tls: TlsClientConfig {
-                server_name,
-                verify,
+            dial: DialOptions {
+                server,
+                tls: TlsClientOptions {
+                    server_name,
+                    verify,
+                },
+                ws,
+                mux,
+                fast_open: a.fast_open,
+                fallback_dns,
+                protect: None,
+                timeouts: timeouts(&a.handshake_timeout)?,
             },
-            ws,
-            mux,
-            fast_open: a.fast_open,
-            fallback_dns,
-            protect: None,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout,
@@ -335,23 +268,26 @@ impl ServerConfig {
         let fallback = match a.fallback.as_deref() {
             None | Some("") => None,
             Some(_) if !a.wss => {
-                return Err(Error::config(
+                return Err(Error::usage(
                     "-fallback needs -wss: it answers the HTTP requests that are not tunnels",
                 ));
             }
             Some(f) => Some(HostPort::parse("fallback", f, false)?),
         };
-        let ws = a.wss.then(|| WsServerConfig {
-            path: crate::transport::http::PathMatch::new(&path),
+        let ws = a.wss.then(|| WsServerOptions {
+            path: PathMatch::new(&path),
             fallback,
         });
         let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?;
         Ok(ServerConfig {
             listen,
             dest,
-            tls,
-            ws,
-            mux: a.mux,
+            accept: AcceptOptions {
+                tls,
+                ws,
+                mux: a.mux,
+                timeouts: timeouts(&a.handshake_timeout)?,
+            },
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
             drain: drain(&a.drain_timeout)?,
@@ -386,10 +322,10 @@ fn cert_source(
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
         ))),
-        (Some(_), None) => Err(Error::config(
+        (Some(_), None) => Err(Error::usage(
             "-cert was given without -key: give both, or neither for a self-signed certificate",
         )),
-        (None, Some(_)) => Err(Error::config(
+        (None, Some(_)) => Err(Error::usage(
             "-key was given without -cert: give both, or neither for a self-signed certificate",
         )),
     }
@@ -417,6 +353,8 @@ pub struct MuServerConfig {
     pub fallback: Option<HostPort>,
     /// Default for clients that name no subprotocol.
     pub mux: bool,
+    /// Handshake and connect limits.
+    pub timeouts: Timeouts,
     /// TCP fast open on the data listener.
     pub fast_open: bool,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
@@ -444,7 +382,7 @@ impl MuServerConfig {
         )?;
         let token = a.c_token.clone().or(env_token).filter(|t| !t.is_empty());
         if token.is_none() && !is_loopback(&controller) {
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "-c {controller} listens beyond loopback: anyone who reaches it could change the users; set -c-token (or MTT_CONTROLLER_TOKEN), or listen on 127.0.0.1"
             )));
         }
@@ -464,25 +402,11 @@ impl MuServerConfig {
             tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?,
             fallback,
             mux: a.mux,
+            timeouts: timeouts(&a.handshake_timeout)?,
             fast_open: a.fast_open,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pins_with_and_without_colons() {
-        let hex = "ab".repeat(32);
-        assert_eq!(parse_pin(&hex).unwrap(), [0xab; 32]);
-        let colons = vec!["AB"; 32].join(":");
-        assert_eq!(parse_pin(&colons).unwrap(), [0xab; 32]);
-        assert!(parse_pin("abcd").is_err());
-        assert!(parse_pin(&"zz".repeat(32)).is_err());
     }
 }

@@ -1,32 +1,115 @@
-//! The crate-wide error type and the exit codes it maps to.
+//! The crate-wide error type, with each failure's cause kept as its source, and the exit codes
+//! it maps to.
 
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Everything that can stop a role or a command.
+/// Everything that can stop a role or a command, or a tunnel being set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A bad command line or configuration value. The message names the flag.
+    /// A bad command line, configuration value or request. The message names the flag (or
+    /// field) and the fix. The only error that exits with 2.
     #[error("{0}")]
-    Config(String),
+    Usage(String),
     /// An I/O operation failed; `context` says what was being done and where.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done, and where.
         context: String,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
-    /// A TLS configuration or certificate problem.
+    /// A certificate, key or CA file that cannot be used.
+    #[error("{flag} {}: {source}", path.display())]
+    Cert {
+        /// The flag that named the file (`-cert`, `-key`, `-ca`).
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: CertError,
+    },
+    /// rustls refused a configuration (a key that does not match its certificate, say).
+    #[error("TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+    /// A step of setting up a tunnel failed: which step, with whom, and why.
+    #[error("{step} {peer}: {source}")]
+    Tunnel {
+        /// The layer that failed.
+        step: Step,
+        /// The other end (`server example.com:443`, `client`).
+        peer: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// One failure seen by several waiters (every tunnel waiting for a multiplexed session
+    /// whose connection failed).
+    #[error(transparent)]
+    Shared(Arc<Error>),
+    /// A failure at run time that is not about the input (data corrupted in a benchmark, a
+    /// task that died).
     #[error("{0}")]
-    Tls(String),
+    Runtime(String),
+}
+
+/// What is wrong with a certificate, key or CA file.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// Not PEM, or unreadable.
+    #[error("{0}")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+    /// PEM without a certificate.
+    #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) found")]
+    NoCertificate,
+    /// PEM without a private key.
+    #[error("no PEM private key found (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey,
+    /// A key that does not belong to the certificate (or that rustls cannot use).
+    #[error("certificate and key do not match: {0}")]
+    Mismatch(#[source] rustls::Error),
+    /// A CA file none of whose certificates rustls can use.
+    #[error("no usable certificate in the file")]
+    NoUsableCa,
+}
+
+/// The layers of a tunnel, as named in errors and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// TCP connect.
+    Connect,
+    /// TLS handshake.
+    Tls,
+    /// The HTTP front of a WebSocket server.
+    Http,
+    /// The WebSocket upgrade.
+    WebSocket,
+    /// Opening a multiplexed stream.
+    Mux,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Connect => "connect to",
+            Step::Tls => "TLS handshake with",
+            Step::Http => "HTTP with",
+            Step::WebSocket => "WebSocket upgrade with",
+            Step::Mux => "multiplexed stream to",
+        })
+    }
 }
 
 /// Result alias used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Builds an [`Error::Config`] from anything printable.
-    pub fn config(msg: impl Into<String>) -> Self {
-        Error::Config(msg.into())
+    /// Builds an [`Error::Usage`] from anything printable.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
     }
 
     /// Wraps an [`io::Error`] with what was being attempted.
@@ -37,10 +120,29 @@ impl Error {
         }
     }
 
+    /// A failed step of a tunnel with `peer`.
+    pub fn tunnel(step: Step, peer: impl std::fmt::Display, source: io::Error) -> Self {
+        Error::Tunnel {
+            step,
+            peer: peer.to_string(),
+            source,
+        }
+    }
+
+    /// A problem with the file `path` given with `flag`.
+    pub fn cert(flag: &'static str, path: impl Into<PathBuf>, source: CertError) -> Self {
+        Error::Cert {
+            flag,
+            path: path.into(),
+            source,
+        }
+    }
+
     /// The process exit code: 2 for usage errors (as most CLIs), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) => 2,
+            Error::Usage(_) => 2,
+            Error::Shared(e) => e.exit_code(),
             _ => 1,
         }
     }

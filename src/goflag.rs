@@ -32,13 +32,13 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
                 (Some(flag), Some(_)) => format!(": write -{flag}={arg}, not -{flag} {arg}"),
                 _ => String::new(),
             };
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "unexpected argument '{arg}'{hint} (run '{prog} -h' for usage)"
             )));
         };
         previous_switch = None;
         if body.is_empty() || arg == "-" {
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "unexpected argument '{arg}' (run '{prog} -h' for usage)"
             )));
         }
@@ -54,7 +54,7 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
             .iter()
             .find(|f| f.long.strip_prefix("--") == Some(name) && name != "help")
         else {
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "unknown flag -{name} (run '{prog} -h' for the list of flags)"
             )));
         };
@@ -67,7 +67,7 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
                 Some(v) => match parse_bool(&v) {
                     Some(b) => Some(b.to_string()),
                     None => {
-                        return Err(Error::config(format!(
+                        return Err(Error::usage(format!(
                             "-{name}: invalid boolean '{v}' (use -{name}, -{name}=true or -{name}=false)"
                         )));
                     }
@@ -78,7 +78,7 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
                 None => match it.next() {
                     Some(v) => Some(v.clone()),
                     None => {
-                        return Err(Error::config(format!("-{name} needs a value")));
+                        return Err(Error::usage(format!("-{name} needs a value")));
                     }
                 },
             },
@@ -113,7 +113,7 @@ pub fn parse<T: ArgsInfo + argh::FromArgs>(prog: &str, args: &[String]) -> Resul
     match T::from_args(&[prog], &argv_ref) {
         Ok(t) => Ok(Parsed::Args(t)),
         Err(early) if early.status.is_ok() => Ok(Parsed::Help(single_dash_help(&early.output))),
-        Err(early) => Err(Error::config(early.output.trim().replace("--", "-"))),
+        Err(early) => Err(Error::usage(early.output.trim().replace("--", "-"))),
     }
 }
 
@@ -156,7 +156,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 /// 18 digits. Negative durations are refused (no flag takes one).
 pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
     let bad = |why: &str| {
-        Error::config(format!(
+        Error::usage(format!(
             "-{flag}: invalid duration '{s}': {why} (Go syntax: 300ms, 90s, 5m, 1h30m)"
         ))
     };
@@ -189,7 +189,7 @@ pub fn parse_duration(flag: &str, s: &str) -> Result<Duration> {
 /// Parses an integer as Go's `strconv.ParseInt(s, 0, 64)`: decimal, `0x`, `0o`, `0b`, a
 /// leading `0` for octal, `_` between digits.
 pub fn parse_int(flag: &str, s: &str) -> Result<i64> {
-    let bad = || Error::config(format!("-{flag}: invalid number '{s}'"));
+    let bad = || Error::usage(format!("-{flag}: invalid number '{s}'"));
     let (neg, body) = match s.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, s.strip_prefix('+').unwrap_or(s)),

@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod cmd;

@@ -1,27 +1,53 @@
 //! Process-wide counters in Prometheus text format (prometheus-client): connections accepted,
 //! active and failed by reason, bytes each way, handshake latency, multiplexed sessions and
-//! streams; served by `-metrics ADDR` and on the mu-server's controller at `/metrics`.
+//! streams; served by [`crate::admin`].
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Response, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-/// Why a connection failed.
+/// Why a connection failed (the `reason` label of `mtt_connections_failed`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Failure {
+    /// A client's TLS, HTTP or WebSocket handshake with this server failed.
+    Handshake,
+    /// The client could not open a tunnel to its server.
+    Server,
+    /// The server could not connect to the destination.
+    Destination,
+    /// Refused at `-max-conns`.
+    Limit,
+}
+
+impl Failure {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Handshake => "handshake",
+            Failure::Server => "server",
+            Failure::Destination => "destination",
+            Failure::Limit => "limit",
+        }
+    }
+}
+
+impl EncodeLabelValue for Failure {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// The label set of `mtt_connections_failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
-    /// `handshake`, `server`, `destination`.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Failure,
 }
 
 /// Which way bytes went.
@@ -102,7 +128,7 @@ pub fn get() -> &'static Metrics {
 
 impl Metrics {
     /// Counts a failure.
-    pub fn fail(&self, reason: &'static str) {
+    pub fn fail(&self, reason: Failure) {
         self.failed.get_or_create(&Reason { reason }).inc();
     }
 
@@ -129,25 +155,14 @@ impl Metrics {
         }
         out
     }
-}
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    crate::transport::http::serve_plain(listener, shutdown, "metrics", |req| async move {
-        if req.uri().path() == "/metrics" {
-            let mut r = Response::new(Full::new(Bytes::from(get().render())));
-            r.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
-        } else {
-            let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
-            *r.status_mut() = StatusCode::NOT_FOUND;
-            r
+    /// The text exposition without its closing `# EOF` line, for a page that goes on with
+    /// metrics of its own (the mu-server's per-user series).
+    pub fn render_open(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
         }
-    })
-    .await;
+        out
+    }
 }

@@ -53,7 +53,7 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<PluginEnv
         .map(|(n, _)| *n)
         .collect();
     if !missing.is_empty() {
-        return Err(Error::config(format!(
+        return Err(Error::usage(format!(
             "SIP003 plugin mode needs SS_REMOTE_HOST, SS_REMOTE_PORT, SS_LOCAL_HOST and SS_LOCAL_PORT; missing or empty: {}",
             missing.join(", ")
         )));
@@ -79,7 +79,7 @@ pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>> {
         let v = value.take().map(|v| v.trim().to_string());
         if k.is_empty() {
             if let Some(v) = v {
-                return Err(Error::config(format!(
+                return Err(Error::usage(format!(
                     "SS_PLUGIN_OPTIONS: a value without a key ('={v}')"
                 )));
             }
@@ -93,7 +93,7 @@ pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>> {
         match c {
             '\\' => {
                 let Some(next) = chars.next() else {
-                    return Err(Error::config(
+                    return Err(Error::usage(
                         "SS_PLUGIN_OPTIONS: ends with a lone backslash",
                     ));
                 };
@@ -143,7 +143,7 @@ pub fn host_args(prog: &str, args: &[String]) -> Result<HostArgs> {
             "V" => h.vpn = true,
             "fast-open" => h.fast_open = true,
             _ => {
-                return Err(Error::config(format!(
+                return Err(Error::usage(format!(
                     "{prog} runs as a SIP003 plugin (SS_* variables are set) and then accepts only -V and -fast-open on its command line, not '{a}'; put options in SS_PLUGIN_OPTIONS"
                 )));
             }
@@ -183,7 +183,7 @@ pub fn command_line<T: ArgsInfo>(
                 .filter(|k| *k != "help")
                 .collect();
             keys.extend(ANDROID_KEYS);
-            return Err(Error::config(format!(
+            return Err(Error::usage(format!(
                 "SS_PLUGIN_OPTIONS: unknown option '{key}'; accepted: {}",
                 keys.join(", ")
             )));
@@ -193,14 +193,14 @@ pub fn command_line<T: ArgsInfo>(
             (FlagInfoKind::Switch, Some(v)) => match parse_bool(v) {
                 Some(b) => argv.push(format!("-{key}={b}")),
                 None => {
-                    return Err(Error::config(format!(
+                    return Err(Error::usage(format!(
                         "SS_PLUGIN_OPTIONS: '{key}={v}': {key} takes true or false"
                     )));
                 }
             },
             (FlagInfoKind::Option { .. }, Some(v)) => argv.push(format!("-{key}={v}")),
             (FlagInfoKind::Option { .. }, None) => {
-                return Err(Error::config(format!(
+                return Err(Error::usage(format!(
                     "SS_PLUGIN_OPTIONS: option '{key}' needs a value ({key}=...)"
                 )));
             }

@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::HostPort;
-use crate::transport::http::{Router, Tag};
+use crate::transport::options::{Router, is_valid_path};
 use crate::{Error, Result};
 
 /// One user: a path and where its tunnels go.
@@ -21,7 +21,6 @@ pub struct User {
     pub path: String,
     /// Destination of the user's tunnels.
     pub dst: HostPort,
-    removed: AtomicBool,
     kick: CancellationToken,
     live: AtomicU64,
     up: AtomicU64,
@@ -33,17 +32,11 @@ impl User {
         Arc::new(User {
             path,
             dst,
-            removed: AtomicBool::new(false),
             kick: CancellationToken::new(),
             live: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
         })
-    }
-
-    /// Whether the user was removed (or replaced) since this handle was taken.
-    pub fn is_removed(&self) -> bool {
-        self.removed.load(Ordering::Acquire)
     }
 
     /// Fires when the user is removed with kick: live tunnels end.
@@ -109,13 +102,8 @@ pub struct Users {
 
 /// A user path must start with `/` and be visible ASCII, as the client can send it.
 pub fn check_path(path: &str) -> Result<()> {
-    if !path.starts_with('/')
-        || path.len() > 1024
-        || path.bytes().any(|b| !(0x21..0x7f).contains(&b))
-        || path.contains('?')
-        || path.contains('#')
-    {
-        return Err(Error::config(format!(
+    if !is_valid_path(path, true) {
+        return Err(Error::usage(format!(
             "invalid path '{path}': it must start with '/' and contain only visible ASCII, without '?' or '#'"
         )));
     }
@@ -123,14 +111,10 @@ pub fn check_path(path: &str) -> Result<()> {
 }
 
 /// Validates a user: the path as [`check_path`], the destination as `host:port`.
-pub fn check_user(path: &str, dst: &str) -> Result<HostPort> {
-    check(path, dst)
-}
-
-fn check(path: &str, dst: &str) -> Result<HostPort> {
+pub fn check(path: &str, dst: &str) -> Result<HostPort> {
     check_path(path)?;
     HostPort::parse("dst", dst, false).map_err(|e| {
-        Error::config(format!(
+        Error::usage(format!(
             "path '{path}': {}",
             e.to_string().trim_start_matches("-dst: ")
         ))
@@ -145,14 +129,14 @@ impl Users {
             match std::fs::read(f) {
                 Ok(bytes) => {
                     let saved: Vec<Saved> = serde_json::from_slice(&bytes).map_err(|e| {
-                        Error::config(format!(
+                        Error::usage(format!(
                             "-users-file {}: not a users file: {e}",
                             f.display()
                         ))
                     })?;
                     for s in saved {
                         let dst = check(&s.path, &s.dst).map_err(|e| {
-                            Error::config(format!("-users-file {}: {e}", f.display()))
+                            Error::usage(format!("-users-file {}: {e}", f.display()))
                         })?;
                         map.insert(s.path.clone(), User::new(s.path, dst));
                     }
@@ -227,7 +211,6 @@ impl Users {
         }
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
         for (user, kick) in retired {
-            user.removed.store(true, Ordering::Release);
             if kick {
                 user.kick.cancel();
             }
@@ -248,7 +231,6 @@ impl Users {
         let fresh = Users::load(Some(file.clone()))?;
         let loaded = fresh.read().clone();
         let mut next = HashMap::with_capacity(loaded.len());
-        let mut retired = Vec::new();
         {
             let current = self.read();
             for (path, user) in loaded {
@@ -257,29 +239,24 @@ impl Users {
                     _ => next.insert(path, user),
                 };
             }
-            for (path, old) in current.iter() {
-                if next.get(path).is_none_or(|u| !Arc::ptr_eq(u, old)) {
-                    retired.push(old.clone());
-                }
-            }
         }
         let n = next.len();
         *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
-        for user in retired {
-            user.removed.store(true, Ordering::Release);
-        }
         Ok(Some(n))
     }
 }
 
 impl Router for Users {
-    fn route(&self, path: &str) -> Option<Tag> {
-        self.get(path).map(|u| u as Tag)
+    type Owner = Arc<User>;
+
+    fn route(&self, path: &str) -> Option<Arc<User>> {
+        self.get(path)
     }
 }
 
-/// Writes the table to `file` atomically: a temp file beside it, fsync, rename, fsync of the
-/// directory. A crash leaves either the old or the new file, never a torn one.
+/// Writes the table to `file` atomically: a temp file beside it (tempfile), fsync, rename
+/// over the file (persist), fsync of the directory. A crash leaves either the old or the new
+/// file, never a torn one.
 fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
     let ctx = || format!("-users-file {}", file.display());
     let mut list: Vec<Saved> = users
@@ -291,20 +268,16 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         .collect();
     list.sort_by(|a, b| a.path.cmp(&b.path));
     let json =
-        serde_json::to_vec_pretty(&list).map_err(|e| Error::config(format!("{}: {e}", ctx())))?;
+        serde_json::to_vec_pretty(&list).map_err(|e| Error::Runtime(format!("{}: {e}", ctx())))?;
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        file.file_name().and_then(|n| n.to_str()).unwrap_or("users")
-    ));
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        tmp.write_all(&json)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(file).map_err(|e| e.error)?;
         std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| Error::io(ctx(), e))

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mtt::config::{TlsClientConfig, Verify};
+use mtt::transport::options::{TlsClientOptions, Verify};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,11 +17,12 @@ const T: Duration = Duration::from_secs(30);
 
 async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = mtt::transport::tls::TlsClient::new(
-        &TlsClientConfig {
+        &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
         },
         &[],
+        std::time::Duration::from_secs(10),
     )
     .expect("tls");
     tls.connect(TcpStream::connect(addr).await.expect("connect"))
@@ -63,10 +64,10 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
                 T,
             );
             if flags.contains(&"-wss") {
-                cfg = wss_client_config(addr, cfg.tls.verify.clone(), "/", T);
+                cfg = wss_client_config(addr, cfg.dial.tls.verify.clone(), "/", T);
             }
             if flags.contains(&"-mux") {
-                cfg.mux = Some(mtt::config::MuxClientConfig {
+                cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
                     max_streams: 4,
                     idle: Duration::from_secs(10),
                 });

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mtt::config::{CertSource, Verify};
+use mtt::transport::options::{CertSource, Verify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -114,19 +114,13 @@ async fn mtt_client_through_openssl_s_server() {
         .await;
         let mut s = TcpStream::connect(client.addr).await.expect("connect");
         // Up: our line must appear verbatim in s_server's output.
-        let up = format!(
-            "from-the-app-{}",
-            mtt::transport::cert::hex(&random_bytes(24, 1))
-        );
+        let up = format!("from-the-app-{}", hex::encode(random_bytes(24, 1)));
         s.write_all(format!("{up}\n").as_bytes())
             .await
             .expect("write");
         s_server.wait_line(&up).await;
         // Down: what s_server sends reaches the app verbatim.
-        let down = format!(
-            "from-s_server-{}\n",
-            mtt::transport::cert::hex(&random_bytes(24, 2))
-        );
+        let down = format!("from-s_server-{}\n", hex::encode(random_bytes(24, 2)));
         let mut stdin = s_server.child.stdin.take().expect("stdin");
         stdin
             .write_all(down.as_bytes())

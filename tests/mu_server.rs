@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use mtt::config::{CertSource, Listen, MuServerConfig, Verify};
+use mtt::config::{Listen, MuServerConfig};
 use mtt::role::mu_server::MuServer;
 use mtt::transport::Listener;
+use mtt::transport::options::{CertSource, Verify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,6 +32,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
         mux: false,
+        timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
         fast_open: false,
         drain: T,
         max_conns: 0,
@@ -95,7 +97,7 @@ async fn post(mu: &Mu, json: &str) -> (u16, String) {
 fn user_client(mu: &Mu, path: &str, mux: bool) -> mtt::config::ClientConfig {
     let mut c = wss_client_config(mu.data, mu.pin.clone(), path, T);
     if mux {
-        c.mux = Some(mtt::config::MuxClientConfig {
+        c.dial.mux = Some(mtt::transport::options::MuxClientOptions {
             max_streams: 4,
             idle: Duration::from_secs(10),
         });

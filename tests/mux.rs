@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mtt::config::{CertSource, MuxClientConfig, Verify, WsServerConfig};
-use mtt::transport::http::PathMatch;
+use mtt::transport::options::{CertSource, MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -52,9 +51,9 @@ fn mux_server(dest: SocketAddr, ws: bool) -> mtt::config::ServerConfig {
         Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         T,
     );
-    c.mux = true;
+    c.accept.mux = true;
     if ws {
-        c.ws = Some(WsServerConfig {
+        c.accept.ws = Some(WsServerOptions {
             path: PathMatch::new("/m"),
             fallback: None,
         });
@@ -74,7 +73,7 @@ fn mux_client(
     } else {
         client_config(server, "127.0.0.1", verify, T)
     };
-    c.mux = Some(MuxClientConfig { max_streams, idle });
+    c.dial.mux = Some(MuxClientOptions { max_streams, idle });
     c
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mtt::config::{CertSource, Verify};
+use mtt::transport::options::{CertSource, Verify};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);
@@ -312,7 +312,7 @@ async fn metrics_endpoints_count_traffic() {
         let before = scrape(metrics).await;
         assert_eq!(sample(&before, "mtt_connections_accepted_total"), 0.0);
         let mut cfg = client_config(addr, "127.0.0.1", pin(&fp), T);
-        cfg.mux = Some(mtt::config::MuxClientConfig {
+        cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
             max_streams: 4,
             idle: Duration::from_secs(10),
         });

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mtt::config::{CertSource, Verify};
 use mtt::transport::Dialer;
+use mtt::transport::options::{CertSource, Verify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -109,7 +109,7 @@ async fn unreachable_destination_closes_client_promptly() {
 }
 
 async fn dial_err(cfg: mtt::config::ClientConfig) -> Option<String> {
-    match Dialer::new(&cfg).expect("dialer").dial().await {
+    match Dialer::new(&cfg.dial).expect("dialer").dial().await {
         Ok(_) => None,
         Err(e) => Some(format!("{e}")),
     }

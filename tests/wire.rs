@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mtt::addr::HostPort;
-use mtt::config::{CertSource, Verify};
+use mtt::transport::options::{CertSource, Verify};
 use mtt::transport::{Dialer, Listener, tcp};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,7 +18,7 @@ async fn client_hello_of(
     cfg: mtt::config::ClientConfig,
     l: TcpListener,
 ) -> (Option<String>, Vec<Vec<u8>>) {
-    let dialer = Dialer::new(&cfg).expect("dialer");
+    let dialer = Dialer::new(&cfg.dial).expect("dialer");
     let dial = tokio::spawn(async move { dialer.dial().await.is_ok() });
     let (tcp, _) = l.accept().await.expect("accept");
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
@@ -50,8 +50,9 @@ async fn sni_is_the_server_name_and_absent_for_ip_literals_and_no_alpn() {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let port = l.local_addr().expect("addr").port();
             let mut cfg = client_config(l.local_addr().expect("addr"), "x", Verify::Insecure, T);
-            cfg.server = HostPort::parse("s", &format!("{s_host}:{port}"), false).expect("addr");
-            cfg.tls.server_name = n.unwrap_or(s_host).to_string();
+            cfg.dial.server =
+                HostPort::parse("s", &format!("{s_host}:{port}"), false).expect("addr");
+            cfg.dial.tls.server_name = n.unwrap_or(s_host).to_string();
             let (sni, alpn) = client_hello_of(cfg, l).await;
             assert_eq!(sni.as_deref(), want, "-s {s_host} -n {n:?}");
             assert!(
@@ -88,7 +89,8 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
             Verify::Pin(pin),
             T,
         );
-        cfg.server = HostPort::parse("s", &format!("[::1]:{server_port}"), false).expect("addr");
+        cfg.dial.server =
+            HostPort::parse("s", &format!("[::1]:{server_port}"), false).expect("addr");
         let client = mtt::role::client::Client::new(cfg.clone()).expect("client");
         let cl = tcp::bind_tcp(&HostPort::parse("b", "[::1]:0", true).expect("addr"))
             .await
@@ -100,7 +102,7 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
         // A host name is resolved when dialled: "localhost" to a server on 127.0.0.1.
         let v4 = start_server(server_config(echo, Some(CertSource::SelfSigned(None)), T)).await;
         let mut by_name = client_config(v4.addr, "localhost", pin_of(&v4), T);
-        by_name.server =
+        by_name.dial.server =
             HostPort::parse("s", &format!("localhost:{}", v4.addr.port()), false).expect("addr");
         let client = start_client(by_name).await;
         echo_roundtrip(client.addr, &random_bytes(1 << 20, 7)).await;
@@ -174,7 +176,7 @@ async fn tunnel_sockets_have_nodelay_keepalive_and_user_timeout() {
             Listener::Tcp(l).accept().await.expect("accept")
         });
         let dialled = dialled.expect("connect");
-        let mtt::transport::Stream::Tcp(accepted) = accepted.0 else {
+        let tokio_util::either::Either::Left(accepted) = accepted.0 else {
             panic!("tcp")
         };
         for s in [&dialled, &accepted] {
@@ -244,7 +246,7 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(server.run(Listener::Tcp(sl), stop.clone()));
         let mut ccfg = client_config(saddr, "x", Verify::Pin(pin), T);
-        ccfg.fast_open = true;
+        ccfg.dial.fast_open = true;
         let client = start_client(ccfg).await;
         echo_roundtrip(client.addr, &random_bytes(1 << 20, 8)).await;
     })
@@ -281,13 +283,13 @@ async fn fallback_dns_resolves_through_the_given_server() {
         let server = start_server(server_config(echo, Some(CertSource::SelfSigned(None)), T)).await;
         let by_name = |dns: Option<std::net::SocketAddr>| {
             let mut c = client_config(server.addr, "x", pin_of(&server), T);
-            c.server = HostPort::parse(
+            c.dial.server = HostPort::parse(
                 "s",
                 &format!("tunnel.mtt-test:{}", server.addr.port()),
                 false,
             )
             .expect("addr");
-            c.fallback_dns = dns;
+            c.dial.fallback_dns = dns;
             c
         };
         let client = start_client(by_name(Some(([127, 0, 0, 1], dns_port).into()))).await;

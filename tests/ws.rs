@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mtt::config::{CertSource, TlsClientConfig, Verify, WsServerConfig};
-use mtt::transport::http::PathMatch;
+use mtt::transport::options::PathMatch;
+use mtt::transport::options::{CertSource, TlsClientOptions, Verify, WsServerOptions};
 use mtt::transport::tls::TlsClient;
 use mtt::transport::ws::{self, Role, encode_header, parse_header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -99,11 +99,12 @@ async fn paths_with_and_without_leading_slash_are_equivalent() {
 /// A TLS connection to an mtt server that accepts anything (the tests inspect the server).
 async fn tls_to(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = TlsClient::new(
-        &TlsClientConfig {
+        &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
         },
         &[b"http/1.1"],
+        std::time::Duration::from_secs(10),
     )
     .expect("tls");
     let tcp = TcpStream::connect(addr).await.expect("connect");
@@ -421,7 +422,7 @@ async fn upgrade_request_is_byte_exact_and_data_waits_for_101() {
         })
         .await;
         let mut cfg = wss_client_config(addr, Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")), "my/path", T);
-        cfg.ws.as_mut().expect("ws").host = "tunnel.example".into();
+        cfg.dial.ws.as_mut().expect("ws").host = "tunnel.example".into();
         let client = start_client(cfg).await;
         let mut app = TcpStream::connect(client.addr).await.expect("connect");
         app.write_all(b"EARLY").await.expect("write");
@@ -460,7 +461,7 @@ async fn failed_upgrades_close_the_local_connection_at_once_and_say_why() {
             let resp = response.clone();
             let (addr, fp, _seen) = fake_ws_server(move |_| resp.clone()).await;
             let cfg = wss_client_config(addr, Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")), "/", T);
-            let err = match mtt::transport::Dialer::new(&cfg).expect("dialer").dial().await {
+            let err = match mtt::transport::Dialer::new(&cfg.dial).expect("dialer").dial().await {
                 Ok(_) => panic!("{response}: the upgrade must fail"),
                 Err(e) => e.to_string(),
             };
@@ -486,7 +487,7 @@ fn wss_server_config(
         tls.then(|| CertSource::SelfSigned(Some("127.0.0.1".into()))),
         T,
     );
-    c.ws = Some(WsServerConfig {
+    c.accept.ws = Some(WsServerOptions {
         path: PathMatch::new(path),
         fallback: fallback.map(hp),
     });
@@ -581,8 +582,8 @@ async fn behind_nginx_both_ways() {
             .await;
             let front = SocketAddr::from(([127, 0, 0, 1], port));
             let mut cfg = wss_client_config(front, Verify::Ca(pki.ca.clone()), "/tunnel", T);
-            cfg.tls.server_name = "localhost".into();
-            cfg.ws.as_mut().expect("ws").host = "localhost".into();
+            cfg.dial.tls.server_name = "localhost".into();
+            cfg.dial.ws.as_mut().expect("ws").host = "localhost".into();
             let client = start_client(cfg.clone()).await;
             let mut tasks = Vec::new();
             for i in 0..8u64 {
@@ -593,7 +594,7 @@ async fn behind_nginx_both_ways() {
                 t.await.expect("transfer through nginx");
             }
             // Half-close through nginx: the reply after EOF arrives.
-            cfg.ws.as_mut().expect("ws").path = "/half".into();
+            cfg.dial.ws.as_mut().expect("ws").path = "/half".into();
             let half_client = start_client(cfg).await;
             let data = random_bytes(1024 * 1024, 9);
             let mut s = TcpStream::connect(half_client.addr).await.expect("connect");

@@ -1,13 +1,15 @@
 //! The client role: each accepted local connection gets a new tunnel from the [`Dialer`] and
 //! is relayed through it.
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnId, log_relay_end, serve};
+use super::log_relay_end;
 use crate::Result;
 use crate::config::ClientConfig;
-use crate::transport::{Dialer, Listener, Stream, relay};
-use std::sync::Arc;
+use crate::metrics::Failure;
+use crate::transport::{Acceptor, Dialer, Limits, Listener, Tunnel, relay};
 
 /// A ready-to-run client: configuration checked, TLS set up.
 pub struct Client {
@@ -18,7 +20,7 @@ pub struct Client {
 impl Client {
     /// Sets up the layers (fails on a bad `-ca` file or server name).
     pub fn new(cfg: ClientConfig) -> Result<Self> {
-        let dialer = Dialer::new(&cfg)?;
+        let dialer = Dialer::new(&cfg.dial)?;
         Ok(Client { cfg, dialer })
     }
 
@@ -27,33 +29,38 @@ impl Client {
         log::info!(
             "client listening on {}, server {}",
             listener.local_addr(),
-            self.cfg.server
+            self.cfg.dial.server
         );
-        let this = Arc::new(self);
-        let limits = super::Limits {
-            drain: this.cfg.drain,
-            max_conns: this.cfg.max_conns,
+        let limits = Limits {
+            drain: self.cfg.drain,
+            max_conns: self.cfg.max_conns,
         };
-        serve(listener, shutdown, limits, move |local, id| {
-            let this = this.clone();
-            async move { this.handle(local, id).await }
-        })
-        .await;
+        let this = Arc::new(self);
+        Arc::new(Acceptor::<()>::plain())
+            .serve(listener, shutdown, limits, move |local| {
+                let this = this.clone();
+                async move { this.handle(local).await }
+            })
+            .await;
     }
 
-    async fn handle(&self, mut local: Stream, id: ConnId) {
+    async fn handle(&self, local: Tunnel) {
+        let Tunnel {
+            io: mut local, id, ..
+        } = local;
         let start = std::time::Instant::now();
         // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
         // state should not stay in every idle tunnel's task.
         match Box::pin(self.dialer.dial()).await {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
-                log::debug!("{id}: tunnel to {} open", self.cfg.server);
-                log_relay_end(&id, relay(&mut local, &mut remote, self.cfg.timeout).await);
+                log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);
+                let res = relay(&mut local, &mut remote, self.cfg.timeout).await;
+                log_relay_end(&id, &res);
             }
             // Dropping `local` closes it at once: the application learns immediately.
             Err(e) => {
-                crate::metrics::get().fail("server");
+                crate::metrics::get().fail(Failure::Server);
                 log::warn!("{id}: {e}");
             }
         }

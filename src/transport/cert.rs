@@ -1,12 +1,14 @@
-//! Server certificates: loading PEM files, making self-signed ones with rcgen, and the SHA-256
-//! fingerprints clients pin with `-cert-sha256`.
+//! Server certificates: loading PEM files, making self-signed ones with rcgen, and writing
+//! them for `mtt cert`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::fingerprint;
+use crate::error::CertError;
 use crate::{Error, Result};
 
 /// A certificate chain (leaf first) and its private key.
@@ -23,40 +25,35 @@ impl CertKey {
     pub fn fingerprint(&self) -> String {
         self.chain
             .first()
-            .map(|c| fingerprint(c))
+            .map(|c| fingerprint::of(c))
             .unwrap_or_default()
     }
 }
 
 /// Loads a PEM certificate chain and a PEM key (PKCS#8, PKCS#1 or SEC1).
 pub fn load(cert: &Path, key: &Path) -> Result<CertKey> {
-    let chain = load_certs("cert", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Tls(format!("-key {}: {}", key.display(), pem_error(e))))?;
+    let chain = load_certs("-cert", cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::cert("-key", key, pem(e)))?;
     Ok(CertKey { chain, key })
 }
 
 /// Loads every certificate of a PEM file; `flag` names the option in errors.
-pub fn load_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |why: String| Error::Tls(format!("-{flag} {}: {why}", path.display()));
+pub fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let bad = |e| Error::cert(flag, path, e);
     let chain = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(pem_error(e)))?
+        .map_err(|e| bad(pem(e)))?
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(pem_error(e)))?;
+        .map_err(|e| bad(pem(e)))?;
     if chain.is_empty() {
-        return Err(bad(
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) found".into(),
-        ));
+        return Err(bad(CertError::NoCertificate));
     }
     Ok(chain)
 }
 
-fn pem_error(e: rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error as E;
+fn pem(e: rustls::pki_types::pem::Error) -> CertError {
     match e {
-        E::Io(io) => io.to_string(),
-        E::NoItemsFound => "no PEM private key found (PKCS#8, PKCS#1 or SEC1)".into(),
-        other => format!("not valid PEM: {other:?}"),
+        rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey,
+        other => CertError::Pem(other),
     }
 }
 
@@ -79,7 +76,8 @@ pub fn self_signed(name: Option<&str>) -> Result<SelfSigned> {
         Some(n) => n.to_string(),
         None => random_name()?,
     };
-    let bad = |e: rcgen::Error| Error::Tls(format!("self-signed certificate for '{name}': {e}"));
+    let bad =
+        |e: rcgen::Error| Error::Runtime(format!("self-signed certificate for '{name}': {e}"));
     let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(bad)?;
     params
         .distinguished_name
@@ -103,7 +101,7 @@ pub fn random_name() -> Result<String> {
     let mut bytes = [0u8; 8];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| Error::Tls("no system randomness".into()))?;
+        .map_err(|_| Error::Runtime("no system randomness".into()))?;
     const CONSONANTS: &[u8] = b"bcdfghklmnprstvz";
     const VOWELS: &[u8] = b"aeiou";
     const TLDS: [&str; 4] = ["com", "net", "org", "io"];
@@ -118,26 +116,37 @@ pub fn random_name() -> Result<String> {
     Ok(name)
 }
 
-/// SHA-256 of a DER certificate as 64 lowercase hex digits.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex(&sha256(der))
-}
+/// `mtt cert`: writes `NAME.crt` and `NAME.key` (mode 0600, never over existing files) into
+/// `dir` for a self-signed certificate; returns their paths and the fingerprint.
+pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
 
-/// SHA-256 of `data`.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    if name.contains('/') || name.starts_with('.') {
+        return Err(Error::usage(format!(
+            "-n: '{name}' is not a DNS name or IP address"
+        )));
+    }
+    let ss = self_signed(Some(name))?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let write = |path: &Path, mode: u32, data: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        f.write_all(data.as_bytes())
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    };
+    write(&key_path, 0o600, &ss.key_pem)?;
+    if let Err(e) = write(&cert_path, 0o644, &ss.cert_pem) {
+        let _ = std::fs::remove_file(&key_path);
+        return Err(e);
+    }
+    Ok((cert_path, key_path, ss.cert_key.fingerprint()))
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ impl Dns {
             return Ok(SocketAddr::new(ip, 53));
         }
         s.parse::<SocketAddr>().map_err(|_| {
-            Error::config(format!(
+            Error::usage(format!(
                 "-{flag} must be an IP address with an optional port, e.g. 1.1.1.1 or [2606:4700::1111]:53, got '{s}'"
             ))
         })
@@ -47,7 +47,7 @@ impl Dns {
         let config = ResolverConfig::from_name_servers(vec![ns]);
         let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default())
             .build()
-            .map_err(|e| Error::config(format!("-fallback-dns {server}: {e}")))?;
+            .map_err(|e| Error::usage(format!("-fallback-dns {server}: {e}")))?;
         Ok(Dns { server, resolver })
     }
 

@@ -1,15 +1,14 @@
-//! Layer 1, TCP: dialling with a connect timeout, listening on TCP or Unix sockets, and the
-//! socket options every tunnel socket gets (TCP_NODELAY, keepalive).
+//! Layer 1, TCP: dialling with a connect timeout, binding listeners (dual-stack, fast open),
+//! and the socket options every tunnel socket gets (TCP_NODELAY, keepalive).
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::addr::HostPort;
 use crate::error::IoContext;
@@ -24,7 +23,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// kernel's default of about 15 minutes of retransmissions.
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn tune(stream: &TcpStream) {
+pub(crate) fn tune(stream: &TcpStream) {
     // Failures here only cost latency or dead-peer detection; the connection stays usable.
     if let Err(e) = stream.set_nodelay(true) {
         log::debug!("TCP_NODELAY: {e}");
@@ -164,154 +163,4 @@ fn bind_one(sa: SocketAddr, dual_stack: bool, fast_open: bool) -> io::Result<Tcp
     }
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
-}
-
-/// Binds a Unix stream socket. `@name` is a Linux abstract socket. An existing socket file at
-/// `path` is replaced; anything else there is left alone and reported.
-pub fn bind_unix(path: &str) -> Result<UnixListener> {
-    let ctx = || format!("listen on unix socket {path}");
-    if let Some(name) = path.strip_prefix('@') {
-        return bind_abstract(name).context(ctx);
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
-            if meta.file_type().is_socket() {
-                std::fs::remove_file(path).context(ctx)?;
-            } else {
-                return Err(Error::config(format!(
-                    "-b {path}: a file that is not a socket is in the way; remove it or choose another path"
-                )));
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(ctx(), e)),
-    }
-    UnixListener::bind(path).context(ctx)
-}
-
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn bind_abstract(name: &str) -> io::Result<UnixListener> {
-    #[cfg(target_os = "android")]
-    use std::os::android::net::SocketAddrExt;
-    #[cfg(target_os = "linux")]
-    use std::os::linux::net::SocketAddrExt;
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let l = std::os::unix::net::UnixListener::bind_addr(&addr)?;
-    l.set_nonblocking(true)?;
-    UnixListener::from_std(l)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn bind_abstract(_name: &str) -> io::Result<UnixListener> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "abstract sockets (@name) exist only on Linux",
-    ))
-}
-
-/// A listening socket of either family.
-pub enum Listener {
-    /// TCP.
-    Tcp(TcpListener),
-    /// Unix stream socket.
-    Unix(UnixListener),
-}
-
-impl Listener {
-    /// Accepts one connection; TCP ones are tuned like dialled ones.
-    pub async fn accept(&self) -> io::Result<(Stream, String)> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                tune(&s);
-                Ok((Stream::Tcp(s), peer.to_string()))
-            }
-            Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Stream::Unix(s), "unix".to_string()))
-            }
-        }
-    }
-
-    /// The bound address, for logs.
-    pub fn local_addr(&self) -> String {
-        match self {
-            Listener::Tcp(l) => l
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|e| e.to_string()),
-            Listener::Unix(l) => l
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-                .unwrap_or_else(|| "unix socket".to_string()),
-        }
-    }
-}
-
-impl From<TcpListener> for Listener {
-    fn from(l: TcpListener) -> Self {
-        Listener::Tcp(l)
-    }
-}
-
-/// An accepted connection of either family.
-pub enum Stream {
-    /// TCP.
-    Tcp(TcpStream),
-    /// Unix stream socket.
-    Unix(UnixStream),
-}
-
-macro_rules! delegate {
-    ($self:ident, $s:ident => $e:expr) => {
-        match $self.get_mut() {
-            Stream::Tcp($s) => $e,
-            Stream::Unix($s) => $e,
-        }
-    };
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
 }

@@ -11,9 +11,13 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
-use super::cert::{self, CertKey};
-use super::io::{Io, RELAY_BUFFER};
-use crate::config::{HANDSHAKE_TIMEOUT, TlsClientConfig, Verify};
+use super::cert;
+use super::certs::CertStore;
+use super::fingerprint;
+use super::io::Io;
+use super::options::{TlsClientOptions, Verify};
+use super::relay::RELAY_BUFFER;
+use crate::error::CertError;
 use crate::{Error, Result};
 
 /// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
@@ -22,29 +26,27 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_err(e: rustls::Error) -> Error {
-    Error::Tls(format!("TLS configuration: {e}"))
-}
-
 /// The dialling side of TLS.
 #[derive(Clone)]
 pub struct TlsClient {
     connector: TlsConnector,
     name: ServerName<'static>,
+    handshake: Duration,
 }
 
 impl TlsClient {
-    /// Builds the client configuration. `alpn` is empty in plain mode (as the original).
-    pub fn new(cfg: &TlsClientConfig, alpn: &[&[u8]]) -> Result<Self> {
+    /// Builds the client configuration. `alpn` is empty in plain mode (as the original);
+    /// handshakes that take longer than `handshake` fail.
+    pub fn new(cfg: &TlsClientOptions, alpn: &[&[u8]], handshake: Duration) -> Result<Self> {
         let name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| {
-            Error::config(format!(
+            Error::usage(format!(
                 "-n: '{}' is neither a DNS name nor an IP address",
                 cfg.server_name
             ))
         })?;
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(tls_err)?;
+            .map_err(Error::Tls)?;
         let algs = provider().signature_verification_algorithms;
         let mut config = match &cfg.verify {
             Verify::WebPki => {
@@ -55,12 +57,9 @@ impl TlsClient {
             Verify::Ca(path) => {
                 let mut roots = RootCertStore::empty();
                 let (added, _ignored) =
-                    roots.add_parsable_certificates(cert::load_certs("ca", path)?);
+                    roots.add_parsable_certificates(cert::load_certs("-ca", path)?);
                 if added == 0 {
-                    return Err(Error::Tls(format!(
-                        "-ca {}: no usable certificate in the file",
-                        path.display()
-                    )));
+                    return Err(Error::cert("-ca", path, CertError::NoUsableCa));
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
@@ -85,13 +84,14 @@ impl TlsClient {
         Ok(TlsClient {
             connector: TlsConnector::from(Arc::new(config)),
             name,
+            handshake,
         })
     }
 
-    /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
+    /// Runs the handshake over `io` within the handshake timeout.
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
         let mut tls = within(
-            HANDSHAKE_TIMEOUT,
+            self.handshake,
             self.connector.connect(self.name.clone(), io),
         )
         .await?;
@@ -100,73 +100,33 @@ impl TlsClient {
     }
 }
 
-/// The certificate a server presents, replaceable while it runs (hot reload): handshakes
-/// take whichever is current; live connections keep the one they started with.
-#[derive(Debug)]
-pub struct CertStore {
-    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
-}
-
-impl CertStore {
-    fn certified(ck: CertKey) -> Result<Arc<rustls::sign::CertifiedKey>> {
-        rustls::sign::CertifiedKey::from_der(ck.chain, ck.key, &provider())
-            .map(Arc::new)
-            .map_err(|e| Error::Tls(format!("certificate and key: {e}")))
-    }
-
-    /// A store holding `ck` (the key must belong to the certificate).
-    pub fn new(ck: CertKey) -> Result<Arc<Self>> {
-        Ok(Arc::new(CertStore {
-            current: std::sync::RwLock::new(Self::certified(ck)?),
-        }))
-    }
-
-    /// Presents `ck` from the next handshake on; on error the current one stays.
-    pub fn replace(&self, ck: CertKey) -> Result<()> {
-        let next = Self::certified(ck)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(())
-    }
-}
-
-impl rustls::server::ResolvesServerCert for CertStore {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
-    }
-}
-
 /// The accepting side of TLS.
 #[derive(Clone)]
 pub struct TlsServer {
     acceptor: TlsAcceptor,
+    handshake: Duration,
 }
 
 impl TlsServer {
     /// Builds the server configuration around `store`; `alpn` lists the protocols offered
-    /// (none in plain mode: a server must not require ALPN, original clients send none).
-    pub fn new(store: Arc<CertStore>, alpn: &[&[u8]]) -> Result<Self> {
+    /// (none in plain mode: a server must not require ALPN, original clients send none);
+    /// handshakes that take longer than `handshake` fail.
+    pub fn new(store: Arc<CertStore>, alpn: &[&[u8]], handshake: Duration) -> Result<Self> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(tls_err)?
+            .map_err(Error::Tls)?
             .with_no_client_auth()
             .with_cert_resolver(store);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            handshake,
         })
     }
 
-    /// Runs the handshake over `io` within [`HANDSHAKE_TIMEOUT`].
+    /// Runs the handshake over `io` within the handshake timeout.
     pub async fn accept<S: Io>(&self, io: S) -> io::Result<server::TlsStream<S>> {
-        let mut tls = within(HANDSHAKE_TIMEOUT, self.acceptor.accept(io)).await?;
+        let mut tls = within(self.handshake, self.acceptor.accept(io)).await?;
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         Ok(tls)
     }
@@ -220,11 +180,11 @@ impl ServerCertVerifier for Accept {
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         match self.pin {
-            Some(pin) if cert::sha256(end_entity) != pin => Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch(
-                    cert::fingerprint(end_entity),
-                )))),
-            )),
+            Some(pin) if fingerprint::sha256(end_entity) != pin => Err(
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                    rustls::OtherError(Arc::new(PinMismatch(fingerprint::of(end_entity)))),
+                )),
+            ),
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -271,14 +231,16 @@ mod tests {
     async fn a_relay_write_is_taken_whole() {
         let made = cert::self_signed(Some("localhost")).expect("certificate");
         let pin = made.cert_key.fingerprint();
-        let server = TlsServer::new(CertStore::new(made.cert_key).expect("store"), &[])
+        let limit = Duration::from_secs(10);
+        let server = TlsServer::new(CertStore::new(made.cert_key).expect("store"), &[], limit)
             .expect("server config");
         let client = TlsClient::new(
-            &TlsClientConfig {
+            &TlsClientOptions {
                 server_name: "localhost".into(),
-                verify: Verify::Pin(crate::config::parse_pin(&pin).expect("pin")),
+                verify: Verify::Pin(fingerprint::parse(&pin).expect("pin")),
             },
             &[],
+            limit,
         )
         .expect("client config");
         let socket = TcpSocket::new_v4().expect("socket");
@@ -298,7 +260,6 @@ mod tests {
         let mut c = client.connect(tcp).await.expect("client handshake");
         let mut s = accepting.await.expect("accept task");
         let data: Vec<u8> = (0..RELAY_BUFFER).map(|i| (i * 7 % 253) as u8).collect();
-        let limit = Duration::from_secs(10);
         for (from, to) in [(0, 1), (1, 0)] {
             let (w, r): (&mut dyn Io, &mut dyn Io) = if from == 0 {
                 (&mut c, &mut s)

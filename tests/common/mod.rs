@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mtt::addr::HostPort;
-use mtt::config::{CertSource, ClientConfig, Listen, ServerConfig, TlsClientConfig, Verify};
+use mtt::config::{ClientConfig, Listen, ServerConfig};
 use mtt::role::client::Client;
 use mtt::role::server::Server;
 use mtt::transport::Listener;
+use mtt::transport::options::{
+    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, PathMatch, TlsClientOptions, Verify,
+    WsClientOptions, WsServerOptions, normalize_path,
+};
 use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,7 +32,7 @@ pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    mtt::transport::cert::sha256(data)
+    mtt::transport::fingerprint::sha256(data)
 }
 
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -136,9 +140,12 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
     ServerConfig {
         listen: Listen::Tcp(hp("127.0.0.1:0")),
         dest: hp(dest),
-        tls,
-        ws: None,
-        mux: false,
+        accept: AcceptOptions {
+            tls,
+            ws: None,
+            mux: false,
+            timeouts: DEFAULT_TIMEOUTS,
+        },
         fast_open: false,
         fallback_dns: None,
         drain: Duration::from_secs(30),
@@ -170,16 +177,19 @@ pub fn client_config(
 ) -> ClientConfig {
     ClientConfig {
         listen: hp("127.0.0.1:0"),
-        server: hp(server),
-        tls: TlsClientConfig {
-            server_name: name.into(),
-            verify,
+        dial: DialOptions {
+            server: hp(server),
+            tls: TlsClientOptions {
+                server_name: name.into(),
+                verify,
+            },
+            ws: None,
+            mux: None,
+            fast_open: false,
+            fallback_dns: None,
+            protect: None,
+            timeouts: DEFAULT_TIMEOUTS,
         },
-        ws: None,
-        mux: None,
-        fast_open: false,
-        fallback_dns: None,
-        protect: None,
         drain: Duration::from_secs(30),
         max_conns: 0,
         timeout,
@@ -387,8 +397,8 @@ pub async fn wss_tunnel_to(
         Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         timeout,
     );
-    scfg.ws = Some(mtt::config::WsServerConfig {
-        path: mtt::transport::http::PathMatch::new(server_path),
+    scfg.accept.ws = Some(WsServerOptions {
+        path: PathMatch::new(server_path),
         fallback: None,
     });
     let server = start_server(scfg).await;
@@ -409,8 +419,8 @@ pub fn wss_client_config(
     timeout: Duration,
 ) -> ClientConfig {
     let mut c = client_config(server, "127.0.0.1", verify, timeout);
-    c.ws = Some(mtt::config::WsClientConfig {
-        path: mtt::transport::http::normalize_path(path),
+    c.dial.ws = Some(WsClientOptions {
+        path: normalize_path(path),
         host: "127.0.0.1".into(),
     });
     c

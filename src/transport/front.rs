@@ -1,11 +1,10 @@
 //! The HTTP/1.1 front of WebSocket servers (hyper): upgrade requests on the tunnel path become
-//! [`WsStream`]s; every other request is answered as an ordinary web server would, with a
-//! plain 404 page or by proxying it to the `-fallback` site, so probes see a real site.
+//! [`WsStream`]s; every other request goes to [`super::fallback`], which answers as an
+//! ordinary web server would, so probes see a real site.
 
 use std::convert::Infallible;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -14,14 +13,12 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::fallback::{self, Body};
 use super::io::{BoxIo, Io};
-use super::tcp;
+use super::options::{PathMatch, Timeouts};
 use super::ws::{self, Role, WsStream};
 use crate::addr::HostPort;
-use crate::config::CONNECT_TIMEOUT;
 
-/// A request head must arrive within this time.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (hyper's smallest buffer); larger gets 431.
 pub const MAX_HEAD: usize = 16 * 1024;
 
@@ -32,67 +29,6 @@ pub const SMUX_ON: &str = "smux_on";
 /// The subprotocol of mtt clients that multiplex (with yamux).
 pub const YAMUX: &str = "yamux";
 
-const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body>\n</html>\n";
-const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n</body>\n</html>\n";
-
-/// What a router attaches to a tunnel: who it belongs to (a mu-server user).
-pub type Tag = Arc<dyn std::any::Any + Send + Sync>;
-
-/// Maps request paths to tunnel owners (mu-server users); `None` is not a tunnel path.
-pub trait Router: Send + Sync {
-    /// The owner of `path`, if it opens a tunnel.
-    fn route(&self, path: &str) -> Option<Tag>;
-}
-
-/// Which request paths open a tunnel.
-#[derive(Clone)]
-pub enum PathMatch {
-    /// `-wss-path /`: every path (as the original).
-    Any,
-    /// Exactly this path (with its leading `/`).
-    Exact(String),
-    /// Whatever the router knows, tagged with its owner.
-    Route(Arc<dyn Router>),
-}
-
-impl std::fmt::Debug for PathMatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PathMatch::Any => f.write_str("Any"),
-            PathMatch::Exact(p) => write!(f, "Exact({p:?})"),
-            PathMatch::Route(_) => f.write_str("Route"),
-        }
-    }
-}
-
-impl PathMatch {
-    /// From a `-wss-path` value: `/` is [`PathMatch::Any`]; a missing leading `/` is added.
-    pub fn new(path: &str) -> Self {
-        match normalize_path(path) {
-            p if p == "/" => PathMatch::Any,
-            p => PathMatch::Exact(p),
-        }
-    }
-
-    /// `None`: not a tunnel path; `Some(tag)`: a tunnel, with its owner if routed.
-    fn route(&self, path: &str) -> Option<Option<Tag>> {
-        match self {
-            PathMatch::Any => Some(None),
-            PathMatch::Exact(p) => (p == path).then_some(None),
-            PathMatch::Route(r) => r.route(path).map(Some),
-        }
-    }
-}
-
-/// Adds the leading `/` users may leave out (`ws` → `/ws`).
-pub fn normalize_path(path: &str) -> String {
-    if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    }
-}
-
 /// What the client's subprotocol asked the tunnel to carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carry {
@@ -102,32 +38,40 @@ pub enum Carry {
     Mux,
 }
 
-/// Settings of the HTTP front.
+/// Settings of the HTTP front; `O` is the owner of routed tunnels.
 #[derive(Debug, Clone)]
-pub struct HttpServer {
+pub struct HttpServer<O> {
     /// Tunnel path(s).
-    pub path: PathMatch,
+    pub path: PathMatch<O>,
     /// Where requests that are not tunnels go; `None` answers 404.
     pub fallback: Option<HostPort>,
     /// What clients that name no subprotocol get (the server's `-mux`).
     pub default_mux: bool,
+    /// The request-head timeout, and the fallback site's connect.
+    pub timeouts: Timeouts,
 }
 
-type Body = Either<Full<Bytes>, Incoming>;
-type Slot = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Carry, Option<Tag>)>>>;
+type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>)>>>;
 
-/// A connection upgraded to a tunnel: the stream, what it carries, and its owner.
-pub type Upgraded = (BoxIo, Carry, Option<Tag>);
+/// What an upgrade request asked for: what the tunnel carries, its path and owner.
+pub struct Upgrade<O> {
+    /// One stream, or a session.
+    pub carry: Carry,
+    /// The request path (a session's streams are routed by it again).
+    pub path: String,
+    /// The path's owner, when routed.
+    pub owner: Option<O>,
+}
 
-impl HttpServer {
+impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
     /// Serves HTTP on `io` until a request upgrades to a tunnel (returned) or the client goes
     /// away (`None`). `id` prefixes log lines.
     pub async fn serve<S: Io + 'static>(
         self: &Arc<Self>,
         io: S,
         id: &str,
-    ) -> io::Result<Option<Upgraded>> {
-        let slot: Slot = Arc::default();
+    ) -> io::Result<Option<(BoxIo, Upgrade<O>)>> {
+        let slot: Slot<O> = Arc::default();
         let service = {
             let this = self.clone();
             let slot = slot.clone();
@@ -141,15 +85,15 @@ impl HttpServer {
         };
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
+            .header_read_timeout(self.timeouts.handshake)
             .max_buf_size(MAX_HEAD)
             .title_case_headers(true)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
             .await
-            .map_err(|e| io::Error::other(format!("HTTP: {e}")))?;
+            .map_err(io::Error::other)?;
         let upgrade = slot.lock().map(|mut s| s.take()).unwrap_or(None);
-        let Some((on_upgrade, carry, tag)) = upgrade else {
+        let Some((on_upgrade, up)) = upgrade else {
             return Ok(None);
         };
         let upgraded = on_upgrade
@@ -164,40 +108,30 @@ impl HttpServer {
             )),
             Err(upgraded) => Box::new(WsStream::new(TokioIo::new(upgraded), Role::Server, &[])),
         };
-        Ok(Some((stream, carry, tag)))
+        Ok(Some((stream, up)))
     }
 
-    async fn respond(&self, mut req: Request<Incoming>, slot: &Slot, id: &str) -> Response<Body> {
+    async fn respond(
+        &self,
+        mut req: Request<Incoming>,
+        slot: &Slot<O>,
+        id: &str,
+    ) -> Response<Body> {
         let headers = req.headers();
         let wants_ws = has_token(headers, "upgrade", "websocket");
-        if wants_ws && let Some(tag) = self.path.route(req.uri().path()) {
+        if wants_ws && let Some(owner) = self.path.route(req.uri().path()) {
+            let path = req.uri().path().to_string();
             return match self.upgrade(&mut req, id) {
                 Ok((resp, on_upgrade, carry)) => {
                     if let Ok(mut s) = slot.lock() {
-                        *s = Some((on_upgrade, carry, tag));
+                        *s = Some((on_upgrade, Upgrade { carry, path, owner }));
                     }
                     resp
                 }
                 Err(resp) => resp,
             };
         }
-        match &self.fallback {
-            Some(site) => match proxy(req, site).await {
-                Ok(resp) => resp.map(Either::Right),
-                Err(e) => {
-                    log::warn!("{id}: fallback site {site}: {e}");
-                    page(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE)
-                }
-            },
-            None => {
-                log::info!(
-                    "{id}: {} {}: 404 (not a tunnel request)",
-                    req.method(),
-                    req.uri().path()
-                );
-                page(StatusCode::NOT_FOUND, NOT_FOUND_PAGE)
-            }
-        }
+        fallback::respond(req, self.fallback.as_ref(), self.timeouts.connect, id).await
     }
 
     /// Checks an upgrade request on the tunnel path and builds the 101 response.
@@ -210,7 +144,7 @@ impl HttpServer {
         let h = req.headers();
         let refuse = |status: StatusCode, why: &str| {
             log::info!("{id}: WebSocket upgrade refused ({status}): {why}");
-            let mut r = page(status, "");
+            let mut r = fallback::page(status, "");
             *r.body_mut() = Either::Left(Full::new(Bytes::from(format!("{why}\n"))));
             r
         };
@@ -289,71 +223,4 @@ fn has_token(h: &HeaderMap, name: &str, token: &str) -> bool {
     tokens(h, name)
         .iter()
         .any(|t| t.eq_ignore_ascii_case(token))
-}
-
-fn page(status: StatusCode, html: &'static str) -> Response<Body> {
-    let mut r = Response::new(Either::Left(Full::new(Bytes::from_static(html.as_bytes()))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        "Content-Type",
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    r
-}
-
-/// Sends one request to the fallback site on a new connection and returns its response,
-/// streamed.
-async fn proxy(req: Request<Incoming>, site: &HostPort) -> io::Result<Response<Incoming>> {
-    let tcp = tcp::connect(site, CONNECT_TIMEOUT).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            log::debug!("fallback connection: {e}");
-        }
-    });
-    sender.send_request(req).await.map_err(io::Error::other)
-}
-
-/// Serves plain HTTP/1.1 on `listener` until `shutdown`, answering every request with
-/// `respond`: one task per connection, the header timeout, accept errors backed off. For the
-/// mu-server's controller and the `-metrics` endpoint; `what` names it in logs.
-pub async fn serve_plain<F, Fut>(
-    listener: tokio::net::TcpListener,
-    shutdown: tokio_util::sync::CancellationToken,
-    what: &'static str,
-    respond: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    log::warn!("{what} accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let respond = respond.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let respond = respond.clone();
-                async move { Ok::<_, Infallible>(respond(req).await) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-            if let Err(e) = served {
-                log::debug!("{what} connection from {peer}: {e}");
-            }
-        });
-    }
 }

@@ -1,29 +1,30 @@
 //! `mtt bench`: a destination, an mtt server and an mtt client in this process on loopback
 //! with a fresh self-signed certificate (pinned), measured beside direct loopback in the same
-//! run; every byte is verified with a hash.
+//! run; every byte is verified with a hash (the traffic itself is in [`traffic`]).
+
+mod traffic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::addr::HostPort;
 use crate::cli::BenchArgs;
-use crate::config::{
-    CertSource, ClientConfig, MuxClientConfig, ServerConfig, TlsClientConfig, Verify,
-    WsClientConfig, WsServerConfig,
-};
+use crate::config::{ClientConfig, ServerConfig};
 use crate::error::IoContext;
 use crate::goflag::parse_int;
 use crate::role::client::Client;
 use crate::role::server::Server;
 use crate::transport::Listener;
-use crate::transport::http::PathMatch;
+use crate::transport::options::{
+    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
+    TlsClientOptions, Verify, WsClientOptions, WsServerOptions,
+};
 use crate::{Error, Result};
+use traffic::{destination, pattern, transfer};
 
 /// A tunnel mode to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ impl Options {
                 None => default,
             };
             if !(1..=max).contains(&n) {
-                return Err(Error::config(format!(
+                return Err(Error::usage(format!(
                     "-{flag} must be between 1 and {max}, got {n}"
                 )));
             }
@@ -98,7 +99,7 @@ impl Options {
                         .into_iter()
                         .find(|x| x.name() == m.trim())
                         .ok_or_else(|| {
-                            Error::config(format!(
+                            Error::usage(format!(
                                 "-modes: unknown mode '{m}' (choose from tls, wss, tls+mux, wss+mux)"
                             ))
                         })
@@ -190,12 +191,15 @@ async fn start_tunnel(
     let server = Server::new(ServerConfig {
         listen: crate::config::Listen::Tcp(HostPort::parse("b", "127.0.0.1:0", true)?),
         dest: HostPort::parse("d", &dest.to_string(), false)?,
-        tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
-        ws: ws.then(|| WsServerConfig {
-            path: PathMatch::new("/bench"),
-            fallback: None,
-        }),
-        mux: mode.mux(),
+        accept: AcceptOptions {
+            tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+            ws: ws.then(|| WsServerOptions {
+                path: PathMatch::new("/bench"),
+                fallback: None,
+            }),
+            mux: mode.mux(),
+            timeouts: DEFAULT_TIMEOUTS,
+        },
         fast_open: false,
         fallback_dns: None,
         drain: Duration::ZERO,
@@ -204,7 +208,7 @@ async fn start_tunnel(
     })?;
     let pin = server
         .fingerprint()
-        .ok_or_else(|| Error::Tls("bench: server has no certificate".into()))?;
+        .ok_or_else(|| Error::Runtime("bench: server has no certificate".into()))?;
     let server_l = TcpListener::bind("127.0.0.1:0")
         .await
         .context(|| "bench: listen for the server")?;
@@ -213,22 +217,25 @@ async fn start_tunnel(
 
     let client = Client::new(ClientConfig {
         listen: HostPort::parse("b", "127.0.0.1:0", true)?,
-        server: HostPort::parse("s", &server_addr.to_string(), false)?,
-        tls: TlsClientConfig {
-            server_name: "127.0.0.1".into(),
-            verify: Verify::Pin(crate::config::parse_pin(&pin)?),
+        dial: DialOptions {
+            server: HostPort::parse("s", &server_addr.to_string(), false)?,
+            tls: TlsClientOptions {
+                server_name: "127.0.0.1".into(),
+                verify: Verify::Pin(crate::config::parse_pin(&pin)?),
+            },
+            ws: ws.then(|| WsClientOptions {
+                path: "/bench".into(),
+                host: "127.0.0.1".into(),
+            }),
+            mux: mode.mux().then_some(MuxClientOptions {
+                max_streams: 4,
+                idle: crate::transport::mux::DEFAULT_IDLE,
+            }),
+            fast_open: false,
+            fallback_dns: None,
+            protect: None,
+            timeouts: DEFAULT_TIMEOUTS,
         },
-        ws: ws.then(|| WsClientConfig {
-            path: "/bench".into(),
-            host: "127.0.0.1".into(),
-        }),
-        mux: mode.mux().then_some(MuxClientConfig {
-            max_streams: 4,
-            idle: crate::transport::mux::DEFAULT_IDLE,
-        }),
-        fast_open: false,
-        fallback_dns: None,
-        protect: None,
         drain: Duration::ZERO,
         max_conns: 0,
         timeout: Duration::from_secs(60),
@@ -265,7 +272,7 @@ async fn measure(
     }
     for t in tasks {
         t.await
-            .map_err(|e| Error::Config(format!("bench task: {e}")))??;
+            .map_err(|e| Error::Runtime(format!("bench task: {e}")))??;
     }
     let aggregate = rate(2 * per * o.streams as u64, start.elapsed());
     step("new connections");
@@ -338,128 +345,4 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!("all transfers verified (xxh3 of every byte, both directions)");
-}
-
-/// A deterministic pseudo-random block; streams repeat it.
-fn pattern() -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..BLOCK)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn expected_hash(block: &[u8], n: u64) -> u64 {
-    let mut h = Xxh3::new();
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(block.len() as u64) as usize;
-        h.update(&block[..k]);
-        left -= k as u64;
-    }
-    h.digest()
-}
-
-/// Connects, sends `up` bytes while receiving `down` bytes, checks both hashes; returns the
-/// time from connect to the last byte.
-async fn transfer(addr: SocketAddr, up: u64, down: u64, block: Arc<Vec<u8>>) -> Result<Duration> {
-    let work = async {
-        let start = Instant::now();
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        let (mut r, mut w) = s.split();
-        let mut header = [0u8; 16];
-        header[..8].copy_from_slice(&up.to_le_bytes());
-        header[8..].copy_from_slice(&down.to_le_bytes());
-        let send = async {
-            w.write_all(&header).await?;
-            send_pattern(&mut w, &block, up).await?;
-            w.shutdown().await
-        };
-        let recv = async {
-            let h = recv_hashed(&mut r, down).await?;
-            let mut trailer = [0u8; 8];
-            r.read_exact(&mut trailer).await?;
-            Ok((h, u64::from_le_bytes(trailer)))
-        };
-        let ((), (down_hash, up_hash)) = tokio::try_join!(send, recv)?;
-        let elapsed = start.elapsed();
-        if down_hash != expected_hash(&block, down) || up_hash != expected_hash(&block, up) {
-            return Err(std::io::Error::other(
-                "data corrupted in transit: hash mismatch",
-            ));
-        }
-        Ok(elapsed)
-    };
-    match tokio::time::timeout(STEP_LIMIT, work).await {
-        Ok(r) => r.context(|| format!("bench transfer via {addr}")),
-        Err(_) => Err(Error::config(format!(
-            "bench transfer via {addr} took longer than {STEP_LIMIT:?}"
-        ))),
-    }
-}
-
-/// Writes `n` bytes of the repeated pattern.
-async fn send_pattern<W: AsyncWriteExt + Unpin>(
-    w: &mut W,
-    block: &[u8],
-    n: u64,
-) -> std::io::Result<()> {
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..k]).await?;
-        left -= k as u64;
-    }
-    Ok(())
-}
-
-/// Reads exactly `n` bytes, returning their xxh3.
-async fn recv_hashed<R: AsyncReadExt + Unpin>(r: &mut R, n: u64) -> std::io::Result<u64> {
-    let mut h = Xxh3::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(buf.len() as u64) as usize;
-        let got = r.read(&mut buf[..k]).await?;
-        if got == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "transfer cut short",
-            ));
-        }
-        h.update(&buf[..got]);
-        left -= got as u64;
-    }
-    Ok(h.digest())
-}
-
-/// Serves the bench protocol: 16-byte header (up, down), then `down` bytes of the pattern
-/// followed by the xxh3 of the `up` bytes received.
-async fn destination(l: TcpListener, block: Arc<Vec<u8>>) {
-    while let Ok((mut s, _)) = l.accept().await {
-        let block = block.clone();
-        tokio::spawn(async move {
-            let _ = s.set_nodelay(true);
-            let work = async {
-                let mut header = [0u8; 16];
-                s.read_exact(&mut header).await?;
-                let up = u64::from_le_bytes(header[..8].try_into().unwrap_or_default());
-                let down = u64::from_le_bytes(header[8..].try_into().unwrap_or_default());
-                let (mut r, mut w) = s.split();
-                let recv = recv_hashed(&mut r, up);
-                let send = send_pattern(&mut w, &block, down);
-                let (hash, ()) = tokio::try_join!(recv, send)?;
-                w.write_all(&hash.to_le_bytes()).await?;
-                w.shutdown().await
-            };
-            if let Err(e) = work.await {
-                log::warn!("bench destination: {e}");
-            }
-        });
-    }
 }

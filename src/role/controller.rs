@@ -9,6 +9,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -112,16 +117,16 @@ pub fn decode_compat(body: &[u8]) -> Result<(i64, Vec<(String, String)>), String
     ))
 }
 
-/// Equal in time whatever the inputs share.
+/// Equal in time whatever the inputs share (subtle's constant-time comparison).
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
-/// Escapes a Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The label of the per-user series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UserLabel {
+    path: String,
 }
 
 impl Controller {
@@ -136,7 +141,7 @@ impl Controller {
 
     /// Serves the controller until `shutdown`.
     pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        crate::transport::http::serve_plain(listener, shutdown, "controller", move |req| {
+        crate::admin::serve_plain(listener, shutdown, "controller", move |req| {
             let this = self.clone();
             async move { this.respond(req).await }
         })
@@ -325,41 +330,41 @@ impl Controller {
 
     fn metrics(&self) -> Response<Full<Bytes>> {
         let users = self.users.list();
-        let mut out = String::new();
-        out.push_str("# HELP mtt_users Users configured.\n# TYPE mtt_users gauge\n");
-        out.push_str(&format!("mtt_users {}\n", users.len()));
-        let series = [
-            (
-                "mtt_user_connections",
-                "gauge",
-                "Live tunnels of a user.",
-                0usize,
-            ),
-            (
-                "mtt_user_bytes_up_total",
-                "counter",
-                "Bytes from the user's clients to its destination.",
-                1,
-            ),
-            (
-                "mtt_user_bytes_down_total",
-                "counter",
-                "Bytes from the user's destination to its clients.",
-                2,
-            ),
-        ];
-        for (name, kind, help, idx) in series {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for u in &users {
-                let c = u.counters();
-                let v = [c.0, c.1, c.2][idx];
-                out.push_str(&format!("{name}{{path=\"{}\"}} {v}\n", label(&u.path)));
-            }
+        let mut registry = Registry::with_prefix("mtt");
+        let count = Gauge::<i64>::default();
+        count.set(users.len() as i64);
+        registry.register("users", "Users configured", count);
+        let live = Family::<UserLabel, Gauge>::default();
+        let up = Family::<UserLabel, Counter>::default();
+        let down = Family::<UserLabel, Counter>::default();
+        for u in &users {
+            let (l, bu, bd) = u.counters();
+            let key = UserLabel {
+                path: u.path.clone(),
+            };
+            live.get_or_create(&key).set(l as i64);
+            up.get_or_create(&key).inc_by(bu);
+            down.get_or_create(&key).inc_by(bd);
         }
-        body(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            out,
-        )
+        registry.register("user_connections", "Live tunnels of a user", live);
+        registry.register(
+            "user_bytes_up",
+            "Bytes from the user's clients to its destination",
+            up,
+        );
+        registry.register(
+            "user_bytes_down",
+            "Bytes from the user's destination to its clients",
+            down,
+        );
+        // The process's own series first, then the users', on one page.
+        let mut out = crate::metrics::get().render_open();
+        if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "metrics could not be encoded",
+            );
+        }
+        body(StatusCode::OK, crate::admin::OPENMETRICS, out)
     }
 }

@@ -1,0 +1,270 @@
+//! The accepting end of the pipeline: [`Acceptor`] completes the layers over each accepted
+//! connection (TLS?, HTTP front and WebSocket?, multiplexing?) and hands every tunnel they
+//! carry, the connection itself or each stream of a session, to the role, each in a task
+//! that drain waits for.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::certs::Certs;
+use super::front::{Carry, HttpServer, Upgrade};
+use super::io::{BoxIo, Io};
+use super::listen::{Listener, Stream};
+use super::mux::{MAX_STREAMS_PER_SESSION, MuxSession};
+use super::options::AcceptOptions;
+use super::serve::{ConnId, Limits, accept_loop};
+use super::{ALPN_HTTP1, tls};
+use crate::error::Step;
+use crate::metrics::Failure;
+use crate::{Error, Result};
+
+/// One tunnel, ready for application bytes: its stream, who it is in logs, and (mu-server)
+/// whose it is.
+pub struct Tunnel<O = ()> {
+    /// The tunnel's bytes.
+    pub io: BoxIo,
+    /// Connection number and peer (with the stream number within a session).
+    pub id: ConnId,
+    /// The owner of the path it came on, when paths are routed.
+    pub owner: Option<O>,
+}
+
+/// Ends tunnels: TLS (unless disabled) over an accepted connection, then (with `-wss`) the
+/// HTTP front and WebSocket, then (with `-mux` or the client's choice) multiplexing.
+pub struct Acceptor<O = ()> {
+    tls: Option<tls::TlsServer>,
+    certs: Option<Certs>,
+    http: Option<Arc<HttpServer<O>>>,
+    mux: bool,
+}
+
+/// Keeps `mtt_connections_active` up while a connection is served.
+struct Active;
+
+impl Active {
+    fn new() -> Self {
+        let m = crate::metrics::get();
+        m.accepted.inc();
+        m.active.inc();
+        Active
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        crate::metrics::get().active.dec();
+    }
+}
+
+impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
+    /// Loads or makes the certificate (none with `-disable-tls`) and sets up the layers.
+    pub fn new(opts: &AcceptOptions<O>) -> Result<Self> {
+        let http = opts.ws.as_ref().map(|ws| {
+            Arc::new(HttpServer {
+                path: ws.path.clone(),
+                fallback: ws.fallback.clone(),
+                default_mux: opts.mux,
+                timeouts: opts.timeouts,
+            })
+        });
+        let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
+        let certs = opts.tls.as_ref().map(Certs::new).transpose()?;
+        let tls = certs
+            .as_ref()
+            .map(|c| tls::TlsServer::new(c.store(), alpn, opts.timeouts.handshake))
+            .transpose()?;
+        Ok(Acceptor {
+            tls,
+            certs,
+            http,
+            mux: opts.mux,
+        })
+    }
+
+    /// No layers: every accepted connection is itself a tunnel (the client's local side).
+    pub fn plain() -> Self {
+        Acceptor {
+            tls: None,
+            certs: None,
+            http: None,
+            mux: false,
+        }
+    }
+
+    /// SHA-256 of the certificate served, if TLS is on.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.certs.as_ref().map(Certs::fingerprint)
+    }
+
+    /// Re-reads `-cert`/`-key` (see [`Certs::reload`]); `None` when there are no files.
+    pub fn reload(&self) -> Result<Option<String>> {
+        self.certs.as_ref().map_or(Ok(None), Certs::reload)
+    }
+
+    /// The `-cert`/`-key` files that [`Acceptor::reload`] re-reads.
+    pub fn cert_files(&self) -> Option<[PathBuf; 2]> {
+        self.certs.as_ref().and_then(Certs::files)
+    }
+
+    /// Serves `listener` until `shutdown`: every tunnel of every accepted connection goes to
+    /// `handle` in a task of its own; then drains them all (see [`accept_loop`]). Multiplexed
+    /// sessions stop taking streams at shutdown and close once their last stream has ended.
+    pub async fn serve<H, Fut>(
+        self: Arc<Self>,
+        listener: Listener,
+        shutdown: CancellationToken,
+        limits: Limits,
+        handle: H,
+    ) where
+        H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let stop = shutdown.clone();
+        accept_loop(listener, shutdown, limits, move |conn, id, tasks| {
+            let this = self.clone();
+            let handle = handle.clone();
+            let stop = stop.clone();
+            async move { this.connection(conn, id, tasks, stop, handle).await }
+        })
+        .await;
+    }
+
+    async fn connection<H, Fut>(
+        self: Arc<Self>,
+        conn: Stream,
+        id: ConnId,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        handle: H,
+    ) where
+        H: Fn(Tunnel<O>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let _active = Active::new();
+        let start = std::time::Instant::now();
+        // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
+        let layered = Box::pin(self.layers(conn, &id)).await;
+        let m = crate::metrics::get();
+        let (io, up) = match layered {
+            Ok(Some(x)) => x,
+            // Ordinary HTTP requests were answered, or the client left.
+            Ok(None) => return,
+            Err(e) => {
+                m.fail(Failure::Handshake);
+                log::warn!("{id}: {e}");
+                return;
+            }
+        };
+        if self.tls.is_some() || self.http.is_some() || self.mux {
+            m.handshake_took(start.elapsed());
+        }
+        match up.carry {
+            Carry::Plain => {
+                handle(Tunnel {
+                    io,
+                    id,
+                    owner: up.owner,
+                })
+                .await
+            }
+            Carry::Mux => self.session(io, id, up, &tasks, shutdown, handle).await,
+        }
+    }
+
+    /// Completes the layers; `None` when the connection carried no tunnel.
+    async fn layers<S: Io + 'static>(
+        &self,
+        io: S,
+        id: &ConnId,
+    ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
+        match &self.tls {
+            None => self.after_tls(io, id).await,
+            Some(t) => {
+                let s = t
+                    .accept(io)
+                    .await
+                    .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
+                self.after_tls(s, id).await
+            }
+        }
+    }
+
+    async fn after_tls<S: Io + 'static>(
+        &self,
+        io: S,
+        id: &ConnId,
+    ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
+        let Some(front) = &self.http else {
+            let carry = if self.mux { Carry::Mux } else { Carry::Plain };
+            let up = Upgrade {
+                carry,
+                path: String::new(),
+                owner: None,
+            };
+            return Ok(Some((Box::new(io), up)));
+        };
+        front
+            .serve(io, &id.to_string())
+            .await
+            .map_err(|e| Error::tunnel(Step::Http, "client", e))
+    }
+
+    /// Hands each stream of a session to `handle` in a tracked task, until the session ends,
+    /// or (at shutdown) until its last stream has.
+    async fn session<H, Fut>(
+        &self,
+        io: BoxIo,
+        id: ConnId,
+        up: Upgrade<O>,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+        handle: H,
+    ) where
+        H: Fn(Tunnel<O>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        log::debug!("{id}: multiplexed session");
+        let mut session = MuxSession::server(io, MAX_STREAMS_PER_SESSION);
+        let mut n = 0u64;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    session.finish().await;
+                    return;
+                }
+                next = session.next() => next,
+            };
+            let stream = match next {
+                None => return,
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
+                    log::info!("{id}: multiplexed session ended: {e}");
+                    return;
+                }
+            };
+            n += 1;
+            let sid = id.stream(n);
+            // Each stream goes to its path's owner now: a removed user's session opens
+            // nothing new, a replaced one's goes to the new destination.
+            let owner = match (&self.http, &up.owner) {
+                (Some(front), Some(_)) => match front.path.route(&up.path) {
+                    Some(owner) => owner,
+                    None => {
+                        log::info!("{sid}: refused: user {} was removed", up.path);
+                        continue;
+                    }
+                },
+                _ => up.owner.clone(),
+            };
+            tasks.spawn(handle(Tunnel {
+                io: Box::new(stream),
+                id: sid,
+                owner,
+            }));
+        }
+    }
+}

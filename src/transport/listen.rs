@@ -1,0 +1,56 @@
+//! Listening sockets of either family ([`Listener`]) and the connections they accept
+//! ([`Stream`]): TCP, tuned like dialled sockets, or Unix.
+
+use std::io;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio_util::either::Either;
+
+/// A listening socket of either family.
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix stream socket.
+    Unix(UnixListener),
+}
+
+impl Listener {
+    /// Accepts one connection; TCP ones are tuned like dialled ones.
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                super::tcp::tune(&s);
+                Ok((Either::Left(s), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Either::Right(s), "unix".to_string()))
+            }
+        }
+    }
+
+    /// The bound address, for logs.
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "unix socket".to_string()),
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+/// An accepted connection of either family; `Either` forwards vectored writes.
+pub type Stream = Either<TcpStream, UnixStream>;

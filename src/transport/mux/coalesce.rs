@@ -1,0 +1,95 @@
+//! [`Coalesce`]: joins yamux's small frame headers with the frame body that follows into one
+//! vectored write to the transport.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Joins small writes (frame headers) with the write that follows them into one vectored
+/// write, without copying the large one: a layer that writes a header and then a body costs
+/// the transport one write, not two (for TLS: one record and one syscall, not two).
+pub struct Coalesce<S> {
+    inner: S,
+    pending: Vec<u8>,
+}
+
+/// Writes up to this size wait for the next write or a flush.
+const SMALL_WRITE: usize = 64;
+
+impl<S> Coalesce<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Coalesce {
+            inner,
+            pending: Vec::with_capacity(SMALL_WRITE),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Coalesce<S> {
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if buf.len() <= SMALL_WRITE && this.pending.len() + buf.len() <= 4 * SMALL_WRITE {
+            this.pending.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        loop {
+            if this.pending.is_empty() {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
+            let held = this.pending.len();
+            let slices = [io::IoSlice::new(&this.pending), io::IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n <= held {
+                this.pending.drain(..n);
+                continue;
+            }
+            this.pending.clear();
+            return Poll::Ready(Ok(n - held));
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_pending(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_pending(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}

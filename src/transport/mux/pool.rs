@@ -1,0 +1,274 @@
+//! The client's pool of yamux sessions: a new tunnel takes a stream on a session with room,
+//! reserving its slot under one lock, so concurrent arrivals neither overfill a session nor
+//! dial a session each; a session that is still being dialled takes reservations too. An
+//! idle session is kept for a while to save the next handshake, then closed. A session whose
+//! connection failed is dead at once and never given new streams. Each yamux connection is
+//! driven by exactly one task, as yamux requires.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
+use crate::error::Step;
+use crate::transport::io::BoxIo;
+use crate::{Error, Result};
+
+type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
+type Ready = Result<mpsc::UnboundedSender<OpenReply>, Arc<Error>>;
+
+/// A client session: its driver task owns the yamux connection.
+struct Session {
+    /// Becomes `Some` once the connection is up (the driver's request channel) or failed.
+    ready: watch::Receiver<Option<Ready>>,
+    /// Streams open or reserved; changed under the pool lock when reserving.
+    count: Arc<Counter>,
+    dead: AtomicBool,
+}
+
+impl Session {
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+}
+
+/// Opens one new tunnel connection for a session.
+pub type DialFn =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<BoxIo>> + Send>> + Send + Sync>;
+
+/// The client's sessions.
+pub struct MuxPool {
+    sessions: Mutex<Vec<Arc<Session>>>,
+    max_streams: usize,
+    idle: Duration,
+    dial: DialFn,
+}
+
+impl MuxPool {
+    /// A pool whose sessions carry at most `max_streams` streams and close after `idle`
+    /// without any; `dial` makes each session's connection.
+    pub fn new(max_streams: usize, idle: Duration, dial: DialFn) -> Arc<Self> {
+        Arc::new(MuxPool {
+            sessions: Mutex::new(Vec::new()),
+            max_streams: max_streams.max(1),
+            idle,
+            dial,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Session>>> {
+        // A panic while holding this lock cannot leave the list inconsistent.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new stream: on a session with room, else on a new session. A failed dial is the
+    /// error of every stream that waited for it, cause and all.
+    pub async fn open(self: &Arc<Self>) -> Result<MuxStream> {
+        // A session can die between the reservation and the open; then try once more, on a
+        // session that is alive or a new one.
+        let mut last = None;
+        for _ in 0..2 {
+            match self.try_open().await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Runtime("multiplexing: no session".into())))
+    }
+
+    async fn try_open(self: &Arc<Self>) -> Result<MuxStream> {
+        let mut announce = None;
+        let (session, fresh) = {
+            let mut list = self.lock();
+            list.retain(|s| !s.is_dead());
+            let found = list
+                .iter()
+                .find(|s| s.count.open.load(Ordering::Acquire) < self.max_streams)
+                .cloned();
+            match found {
+                Some(s) => {
+                    s.count.open.fetch_add(1, Ordering::AcqRel);
+                    (s, false)
+                }
+                None => {
+                    let (ready_tx, ready) = watch::channel(None);
+                    announce = Some(ready_tx);
+                    let s = Arc::new(Session {
+                        ready,
+                        count: Arc::new(Counter {
+                            open: AtomicUsize::new(1),
+                            idle: Notify::new(),
+                        }),
+                        dead: AtomicBool::new(false),
+                    });
+                    list.push(s.clone());
+                    (s, true)
+                }
+            }
+        };
+        // From here the slot is ours; the guard gives it back on every early return.
+        let slot = Slot::new(session.count.clone());
+        if let (true, Some(ready_tx)) = (fresh, announce) {
+            let pool = self.clone();
+            let s = session.clone();
+            tokio::spawn(async move { pool.connect(s, ready_tx).await });
+        }
+        let mut ready = session.ready.clone();
+        let state = ready
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.clone())
+            .unwrap_or(None);
+        let closed = || {
+            let e = io::Error::new(io::ErrorKind::ConnectionAborted, "session closed");
+            Error::tunnel(Step::Mux, "server", e)
+        };
+        let tx = match state {
+            Some(Ok(tx)) => tx,
+            Some(Err(e)) => return Err(Error::Shared(e)),
+            None => return Err(closed()),
+        };
+        let (reply, answer) = oneshot::channel();
+        if tx.send(reply).is_err() {
+            session.dead.store(true, Ordering::Release);
+            return Err(closed());
+        }
+        let stream = answer
+            .await
+            .map_err(|_| closed())?
+            .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
+        let mut inner = stream.compat();
+        // yamux announces a stream with its first frame; an empty write sends that frame now,
+        // so the server dials the destination even if the application waits for it to speak
+        // first (SMTP, SSH banners).
+        tokio::io::AsyncWriteExt::write(&mut inner, &[])
+            .await
+            .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
+        Ok(MuxStream { inner, _slot: slot })
+    }
+
+    /// Dials the session's connection and drives it until it ends.
+    async fn connect(self: Arc<Self>, session: Arc<Session>, ready: watch::Sender<Option<Ready>>) {
+        let io = match (self.dial)().await {
+            Ok(io) => io,
+            Err(e) => {
+                session.dead.store(true, Ordering::Release);
+                let _ = ready.send(Some(Err(Arc::new(e))));
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = ready.send(Some(Ok(tx)));
+        let conn = yamux::Connection::new(transport(io), config(), yamux::Mode::Client);
+        let m = crate::metrics::get();
+        m.mux_sessions.inc();
+        let ended = drive(conn, rx, &session, &self).await;
+        m.mux_sessions.dec();
+        session.dead.store(true, Ordering::Release);
+        match ended {
+            Ok(()) => log::debug!("multiplexed session closed after {:?} idle", self.idle),
+            Err(e) => log::debug!("multiplexed session ended: {e}"),
+        }
+    }
+
+    /// Marks `session` dead if it has no streams, under the lock that reservations take.
+    fn retire_if_idle(&self, session: &Session) -> bool {
+        let _list = self.lock();
+        if session.count.open.load(Ordering::Acquire) == 0 {
+            session.dead.store(true, Ordering::Release);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The single task that owns a client connection: opens requested streams, keeps the
+/// connection moving, and closes it after the idle period.
+async fn drive(
+    mut conn: yamux::Connection<Transport>,
+    mut requests: mpsc::UnboundedReceiver<OpenReply>,
+    session: &Session,
+    pool: &MuxPool,
+) -> io::Result<()> {
+    let mut waiting: std::collections::VecDeque<OpenReply> = Default::default();
+    let idle = tokio::time::sleep(pool.idle);
+    tokio::pin!(idle);
+    let mut idle_armed = false;
+    loop {
+        let event = poll_fn(|cx| {
+            while let Poll::Ready(Some(r)) = requests.poll_recv(cx) {
+                waiting.push_back(r);
+            }
+            while !waiting.is_empty() {
+                match conn.poll_new_outbound(cx) {
+                    Poll::Ready(Ok(s)) => {
+                        if let Some(r) = waiting.pop_front() {
+                            let _ = r.send(Ok(s));
+                        }
+                    }
+                    Poll::Ready(Err(yamux::ConnectionError::TooManyStreams)) => {
+                        if let Some(r) = waiting.pop_front() {
+                            let _ = r.send(Err(io::Error::other("multiplexing: too many streams")));
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(mux_err(e))),
+                    Poll::Pending => break,
+                }
+            }
+            match conn.poll_next_inbound(cx) {
+                // A client accepts no streams: dropping resets it.
+                Poll::Ready(Some(Ok(_))) => cx.waker().wake_by_ref(),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(mux_err(e))),
+                Poll::Ready(None) => {
+                    let closed =
+                        io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server");
+                    return Poll::Ready(Err(closed));
+                }
+                Poll::Pending => {}
+            }
+            let notified = session.count.idle.notified();
+            tokio::pin!(notified);
+            if notified.poll(cx).is_ready()
+                || (!idle_armed && session.count.open.load(Ordering::Acquire) == 0)
+            {
+                return Poll::Ready(Ok(true));
+            }
+            if idle_armed && idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(false));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Err(why) => {
+                // Each waiter gets the same kind and words; io::Error itself cannot be shared.
+                for r in waiting.drain(..) {
+                    let _ = r.send(Err(io::Error::new(why.kind(), why.to_string())));
+                }
+                return Err(why);
+            }
+            // The last stream went away (or none came yet): start the idle period.
+            Ok(true) => {
+                if session.count.open.load(Ordering::Acquire) == 0 {
+                    idle.as_mut().reset(tokio::time::Instant::now() + pool.idle);
+                    idle_armed = true;
+                }
+            }
+            Ok(false) => {
+                if pool.retire_if_idle(session) {
+                    let _ = poll_fn(|cx| conn.poll_close(cx)).await;
+                    return Ok(());
+                }
+                idle_armed = false;
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The server end of a yamux session: yields the client's streams, refusing (resetting) those
+//! beyond the per-session limit without harming the others, and winds down on shutdown.
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
+use crate::transport::io::BoxIo;
+
+/// A server-side session: yields the client's streams.
+pub struct MuxSession {
+    conn: yamux::Connection<Transport>,
+    count: Arc<Counter>,
+    limit: usize,
+}
+
+impl MuxSession {
+    /// Starts the server end of a session over an established tunnel connection.
+    pub fn server(io: BoxIo, limit: usize) -> Self {
+        crate::metrics::get().mux_sessions.inc();
+        MuxSession {
+            conn: yamux::Connection::new(transport(io), config(), yamux::Mode::Server),
+            count: Arc::default(),
+            limit,
+        }
+    }
+
+    /// The next stream within the limit; `None` when the session has ended. Keep calling it
+    /// (or [`MuxSession::finish`]) while streams are open: this is what moves every stream's
+    /// bytes.
+    pub async fn next(&mut self) -> Option<io::Result<MuxStream>> {
+        loop {
+            let stream = match poll_fn(|cx| self.conn.poll_next_inbound(cx)).await? {
+                Ok(s) => s,
+                Err(e) => return Some(Err(mux_err(e))),
+            };
+            if self.count.open.load(Ordering::Acquire) >= self.limit {
+                // Dropping an open yamux stream resets it: this stream only is refused.
+                log::info!(
+                    "multiplexed stream refused: {} streams already open in this session (the limit)",
+                    self.limit
+                );
+                continue;
+            }
+            self.count.open.fetch_add(1, Ordering::AcqRel);
+            return Some(Ok(MuxStream {
+                inner: stream.compat(),
+                _slot: Slot::new(self.count.clone()),
+            }));
+        }
+    }
+
+    /// For shutdown: keeps the open streams moving and refuses new ones until the last one
+    /// has ended, then closes the session, so the client opens its next streams elsewhere.
+    pub async fn finish(mut self) {
+        loop {
+            if self.count.open.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::select! {
+                next = poll_fn(|cx| self.conn.poll_next_inbound(cx)) => match next {
+                    // Reset: this server takes no new streams while it shuts down.
+                    Some(Ok(refused)) => drop(refused),
+                    Some(Err(_)) | None => return,
+                },
+                // A stream ended; the loop looks whether it was the last.
+                _ = self.count.idle.notified() => {}
+            }
+        }
+        let _ = poll_fn(|cx| self.conn.poll_close(cx)).await;
+    }
+}
+
+impl Drop for MuxSession {
+    fn drop(&mut self) {
+        crate::metrics::get().mux_sessions.dec();
+    }
+}

@@ -1,0 +1,206 @@
+//! What the pipeline's layers are built from: the option types of the dialling end
+//! ([`DialOptions`]) and of the accepting end ([`AcceptOptions`]), and the [`Timeouts`] both
+//! obey. `config` fills them from the command line; the layers never see the command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::addr::HostPort;
+
+/// How long the steps of setting up a tunnel may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A TCP connect, overall across the addresses of a name (client → server, server →
+    /// destination, fallback site).
+    pub connect: Duration,
+    /// A handshake: TLS on both ends, the WebSocket upgrade, a request head of the HTTP front
+    /// (`-handshake-timeout`).
+    pub handshake: Duration,
+}
+
+/// The original's 10 s for connects and handshakes.
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(10),
+    handshake: Duration::from_secs(10),
+};
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        DEFAULT_TIMEOUTS
+    }
+}
+
+/// How the client decides to trust the server's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// The chain against the public web PKI roots (webpki-roots) and the server name.
+    WebPki,
+    /// The chain against this PEM file's certificates only, and the server name.
+    Ca(PathBuf),
+    /// Exactly the certificate with this SHA-256 fingerprint (any issuer, any name).
+    Pin([u8; 32]),
+    /// Anything (`-sv`): encrypted but not authenticated.
+    Insecure,
+}
+
+/// TLS settings of a dialling end.
+#[derive(Debug, Clone)]
+pub struct TlsClientOptions {
+    /// SNI and the name checked in the certificate. IP literals send no SNI.
+    pub server_name: String,
+    /// Trust policy.
+    pub verify: Verify,
+}
+
+/// WebSocket settings of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsClientOptions {
+    /// Request path, with its leading `/`.
+    pub path: String,
+    /// `Host` header: the server name, never a port.
+    pub host: String,
+}
+
+/// Multiplexing settings of a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MuxClientOptions {
+    /// Streams per session (`-mux-max-stream`, 1–16).
+    pub max_streams: usize,
+    /// How long a session without streams is kept.
+    pub idle: Duration,
+}
+
+/// Everything the [`super::Dialer`] needs to open tunnels to a server.
+#[derive(Debug, Clone)]
+pub struct DialOptions {
+    /// The mtt server.
+    pub server: HostPort,
+    /// TLS to the server.
+    pub tls: TlsClientOptions,
+    /// WebSocket over TLS (`-wss`).
+    pub ws: Option<WsClientOptions>,
+    /// Multiplexing (`-mux`).
+    pub mux: Option<MuxClientOptions>,
+    /// TCP fast open on dials to the server (`-fast-open`).
+    pub fast_open: bool,
+    /// DNS server for the server's host name (`-fallback-dns`).
+    pub fallback_dns: Option<SocketAddr>,
+    /// Android VPN protect server (plugin mode's `-V`): every dial is protected first.
+    pub protect: Option<PathBuf>,
+    /// Connect and handshake limits.
+    pub timeouts: Timeouts,
+}
+
+/// Where the server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files given with `-cert` and `-key`.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Made at start-up for this name (a random plausible one when `None`).
+    SelfSigned(Option<String>),
+}
+
+/// Maps request paths to the owners of their tunnels (the mu-server's users).
+pub trait Router: Send + Sync {
+    /// Who a tunnel on a path belongs to.
+    type Owner: Clone + Send + Sync + 'static;
+    /// The owner of `path` now, if it opens a tunnel.
+    fn route(&self, path: &str) -> Option<Self::Owner>;
+}
+
+/// Which request paths open a tunnel; `O` is the owner a routed path yields.
+pub enum PathMatch<O> {
+    /// `-wss-path /`: every path (as the original).
+    Any,
+    /// Exactly this path (with its leading `/`).
+    Exact(String),
+    /// Whatever the router knows, with its owner.
+    Route(Arc<dyn Router<Owner = O>>),
+}
+
+impl<O> Clone for PathMatch<O> {
+    fn clone(&self) -> Self {
+        match self {
+            PathMatch::Any => PathMatch::Any,
+            PathMatch::Exact(p) => PathMatch::Exact(p.clone()),
+            PathMatch::Route(r) => PathMatch::Route(r.clone()),
+        }
+    }
+}
+
+impl<O> std::fmt::Debug for PathMatch<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathMatch::Any => f.write_str("Any"),
+            PathMatch::Exact(p) => write!(f, "Exact({p:?})"),
+            PathMatch::Route(_) => f.write_str("Route"),
+        }
+    }
+}
+
+impl<O: Clone + Send + Sync + 'static> PathMatch<O> {
+    /// From a `-wss-path` value: `/` is [`PathMatch::Any`]; a missing leading `/` is added.
+    pub fn new(path: &str) -> Self {
+        match normalize_path(path) {
+            p if p == "/" => PathMatch::Any,
+            p => PathMatch::Exact(p),
+        }
+    }
+
+    /// `None`: not a tunnel path; `Some(owner)`: a tunnel, with its owner if routed.
+    pub fn route(&self, path: &str) -> Option<Option<O>> {
+        match self {
+            PathMatch::Any => Some(None),
+            PathMatch::Exact(p) => (p == path).then_some(None),
+            PathMatch::Route(r) => r.route(path).map(Some),
+        }
+    }
+}
+
+/// Adds the leading `/` users may leave out (`ws` → `/ws`).
+pub fn normalize_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// Whether `path` is one a client can send as a WebSocket request path: visible ASCII
+/// without spaces, and (`strict`, for the mu-server's user paths) a leading `/`, at most
+/// 1024 bytes, no `?` or `#`. The one predicate behind `-wss-path` and user paths.
+pub fn is_valid_path(path: &str, strict: bool) -> bool {
+    let visible = !path.is_empty() && path.bytes().all(|b| (0x21..0x7f).contains(&b));
+    visible
+        && (!strict || (path.starts_with('/') && path.len() <= 1024 && !path.contains(['?', '#'])))
+}
+
+/// WebSocket settings of a server.
+#[derive(Debug, Clone)]
+pub struct WsServerOptions<O> {
+    /// Which paths open tunnels.
+    pub path: PathMatch<O>,
+    /// Web server for requests that are not tunnels.
+    pub fallback: Option<HostPort>,
+}
+
+/// Everything the [`super::Acceptor`] needs to end tunnels.
+#[derive(Debug, Clone)]
+pub struct AcceptOptions<O> {
+    /// The certificate; `None` with `-disable-tls`.
+    pub tls: Option<CertSource>,
+    /// HTTP + WebSocket in front of the tunnels (`-wss`).
+    pub ws: Option<WsServerOptions<O>>,
+    /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for
+    /// clients that name no subprotocol.
+    pub mux: bool,
+    /// Handshake limits (and the fallback site's connect).
+    pub timeouts: Timeouts,
+}
