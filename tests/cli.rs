@@ -9,24 +9,12 @@ use std::process::Command;
 
 use common::*;
 
-/// Runs mtt to completion, killing it (and failing) after 20 s.
+/// Runs mtt to completion, bounded (see [`BoundedOutput`]).
 fn run(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(mtt_bin())
+    let out = Command::new(mtt_bin())
         .args(args)
         .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run mtt");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("mtt {args:?} did not exit within 20 s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().expect("output");
+        .bounded_output();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -44,14 +32,11 @@ fn links_dispatch_on_argv0() {
     ] {
         let path = dir.path().join(link);
         std::os::unix::fs::symlink(mtt_bin(), &path).expect("symlink");
-        let out = Command::new(&path).arg("-h").output().expect("run link");
+        let out = Command::new(&path).arg("-h").bounded_output();
         assert_eq!(out.status.code(), Some(0), "{link} -h");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(stdout.starts_with(usage), "{link}: {stdout}");
-        let out = Command::new(&path)
-            .arg("--version")
-            .output()
-            .expect("run link");
+        let out = Command::new(&path).arg("--version").bounded_output();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             format!("mtt {}", env!("CARGO_PKG_VERSION"))
@@ -61,8 +46,7 @@ fn links_dispatch_on_argv0() {
     let out = Command::new("./mtt-server")
         .current_dir(dir.path())
         .arg("-help")
-        .output()
-        .expect("run");
+        .bounded_output();
     assert!(String::from_utf8_lossy(&out.stdout).contains("-disable-tls"));
 }
 
@@ -593,8 +577,7 @@ fn install_script_into_destdir_and_uninstall() {
             .env("DESTDIR", root.path())
             .env("PREFIX", "/opt/mtt")
             .env("MTT_BIN", mtt_bin())
-            .output()
-            .expect("run install.sh");
+            .bounded_output();
         assert!(
             out.status.success(),
             "{}",
@@ -606,10 +589,7 @@ fn install_script_into_destdir_and_uninstall() {
     let prefix = root.path().join("opt/mtt");
     let bin = prefix.join("bin");
     for link in ["mtt-client", "mtt-server", "mtt-mu-server"] {
-        let out = Command::new(bin.join(link))
-            .arg("-h")
-            .output()
-            .expect("run link");
+        let out = Command::new(bin.join(link)).arg("-h").bounded_output();
         assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("Usage: {link}")));
         // Its unit starts it from this prefix, not from the packaged /usr/bin.
         let unit = if link == "mtt-mu-server" {
@@ -633,8 +613,7 @@ fn install_script_into_destdir_and_uninstall() {
         .args([script, "--uninstall"])
         .env("DESTDIR", root.path())
         .env("PREFIX", "/opt/mtt")
-        .output()
-        .expect("uninstall");
+        .bounded_output();
     assert!(out.status.success());
     assert_eq!(
         files_under(root.path()),
@@ -727,8 +706,7 @@ fn systemd_units_verify_and_are_hardened() {
         .arg("verify")
         .arg("--man=no")
         .args(&paths)
-        .output()
-        .expect("systemd-analyze (install systemd)");
+        .bounded_output();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert_eq!(err.trim(), "", "no warnings");

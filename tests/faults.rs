@@ -171,10 +171,7 @@ struct Netns {
 }
 
 fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    let out = Command::new(args[0]).args(&args[1..]).bounded_output();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -139,8 +139,7 @@ fn sh(args: &[&str], dir: &Path) {
     let out = std::process::Command::new(openssl())
         .args(args)
         .current_dir(dir)
-        .output()
-        .expect("run openssl");
+        .bounded_output();
     assert!(
         out.status.success(),
         "openssl {args:?}: {}",

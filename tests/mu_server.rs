@@ -314,9 +314,7 @@ async fn users_are_routed_removed_and_kicked() {
         // Unknown paths are an ordinary 404.
         let out = tokio::process::Command::new("curl")
             .args(["-sk", "-m", "10", "-w", "\n%{http_code}", &format!("https://127.0.0.1:{}/nobody", mu.data.port())])
-            .output()
-            .await
-            .expect("curl");
+            .bounded_output().await;
         assert!(String::from_utf8_lossy(&out.stdout).ends_with("\n404"));
     })
     .await;
@@ -390,9 +388,8 @@ async fn an_exposed_controller_requires_a_token() {
         let out = tokio::process::Command::new(mtt_bin())
             .args(["mu-server", "-b", "127.0.0.1:0", "-c", "0.0.0.0:0"])
             .env_remove("MTT_CONTROLLER_TOKEN")
-            .output()
-            .await
-            .expect("run");
+            .bounded_output()
+            .await;
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -450,9 +447,8 @@ async fn unknown_paths_go_to_the_fallback_site() {
                 "\n%{http_code}",
                 &format!("https://127.0.0.1:{}/", mu.data.port()),
             ])
-            .output()
-            .await
-            .expect("curl");
+            .bounded_output()
+            .await;
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains("<h1>the real site</h1>") && text.ends_with("\n200"),
@@ -460,6 +456,79 @@ async fn unknown_paths_go_to_the_fallback_site() {
         );
         let client = start_client(user_client(&mu, "/u", false)).await;
         echo_roundtrip(client.addr, &random_bytes(64 * 1024, 2)).await;
+    })
+    .await;
+}
+
+/// The mu-server counts what the server counts (tunnels, bytes, handshakes, failed
+/// destinations), on its controller's /metrics beside the per-user series.
+#[tokio::test]
+async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
+    bounded(async {
+        let echo = echo_server().await;
+        let dead = dead_addr();
+        let mut mu = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-n",
+                "127.0.0.1",
+                "-verbose",
+            ],
+        );
+        let pin = Verify::Pin(mtt::config::parse_pin(&mu.pin().await).expect("pin"));
+        let line = mu.wait_line("controller on ").await;
+        let control: SocketAddr = line
+            .split("controller on ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .expect("controller address")
+            .parse()
+            .expect("controller address");
+        let data = mu.listening_addr().await;
+        for (path, dst) in [("/echo", echo), ("/dead", dead)] {
+            let body = format!(r#"{{"dst":"{dst}"}}"#);
+            let (code, text) = http(
+                control,
+                "PUT",
+                &format!("/v1/users{path}"),
+                "",
+                body.as_bytes(),
+            )
+            .await;
+            assert_eq!(code, 200, "{text}");
+        }
+        let sent = random_bytes(300 * 1024, 5);
+        let echo_client = start_client(wss_client_config(data, pin.clone(), "/echo", T)).await;
+        echo_roundtrip(echo_client.addr, &sent).await;
+        let dead_client = start_client(wss_client_config(data, pin, "/dead", T)).await;
+        let mut s = TcpStream::connect(dead_client.addr).await.expect("connect");
+        assert_eq!(
+            drain(&mut s).await.0,
+            0,
+            "a dead destination closes the tunnel"
+        );
+        let (code, metrics) = http(control, "GET", "/metrics", "", b"").await;
+        assert_eq!(code, 200);
+        let n = sent.len();
+        for want in [
+            format!("mtt_bytes_total{{direction=\"up\"}} {n}\n"),
+            format!("mtt_bytes_total{{direction=\"down\"}} {n}\n"),
+            "mtt_connections_failed_total{reason=\"destination\"} 1\n".to_string(),
+            "mtt_handshake_seconds_count 2\n".to_string(),
+            format!("mtt_user_bytes_up_total{{path=\"/echo\"}} {n}\n"),
+            "mtt_users 2\n".to_string(),
+        ] {
+            assert!(metrics.contains(&want), "{want:?} missing from:\n{metrics}");
+        }
+        assert!(metrics.trim_end().ends_with("# EOF"), "one page: {metrics}");
+        assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
+        mu.signal("TERM");
+        assert_eq!(mu.exit().await.code(), Some(0));
     })
     .await;
 }

@@ -356,3 +356,60 @@ async fn a_killed_server_is_replaced_when_it_comes_back() {
     })
     .await;
 }
+
+/// Drain covers multiplexed streams: SIGTERM while a stream is carrying a long download; the
+/// download finishes whole, and the server exits 0 as soon as the stream has ended (the
+/// session takes no new streams and closes, instead of waiting for the client to leave).
+#[tokio::test]
+async fn sigterm_lets_a_multiplexed_stream_finish_then_exits() {
+    bounded(async {
+        let dest = paced_server(40, Duration::from_millis(25))
+            .await
+            .to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &dest,
+                "-n",
+                "127.0.0.1",
+                "-mux",
+                "-verbose",
+            ],
+        );
+        let pin = Verify::Pin(mtt::config::parse_pin(&server.pin().await).expect("pin"));
+        let addr = server.listening_addr().await;
+        let mut cfg = client_config(addr, "127.0.0.1", pin, Duration::from_secs(30));
+        // A client that would keep an idle session for a minute.
+        cfg.dial.mux = Some(MuxClientOptions {
+            max_streams: 4,
+            idle: Duration::from_secs(60),
+        });
+        let client = start_client(cfg).await;
+        let mut app = TcpStream::connect(client.addr).await.expect("connect");
+        let mut first = [0u8; 1024];
+        app.read_exact(&mut first).await.expect("first chunk");
+        server.signal("TERM");
+        server.wait_line("draining").await;
+        let mut rest = Vec::new();
+        app.read_to_end(&mut rest).await.expect("the rest");
+        // The application closes its side too: the tunnel is over.
+        drop(app);
+        let ended = std::time::Instant::now();
+        assert_eq!(first, [0u8; 1024]);
+        assert_eq!(rest.len(), 39 * 1024, "the whole download");
+        for (i, chunk) in rest.chunks(1024).enumerate() {
+            assert!(chunk.iter().all(|b| *b == (i + 1) as u8), "chunk {}", i + 1);
+        }
+        assert_eq!(server.exit().await.code(), Some(0));
+        assert!(
+            ended.elapsed() < Duration::from_secs(3),
+            "exited {:?} after the stream ended",
+            ended.elapsed()
+        );
+    })
+    .await;
+}

@@ -59,6 +59,10 @@ async fn until_echo_works(addr: SocketAddr, socks_to: Option<SocketAddr>) {
             s.write_all(b"ready?").await?;
             let mut b = [0u8; 6];
             s.read_exact(&mut b).await?;
+            // Through to the echo destination and back, unchanged.
+            if &b != b"ready?" {
+                return Err(std::io::Error::other(format!("echo came back as {b:?}")));
+            }
             Ok::<_, std::io::Error>(())
         };
         if tokio::time::timeout(Duration::from_secs(2), attempt)

@@ -365,15 +365,12 @@ impl Proc {
             .unwrap_or_else(|e| panic!("bad address in '{line}': {e}"))
     }
 
-    /// Sends a signal with the system's `kill`.
+    /// Sends a signal (`TERM`, `HUP`, `KILL`, …) to the process.
     pub fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running");
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{sig}"), &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill -{sig} {pid}");
+        let signal: nix::sys::signal::Signal = format!("SIG{sig}").parse().expect("signal name");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+            .unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
     }
 
     /// Waits (bounded) for the exit status.
@@ -589,4 +586,111 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// How long a helper program may run before it is killed and the test fails.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(30);
+
+/// The Debian package that brings `program`, for the message when it is missing.
+fn package_of(program: &std::ffi::OsStr) -> String {
+    let name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.as_str() {
+        "ss-server" | "ss-local" => "shadowsocks-libev".into(),
+        "dnsmasq" => "dnsmasq-base".into(),
+        "systemd-analyze" => "systemd".into(),
+        "ip" | "tc" => "iproute2".into(),
+        "nft" => "nftables".into(),
+        other => other.into(),
+    }
+}
+
+fn spawn_failed(program: &std::ffi::OsStr, e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        panic!(
+            "{} is not installed: run `bash .ci/install-test-deps` (Debian package {})",
+            program.to_string_lossy(),
+            package_of(program)
+        );
+    }
+    panic!("start {}: {e}", program.to_string_lossy());
+}
+
+/// `output()` of a child process, bounded by [`CHILD_LIMIT`]: a program that hangs is killed
+/// and fails the test instead of hanging it; a missing one names its package.
+pub trait BoundedOutput {
+    /// Runs to completion within [`CHILD_LIMIT`], with no standard input.
+    fn bounded_output(&mut self) -> std::process::Output;
+}
+
+impl BoundedOutput for std::process::Command {
+    fn bounded_output(&mut self) -> std::process::Output {
+        use std::io::Read;
+        let program = self.get_program().to_owned();
+        let mut child = self
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| spawn_failed(&program, e));
+        let pipe = |mut p: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = p.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = pipe(Box::new(child.stdout.take().expect("stdout")));
+        let err = pipe(Box::new(child.stderr.take().expect("stderr")));
+        let deadline = std::time::Instant::now() + CHILD_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} ran longer than {CHILD_LIMIT:?}",
+                    program.to_string_lossy()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::process::Output {
+            status,
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        }
+    }
+}
+
+/// The async form of [`BoundedOutput`], for tests on the runtime.
+pub trait BoundedOutputAsync {
+    /// Runs to completion within [`CHILD_LIMIT`], with no standard input.
+    fn bounded_output(&mut self) -> impl Future<Output = std::process::Output>;
+}
+
+impl BoundedOutputAsync for tokio::process::Command {
+    async fn bounded_output(&mut self) -> std::process::Output {
+        let program = self.as_std().get_program().to_owned();
+        let child = self
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| spawn_failed(&program, e));
+        tokio::time::timeout(CHILD_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} ran longer than {CHILD_LIMIT:?}",
+                    program.to_string_lossy()
+                )
+            })
+            .expect("wait")
+    }
 }
