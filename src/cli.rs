@@ -62,6 +62,9 @@ pub struct ClientArgs {
     /// max streams per multiplexed connection, 1 - 16 (default 4)
     #[argh(option)]
     pub mux_max_stream: Option<String>,
+    /// how long a multiplexed connection without streams is kept for the next ones (default 10s)
+    #[argh(option)]
+    pub mux_idle: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

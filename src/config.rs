@@ -186,10 +186,14 @@ impl ClientConfig {
                 n as usize
             }
         };
-        let mux = a.mux.then_some(MuxClientOptions {
-            max_streams,
-            idle: mux::DEFAULT_IDLE,
-        });
+        let idle = match &a.mux_idle {
+            None => mux::DEFAULT_IDLE,
+            Some(v) => parse_duration("mux-idle", v)?,
+        };
+        if a.mux_idle.is_some() && !a.mux {
+            log::warn!("-mux-idle is not used without -mux");
+        }
+        let mux = a.mux.then_some(MuxClientOptions { max_streams, idle });
         let path = ws_path(&a.wss_path, a.wss)?;
         let fallback_dns = fallback_dns(&a.fallback_dns)?;
         let server_name = match a.n.as_deref() {

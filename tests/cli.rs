@@ -135,6 +135,41 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
         ),
         (
             vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-handshake-timeout",
+                "0s",
+            ],
+            "-handshake-timeout must be greater than zero",
+        ),
+        (
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-handshake-timeout",
+                "soon",
+            ],
+            "-handshake-timeout",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-mux",
+                "-mux-idle",
+                "10",
+            ],
+            "-mux-idle",
+        ),
+        (
+            vec![
                 "client",
                 "-b",
                 "127.0.0.1:0",

@@ -66,6 +66,10 @@ async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
                 "-verbose",
                 "-mux-max-stream",
                 "16",
+                // Idle sessions close after 1 s (default 10 s), so the descriptor check
+                // below need not wait long for them.
+                "-mux-idle",
+                "1s",
             ];
             cargs.extend(&flags);
             let mut client = Proc::spawn(&mtt_bin(), &cargs);
@@ -86,7 +90,7 @@ async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
                 t.await.unwrap_or_else(|e| panic!("{mode}: {e}"));
             }
             eprintln!("{mode}: {tunnels} tunnels in {:?}", start.elapsed());
-            // Multiplexed sessions are kept 10 s after their last stream, then closed.
+            // Multiplexed sessions are kept 1 s (-mux-idle) after their last stream, then closed.
             let within = Duration::from_secs(20);
             back_to(cpid, cbase, &format!("{mode} client"), within).await;
             back_to(spid, sbase, &format!("{mode} server"), within).await;
