@@ -63,13 +63,12 @@ async fn server_killed_mid_transfer_closes_local_connections_and_recovers() {
         let echo = echo_server().await.to_string();
         for (name, mode) in MODES {
             let (_dir, cert, key, pin) = self_signed_files("localhost");
-            let listen = format!("127.0.0.1:{}", free_port());
             let (cert, key) = (path_str(&cert), path_str(&key));
-            let mut args = server_args(&listen, &echo, mode);
+            let mut args = server_args("127.0.0.1:0", &echo, mode);
             args.extend_from_slice(&["-cert", &cert, "-key", &key]);
             let mut server = Proc::spawn(&mtt_bin(), &args);
-            server.wait_line("server listening on").await;
-            let (client, local) = spawn_client(listen.parse().expect("addr"), &pin, mode).await;
+            let listen = server.listening_addr().await;
+            let (client, local) = spawn_client(listen, &pin, mode).await;
 
             let conn = TcpStream::connect(local).await.expect("connect");
             let (mut rd, mut wr) = conn.into_split();
@@ -100,6 +99,9 @@ async fn server_killed_mid_transfer_closes_local_connections_and_recovers() {
             );
             writer.await.expect("writer");
 
+            // Back on the port it had, which the client dials.
+            let again = listen.to_string();
+            args[2] = &again;
             let mut server = Proc::spawn(&mtt_bin(), &args);
             server.wait_line("server listening on").await;
             echo_roundtrip(local, &random_bytes(512 * 1024, 10)).await;

@@ -327,24 +327,21 @@ async fn the_users_file_survives_kill_9() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("users.json");
         let echo = echo_server().await;
-        let data_port = free_port();
-        let control_port = free_port();
         let args = [
             "mu-server",
             "-b",
-            &format!("127.0.0.1:{data_port}"),
+            "127.0.0.1:0",
             "-c",
-            &format!("127.0.0.1:{control_port}"),
+            "127.0.0.1:0",
             "-users-file",
             &path_str(&file),
             "-n",
             "127.0.0.1",
             "-verbose",
         ];
-        let control: SocketAddr = format!("127.0.0.1:{control_port}").parse().expect("a");
         let mut p = Proc::spawn(&mtt_bin(), &args);
         let pin = p.pin().await;
-        p.wait_line("mu-server listening").await;
+        let control = p.addr_after("controller on ").await;
         for i in 0..50 {
             let body = format!(r#"{{"opt":1,"args_bunch":[{{"path":"/k{i}","dst":"{echo}"}}]}}"#);
             assert_eq!(
@@ -359,7 +356,8 @@ async fn the_users_file_survives_kill_9() {
         p.signal("KILL");
         p.exit().await;
         let mut p = Proc::spawn(&mtt_bin(), &args);
-        p.wait_line("mu-server listening").await;
+        let control = p.addr_after("controller on ").await;
+        let data = p.listening_addr().await;
         assert_eq!(
             http(control, "POST", "/", "", br#"{"opt":9}"#).await.1,
             r#"{"res":1,"current_users":49}"#
@@ -369,7 +367,7 @@ async fn the_users_file_survives_kill_9() {
         assert_ne!(restarted_pin, pin);
         let pin = restarted_pin;
         let mu = Mu {
-            data: format!("127.0.0.1:{data_port}").parse().expect("a"),
+            data,
             control,
             pin: Verify::Pin(mtt::config::parse_pin(&pin).expect("pin")),
         };
@@ -397,22 +395,21 @@ async fn an_exposed_controller_requires_a_token() {
             "{err}"
         );
 
-        let port = free_port();
-        let mut cmd = tokio::process::Command::new(mtt_bin());
-        cmd.args([
-            "mu-server",
-            "-b",
-            "127.0.0.1:0",
-            "-c",
-            &format!("0.0.0.0:{port}"),
-            "-verbose",
-        ])
-        .env("MTT_CONTROLLER_TOKEN", "from-env")
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-        let _p = cmd.spawn().expect("mu-server");
-        let control: SocketAddr = format!("127.0.0.1:{port}").parse().expect("a");
-        wait_listening(control).await;
+        // The token comes from the environment (of this child only).
+        let mut p = Proc::spawn_env(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "0.0.0.0:0",
+                "-verbose",
+            ],
+            &[("MTT_CONTROLLER_TOKEN", "from-env")],
+        );
+        let bound = p.addr_after("controller on ").await;
+        let control = SocketAddr::from(([127, 0, 0, 1], bound.port()));
         assert_eq!(http(control, "POST", "/", "", br#"{"opt":9}"#).await.0, 401);
         let auth = "Authorization: Bearer from-env\r\n";
         assert_eq!(

@@ -313,12 +313,10 @@ async fn a_killed_server_is_replaced_when_it_comes_back() {
     bounded(async {
         let echo = echo_server().await.to_string();
         let (_dir, cert, key, fp) = self_signed_files("localhost");
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let args = [
+        let mut args = [
             "server",
             "-b",
-            &listen,
+            "127.0.0.1:0",
             "-d",
             &echo,
             "-mux",
@@ -329,16 +327,9 @@ async fn a_killed_server_is_replaced_when_it_comes_back() {
             "-verbose",
         ];
         let mut server = Proc::spawn(&mtt_bin(), &args);
-        server.wait_line("server listening on").await;
+        let listen = server.listening_addr().await;
         let pin = Verify::Pin(mtt::config::parse_pin(&fp).expect("pin"));
-        let client = start_client(mux_client(
-            listen.parse().expect("addr"),
-            pin,
-            false,
-            4,
-            Duration::from_secs(10),
-        ))
-        .await;
+        let client = start_client(mux_client(listen, pin, false, 4, Duration::from_secs(10))).await;
         let mut held = TcpStream::connect(client.addr).await.expect("connect");
         ping(&mut held).await;
         // kill -9: the session dies with the process; the held stream is closed promptly.
@@ -350,6 +341,8 @@ async fn a_killed_server_is_replaced_when_it_comes_back() {
         // While the server is down, connections fail fast instead of queueing on a dead session.
         closed_promptly(client.addr).await;
         // Back on the same port: the next connection gets a new session and works.
+        let again = listen.to_string();
+        args[2] = &again;
         let mut server = Proc::spawn(&mtt_bin(), &args);
         server.wait_line("server listening on").await;
         echo_roundtrip(client.addr, &random_bytes(256 * 1024, 77)).await;

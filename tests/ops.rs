@@ -158,17 +158,14 @@ async fn sighup_rereads_the_users_file() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("users.json");
         std::fs::write(&file, r#"[{"path":"/a","dst":"127.0.0.1:1"}]"#).expect("write");
-        let port = free_port();
-        let control: std::net::SocketAddr =
-            format!("127.0.0.1:{}", free_port()).parse().expect("a");
         let mut p = Proc::spawn(
             &mtt_bin(),
             &[
                 "mu-server",
                 "-b",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 "-c",
-                &control.to_string(),
+                "127.0.0.1:0",
                 "-users-file",
                 &path_str(&file),
                 "-verbose",
@@ -288,7 +285,6 @@ fn sample(text: &str, name: &str) -> f64 {
 async fn metrics_endpoints_count_traffic() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mport = free_port();
         let mut server = Proc::spawn(
             &mtt_bin(),
             &[
@@ -301,14 +297,13 @@ async fn metrics_endpoints_count_traffic() {
                 "127.0.0.1",
                 "-mux",
                 "-metrics",
-                &format!("127.0.0.1:{mport}"),
+                "127.0.0.1:0",
                 "-verbose",
             ],
         );
         let fp = server.pin().await;
         let addr = server.listening_addr().await;
-        server.wait_line("metrics at").await;
-        let metrics: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().expect("a");
+        let metrics = server.addr_after("metrics at http://").await;
         let before = scrape(metrics).await;
         assert_eq!(sample(&before, "mtt_connections_accepted_total"), 0.0);
         let mut cfg = client_config(addr, "127.0.0.1", pin(&fp), T);

@@ -289,7 +289,13 @@ pub fn mtt_bin() -> PathBuf {
 impl Proc {
     /// Spawns `program args…`, reading stdout and stderr line by line.
     pub fn spawn(program: &Path, args: &[&str]) -> Proc {
+        Self::spawn_env(program, args, &[])
+    }
+
+    /// [`Proc::spawn`] with these variables added to the child's environment.
+    pub fn spawn_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -358,9 +364,15 @@ impl Proc {
 
     /// The address in a "listening on ADDR," line.
     pub async fn listening_addr(&mut self) -> SocketAddr {
-        let line = self.wait_line("listening on ").await;
-        let rest = line.split("listening on ").nth(1).expect("addr");
-        let addr = rest.split([',', ' ']).next().expect("addr");
+        self.addr_after("listening on ").await
+    }
+
+    /// The address that follows `needle` in the first line containing it ("controller on ",
+    /// "metrics at http://"): what a process bound when given port 0.
+    pub async fn addr_after(&mut self, needle: &str) -> SocketAddr {
+        let line = self.wait_line(needle).await;
+        let rest = line.split(needle).nth(1).expect("addr");
+        let addr = rest.split([',', ' ', '/']).next().expect("addr");
         addr.parse()
             .unwrap_or_else(|e| panic!("bad address in '{line}': {e}"))
     }
@@ -439,7 +451,9 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
 }
 
-/// A free loopback port (bound and released: tests that hand ports to other programs).
+/// A free loopback port, bound and released: only for programs that must be told a port
+/// (nginx, dnsmasq, openssl, shadowsocks hosts' SS_* ports). mtt itself is started on port 0
+/// and asked what it bound ([`Proc::listening_addr`], [`Proc::addr_after`]).
 pub fn free_port() -> u16 {
     dead_addr().port()
 }
