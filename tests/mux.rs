@@ -406,3 +406,110 @@ async fn sigterm_lets_a_multiplexed_stream_finish_then_exits() {
     })
     .await;
 }
+
+/// The destination half-closes, then closes while the client is still sending into the
+/// tunnel (as iperf3's server does): the client learns at once, in mux and wss+mux. Ten
+/// tunnels a mode; each one's application sees its connection end within 1 s of the close,
+/// the client has no tunnel left, and SIGTERM then exits at once (nothing to drain).
+#[tokio::test]
+async fn a_destination_that_closes_mid_upload_leaves_no_tunnel_on_the_client() {
+    bounded(async {
+        // Reads 256 KiB, half-closes, reads 64 KiB more, then closes with data unread.
+        let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dest = serve_dest(move |mut s| {
+            let closed = closed_tx.clone();
+            async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = 0;
+                while got < 256 * 1024 {
+                    got += s.read(&mut buf).await?;
+                }
+                s.shutdown().await?;
+                s.read_exact(&mut buf).await?;
+                drop(s);
+                let _ = closed.send(Instant::now());
+                Ok(())
+            }
+        })
+        .await
+        .to_string();
+        for flags in [vec!["-mux"], vec!["-mux", "-wss"]] {
+            let mut sargs = vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &dest,
+                "-n",
+                "t",
+                "-verbose",
+            ];
+            sargs.extend(&flags);
+            let mut server = Proc::spawn(&mtt_bin(), &sargs);
+            let saddr = server.listening_addr().await.to_string();
+            let mut cargs = vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &saddr,
+                "-n",
+                "t",
+                "-sv",
+                "-metrics",
+                "127.0.0.1:0",
+                "-verbose",
+            ];
+            cargs.extend(&flags);
+            let mut client = Proc::spawn(&mtt_bin(), &cargs);
+            let caddr = client.listening_addr().await;
+            let metrics = client.addr_after("metrics at http://").await;
+            for round in 0..10 {
+                let app = TcpStream::connect(caddr).await.expect("connect");
+                let (mut rd, mut wr) = app.into_split();
+                let uploading = tokio::spawn(async move {
+                    let chunk = vec![1u8; 64 * 1024];
+                    while wr.write_all(&chunk).await.is_ok() {}
+                    Instant::now()
+                });
+                let mut sink = Vec::new();
+                let _ = rd.read_to_end(&mut sink).await;
+                let closed = closed_rx.recv().await.expect("destination closed");
+                let ended = tokio::time::timeout(Duration::from_secs(3), uploading)
+                    .await
+                    .unwrap_or_else(|_| panic!("{flags:?} round {round}: the upload never ended"))
+                    .expect("uploader");
+                let took = ended.saturating_duration_since(closed);
+                assert!(
+                    took < Duration::from_secs(1),
+                    "{flags:?} round {round}: the application learned after {took:?}"
+                );
+            }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let text = scrape(metrics).await;
+                if text.contains("mtt_connections_active 0\n")
+                    && text.contains("mtt_mux_streams 0\n")
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{flags:?}: tunnels left on the client:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client.signal("TERM");
+            let start = Instant::now();
+            assert_eq!(client.exit().await.code(), Some(0));
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{flags:?}: exit took {:?}",
+                start.elapsed()
+            );
+            server.signal("TERM");
+            server.exit().await;
+        }
+    })
+    .await;
+}

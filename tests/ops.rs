@@ -249,20 +249,6 @@ async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
     .await;
 }
 
-/// GET /metrics over plain HTTP.
-async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.expect("connect metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.expect("read");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("http");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 /// Checks the exposition's shape and returns the value of the sample `name`.
 fn sample(text: &str, name: &str) -> f64 {
     assert!(

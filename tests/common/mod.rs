@@ -708,3 +708,16 @@ impl BoundedOutputAsync for tokio::process::Command {
             .expect("wait")
     }
 }
+
+/// GET /metrics over plain HTTP.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.expect("read");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("http");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}

@@ -1,11 +1,16 @@
-//! [`Coalesce`]: joins yamux's small frame headers with the frame body that follows into one
-//! vectored write to the transport.
+//! [`Coalesce`], the writer under a yamux connection: joins yamux's small frame headers with
+//! the frame body that follows into one vectored write to the transport, and puts the stream
+//! resets yamux owes ([`Resets`]) on the wire between frames.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::reset::{FrameTracker, Resets, rst_frame};
 
 /// Joins small writes (frame headers) with the write that follows them into one vectored
 /// write, without copying the large one: a layer that writes a header and then a body costs
@@ -13,18 +18,38 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Coalesce<S> {
     inner: S,
     pending: Vec<u8>,
+    frames: FrameTracker,
+    resets: Arc<Resets>,
 }
 
 /// Writes up to this size wait for the next write or a flush.
 const SMALL_WRITE: usize = 64;
 
 impl<S> Coalesce<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
+    /// Wraps `inner`, the transport of the connection whose resets are `resets`.
+    pub(super) fn new(inner: S, resets: Arc<Resets>) -> Self {
         Coalesce {
             inner,
             pending: Vec::with_capacity(SMALL_WRITE),
+            frames: FrameTracker::default(),
+            resets,
         }
+    }
+
+    /// Queues the RST frames that are due, if the bytes so far end at a frame boundary.
+    fn queue_resets(&mut self) {
+        if self.frames.at_boundary() && self.resets.any_due() {
+            for id in self.resets.take_due() {
+                log::debug!("multiplexed stream {id}: reset (dropped after its FIN)");
+                self.pending.extend_from_slice(&rst_frame(id));
+            }
+        }
+    }
+
+    /// Notes `n` bytes of `buf` taken from yamux.
+    fn took(&mut self, buf: &[u8], n: usize) {
+        let resets = &self.resets;
+        self.frames.feed(&buf[..n], |id| resets.fin_written(id));
     }
 }
 
@@ -58,13 +83,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.queue_resets();
         if buf.len() <= SMALL_WRITE && this.pending.len() + buf.len() <= 4 * SMALL_WRITE {
             this.pending.extend_from_slice(buf);
+            this.took(buf, buf.len());
             return Poll::Ready(Ok(buf.len()));
         }
         loop {
             if this.pending.is_empty() {
-                return Pin::new(&mut this.inner).poll_write(cx, buf);
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+                this.took(buf, n);
+                return Poll::Ready(Ok(n));
             }
             let held = this.pending.len();
             let slices = [io::IoSlice::new(&this.pending), io::IoSlice::new(buf)];
@@ -77,12 +106,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
                 continue;
             }
             this.pending.clear();
+            this.took(buf, n - held);
             return Poll::Ready(Ok(n - held));
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.queue_resets();
         ready!(this.poll_write_pending(cx))?;
         Pin::new(&mut this.inner).poll_flush(cx)
     }

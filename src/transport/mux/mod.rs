@@ -14,6 +14,7 @@
 
 mod coalesce;
 pub mod pool;
+mod reset;
 pub mod session;
 
 use std::io;
@@ -25,13 +26,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 pub use coalesce::Coalesce;
 pub use pool::{DialFn, MuxPool};
 pub use session::MuxSession;
 
 use super::io::BoxIo;
+use reset::Resets;
 
 /// Streams one server session carries at once (the original's limit); more are refused.
 pub const MAX_STREAMS_PER_SESSION: usize = 16;
@@ -50,7 +52,7 @@ const YAMUX_MIN_WINDOW: usize = 256 * 1024;
 const YAMUX_WINDOW_GROWTH: usize = 32 * 1024 * 1024;
 
 /// yamux settings shared by both ends.
-pub(super) fn config() -> yamux::Config {
+fn config() -> yamux::Config {
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_STREAMS);
     c.set_max_connection_receive_window(Some(
@@ -62,10 +64,10 @@ pub(super) fn config() -> yamux::Config {
 
 /// What a yamux connection runs over: yamux writes each frame's 12-byte header and its body
 /// separately, and every write to TLS becomes a record and a syscall; [`Coalesce`] joins them.
-pub(super) type Transport = Compat<Coalesce<BoxIo>>;
+type Transport = Compat<Coalesce<BoxIo>>;
 
-pub(super) fn transport(io: BoxIo) -> Transport {
-    Coalesce::new(io).compat()
+fn transport(io: BoxIo, resets: Arc<Resets>) -> Transport {
+    Coalesce::new(io, resets).compat()
 }
 
 /// Largest data frame yamux sends. A new stream's window is 256 KiB and yamux doubles it only
@@ -77,33 +79,61 @@ pub(super) fn transport(io: BoxIo) -> Transport {
 /// the same CPU per GiB; 16 KiB frames cost more writes to TLS, each one a syscall.
 const SPLIT_SEND: usize = 64 * 1024;
 
-pub(super) fn mux_err(e: yamux::ConnectionError) -> io::Error {
+fn mux_err(e: yamux::ConnectionError) -> io::Error {
     match e {
         yamux::ConnectionError::Io(e) => e,
         other => io::Error::other(format!("multiplexing: {other}")),
     }
 }
 
-/// One stream of a session, as a tokio byte stream. Dropping it releases its slot.
+/// One stream of a session, as a tokio byte stream. Dropping it releases its slot, and
+/// resets it if the peer could otherwise wait on it for ever (see [`reset`]).
 pub struct MuxStream {
-    pub(super) inner: Compat<yamux::Stream>,
-    pub(super) _slot: Slot,
+    inner: Compat<yamux::Stream>,
+    resets: Arc<Resets>,
+    _slot: Slot,
+}
+
+impl MuxStream {
+    fn new(stream: yamux::Stream, resets: Arc<Resets>, slot: Slot) -> Self {
+        MuxStream {
+            inner: stream.compat(),
+            resets,
+            _slot: slot,
+        }
+    }
+
+    /// Writes nothing, which makes yamux send the frame that opens the stream.
+    async fn announce(&mut self) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::write(&mut self.inner, &[]).await?;
+        Ok(())
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        let s = self.inner.get_ref();
+        // Our FIN went out but the peer's has not come: the peer may be writing into this
+        // stream or waiting to read from it.
+        let half_open = s.is_write_closed() && !s.is_closed();
+        self.resets.dropped(s.id().val(), half_open);
+    }
 }
 
 /// A reserved place in a session; freeing it may start the session's idle timer.
-pub(super) struct Slot {
-    pub(super) count: Arc<Counter>,
+struct Slot {
+    count: Arc<Counter>,
 }
 
 /// Live streams of a session, with a wake-up for the task that watches it go idle.
 #[derive(Default)]
-pub(super) struct Counter {
-    pub(super) open: AtomicUsize,
-    pub(super) idle: Notify,
+struct Counter {
+    open: AtomicUsize,
+    idle: Notify,
 }
 
 impl Slot {
-    pub(super) fn new(count: Arc<Counter>) -> Self {
+    fn new(count: Arc<Counter>) -> Self {
         crate::metrics::get().mux_streams.inc();
         Slot { count }
     }
@@ -143,6 +173,98 @@ impl AsyncWrite for MuxStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // yamux FIN: our side is done, the peer may still send (half-close).
+        self.resets.fin_asked(self.inner.get_ref().id().val());
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::transport::io::BoxIo;
+
+    /// A client pool and a server session joined by an in-memory pipe.
+    fn pair() -> (Arc<MuxPool>, MuxSession) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let a = Mutex::new(Some(Box::new(a) as BoxIo));
+        let dial: DialFn = Box::new(move || {
+            let io = a.lock().ok().and_then(|mut a| a.take());
+            Box::pin(async move { io.ok_or_else(|| crate::Error::Runtime("dialled twice".into())) })
+        });
+        let pool = MuxPool::new(4, Duration::from_secs(30), dial);
+        (
+            pool,
+            MuxSession::server(Box::new(b), MAX_STREAMS_PER_SESSION),
+        )
+    }
+
+    /// The far end half-closes a stream and drops it without reading (its relay failed on
+    /// the other direction): the writer here, soon out of window, gets an error instead of
+    /// waiting for ever.
+    #[tokio::test]
+    async fn a_stream_dropped_after_its_fin_stops_the_peers_writer() {
+        let (pool, mut session) = pair();
+        let server = tokio::spawn(async move {
+            let mut s = session.next().await.expect("a stream").expect("stream");
+            s.shutdown().await.expect("FIN");
+            drop(s);
+            while let Some(Ok(_)) = session.next().await {}
+        });
+        let mut c = pool.open().await.expect("open");
+        let chunk = vec![7u8; 64 * 1024];
+        let written = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut n = 0usize;
+            loop {
+                match c.write_all(&chunk).await {
+                    Ok(()) => n += chunk.len(),
+                    Err(e) => return (n, e),
+                }
+            }
+        })
+        .await;
+        let (n, e) = written.expect("the writer was never told the stream is gone");
+        assert!(n <= 1 << 20, "{n} bytes went into a stream nobody reads");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::WriteZero
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        );
+        server.abort();
+    }
+
+    /// A stream closed both ways, or one dropped while still open (yamux resets those itself),
+    /// needs no reset of ours: nothing is queued for them.
+    #[tokio::test]
+    async fn streams_closed_both_ways_owe_no_reset() {
+        let (pool, mut session) = pair();
+        let resets = session.resets.clone();
+        let server = tokio::spawn(async move {
+            while let Some(Ok(mut s)) = session.next().await {
+                tokio::spawn(async move {
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut sink).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        for _ in 0..3 {
+            let mut c = pool.open().await.expect("open");
+            c.write_all(b"hello").await.expect("write");
+            c.shutdown().await.expect("FIN");
+            let mut back = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut c, &mut back)
+                .await
+                .expect("EOF");
+        }
+        assert!(!resets.any_due());
+        server.abort();
     }
 }

@@ -13,13 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot, watch};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-
+use super::reset::Resets;
 use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
 use crate::error::Step;
 use crate::transport::io::BoxIo;
 use crate::{Error, Result};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
 type Ready = Result<mpsc::UnboundedSender<OpenReply>, Arc<Error>>;
@@ -30,6 +29,8 @@ struct Session {
     ready: watch::Receiver<Option<Ready>>,
     /// Streams open or reserved; changed under the pool lock when reserving.
     count: Arc<Counter>,
+    /// Resets the session's writer owes for dropped streams.
+    resets: Arc<Resets>,
     dead: AtomicBool,
 }
 
@@ -106,6 +107,7 @@ impl MuxPool {
                             open: AtomicUsize::new(1),
                             idle: Notify::new(),
                         }),
+                        resets: Arc::default(),
                         dead: AtomicBool::new(false),
                     });
                     list.push(s.clone());
@@ -144,14 +146,15 @@ impl MuxPool {
             .await
             .map_err(|_| closed())?
             .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
-        let mut inner = stream.compat();
+        let mut stream = MuxStream::new(stream, session.resets.clone(), slot);
         // yamux announces a stream with its first frame; an empty write sends that frame now,
         // so the server dials the destination even if the application waits for it to speak
         // first (SMTP, SSH banners).
-        tokio::io::AsyncWriteExt::write(&mut inner, &[])
+        stream
+            .announce()
             .await
             .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
-        Ok(MuxStream { inner, _slot: slot })
+        Ok(stream)
     }
 
     /// Dials the session's connection and drives it until it ends.
@@ -166,7 +169,8 @@ impl MuxPool {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = ready.send(Some(Ok(tx)));
-        let conn = yamux::Connection::new(transport(io), config(), yamux::Mode::Client);
+        let transport = transport(io, session.resets.clone());
+        let conn = yamux::Connection::new(transport, config(), yamux::Mode::Client);
         let m = crate::metrics::get();
         m.mux_sessions.inc();
         let ended = drive(conn, rx, &session, &self).await;

@@ -6,8 +6,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio_util::compat::FuturesAsyncReadCompatExt;
-
+use super::reset::Resets;
 use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
 use crate::transport::io::BoxIo;
 
@@ -15,6 +14,7 @@ use crate::transport::io::BoxIo;
 pub struct MuxSession {
     conn: yamux::Connection<Transport>,
     count: Arc<Counter>,
+    pub(super) resets: Arc<Resets>,
     limit: usize,
 }
 
@@ -22,9 +22,15 @@ impl MuxSession {
     /// Starts the server end of a session over an established tunnel connection.
     pub fn server(io: BoxIo, limit: usize) -> Self {
         crate::metrics::get().mux_sessions.inc();
+        let resets = Arc::new(Resets::default());
         MuxSession {
-            conn: yamux::Connection::new(transport(io), config(), yamux::Mode::Server),
+            conn: yamux::Connection::new(
+                transport(io, resets.clone()),
+                config(),
+                yamux::Mode::Server,
+            ),
             count: Arc::default(),
+            resets,
             limit,
         }
     }
@@ -47,10 +53,8 @@ impl MuxSession {
                 continue;
             }
             self.count.open.fetch_add(1, Ordering::AcqRel);
-            return Some(Ok(MuxStream {
-                inner: stream.compat(),
-                _slot: Slot::new(self.count.clone()),
-            }));
+            let slot = Slot::new(self.count.clone());
+            return Some(Ok(MuxStream::new(stream, self.resets.clone(), slot)));
         }
     }
 
