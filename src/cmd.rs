@@ -250,10 +250,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
         Command::MuServer => {
             let args = parse_or_help!(MuServerArgs, prog, rest);
             crate::logging::init(args.verbose);
-            let cfg = crate::config::MuServerConfig::from_args(
-                &args,
-                std::env::var("MTT_CONTROLLER_TOKEN").ok(),
-            )?;
+            let cfg = crate::config::MuServerConfig::from_args(&args, |k| std::env::var(k).ok())?;
             runtime()?.block_on(async {
                 let server = crate::role::mu_server::MuServer::new(cfg.clone())?;
                 crate::shutdown::on_hangup(server.reloader())?;
@@ -281,11 +278,20 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
     }
 }
 
+/// `-metrics`: the endpoint has no authentication, so `:port` means loopback, not every
+/// interface; exposing it takes an explicit address.
 fn metrics_addr(v: &Option<String>) -> Result<Option<crate::addr::HostPort>> {
-    v.as_deref()
+    let parsed = v
+        .as_deref()
         .filter(|s| !s.is_empty())
         .map(|m| crate::addr::HostPort::parse("metrics", m, true))
-        .transpose()
+        .transpose()?;
+    Ok(parsed.map(|mut a| {
+        if a.host.is_empty() {
+            a.host = "127.0.0.1".into();
+        }
+        a
+    }))
 }
 
 /// Starts the `-metrics` endpoint, if asked for.

@@ -291,6 +291,7 @@ impl ServerConfig {
                 ws,
                 mux: a.mux,
                 timeouts: timeouts(&a.handshake_timeout)?,
+                session_idle: timeout,
             },
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
@@ -337,6 +338,8 @@ fn cert_source(
 
 /// Default controller address: loopback only.
 pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:8080";
+/// Name of the file a generated controller token is kept in.
+pub const TOKEN_FILE: &str = "controller.token";
 /// Default idle timeout of the multi-user server (the original's `1m`).
 pub const MU_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -347,8 +350,11 @@ pub struct MuServerConfig {
     pub listen: Listen,
     /// Controller listener.
     pub controller: HostPort,
-    /// Bearer token of the controller.
+    /// Bearer token of the controller, when given (`-c-token`, `MTT_CONTROLLER_TOKEN`).
     pub token: Option<String>,
+    /// Where a generated token is kept when none is given: beside the users file, else in
+    /// systemd's `$STATE_DIRECTORY`, else in the working directory.
+    pub token_file: PathBuf,
     /// Where users are kept.
     pub users_file: Option<PathBuf>,
     /// `None` with `-disable-tls`.
@@ -374,8 +380,10 @@ fn is_loopback(h: &HostPort) -> bool {
 }
 
 impl MuServerConfig {
-    /// Validates the multi-user server's flags; `env_token` is `MTT_CONTROLLER_TOKEN`.
-    pub fn from_args(a: &MuServerArgs, env_token: Option<String>) -> Result<Self> {
+    /// Validates the multi-user server's flags; `env` looks up `MTT_CONTROLLER_TOKEN` and
+    /// `STATE_DIRECTORY`.
+    pub fn from_args(a: &MuServerArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let env_token = env("MTT_CONTROLLER_TOKEN");
         let listen = server_listen(&a.b, a.bind_unix)?;
         let controller = HostPort::parse(
             "c",
@@ -394,15 +402,29 @@ impl MuServerConfig {
             None | Some("") => None,
             Some(f) => Some(HostPort::parse("fallback", f, false)?),
         };
+        let users_file = a
+            .users_file
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        let token_file = match (&users_file, env("STATE_DIRECTORY")) {
+            (Some(f), _) => f
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."))
+                .join(TOKEN_FILE),
+            // systemd may list several directories, separated by ':'.
+            (None, Some(dirs)) if !dirs.is_empty() => {
+                PathBuf::from(dirs.split(':').next().unwrap_or(".")).join(TOKEN_FILE)
+            }
+            _ => PathBuf::from(TOKEN_FILE),
+        };
         Ok(MuServerConfig {
             listen,
             controller,
             token,
-            users_file: a
-                .users_file
-                .as_deref()
-                .filter(|s| !s.is_empty())
-                .map(PathBuf::from),
+            token_file,
+            users_file,
             tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?,
             fallback,
             mux: a.mux,

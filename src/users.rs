@@ -29,10 +29,16 @@ pub struct User {
 
 impl User {
     fn new(path: String, dst: HostPort) -> Arc<Self> {
+        Self::replacing(path, dst, None)
+    }
+
+    /// A user for `path`, taking over the kick handle of the user it replaces: a kick after
+    /// a replacement ends the tunnels opened before it too.
+    fn replacing(path: String, dst: HostPort, old: Option<&Arc<User>>) -> Arc<Self> {
         Arc::new(User {
             path,
             dst,
-            kick: CancellationToken::new(),
+            kick: old.map(|u| u.kick.clone()).unwrap_or_default(),
             live: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
@@ -192,7 +198,8 @@ impl Users {
                     checked.push((path, hp));
                 }
                 for (path, dst) in checked {
-                    if let Some(old) = next.insert(path.clone(), User::new(path, dst)) {
+                    let user = User::replacing(path.clone(), dst, next.get(&path));
+                    if let Some(old) = next.insert(path, user) {
                         retired.push((old, false));
                     }
                 }
@@ -236,7 +243,11 @@ impl Users {
             for (path, user) in loaded {
                 match current.get(&path) {
                     Some(old) if old.dst == user.dst => next.insert(path, old.clone()),
-                    _ => next.insert(path, user),
+                    Some(old) => {
+                        let replaced = User::replacing(path.clone(), user.dst.clone(), Some(old));
+                        next.insert(path, replaced)
+                    }
+                    None => next.insert(path, user),
                 };
             }
         }
@@ -252,11 +263,17 @@ impl Router for Users {
     fn route(&self, path: &str) -> Option<Arc<User>> {
         self.get(path)
     }
+
+    fn revoked(&self, owner: &Arc<User>) -> Option<CancellationToken> {
+        Some(owner.kick.clone())
+    }
 }
 
-/// Writes the table to `file` atomically: a temp file beside it (tempfile), fsync, rename
-/// over the file (persist), fsync of the directory. A crash leaves either the old or the new
-/// file, never a torn one.
+/// Writes the table to `file` atomically: a temp file beside it (tempfile: a random name
+/// created exclusively, so a planted file or symlink is never followed; mode 0600, or the
+/// old file's mode), fsync, rename over the file (persist), fsync of the directory. A crash
+/// leaves either the old or the new file, never a torn one. The file holds every user's
+/// path, which is that user's credential.
 fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
     let ctx = || format!("-users-file {}", file.display());
     let mut list: Vec<Saved> = users
@@ -274,7 +291,14 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mode = match std::fs::metadata(file) {
+            Ok(m) => m.permissions().mode() & 0o7777,
+            Err(_) => 0o600,
+        };
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
         tmp.write_all(&json)?;
         tmp.as_file().sync_all()?;
         tmp.persist(file).map_err(|e| e.error)?;

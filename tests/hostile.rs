@@ -1,7 +1,9 @@
 //! Hostile input against a server process: random bytes, a truncated TLS hello, slowloris
 //! (hundreds of connections that never finish a handshake), TLS followed by garbage for the
 //! HTTP front and for a multiplexed session. None crashes the server, slows a live tunnel, or
-//! leaks a descriptor; each is closed within its timeout.
+//! leaks a descriptor; each is closed within its timeout. And the attacks of a security
+//! review: a WebSocket ping flood, multiplexed sessions that open no stream, and what the
+//! fallback site is told about its visitors.
 
 mod common;
 
@@ -16,6 +18,10 @@ use tokio::net::TcpStream;
 const T: Duration = Duration::from_secs(30);
 
 async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_over(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+async fn tls_over(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tls = mtt::transport::tls::TlsClient::new(
         &TlsClientOptions {
             server_name: "127.0.0.1".into(),
@@ -25,9 +31,7 @@ async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<T
         std::time::Duration::from_secs(10),
     )
     .expect("tls");
-    tls.connect(TcpStream::connect(addr).await.expect("connect"))
-        .await
-        .expect("handshake")
+    tls.connect(tcp).await.expect("handshake")
 }
 
 async fn closed_within(mut s: impl tokio::io::AsyncRead + Unpin, limit: Duration, what: &str) {
@@ -143,6 +147,242 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             server.signal("TERM");
             assert_eq!(server.exit().await.code(), Some(0), "{flags:?}");
         }
+    })
+    .await;
+}
+
+/// Resident memory of process `pid` in KiB: now (`VmRSS`) or at its peak (`VmHWM`).
+fn mem_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Sends a WebSocket upgrade for `/` and reads the 101.
+async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+    let req = mtt::transport::ws::upgrade_request(
+        "127.0.0.1",
+        "/",
+        "dGhlIHNhbXBsZSBub25jZQ==",
+        "smux_off",
+    );
+    s.write_all(req.as_bytes()).await.expect("upgrade");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
+/// A WebSocket peer that floods pings and never reads makes the server hold one pong, not
+/// one per ping: its memory stays where it was.
+#[tokio::test]
+async fn a_websocket_ping_flood_does_not_grow_memory() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-wss",
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let pid = server.child.id().expect("pid");
+        let mut s = tls_to(addr).await;
+        upgrade(&mut s).await;
+        let before = mem_kib(pid, "VmRSS:");
+        // 64 MiB of masked 125-byte pings; nothing is ever read back.
+        let mut chunk = Vec::new();
+        for i in 0..8192u32 {
+            let (h, hl) = mtt::transport::ws::encode_header(0x9, 125, Some([1, 2, 3, 4]));
+            chunk.extend_from_slice(&h[..hl]);
+            chunk.extend_from_slice(&[(i % 251) as u8; 125]);
+        }
+        let mut sent = 0usize;
+        while sent < 64 << 20 {
+            s.write_all(&chunk).await.expect("the server keeps reading");
+            sent += chunk.len();
+        }
+        // A data frame after the flood; its echo, behind whatever pongs went out, shows the
+        // server has read every ping.
+        let (h, hl) = mtt::transport::ws::encode_header(0x2, 3, Some([0; 4]));
+        s.write_all(&h[..hl]).await.expect("data header");
+        s.write_all(b"end").await.expect("data");
+        s.flush().await.expect("flush");
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let (mut pongs, mut at) = (0usize, 0usize);
+        loop {
+            match mtt::transport::ws::parse_header(&buf[at..], mtt::transport::ws::Role::Client)
+                .expect("frame")
+            {
+                Some((h, n)) if buf.len() >= at + n + h.len as usize => {
+                    let payload = &buf[at + n..at + n + h.len as usize];
+                    if h.opcode == 0x2 {
+                        assert_eq!(payload, b"end");
+                        break;
+                    }
+                    assert_eq!(h.opcode, 0xA, "only pongs before the data");
+                    pongs += 1;
+                    at += n + h.len as usize;
+                }
+                _ => {
+                    let k = s.read(&mut chunk).await.expect("read");
+                    assert!(k > 0, "closed before the echo");
+                    buf.extend_from_slice(&chunk[..k]);
+                }
+            }
+        }
+        // The peak, not the present: a buffer that grew and was freed once read counts too.
+        let grew = mem_kib(pid, "VmHWM:").saturating_sub(before);
+        assert!(pongs < 500_000, "{pongs} pongs");
+        assert!(
+            grew < 16 * 1024,
+            "server RSS peaked {grew} KiB higher under a ping flood"
+        );
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
+
+/// Multiplexed sessions cost nothing for long without streams: one that never opens a
+/// stream is closed after the handshake timeout, one whose streams have ended after
+/// `-timeout`.
+#[tokio::test]
+async fn multiplexed_sessions_without_streams_are_closed() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-mux",
+                "-timeout",
+                "1s",
+                "-handshake-timeout",
+                "500ms",
+                "-verbose",
+            ],
+        );
+        let fp = server.pin().await;
+        let addr = server.listening_addr().await;
+        // TLS done, then nothing: no yamux stream ever.
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            silent.push(tls_to(addr).await);
+        }
+        let start = Instant::now();
+        for s in silent {
+            closed_within(s, Duration::from_secs(3), "a session with no stream").await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(400),
+            "closed before the handshake timeout"
+        );
+        // A session that carried a stream: closed 1 s (-timeout) after the stream ended,
+        // though the client would keep it a minute.
+        let mut cfg = client_config(
+            addr,
+            "127.0.0.1",
+            Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+            T,
+        );
+        cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
+            max_streams: 4,
+            idle: Duration::from_secs(60),
+        });
+        let client = start_client(cfg).await;
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 1)).await;
+        server
+            .wait_line("multiplexed session closed: no stream for 1s")
+            .await;
+        // The client then opens a new session for the next tunnel.
+        echo_roundtrip(client.addr, &random_bytes(64 * 1024, 2)).await;
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// The fallback site learns who its visitor is (X-Forwarded-For, X-Real-IP, Forwarded) and
+/// gets no hop-by-hop header: a visitor from 127.0.0.5 is not taken for the server itself.
+#[tokio::test]
+async fn the_fallback_site_sees_the_real_visitor_and_no_hop_by_hop_headers() {
+    bounded(async {
+        // A site that answers with the request head it received.
+        let site = serve_dest(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await?;
+                head.push(b[0]);
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close, X-Site-Secret\r\nX-Site-Secret: 1\r\nKeep-Alive: timeout=5\r\n\r\n",
+                head.len()
+            );
+            s.write_all(reply.as_bytes()).await?;
+            s.write_all(&head).await?;
+            s.shutdown().await
+        })
+        .await
+        .to_string();
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server", "-b", "127.0.0.1:0", "-d", &echo, "-n", "127.0.0.1", "-wss", "-wss-path", "/t",
+                "-fallback", &site, "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.5:0".parse().expect("addr")).expect("bind 127.0.0.5");
+        let mut s = tls_over(socket.connect(addr).await.expect("connect")).await;
+        s.write_all(
+            b"GET /admin HTTP/1.1\r\nHost: example.com\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+        )
+        .await
+        .expect("request");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        let (head, seen) = raw.split_once("\r\n\r\n").expect("response");
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        for gone in ["x-secret:", "keep-alive:", "te:", "proxy-authorization:"] {
+            assert!(!seen.contains(&format!("\n{gone}")), "the site got {gone}\n{seen}");
+        }
+        assert!(seen.contains("\nx-forwarded-for: 6.6.6.6, 127.0.0.5\r\n"), "{seen}");
+        assert!(seen.contains("\nx-real-ip: 127.0.0.5\r\n"), "{seen}");
+        assert!(seen.contains("\nforwarded: for=127.0.0.5\r\n"), "{seen}");
+        assert!(!head.contains("x-site-secret:") && !head.contains("keep-alive:"), "{head}");
+        server.signal("TERM");
+        server.exit().await;
     })
     .await;
 }

@@ -17,6 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(30);
 
+/// The controller token of these tests; [`http`] sends it unless told otherwise.
+const TEST_TOKEN: &str = "test-token";
+
 struct Mu {
     data: SocketAddr,
     control: SocketAddr,
@@ -27,7 +30,8 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
     MuServerConfig {
         listen: Listen::Tcp(hp("127.0.0.1:0")),
         controller: hp("127.0.0.1:0"),
-        token: token.map(str::to_string),
+        token: Some(token.unwrap_or(TEST_TOKEN).to_string()),
+        token_file: std::path::PathBuf::from("unused.token"),
         users_file,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
@@ -70,8 +74,13 @@ async fn http(
     body: &[u8],
 ) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect controller");
+    let headers = if headers.to_ascii_lowercase().contains("authorization:") {
+        headers.to_string()
+    } else {
+        format!("Authorization: Bearer {TEST_TOKEN}\r\n{headers}")
+    };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: controller\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.expect("write");
@@ -209,7 +218,13 @@ async fn rest_api_metrics_and_concurrent_writes() {
         let (code, metrics) = http(mu.control, "GET", "/metrics", "", b"").await;
         assert_eq!(code, 200);
         assert!(metrics.contains("mtt_users 19\n"), "{metrics}");
-        assert!(metrics.contains("mtt_user_bytes_up_total{path=\"/p0\"} 0\n"));
+        // Labelled by a hash of the path, which is the user's credential.
+        let p0 = mtt::role::controller::user_id("/p0");
+        assert!(
+            metrics.contains(&format!("mtt_user_bytes_up_total{{user=\"{p0}\"}} 0\n")),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("/p0"), "no path in the metrics");
         assert_eq!(http(mu.control, "GET", "/v1/nothing", "", b"").await.0, 404);
     })
     .await;
@@ -337,6 +352,8 @@ async fn the_users_file_survives_kill_9() {
             &path_str(&file),
             "-n",
             "127.0.0.1",
+            "-c-token",
+            TEST_TOKEN,
             "-verbose",
         ];
         let mut p = Proc::spawn(&mtt_bin(), &args);
@@ -474,6 +491,8 @@ async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
                 "127.0.0.1:0",
                 "-n",
                 "127.0.0.1",
+                "-c-token",
+                TEST_TOKEN,
                 "-verbose",
             ],
         );
@@ -517,7 +536,10 @@ async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
             format!("mtt_bytes_total{{direction=\"down\"}} {n}\n"),
             "mtt_connections_failed_total{reason=\"destination\"} 1\n".to_string(),
             "mtt_handshake_seconds_count 2\n".to_string(),
-            format!("mtt_user_bytes_up_total{{path=\"/echo\"}} {n}\n"),
+            format!(
+                "mtt_user_bytes_up_total{{user=\"{}\"}} {n}\n",
+                mtt::role::controller::user_id("/echo")
+            ),
             "mtt_users 2\n".to_string(),
         ] {
             assert!(metrics.contains(&want), "{want:?} missing from:\n{metrics}");
@@ -526,6 +548,219 @@ async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
         assert_eq!(metrics.matches("# EOF").count(), 1, "{metrics}");
         mu.signal("TERM");
         assert_eq!(mu.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// Kick after a replace: tunnels opened on the path before the replace (to the old
+/// destination) are closed too, plain and multiplexed, and the kicked user's multiplexed
+/// session is closed.
+#[tokio::test]
+async fn kick_after_replace_closes_the_tunnels_opened_before_it() {
+    bounded(async {
+        let echo = echo_server().await;
+        let other = echo_server().await;
+        let mu = start_mu(mu_config(None, None)).await;
+        let put = |dst: SocketAddr| format!(r#"{{"dst":"{dst}"}}"#);
+        assert_eq!(
+            http(
+                mu.control,
+                "PUT",
+                "/v1/users/erin",
+                "",
+                put(echo).as_bytes()
+            )
+            .await
+            .0,
+            200
+        );
+        let plain = start_client(user_client(&mu, "/erin", false)).await;
+        let muxed = start_client(user_client(&mu, "/erin", true)).await;
+        let mut held = Vec::new();
+        for addr in [plain.addr, muxed.addr] {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            ping(&mut s).await;
+            held.push(s);
+        }
+        assert_eq!(
+            http(
+                mu.control,
+                "PUT",
+                "/v1/users/erin",
+                "",
+                put(other).as_bytes()
+            )
+            .await
+            .0,
+            200
+        );
+        // The replace alone closes nothing.
+        for s in &mut held {
+            ping(s).await;
+        }
+        assert_eq!(
+            http(mu.control, "DELETE", "/v1/users/erin?kick=true", "", b"")
+                .await
+                .0,
+            200
+        );
+        for (i, mut s) in held.into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            drain(&mut s).await;
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "tunnel {i} lives on after the kick"
+            );
+        }
+        // The multiplexing client's session is gone with them: with the user re-added, its
+        // next tunnel needs (and gets) a new session that works.
+        assert_eq!(
+            http(
+                mu.control,
+                "PUT",
+                "/v1/users/erin",
+                "",
+                put(echo).as_bytes()
+            )
+            .await
+            .0,
+            200
+        );
+        echo_roundtrip(muxed.addr, &random_bytes(64 * 1024, 3)).await;
+    })
+    .await;
+}
+
+/// The users file holds every user's credential: it is made 0600, keeps a mode the operator
+/// chose, and its writing never follows a file planted beside it.
+#[tokio::test]
+async fn the_users_file_keeps_its_mode_and_follows_no_planted_link() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("users.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("victim");
+        // Where a fixed temp name would be written.
+        std::os::unix::fs::symlink(&victim, dir.path().join(".users.json.tmp")).expect("plant");
+        let mu = start_mu(mu_config(None, Some(file.clone()))).await;
+        let add =
+            |p: &str| format!(r#"{{"opt":1,"args_bunch":[{{"path":"{p}","dst":"127.0.0.1:1"}}]}}"#);
+        assert_eq!(post(&mu, &add("/a")).await.1, r#"{"res":1}"#);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600, "a new users file is private");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert_eq!(post(&mu, &add("/b")).await.1, r#"{"res":1}"#);
+        assert_eq!(mode(&file), 0o640, "the operator's mode is kept");
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched"
+        );
+        assert!(
+            std::fs::symlink_metadata(dir.path().join(".users.json.tmp"))
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        let saved: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+        assert_eq!(saved.as_array().expect("array").len(), 2);
+    })
+    .await;
+}
+
+/// `PUT /v1/users/a?b` is refused: it does not quietly replace `/a`.
+#[tokio::test]
+async fn a_user_path_with_a_query_is_refused() {
+    bounded(async {
+        let mu = start_mu(mu_config(None, None)).await;
+        let put = |d: &str| format!(r#"{{"dst":"{d}"}}"#);
+        assert_eq!(
+            http(
+                mu.control,
+                "PUT",
+                "/v1/users/a",
+                "",
+                put("127.0.0.1:1").as_bytes()
+            )
+            .await
+            .0,
+            200
+        );
+        let (code, text) = http(
+            mu.control,
+            "PUT",
+            "/v1/users/a?b",
+            "",
+            put("127.0.0.1:2").as_bytes(),
+        )
+        .await;
+        assert_eq!(code, 400, "{text}");
+        let (_, list) = http(mu.control, "GET", "/v1/users", "", b"").await;
+        assert!(
+            list.contains("127.0.0.1:1") && !list.contains("127.0.0.1:2"),
+            "{list}"
+        );
+    })
+    .await;
+}
+
+/// The controller answers only its operator: always a token (made into a 0600 file beside
+/// the users file when none is given), and nothing from web pages: no Origin, no form
+/// content types, no stranger's Host.
+#[tokio::test]
+async fn the_controller_refuses_web_pages_and_needs_a_token_always() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let users = dir.path().join("users.json");
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-users-file", &path_str(&users), "-verbose"],
+        );
+        let line = p.wait_line("controller's token is in").await;
+        let control = p.addr_after("controller on ").await;
+        let token_file = dir.path().join("controller.token");
+        assert!(line.contains(&path_str(&token_file)), "{line}");
+        let meta = std::fs::metadata(&token_file).expect("token file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
+        assert_eq!(token.len(), 64);
+        let auth = format!("Authorization: Bearer {token}\r\n");
+        let ping = br#"{"opt":9}"#;
+        // No token: refused, even on loopback.
+        assert_eq!(http(control, "POST", "/", "Authorization: Bearer \r\n", ping).await.0, 401);
+        for (extra, want) in [
+            ("Origin: https://evil.example\r\n", 403),
+            ("Content-Type: text/plain\r\n", 415),
+            ("Content-Type: application/x-www-form-urlencoded\r\n", 415),
+        ] {
+            let (code, text) = http(control, "POST", "/", &format!("{auth}{extra}"), ping).await;
+            assert_eq!(code, want, "{extra}: {text}");
+        }
+        // A DNS-rebinding page arrives under its own name.
+        let mut s = TcpStream::connect(control).await.expect("connect");
+        s.write_all(format!("POST / HTTP/1.1\r\nHost: rebind.attacker.example\r\n{auth}Content-Length: 9\r\nConnection: close\r\n\r\n{{\"opt\":9}}").as_bytes())
+            .await
+            .expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.expect("read");
+        assert!(raw.starts_with("HTTP/1.1 403"), "{raw}");
+        // The operator, with JSON and the token, is served.
+        let json = format!("{auth}Content-Type: application/json\r\n");
+        assert_eq!(http(control, "POST", "/", &json, ping).await, (200, r#"{"res":1}"#.into()));
+        // A restart keeps the token.
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-users-file", &path_str(&users), "-verbose"],
+        );
+        let control = p.addr_after("controller on ").await;
+        assert_eq!(http(control, "POST", "/", &auth, ping).await, (200, r#"{"res":1}"#.into()));
+        p.signal("TERM");
+        p.exit().await;
     })
     .await;
 }

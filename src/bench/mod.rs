@@ -199,6 +199,7 @@ async fn start_tunnel(
             }),
             mux: mode.mux(),
             timeouts: DEFAULT_TIMEOUTS,
+            session_idle: Duration::from_secs(60),
         },
         fast_open: false,
         fallback_dns: None,

@@ -1,5 +1,7 @@
 //! The mu-server's controller: the original's JSON command API (byte-compatible answers),
-//! a REST API under `/v1/`, Prometheus text at `/metrics`, and bearer-token authentication.
+//! a REST API under `/v1/`, OpenMetrics text at `/metrics`; every request needs the bearer
+//! token, and requests from web pages (an `Origin`, a form's content type, a `Host` that is a
+//! stranger's name) are refused.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -7,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +28,9 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The controller's state.
 pub struct Controller {
     users: Arc<Users>,
-    token: Option<String>,
+    token: String,
+    /// The host name given with `-c`, the one name besides `localhost` a `Host` may carry.
+    name: Option<String>,
     started: Instant,
 }
 
@@ -123,18 +127,78 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// The label of the per-user series.
+/// The label of the per-user series: not the path, which is the user's credential, but the
+/// first 16 hex digits of its SHA-256 (what [`user_id`] gives; also in `GET /v1/users`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UserLabel {
-    path: String,
+    user: String,
+}
+
+/// A stable name for a user that does not reveal its path.
+pub fn user_id(path: &str) -> String {
+    crate::transport::fingerprint::of(path.as_bytes())[..16].to_string()
+}
+
+/// Whether a `Host` header may reach the controller: an IP literal (a rebinding attack needs
+/// a name), `localhost`, or the name the controller was given with `-c`.
+fn host_allowed(host: &str, name: Option<&str>) -> bool {
+    let bare = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
+            if h.contains(':') && !h.starts_with('[') {
+                host // an IPv6 literal without brackets or port
+            } else {
+                h
+            }
+        }
+        _ => host,
+    };
+    let bare = bare.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || bare.eq_ignore_ascii_case("localhost")
+        || name.is_some_and(|n| bare.eq_ignore_ascii_case(n))
+}
+
+/// Reads the controller token kept in `path`, or makes one there (32 random bytes as hex,
+/// file mode 0600, created exclusively). Returns it, and whether it was made now.
+pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let ctx = || format!("controller token file {}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(_) => {
+            return Err(crate::Error::usage(format!(
+                "{} is empty: delete it to have a new token made, or give -c-token",
+                ctx()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(crate::Error::io(ctx(), e)),
+    }
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| crate::Error::Runtime("no system randomness".into()))?;
+    let token = hex::encode(raw);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| crate::Error::io(ctx(), e))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| crate::Error::io(ctx(), e))?;
+    Ok((token, true))
 }
 
 impl Controller {
-    /// A controller over `users`; with `token`, every request needs `Authorization: Bearer`.
-    pub fn new(users: Arc<Users>, token: Option<String>) -> Arc<Self> {
+    /// A controller over `users`; every request needs `Authorization: Bearer <token>`.
+    /// `name` is the host name of `-c`, if it was one.
+    pub fn new(users: Arc<Users>, token: String, name: Option<String>) -> Arc<Self> {
         Arc::new(Controller {
             users,
             token,
+            name,
             started: Instant::now(),
         })
     }
@@ -149,19 +213,40 @@ impl Controller {
     }
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if let Some(token) = &self.token {
-            let given = req
-                .headers()
-                .get(AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("");
-            if !same(given.as_bytes(), token.as_bytes()) {
-                let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-                r.headers_mut()
-                    .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
-                return r;
+        let h = req.headers();
+        // A web page the operator's browser visits must not be able to drive the controller,
+        // whatever it knows: browsers mark such requests with Origin, send forms as forms, and
+        // a rebinding page arrives under its own host name.
+        if h.contains_key(ORIGIN) {
+            return error(StatusCode::FORBIDDEN, "requests from web pages are refused");
+        }
+        if let Some(host) = h.get(HOST).and_then(|v| v.to_str().ok())
+            && !host_allowed(host, self.name.as_deref())
+        {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("Host '{host}' is not this controller"),
+            );
+        }
+        if let Some(ct) = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+            let media = ct.split(';').next().unwrap_or("").trim();
+            if !media.eq_ignore_ascii_case("application/json") {
+                return error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("Content-Type {media}: send application/json (or none)"),
+                );
             }
+        }
+        let given = h
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), self.token.as_bytes()) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            r.headers_mut()
+                .insert("WWW-Authenticate", HeaderValue::from_static("Bearer"));
+            return r;
         }
         let path = req.uri().path().to_string();
         let method = req.method().clone();
@@ -171,6 +256,12 @@ impl Controller {
             (Method::GET, "/v1/users") => self.list(),
             (m, p) if p.starts_with("/v1/users/") => {
                 let user_path = format!("/{}", &p["/v1/users/".len()..]);
+                if req.uri().query().is_some() && m == Method::PUT {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "a user path has no query ('?'): percent-encode it or choose another",
+                    );
+                }
                 match m {
                     Method::PUT => self.put(req, user_path).await,
                     Method::DELETE => {
@@ -247,7 +338,12 @@ impl Controller {
         };
         match self.users.apply(change).await {
             Ok(()) => compat(StatusCode::OK, ok),
-            Err(e) => compat_err(StatusCode::OK, e.to_string()),
+            // Bad input is answered as the original did; a failure to store it is ours.
+            Err(e @ crate::Error::Usage(_)) => compat_err(StatusCode::OK, e.to_string()),
+            Err(e) => {
+                log::error!("controller: {e}");
+                compat_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 
@@ -259,7 +355,7 @@ impl Controller {
             .map(|u| {
                 let (live, up, down) = u.counters();
                 serde_json::json!({
-                    "path": u.path, "dst": u.dst.to_string(),
+                    "path": u.path, "user": user_id(&u.path), "dst": u.dst.to_string(),
                     "connections": live, "bytes_up": up, "bytes_down": down,
                 })
             })
@@ -293,7 +389,11 @@ impl Controller {
                 ),
                 None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
             },
-            Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e @ crate::Error::Usage(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e) => {
+                log::error!("controller: {e}");
+                error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 
@@ -340,7 +440,7 @@ impl Controller {
         for u in &users {
             let (l, bu, bd) = u.counters();
             let key = UserLabel {
-                path: u.path.clone(),
+                user: user_id(&u.path),
             };
             live.get_or_create(&key).set(l as i64);
             up.get_or_create(&key).inc_by(bu);

@@ -20,12 +20,29 @@ pub struct MuServer {
     acceptor: Arc<Acceptor<Arc<User>>>,
     users: Arc<Users>,
     out: Destinations,
+    token: String,
 }
 
 impl MuServer {
     /// Loads the users file and the certificate.
     pub fn new(cfg: MuServerConfig) -> Result<Self> {
         let users = Users::load(cfg.users_file.clone())?;
+        let token = match &cfg.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = &cfg.token_file;
+                let (token, made) = super::controller::load_or_make_token(path)?;
+                if made {
+                    log::warn!(
+                        "no -c-token: the controller's token is in {} (made now, mode 0600); send it as 'Authorization: Bearer <token>'",
+                        path.display()
+                    );
+                } else {
+                    log::info!("controller token from {}", path.display());
+                }
+                token
+            }
+        };
         let acceptor = Acceptor::new(&AcceptOptions {
             tls: cfg.tls.clone(),
             ws: Some(WsServerOptions {
@@ -34,6 +51,7 @@ impl MuServer {
             }),
             mux: cfg.mux,
             timeouts: cfg.timeouts,
+            session_idle: cfg.timeout,
         })?;
         let out = Destinations {
             dial: tcp::DialOpts::default(),
@@ -45,6 +63,7 @@ impl MuServer {
             acceptor: Arc::new(acceptor),
             users,
             out,
+            token,
         })
     }
 
@@ -54,6 +73,11 @@ impl MuServer {
             certs: self.acceptor.clone(),
             users: Some(self.users.clone()),
         }
+    }
+
+    /// The bearer token every controller request needs.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// SHA-256 of the served certificate, if TLS is on.
@@ -72,7 +96,9 @@ impl MuServer {
                 .unwrap_or_default(),
             self.users.len()
         );
-        let controller = Controller::new(self.users.clone(), self.cfg.token.clone());
+        let c = &self.cfg.controller;
+        let name = (c.ip().is_none() && !c.host.is_empty()).then(|| c.host.clone());
+        let controller = Controller::new(self.users.clone(), self.token.clone(), name);
         let serving_controller = tokio::spawn(controller.run(control, shutdown.clone()));
         let limits = Limits {
             drain: self.cfg.drain,

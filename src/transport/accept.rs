@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,6 +15,7 @@ use super::certs::Certs;
 use super::front::{Carry, HttpServer, Upgrade};
 use super::io::{BoxIo, Io};
 use super::listen::{Listener, Stream};
+use super::mux::session::Quiet;
 use super::mux::{MAX_STREAMS_PER_SESSION, MuxSession};
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
@@ -40,6 +42,7 @@ pub struct Acceptor<O = ()> {
     certs: Option<Certs>,
     http: Option<Arc<HttpServer<O>>>,
     mux: bool,
+    quiet: Quiet,
 }
 
 /// Keeps `mtt_connections_active` up while a connection is served.
@@ -82,6 +85,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             certs,
             http,
             mux: opts.mux,
+            quiet: Quiet {
+                first: opts.timeouts.handshake,
+                idle: opts.session_idle,
+            },
         })
     }
 
@@ -92,6 +99,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             certs: None,
             http: None,
             mux: false,
+            quiet: Quiet {
+                first: Duration::ZERO,
+                idle: Duration::ZERO,
+            },
         }
     }
 
@@ -207,8 +218,9 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             };
             return Ok(Some((Box::new(io), up)));
         };
+        let peer = id.peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
         front
-            .serve(io, &id.to_string())
+            .serve(io, &id.to_string(), peer)
             .await
             .map_err(|e| Error::tunnel(Step::Http, "client", e))
     }
@@ -228,12 +240,22 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         log::debug!("{id}: multiplexed session");
-        let mut session = MuxSession::server(io, MAX_STREAMS_PER_SESSION);
+        let mut session = MuxSession::server(io, MAX_STREAMS_PER_SESSION, self.quiet);
+        // A session belongs to the owner of its path: revoking the owner closes it.
+        let revoked = match (&self.http, &up.owner) {
+            (Some(front), Some(owner)) => front.path.revoked(owner),
+            _ => None,
+        }
+        .unwrap_or_default();
         let mut n = 0u64;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => {
                     session.finish().await;
+                    return;
+                }
+                _ = revoked.cancelled() => {
+                    log::info!("{id}: multiplexed session closed: user {} removed with kick", up.path);
                     return;
                 }
                 next = session.next() => next,

@@ -1,13 +1,17 @@
 //! What a WebSocket server answers to requests that are not tunnels: a plain 404 page, or the
-//! `-fallback` site's own response, proxied on a new connection and streamed back.
+//! `-fallback` site's own response, proxied on a new connection and streamed back, with the
+//! hop-by-hop headers of RFC 9110 §7.6.1 removed both ways and the visitor's address added
+//! (`X-Forwarded-For`, `X-Real-IP`, `Forwarded`), so the site never takes a visitor for a
+//! local one.
 
 use std::io;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{CONNECTION, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
@@ -26,10 +30,14 @@ pub async fn respond(
     fallback: Option<&HostPort>,
     connect: Duration,
     id: &str,
+    peer: Option<IpAddr>,
 ) -> Response<Body> {
     match fallback {
-        Some(site) => match proxy(req, site, connect).await {
-            Ok(resp) => resp.map(Either::Right),
+        Some(site) => match proxy(req, site, connect, peer).await {
+            Ok(mut resp) => {
+                strip_hop_by_hop(resp.headers_mut());
+                resp.map(Either::Right)
+            }
             Err(e) => {
                 log::warn!("{id}: fallback site {site}: {e}");
                 page(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE)
@@ -60,10 +68,16 @@ pub fn page(status: StatusCode, html: &'static str) -> Response<Body> {
 /// Sends one request to the fallback site on a new connection and returns its response,
 /// streamed.
 async fn proxy(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     site: &HostPort,
     connect: Duration,
+    peer: Option<IpAddr>,
 ) -> io::Result<Response<Incoming>> {
+    let h = req.headers_mut();
+    strip_hop_by_hop(h);
+    if let Some(ip) = peer {
+        forwarded_for(h, ip);
+    }
     let tcp = tcp::connect(site, connect).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -74,4 +88,56 @@ async fn proxy(
         }
     });
     sender.send_request(req).await.map_err(io::Error::other)
+}
+
+/// Headers that concern one connection only (RFC 9110 §7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Removes the hop-by-hop headers, and every header `Connection` names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<String> = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        h.remove(name);
+    }
+    h.remove("proxy-authenticate");
+}
+
+/// Adds the visitor's address: appended to `X-Forwarded-For` and `Forwarded` (what earlier
+/// proxies said is kept, ours comes last, as a site that trusts only its last proxy reads it),
+/// and `X-Real-IP` set to it.
+fn forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+    let append = |h: &mut HeaderMap, name: &'static str, value: String| {
+        let joined = match h.get(name).and_then(|v| v.to_str().ok()) {
+            Some(old) if !old.trim().is_empty() => format!("{old}, {value}"),
+            _ => value,
+        };
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            h.insert(name, v);
+        }
+    };
+    append(h, "x-forwarded-for", ip.to_string());
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    append(h, "forwarded", format!("for={node}"));
+    if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
+        h.insert("x-real-ip", v);
+    }
 }

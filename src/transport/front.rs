@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -65,11 +66,13 @@ pub struct Upgrade<O> {
 
 impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
     /// Serves HTTP on `io` until a request upgrades to a tunnel (returned) or the client goes
-    /// away (`None`). `id` prefixes log lines.
+    /// away (`None`). `id` prefixes log lines; `peer` is the visitor's address, which the
+    /// fallback site is told.
     pub async fn serve<S: Io + 'static>(
         self: &Arc<Self>,
         io: S,
         id: &str,
+        peer: Option<IpAddr>,
     ) -> io::Result<Option<(BoxIo, Upgrade<O>)>> {
         let slot: Slot<O> = Arc::default();
         let service = {
@@ -80,7 +83,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                 let this = this.clone();
                 let slot = slot.clone();
                 let id = id.clone();
-                async move { Ok::<_, Infallible>(this.respond(req, &slot, &id).await) }
+                async move { Ok::<_, Infallible>(this.respond(req, &slot, &id, peer).await) }
             })
         };
         hyper::server::conn::http1::Builder::new()
@@ -116,6 +119,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         mut req: Request<Incoming>,
         slot: &Slot<O>,
         id: &str,
+        peer: Option<IpAddr>,
     ) -> Response<Body> {
         let headers = req.headers();
         let wants_ws = has_token(headers, "upgrade", "websocket");
@@ -131,7 +135,8 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                 Err(resp) => resp,
             };
         }
-        fallback::respond(req, self.fallback.as_ref(), self.timeouts.connect, id).await
+        let connect = self.timeouts.connect;
+        fallback::respond(req, self.fallback.as_ref(), connect, id, peer).await
     }
 
     /// Checks an upgrade request on the tunnel path and builds the 101 response.

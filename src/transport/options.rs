@@ -113,6 +113,12 @@ pub trait Router: Send + Sync {
     type Owner: Clone + Send + Sync + 'static;
     /// The owner of `path` now, if it opens a tunnel.
     fn route(&self, path: &str) -> Option<Self::Owner>;
+
+    /// Fires when `owner` is revoked (a user removed with kick): its tunnels, and the
+    /// multiplexed sessions carrying them, are closed.
+    fn revoked(&self, _owner: &Self::Owner) -> Option<tokio_util::sync::CancellationToken> {
+        None
+    }
 }
 
 /// Which request paths open a tunnel; `O` is the owner a routed path yields.
@@ -151,6 +157,14 @@ impl<O: Clone + Send + Sync + 'static> PathMatch<O> {
         match normalize_path(path) {
             p if p == "/" => PathMatch::Any,
             p => PathMatch::Exact(p),
+        }
+    }
+
+    /// What closes `owner`'s tunnels, if anything can.
+    pub fn revoked(&self, owner: &O) -> Option<tokio_util::sync::CancellationToken> {
+        match self {
+            PathMatch::Route(r) => r.revoked(owner),
+            _ => None,
         }
     }
 
@@ -203,4 +217,6 @@ pub struct AcceptOptions<O> {
     pub mux: bool,
     /// Handshake limits (and the fallback site's connect).
     pub timeouts: Timeouts,
+    /// How long a multiplexed session may carry no stream before it is closed (`-timeout`).
+    pub session_idle: Duration,
 }

@@ -145,6 +145,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
             ws: None,
             mux: false,
             timeouts: DEFAULT_TIMEOUTS,
+            session_idle: timeout,
         },
         fast_open: false,
         fallback_dns: None,

@@ -198,7 +198,14 @@ mod tests {
         let pool = MuxPool::new(4, Duration::from_secs(30), dial);
         (
             pool,
-            MuxSession::server(Box::new(b), MAX_STREAMS_PER_SESSION),
+            MuxSession::server(
+                Box::new(b),
+                MAX_STREAMS_PER_SESSION,
+                session::Quiet {
+                    first: Duration::from_secs(30),
+                    idle: Duration::from_secs(30),
+                },
+            ),
         )
     }
 

@@ -1,10 +1,14 @@
 //! The server end of a yamux session: yields the client's streams, refusing (resetting) those
-//! beyond the per-session limit without harming the others, and winds down on shutdown.
+//! beyond the per-session limit without harming the others; closes a session that carries
+//! no stream for too long; winds down on shutdown.
 
 use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::reset::Resets;
 use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
@@ -16,11 +20,24 @@ pub struct MuxSession {
     count: Arc<Counter>,
     pub(super) resets: Arc<Resets>,
     limit: usize,
+    quiet: Quiet,
+    /// Streams taken so far.
+    carried: u64,
+}
+
+/// How long a session may carry no stream: before its first (the rest of the handshake),
+/// and between streams (the idle timeout); then it is closed.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    /// Until the first stream.
+    pub first: Duration,
+    /// After the last stream ended.
+    pub idle: Duration,
 }
 
 impl MuxSession {
     /// Starts the server end of a session over an established tunnel connection.
-    pub fn server(io: BoxIo, limit: usize) -> Self {
+    pub fn server(io: BoxIo, limit: usize, quiet: Quiet) -> Self {
         crate::metrics::get().mux_sessions.inc();
         let resets = Arc::new(Resets::default());
         MuxSession {
@@ -32,15 +49,46 @@ impl MuxSession {
             count: Arc::default(),
             resets,
             limit,
+            quiet,
+            carried: 0,
         }
     }
 
     /// The next stream within the limit; `None` when the session has ended. Keep calling it
     /// (or [`MuxSession::finish`]) while streams are open: this is what moves every stream's
     /// bytes.
+    /// A session quiet for longer than [`Quiet`] allows is closed and ends (`None`).
     pub async fn next(&mut self) -> Option<io::Result<MuxStream>> {
+        let mut deadline: Option<Instant> = None;
         loop {
-            let stream = match poll_fn(|cx| self.conn.poll_next_inbound(cx)).await? {
+            if self.count.open.load(Ordering::Acquire) == 0 {
+                let quiet = if self.carried == 0 {
+                    self.quiet.first
+                } else {
+                    self.quiet.idle
+                };
+                deadline.get_or_insert_with(|| Instant::now() + quiet);
+            } else {
+                deadline = None;
+            }
+            let far = Instant::now() + Duration::from_secs(86400);
+            let next = tokio::select! {
+                next = poll_fn(|cx| self.conn.poll_next_inbound(cx)) => next,
+                // The last stream ended: the quiet period starts now.
+                _ = self.count.idle.notified() => continue,
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    if self.count.open.load(Ordering::Acquire) > 0 {
+                        continue;
+                    }
+                    log::debug!(
+                        "multiplexed session closed: no stream for {:?}",
+                        if self.carried == 0 { self.quiet.first } else { self.quiet.idle }
+                    );
+                    let _ = poll_fn(|cx| self.conn.poll_close(cx)).await;
+                    return None;
+                }
+            };
+            let stream = match next? {
                 Ok(s) => s,
                 Err(e) => return Some(Err(mux_err(e))),
             };
@@ -53,6 +101,7 @@ impl MuxSession {
                 continue;
             }
             self.count.open.fetch_add(1, Ordering::AcqRel);
+            self.carried += 1;
             let slot = Slot::new(self.count.clone());
             return Some(Ok(MuxStream::new(stream, self.resets.clone(), slot)));
         }

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::ReadBuf;
 
-use super::frame::{OP_CLOSE, OP_PING, OP_PONG, apply_mask, parse_header};
+use super::frame::{OP_CLOSE, OP_PING, apply_mask, parse_header};
 use super::stream::{Rx, WsStream};
 use crate::transport::io::Io;
 
@@ -129,7 +129,8 @@ impl<S: Io> WsStream<S> {
                     }
                     match opcode {
                         OP_PING if !this.close_sent => {
-                            this.queue(OP_PONG, &payload[..len])?;
+                            // Replaces an older pong still waiting for the transport.
+                            this.pong = Some((payload, len));
                             if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
                                 return Poll::Ready(Err(e));
                             }

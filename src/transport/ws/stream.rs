@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Role;
-use super::frame::{Masks, OP_CLOSE, encode_header, masked_copy, rotated};
+use super::frame::{Masks, OP_CLOSE, OP_PONG, encode_header, masked_copy, rotated};
 use crate::transport::io::Io;
 use crate::transport::pool;
 
@@ -49,6 +49,10 @@ pub struct WsStream<S> {
     pub(super) wpos: usize,
     pub(super) wend: usize,
     pub(super) close_sent: bool,
+    /// The answer to the newest ping, not yet queued: a peer that floods pings and never
+    /// reads gets one pong, not one each (RFC 6455 §5.5.3 allows answering only the last),
+    /// so what it can make us hold stays bounded.
+    pub(super) pong: Option<([u8; 125], usize)>,
     pub(super) masks: Masks,
     /// An error met after a read had already filled bytes: those bytes are returned first,
     /// the error on the next read (a read that fails must not also deliver data).
@@ -71,6 +75,7 @@ impl<S: Io> WsStream<S> {
             wpos: 0,
             wend: 0,
             close_sent: false,
+            pong: None,
             masks: Masks::default(),
             read_err: None,
         }
@@ -125,15 +130,21 @@ impl<S: Io> WsStream<S> {
         Ok(())
     }
 
-    /// Writes out pending frame bytes.
+    /// Writes out pending frame bytes, then the pong owed, if any.
     pub(super) fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.wpos < self.wend {
-            let pending = &self.wbuf[self.wpos..self.wend];
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, pending))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        loop {
+            while self.wpos < self.wend {
+                let pending = &self.wbuf[self.wpos..self.wend];
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, pending))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.wpos += n;
             }
-            self.wpos += n;
+            match self.pong.take() {
+                Some((payload, len)) if !self.close_sent => self.queue(OP_PONG, &payload[..len])?,
+                _ => break,
+            }
         }
         self.wpos = 0;
         self.wend = 0;
@@ -324,5 +335,38 @@ mod tests {
             }
             assert!(body == data, "round {round}: payload unmasked differs");
         }
+    }
+
+    /// A peer that floods pings and reads nothing: the stream keeps reading (data after the
+    /// pings arrives) and holds at most one pong, not one per ping.
+    #[tokio::test]
+    async fn a_ping_flood_leaves_one_pong_pending() {
+        use super::super::frame::OP_PING;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server_io, mut peer) = tokio::io::duplex(4096);
+        let mut server = WsStream::new(server_io, Role::Server, &[]);
+        let writer = tokio::spawn(async move {
+            let mut frames = Vec::new();
+            for i in 0..5000u32 {
+                let (h, hl) = encode_header(OP_PING, 125, Some([1, 2, 3, 4]));
+                frames.extend_from_slice(&h[..hl]);
+                frames.extend_from_slice(&[(i % 251) as u8; 125]);
+            }
+            let (h, hl) = encode_header(OP_BINARY, 3, Some([0, 0, 0, 0]));
+            frames.extend_from_slice(&h[..hl]);
+            frames.extend_from_slice(b"end");
+            // The peer writes and never reads what comes back.
+            peer.write_all(&frames).await.expect("write");
+            peer
+        });
+        let mut got = [0u8; 3];
+        server
+            .read_exact(&mut got)
+            .await
+            .expect("data after the pings");
+        assert_eq!(&got, b"end");
+        let held = server.wend - server.wpos;
+        assert!(held <= 2 + 125, "{held} bytes of pongs held");
+        drop(writer.await.expect("writer"));
     }
 }
