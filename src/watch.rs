@@ -73,12 +73,14 @@ fn is_change(kind: &EventKind) -> bool {
     )
 }
 
-/// A file's directory ("." for a bare name) and name, as the watcher reports them.
+/// A file's directory and name, as the watcher reports them: the directory made absolute
+/// (the watcher reports absolute paths, so a relative `-cert` would never match).
 fn split(f: &Path) -> Option<(PathBuf, std::ffi::OsString)> {
     let name = f.file_name()?.to_owned();
     let dir = match f.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
     Some((dir, name))
 }

@@ -398,3 +398,35 @@ async fn max_conns_refuses_cleanly_and_the_file_limit_is_raised() {
     })
     .await;
 }
+
+/// `-cert`/`-key` given as relative paths are watched too: files copied over them are
+/// reloaded without a signal.
+#[tokio::test]
+async fn relative_certificate_paths_are_watched() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_d1, cert_a, key_a, _fp_a) = self_signed_files("localhost");
+        let (_d2, cert_b, key_b, fp_b) = self_signed_files("localhost");
+        let work = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir(work.path().join("reload")).expect("mkdir");
+        std::fs::copy(&cert_a, work.path().join("reload/server.crt")).expect("cp");
+        std::fs::copy(&key_a, work.path().join("reload/server.key")).expect("cp");
+        let mut server = Proc::spawn_in(
+            &mtt_bin(),
+            &[
+                "server", "-b", "127.0.0.1:0", "-d", &echo, "-cert", "reload/server.crt", "-key",
+                "reload/server.key", "-verbose",
+            ],
+            work.path(),
+        );
+        server.listening_addr().await;
+        server.wait_line("watching").await;
+        std::fs::copy(&cert_b, work.path().join("reload/server.crt")).expect("cp");
+        std::fs::copy(&key_b, work.path().join("reload/server.key")).expect("cp");
+        let line = server.wait_line("reloaded -cert/-key").await;
+        assert!(line.contains(&fp_b), "{line}");
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}

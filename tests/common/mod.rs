@@ -295,8 +295,25 @@ impl Proc {
 
     /// [`Proc::spawn`] with these variables added to the child's environment.
     pub fn spawn_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_opts(program, args, env, None)
+    }
+
+    /// [`Proc::spawn`] in the working directory `dir`.
+    pub fn spawn_in(program: &Path, args: &[&str], dir: &Path) -> Proc {
+        Self::spawn_opts(program, args, &[], Some(dir))
+    }
+
+    fn spawn_opts(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&Path>,
+    ) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
         cmd.envs(env.iter().copied());
+        if let Some(dir) = dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
