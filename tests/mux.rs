@@ -513,3 +513,113 @@ async fn a_destination_that_closes_mid_upload_leaves_no_tunnel_on_the_client() {
     })
     .await;
 }
+
+/// `-mux` on one end only: the server says which flag to change in one WARN line (at the
+/// default log level), and no yamux framing reaches the application or the destination.
+#[tokio::test]
+async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
+    bounded(async {
+        // What reached the destination, per connection.
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dest = serve_dest(move |mut s| {
+            let got = got_tx.clone();
+            async move {
+                let mut all = Vec::new();
+                let _ = s.read_to_end(&mut all).await;
+                let _ = got.send(all);
+                Ok(())
+            }
+        })
+        .await
+        .to_string();
+        for server_mux in [true, false] {
+            let mut args = vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &dest,
+                "-n",
+                "127.0.0.1",
+            ];
+            if server_mux {
+                args.push("-mux");
+            }
+            let mut server = Proc::spawn(&mtt_bin(), &args);
+            let fp = server.pin().await;
+            // The default level shows no "listening" line: find the port from the process.
+            let pid = server.child.id().expect("pid");
+            let addr = listening_port_of(pid).await;
+            let mut cfg = client_config(
+                addr,
+                "127.0.0.1",
+                Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+                Duration::from_secs(30),
+            );
+            if !server_mux {
+                cfg.dial.mux = Some(MuxClientOptions {
+                    max_streams: 4,
+                    idle: Duration::from_secs(30),
+                });
+            }
+            let client = start_client(cfg).await;
+            let mut app = TcpStream::connect(client.addr).await.expect("connect");
+            app.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut back = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut back)).await;
+            assert!(
+                back.is_empty(),
+                "server -mux {server_mux}: the application got {back:?}"
+            );
+            let line = server.wait_line("-mux must be on both ends").await;
+            assert!(line.contains("WARN"), "{line}");
+            if !server_mux {
+                let seen = tokio::time::timeout(Duration::from_secs(5), got_rx.recv())
+                    .await
+                    .expect("the destination connection ends")
+                    .expect("bytes");
+                assert!(seen.is_empty(), "the destination got {seen:?}");
+            }
+            server.signal("TERM");
+            server.exit().await;
+        }
+    })
+    .await;
+}
+
+/// The TCP port process `pid` listens on (from /proc), for a process started without
+/// -verbose, which says nothing about it.
+async fn listening_port_of(pid: u32) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        l.strip_prefix("socket:[")?
+                            .strip_suffix(']')
+                            .map(str::to_string)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A = LISTEN, inode
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port =
+                    u16::from_str_radix(f[1].rsplit(':').next().unwrap_or(""), 16).expect("port");
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} listens on no TCP port"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -414,8 +414,16 @@ async fn relative_certificate_paths_are_watched() {
         let mut server = Proc::spawn_in(
             &mtt_bin(),
             &[
-                "server", "-b", "127.0.0.1:0", "-d", &echo, "-cert", "reload/server.crt", "-key",
-                "reload/server.key", "-verbose",
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-cert",
+                "reload/server.crt",
+                "-key",
+                "reload/server.key",
+                "-verbose",
             ],
             work.path(),
         );

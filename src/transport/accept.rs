@@ -19,7 +19,7 @@ use super::mux::session::Quiet;
 use super::mux::{MAX_STREAMS_PER_SESSION, MuxSession};
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
-use super::{ALPN_HTTP1, tls};
+use super::{ALPN_HTTP1, sniff, tls};
 use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
@@ -43,6 +43,8 @@ pub struct Acceptor<O = ()> {
     http: Option<Arc<HttpServer<O>>>,
     mux: bool,
     quiet: Quiet,
+    /// Plain-TLS tunnels of a server: `-mux` on one end only is told by the first bytes.
+    sniff: bool,
 }
 
 /// Keeps `mtt_connections_active` up while a connection is served.
@@ -89,6 +91,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 first: opts.timeouts.handshake,
                 idle: opts.session_idle,
             },
+            sniff: opts.ws.is_none(),
         })
     }
 
@@ -103,6 +106,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 first: Duration::ZERO,
                 idle: Duration::ZERO,
             },
+            sniff: false,
         }
     }
 
@@ -175,6 +179,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         }
         match up.carry {
             Carry::Plain => {
+                let io: BoxIo = match self.sniff {
+                    true => Box::new(sniff::RefuseYamux::new(io, id.to_string())),
+                    false => io,
+                };
                 handle(Tunnel {
                     io,
                     id,
@@ -182,7 +190,18 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 })
                 .await
             }
-            Carry::Mux => self.session(io, id, up, &tasks, shutdown, handle).await,
+            Carry::Mux => {
+                let io = match self.sniff {
+                    false => io,
+                    true => {
+                        match sniff::expect_yamux(io, &id.to_string(), self.quiet.first).await {
+                            Some(io) => io,
+                            None => return,
+                        }
+                    }
+                };
+                self.session(io, id, up, &tasks, shutdown, handle).await
+            }
         }
     }
 

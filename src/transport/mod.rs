@@ -19,6 +19,7 @@ pub mod pool;
 pub mod protect;
 pub mod relay;
 pub mod serve;
+pub mod sniff;
 pub mod tcp;
 pub mod tls;
 pub mod unix;

@@ -303,12 +303,7 @@ impl Proc {
         Self::spawn_opts(program, args, &[], Some(dir))
     }
 
-    fn spawn_opts(
-        program: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-        dir: Option<&Path>,
-    ) -> Proc {
+    fn spawn_opts(program: &Path, args: &[&str], env: &[(&str, &str)], dir: Option<&Path>) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
         cmd.envs(env.iter().copied());
         if let Some(dir) = dir {

@@ -1,0 +1,238 @@
+//! `-mux` on one end only, told by the first bytes of a plain-TLS tunnel: a multiplexing
+//! client's first frame is a yamux ping (`00 02 00 01 00 00 00 00`) or opens stream 1
+//! (`00 0x 00 01 00 00 00 01`); an application's bytes are neither. The server says which flag to change in one WARN line and closes the connection,
+//! so yamux framing never reaches an application or a destination.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::io::{BoxIo, Io};
+
+/// Whether `b` begins like a yamux client's first frame: version 0, flags SYN, and a ping on
+/// stream 0 (yamux measures the round trip first) or a data or window-update frame opening
+/// stream 1. `None` while fewer than 8 bytes are known.
+pub fn looks_like_yamux(b: &[u8]) -> Option<bool> {
+    let h = b.get(..8)?;
+    let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let syn = h[2] == 0 && h[3] & 0x01 != 0;
+    let opening = match h[1] {
+        0 | 1 => id == 1,
+        2 => id == 0,
+        _ => false,
+    };
+    Some(h[0] == 0 && syn && opening)
+}
+
+/// For a `-mux` server: reads the client's first bytes (waiting at most `limit`) and gives
+/// the stream back with them unread, if they are a yamux session's; otherwise logs the
+/// mismatch once and returns `None`.
+pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<BoxIo> {
+    let mut first = [0u8; 16];
+    let mut n = 0;
+    let read = async {
+        while n < 8 {
+            match io.read(&mut first[n..]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(k) => n += k,
+            }
+            if first[0] != 0 {
+                break;
+            }
+        }
+        true
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(_) => {
+            log::debug!("{id}: no multiplexed session opened within {limit:?}");
+            return None;
+        }
+    }
+    if looks_like_yamux(&first[..n]) == Some(true) {
+        return Some(Box::new(Rewind::new(io, &first[..n])));
+    }
+    log::warn!(
+        "{id}: the client does not multiplex, but this server runs with -mux: add -mux to the client, or remove it here (-mux must be on both ends of a plain-TLS tunnel)"
+    );
+    None
+}
+
+/// For a server without `-mux`: refuses a tunnel whose first bytes are a yamux session's
+/// (as its first read, so nothing is relayed), saying so once.
+pub struct RefuseYamux {
+    inner: BoxIo,
+    id: String,
+    checked: bool,
+}
+
+impl RefuseYamux {
+    /// Watches the first read of `inner`; `id` names the connection in the log line.
+    pub fn new(inner: BoxIo, id: String) -> Self {
+        RefuseYamux {
+            inner,
+            id,
+            checked: false,
+        }
+    }
+}
+
+impl AsyncRead for RefuseYamux {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.checked {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let start = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.checked = true;
+        if looks_like_yamux(&buf.filled()[start..]) == Some(true) {
+            buf.set_filled(start);
+            log::warn!(
+                "{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
+                self.id
+            );
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a multiplexing client at a server without -mux",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for RefuseYamux {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream with bytes already read from it put back in front.
+pub struct Rewind<S> {
+    inner: S,
+    prefix: Vec<u8>,
+    at: usize,
+}
+
+impl<S> Rewind<S> {
+    /// `inner`, whose next bytes are `prefix`.
+    pub fn new(inner: S, prefix: &[u8]) -> Self {
+        Rewind {
+            inner,
+            prefix: prefix.to_vec(),
+            at: 0,
+        }
+    }
+}
+
+impl<S: Io> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = (this.prefix.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: Io> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_yamux_opening_is_told_from_application_bytes() {
+        // What an mtt client sends first: a window update with SYN for stream 1.
+        let syn = [0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert_eq!(looks_like_yamux(&syn), Some(true));
+        let ping = [0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(looks_like_yamux(&ping), Some(true));
+        assert_eq!(looks_like_yamux(b"GET / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(looks_like_yamux(b"SSH-2.0-"), Some(false));
+        assert_eq!(looks_like_yamux(&syn[..5]), None);
+    }
+
+    #[tokio::test]
+    async fn rewind_gives_back_what_was_read() {
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"world")
+            .await
+            .expect("write");
+        drop(a);
+        let mut r = Rewind::new(b, b"hello ");
+        let mut all = String::new();
+        r.read_to_string(&mut all).await.expect("read");
+        assert_eq!(all, "hello world");
+    }
+}
