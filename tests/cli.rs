@@ -557,8 +557,10 @@ async fn unix_socket_listener_replaces_only_sockets() {
         let sock = dir.path().join("mtt.sock");
         let sock_s = path_str(&sock);
         let echo = echo_server().await.to_string();
+        // A socket file left behind (nobody listens on it) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&sock).expect("stale socket"));
+        assert!(sock.exists());
         for round in 0..2 {
-            // The second round finds the first round's socket file and replaces it.
             let mut server = Proc::spawn(
                 &mtt_bin(),
                 &[
@@ -577,8 +579,25 @@ async fn unix_socket_listener_replaces_only_sockets() {
                 .await
                 .expect("connect unix");
             echo_over(s, &random_bytes(512 * 1024, round)).await;
+            // A second server on the same path is refused while the first one listens.
+            let (code, _, stderr) = run(&[
+                "server",
+                "-bind-unix",
+                "-b",
+                &sock_s,
+                "-d",
+                &echo,
+                "-disable-tls",
+            ]);
+            assert_eq!(code, 2, "{stderr}");
+            assert!(stderr.contains("another process is listening"), "{stderr}");
+            let s = tokio::net::UnixStream::connect(&sock)
+                .await
+                .expect("the first still answers");
+            echo_over(s, &random_bytes(1024, 9)).await;
             server.signal("TERM");
             assert_eq!(server.exit().await.code(), Some(0));
+            assert!(!sock.exists(), "the socket file is removed on exit");
         }
         // A regular file in the way is reported and left alone (never a recursive delete).
         let file = dir.path().join("precious");

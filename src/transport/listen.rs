@@ -3,7 +3,7 @@
 
 use std::io;
 
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_util::either::Either;
 
 /// A listening socket of either family.
@@ -11,7 +11,7 @@ pub enum Listener {
     /// TCP.
     Tcp(TcpListener),
     /// Unix stream socket.
-    Unix(UnixListener),
+    Unix(super::unix::UnixBound),
 }
 
 impl Listener {
@@ -24,7 +24,7 @@ impl Listener {
                 Ok((Either::Left(s), peer.to_string()))
             }
             Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
+                let (s, _) = l.listener.accept().await?;
                 Ok((Either::Right(s), "unix".to_string()))
             }
         }
@@ -38,6 +38,7 @@ impl Listener {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|e| e.to_string()),
             Listener::Unix(l) => l
+                .listener
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))

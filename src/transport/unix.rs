@@ -1,24 +1,55 @@
-//! Unix stream sockets for the servers' `-bind-unix`: a path (an old socket file there is
-//! replaced), or `@name` for a Linux abstract socket.
+//! Unix stream sockets for the servers' `-bind-unix`: a path (a stale socket file there is
+//! replaced, one that something still listens on is not; ours is removed when we close), or
+//! `@name` for a Linux abstract socket.
 
 use std::io;
+use std::path::PathBuf;
 
 use tokio::net::UnixListener;
 
 use crate::error::IoContext;
 use crate::{Error, Result};
 
+/// A bound Unix listener; the socket file it made (if any) is removed when it is dropped.
+pub struct UnixBound {
+    /// The listener.
+    pub listener: UnixListener,
+    file: Option<PathBuf>,
+}
+
+impl Drop for UnixBound {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file
+            && let Err(e) = std::fs::remove_file(f)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!("remove socket file {}: {e}", f.display());
+        }
+    }
+}
+
 /// Binds a Unix stream socket. `@name` is a Linux abstract socket. An existing socket file at
-/// `path` is replaced; anything else there is left alone and reported.
-pub fn bind_unix(path: &str) -> Result<UnixListener> {
+/// `path` is replaced if nothing listens on it; a live one, or anything that is not a socket,
+/// is left alone and reported.
+pub fn bind_unix(path: &str) -> Result<UnixBound> {
     let ctx = || format!("listen on unix socket {path}");
     if let Some(name) = path.strip_prefix('@') {
-        return bind_abstract(name).context(ctx);
+        let listener = bind_abstract(name).context(ctx)?;
+        return Ok(UnixBound {
+            listener,
+            file: None,
+        });
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             use std::os::unix::fs::FileTypeExt;
             if meta.file_type().is_socket() {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(Error::usage(format!(
+                        "-b {path}: another process is listening on this socket; stop it first, or choose another path"
+                    )));
+                }
+                // Nobody answers: a socket left behind by a process that is gone.
                 std::fs::remove_file(path).context(ctx)?;
             } else {
                 return Err(Error::usage(format!(
@@ -29,7 +60,11 @@ pub fn bind_unix(path: &str) -> Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(ctx(), e)),
     }
-    UnixListener::bind(path).context(ctx)
+    let listener = UnixListener::bind(path).context(ctx)?;
+    Ok(UnixBound {
+        listener,
+        file: Some(PathBuf::from(path)),
+    })
 }
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
