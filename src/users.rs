@@ -128,6 +128,35 @@ pub fn check(path: &str, dst: &str) -> Result<HostPort> {
 }
 
 impl Users {
+    /// At start: checks that changes can be saved where `file` says (its directory exists and
+    /// takes new files), then loads it.
+    pub fn open(file: Option<PathBuf>) -> Result<Arc<Self>> {
+        if let Some(f) = &file {
+            let dir = f
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if !dir.is_dir() {
+                return Err(Error::usage(format!(
+                    "-users-file {}: the directory {} does not exist; create it, or choose another file",
+                    f.display(),
+                    dir.display()
+                )));
+            }
+            tempfile::NamedTempFile::new_in(dir).map_err(|e| {
+                Error::io(
+                    format!(
+                        "-users-file {}: no new file can be made in {} to save changes",
+                        f.display(),
+                        dir.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Self::load(file)
+    }
+
     /// Loads `file` if given and present (a missing file is an empty table).
     pub fn load(file: Option<PathBuf>) -> Result<Arc<Self>> {
         let mut map = HashMap::new();

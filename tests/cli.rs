@@ -765,3 +765,22 @@ fn systemd_units_verify_and_are_hardened() {
     assert!(out.status.success(), "{err}");
     assert_eq!(err.trim(), "", "no warnings");
 }
+
+/// `mtt cert -out DIR` makes DIR (0700) when it does not exist, and refuses a name no
+/// client would accept, as the client's -n does.
+#[test]
+fn cert_makes_its_directory_and_checks_the_name() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("etc/mtt");
+    let (code, stdout, stderr) = run(&["cert", "-n", "tunnel.example", "-out", &path_str(&out)]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("SHA-256: "), "{stdout}");
+    assert!(out.join("tunnel.example.key").exists());
+    let mode = std::fs::metadata(&out).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let (code, _, stderr) = run(&["cert", "-n", "bad name!", "-out", &path_str(&out)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("neither a DNS name nor an IP address"), "{stderr}");
+    assert!(!out.join("bad name!.crt").exists());
+}

@@ -26,7 +26,7 @@ pub struct MuServer {
 impl MuServer {
     /// Loads the users file and the certificate.
     pub fn new(cfg: MuServerConfig) -> Result<Self> {
-        let users = Users::load(cfg.users_file.clone())?;
+        let users = Users::open(cfg.users_file.clone())?;
         let token = match &cfg.token {
             Some(t) => t.clone(),
             None => {

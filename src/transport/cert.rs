@@ -122,10 +122,23 @@ pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, St
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    if name.contains('/') || name.starts_with('.') {
+    // The same check as the client's -n: a certificate for a name no client accepts is
+    // useless.
+    if name.contains('/')
+        || name.starts_with('.')
+        || rustls::pki_types::ServerName::try_from(name).is_err()
+    {
         return Err(Error::usage(format!(
-            "-n: '{name}' is not a DNS name or IP address"
+            "-n: '{name}' is neither a DNS name nor an IP address"
         )));
+    }
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("create -out {}", dir.display()), e))?;
     }
     let ss = self_signed(Some(name))?;
     let cert_path = dir.join(format!("{name}.crt"));
