@@ -227,7 +227,7 @@ pub struct BenchArgs {
     /// modes to measure beside direct loopback, comma-separated: tls, wss, tls+mux, wss+mux (default: all)
     #[argh(option)]
     pub modes: Option<String>,
-    /// size in MiB pushed each way by every stream (default 256)
+    /// mebibytes pushed each way by the single stream, and by all streams together (default 256)
     #[argh(option)]
     pub size: Option<String>,
     /// parallel streams of the aggregate test (default 16)

@@ -271,7 +271,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
         }
         Command::Bench => {
             let args = parse_or_help!(BenchArgs, prog, rest);
-            crate::logging::init(false);
+            crate::logging::init_quiet();
             let opts = crate::bench::Options::from_args(&args)?;
             runtime()?.block_on(crate::bench::run(opts, CancellationToken::new()))
         }
@@ -302,6 +302,7 @@ async fn serve_metrics(
     if let Some(addr) = addr {
         let l = tcp::bind_tcp(addr).await?;
         log::info!(
+            target: crate::logging::NOTICE,
             "metrics at http://{}/metrics",
             l.local_addr().map(|a| a.to_string()).unwrap_or_default()
         );

@@ -29,7 +29,10 @@ pub fn on_signals() -> Result<CancellationToken> {
             _ = int.recv() => "SIGINT",
             _ = term.recv() => "SIGTERM",
         };
-        log::info!("{name}: no longer accepting; draining live tunnels (signal again to exit now)");
+        log::info!(
+            target: crate::logging::NOTICE,
+            "{name}: no longer accepting; draining live tunnels (signal again to exit now)"
+        );
         cancel.cancel();
         let name = tokio::select! {
             _ = int.recv() => "SIGINT",

@@ -773,12 +773,25 @@ async fn a_users_file_where_none_can_be_saved_is_refused_at_start() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("missing/users.json");
         let out = tokio::process::Command::new(mtt_bin())
-            .args(["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-c-token", "t", "-users-file", &path_str(&file)])
+            .args([
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                "t",
+                "-users-file",
+                &path_str(&file),
+            ])
             .bounded_output()
             .await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("does not exist") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("does not exist") && err.contains("missing"),
+            "{err}"
+        );
     })
     .await;
 }

@@ -438,3 +438,63 @@ async fn relative_certificate_paths_are_watched() {
     })
     .await;
 }
+
+/// At the default log level a server says where it listens (one INFO line) and, under a
+/// burst of refusals at -max-conns, one WARN line with their count, not one per connection.
+#[tokio::test]
+async fn the_default_level_shows_listening_and_rate_limited_refusals() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-max-conns",
+                "1",
+            ],
+        );
+        let fp = server.pin().await;
+        let addr = server.listening_addr().await;
+        let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
+        let mut held = TcpStream::connect(client.addr).await.expect("connect");
+        ping(&mut held).await;
+        for _ in 0..10 {
+            closed_promptly(client.addr).await;
+        }
+        server.wait_line("-max-conns 1 reached").await;
+        server.signal("TERM");
+        drop(held);
+        server.exit().await;
+        // Every line it printed is in by now.
+        while let Ok(Some(l)) =
+            tokio::time::timeout(Duration::from_secs(1), server.next_line()).await
+        {
+            server.seen.push(l);
+        }
+        let refusals: Vec<&String> = server
+            .seen
+            .iter()
+            .filter(|l| l.contains("-max-conns"))
+            .collect();
+        assert!((1..=2).contains(&refusals.len()), "{refusals:?}");
+        assert!(refusals.iter().all(|l| l.contains("WARN")), "{refusals:?}");
+        assert!(
+            server
+                .seen
+                .iter()
+                .any(|l| l.contains("INFO") && l.contains("listening on"))
+        );
+        assert!(
+            !server.seen.iter().any(|l| l.contains("DEBUG")),
+            "{:?}",
+            server.seen
+        );
+    })
+    .await;
+}

@@ -27,6 +27,7 @@ impl Client {
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
         log::info!(
+            target: crate::logging::NOTICE,
             "client listening on {}, server {}",
             listener.local_addr(),
             self.cfg.dial.server

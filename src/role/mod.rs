@@ -95,7 +95,10 @@ impl Reloader {
     /// Re-reads only `-cert`/`-key` (what a change on disk calls for).
     pub fn reload_cert(&self) {
         match self.certs.reload() {
-            Ok(Some(fp)) => log::warn!("reloaded -cert/-key: new handshakes present SHA-256 {fp}"),
+            Ok(Some(fp)) => log::info!(
+                target: crate::logging::NOTICE,
+                "reloaded -cert/-key: new handshakes present SHA-256 {fp}"
+            ),
             Ok(None) => log::info!("reload: no -cert/-key files to re-read"),
             Err(e) => log::error!("reload: {e}; keeping the current certificate"),
         }
@@ -106,7 +109,9 @@ impl Reloader {
         self.reload_cert();
         if let Some(users) = &self.users {
             match users.reload_file().await {
-                Ok(Some(n)) => log::warn!("reloaded -users-file: {n} user(s)"),
+                Ok(Some(n)) => {
+                    log::info!(target: crate::logging::NOTICE, "reloaded -users-file: {n} user(s)")
+                }
                 Ok(None) => {}
                 Err(e) => log::error!("reload: {e}; keeping the current users"),
             }

@@ -88,6 +88,7 @@ impl MuServer {
     /// Serves tunnels on `data` and the controller on `control` until `shutdown`.
     pub async fn run(self, data: Listener, control: TcpListener, shutdown: CancellationToken) {
         log::info!(
+            target: crate::logging::NOTICE,
             "mu-server listening on {}, controller on {}, {} user(s)",
             data.local_addr(),
             control

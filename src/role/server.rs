@@ -56,6 +56,7 @@ impl Server {
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
         log::info!(
+            target: crate::logging::NOTICE,
             "server listening on {}, destination {}",
             listener.local_addr(),
             self.cfg.dest

@@ -369,6 +369,11 @@ impl Proc {
         }
     }
 
+    /// The next line the process prints (`None` once both pipes are closed).
+    pub async fn next_line(&mut self) -> Option<String> {
+        self.lines.recv().await
+    }
+
     /// The SHA-256 pin a self-signed server prints in its warning line.
     pub async fn pin(&mut self) -> String {
         let line = self.wait_line("self-signed").await;
