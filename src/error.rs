@@ -69,7 +69,7 @@ pub enum CertError {
     #[error("no PEM private key found (PKCS#8, PKCS#1 or SEC1)")]
     NoKey,
     /// A key that does not belong to the certificate (or that rustls cannot use).
-    #[error("certificate and key do not match: {0}")]
+    #[error("certificate and key do not belong together: this key is not the -cert certificate's")]
     Mismatch(#[source] rustls::Error),
     /// A CA file none of whose certificates rustls can use.
     #[error("no usable certificate in the file")]

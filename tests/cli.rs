@@ -711,7 +711,10 @@ fn bench_runs_end_to_end_and_verifies() {
     assert!(up > 0.0, "{tls}");
     assert!(stdout.contains("verified"), "{stdout}");
     // The table is the whole output: no certificate warnings from the tunnels it starts.
-    assert!(!stderr.contains("WARN") && !stderr.contains("self-signed"), "{stderr}");
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("self-signed"),
+        "{stderr}"
+    );
 }
 
 /// The systemd units pass `systemd-analyze verify` without a warning, and are hardened.

@@ -498,3 +498,65 @@ async fn the_default_level_shows_listening_and_rate_limited_refusals() {
     })
     .await;
 }
+
+/// Normal endings are said in plain words at DEBUG: a client that goes away without TLS
+/// close_notify is not an error, and no line sends the reader to a documentation URL.
+#[tokio::test]
+async fn normal_endings_are_debug_lines_in_plain_words() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let tls = mtt::transport::tls::TlsClient::new(
+            &mtt::transport::options::TlsClientOptions {
+                server_name: "127.0.0.1".into(),
+                verify: Verify::Insecure,
+            },
+            &[],
+            Duration::from_secs(10),
+        )
+        .expect("tls");
+        let mut s = tls
+            .connect(TcpStream::connect(addr).await.expect("connect"))
+            .await
+            .expect("handshake");
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"ping").await.expect("write");
+            s.flush().await.expect("flush");
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.expect("echo");
+        }
+        // Gone without close_notify.
+        drop(s);
+        let line = server
+            .wait_line("closed: the peer closed without TLS close_notify")
+            .await;
+        assert!(line.contains("DEBUG"), "{line}");
+        server.signal("TERM");
+        server.exit().await;
+        assert!(
+            !server.seen.iter().any(|l| l.contains("docs.rs")),
+            "{:?}",
+            server.seen
+        );
+        assert!(
+            !server.seen.iter().any(|l| l.contains("tunnel ended")),
+            "{:?}",
+            server.seen
+        );
+    })
+    .await;
+}

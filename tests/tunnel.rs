@@ -147,7 +147,17 @@ async fn certificate_policies() {
             .await
             .expect("wrong pin must be refused");
         let fp = self_signed.fingerprint.clone().expect("fp");
-        assert!(err.contains(&fp), "{err}");
+        let want = "07".repeat(32);
+        assert!(
+            err.contains(&format!(
+                "the server's certificate has SHA-256 {fp}, -cert-sha256 expects {want}"
+            )),
+            "{err}"
+        );
+        assert!(
+            !err.contains("OtherError") && !err.contains("PinMismatch"),
+            "{err}"
+        );
 
         // A server with a CA-signed certificate from files.
         let pki = common::pki();

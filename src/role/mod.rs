@@ -130,7 +130,9 @@ pub(crate) fn log_relay_end(id: &ConnId, res: &io::Result<Transferred>) {
                 t.b_to_a
             );
         }
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => log::debug!("{id}: closed: {e}"),
-        Err(e) => log::info!("{id}: tunnel ended: {e}"),
+        Err(e) => match crate::transport::relay::plain_ending(e) {
+            Some(why) => log::debug!("{id}: closed: {why}"),
+            None => log::info!("{id}: tunnel ended: {e}"),
+        },
     }
 }

@@ -283,7 +283,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 None => return,
                 Some(Ok(s)) => s,
                 Some(Err(e)) => {
-                    log::info!("{id}: multiplexed session ended: {e}");
+                    match crate::transport::relay::plain_ending(&e) {
+                        Some(why) => log::debug!("{id}: multiplexed session ended: {why}"),
+                        None => log::info!("{id}: multiplexed session ended: {e}"),
+                    }
                     return;
                 }
             };

@@ -242,6 +242,19 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Activity<'_, S> {
     }
 }
 
+/// Endings that are part of normal life, in plain words: idle, a peer that closed without
+/// TLS close_notify, one that closed while data was still on its way. `None`: worth a line.
+pub fn plain_ending(e: &io::Error) -> Option<String> {
+    match e.kind() {
+        io::ErrorKind::TimedOut => Some(e.to_string()),
+        io::ErrorKind::UnexpectedEof => Some("the peer closed without TLS close_notify".into()),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+            Some("the other side closed while data was still on its way".into())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

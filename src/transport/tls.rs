@@ -94,7 +94,8 @@ impl TlsClient {
             self.handshake,
             self.connector.connect(self.name.clone(), io),
         )
-        .await?;
+        .await
+        .map_err(plain_words)?;
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         Ok(tls)
     }
@@ -156,15 +157,35 @@ struct Accept {
 }
 
 #[derive(Debug)]
-struct PinMismatch(String);
+struct PinMismatch {
+    got: String,
+    want: String,
+}
 
 impl std::fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the server's certificate has SHA-256 {}, not the one given with -cert-sha256",
-            self.0
+            "the server's certificate has SHA-256 {}, -cert-sha256 expects {}",
+            self.got, self.want
         )
+    }
+}
+
+/// A handshake error in plain words: rustls shows our own verifier's errors with `Debug`
+/// (`invalid peer certificate: Other(OtherError(PinMismatch(…)))`).
+fn plain_words(e: io::Error) -> io::Error {
+    let pin = e
+        .get_ref()
+        .and_then(|inner| match inner.downcast_ref::<rustls::Error>() {
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => {
+                o.0.downcast_ref::<PinMismatch>().map(ToString::to_string)
+            }
+            _ => None,
+        });
+    match pin {
+        Some(msg) => io::Error::new(io::ErrorKind::InvalidData, msg),
+        None => e,
     }
 }
 
@@ -180,11 +201,14 @@ impl ServerCertVerifier for Accept {
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         match self.pin {
-            Some(pin) if fingerprint::sha256(end_entity) != pin => Err(
-                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                    rustls::OtherError(Arc::new(PinMismatch(fingerprint::of(end_entity)))),
-                )),
-            ),
+            Some(pin) if fingerprint::sha256(end_entity) != pin => {
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+                        got: fingerprint::of(end_entity),
+                        want: hex::encode(pin),
+                    }))),
+                ))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
