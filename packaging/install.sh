@@ -5,12 +5,13 @@
 # $PREFIX/share/doc/mtt/examples. Idempotent. `--uninstall` removes what it installs.
 #   PREFIX   default /usr/local
 #   DESTDIR  staging root, default empty
-#   MTT_BIN  the binary to install, default target/release/mtt
+#   MTT_BIN  the binary to install, default target/release/mtt of this source tree (found
+#            from the script's own place, whatever the working directory)
 set -eu
 PREFIX=${PREFIX:-/usr/local}
 DESTDIR=${DESTDIR:-}
-MTT_BIN=${MTT_BIN:-target/release/mtt}
 here=$(dirname "$0")
+MTT_BIN=${MTT_BIN:-$here/../target/release/mtt}
 bindir="$DESTDIR$PREFIX/bin"
 unitdir="$DESTDIR$PREFIX/lib/systemd/system"
 exampledir="$DESTDIR$PREFIX/share/doc/mtt/examples"

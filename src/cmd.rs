@@ -206,6 +206,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             let metrics = metrics_addr(&args.metrics)?;
             runtime()?.block_on(async {
                 let client = Client::new(cfg.clone())?;
+                crate::shutdown::ignore_hangup()?;
                 let listener =
                     Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
                 let shutdown = crate::shutdown::on_signals()?;

@@ -18,6 +18,21 @@ pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
     Ok(())
 }
 
+/// The client has nothing to re-read: SIGHUP (sent to every unit by some service managers and
+/// by `systemctl reload`) is noted and otherwise ignored, instead of killing the process.
+pub fn ignore_hangup() -> Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context(|| "install SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            log::info!(
+                target: crate::logging::NOTICE,
+                "SIGHUP: the client has nothing to re-read; still running"
+            );
+        }
+    });
+    Ok(())
+}
+
 /// Installs the handlers (inside a runtime) and returns the token the first signal cancels.
 pub fn on_signals() -> Result<CancellationToken> {
     let mut int = signal(SignalKind::interrupt()).context(|| "install SIGINT handler")?;

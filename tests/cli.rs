@@ -792,3 +792,31 @@ fn cert_makes_its_directory_and_checks_the_name() {
     );
     assert!(!out.join("bad name!.crt").exists());
 }
+
+/// `packaging/install.sh` run from another directory finds the binary of its own source tree
+/// (target/release/mtt beside the script's packaging/), not one relative to the caller.
+#[test]
+fn install_script_finds_its_tree_from_anywhere() {
+    let tree = tempfile::tempdir().expect("tmp");
+    let packaging = tree.path().join("packaging");
+    std::fs::create_dir_all(packaging.join("systemd")).expect("mkdir");
+    std::fs::create_dir_all(tree.path().join("target/release")).expect("mkdir");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging");
+    std::fs::copy(format!("{src}/install.sh"), packaging.join("install.sh")).expect("cp");
+    for f in std::fs::read_dir(format!("{src}/systemd")).expect("units") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, packaging.join("systemd").join(f.file_name().expect("name"))).expect("cp");
+    }
+    std::fs::copy(mtt_bin(), tree.path().join("target/release/mtt")).expect("cp binary");
+    let root = tempfile::tempdir().expect("tmp");
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let out = Command::new("sh")
+        .arg(packaging.join("install.sh"))
+        .current_dir(elsewhere.path())
+        .env("DESTDIR", root.path())
+        .env("PREFIX", "/opt/mtt")
+        .env_remove("MTT_BIN")
+        .bounded_output();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(root.path().join("opt/mtt/bin/mtt").exists());
+}

@@ -560,3 +560,30 @@ async fn normal_endings_are_debug_lines_in_plain_words() {
     })
     .await;
 }
+
+/// SIGHUP does not kill the client (it has nothing to re-read); SIGTERM still ends it with 0.
+#[tokio::test]
+async fn sighup_leaves_the_client_running() {
+    bounded(async {
+        let echo = echo_server().await;
+        let server = start_server(server_config(
+            echo,
+            Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+            T,
+        ))
+        .await;
+        let fp = server.fingerprint.clone().expect("fp");
+        let saddr = server.addr.to_string();
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &["client", "-b", "127.0.0.1:0", "-s", &saddr, "-n", "127.0.0.1", "-cert-sha256", &fp],
+        );
+        let caddr = client.listening_addr().await;
+        client.signal("HUP");
+        client.wait_line("SIGHUP: the client has nothing to re-read").await;
+        echo_roundtrip(caddr, &random_bytes(64 * 1024, 1)).await;
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+    })
+    .await;
+}
