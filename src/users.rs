@@ -56,7 +56,7 @@ impl User {
         LiveGuard(self.clone())
     }
 
-    /// Adds a finished tunnel's bytes.
+    /// Adds bytes the user's tunnels moved (as they move).
     pub fn add_bytes(&self, up: u64, down: u64) {
         self.up.fetch_add(up, Ordering::Relaxed);
         self.down.fetch_add(down, Ordering::Relaxed);

@@ -805,7 +805,11 @@ fn install_script_finds_its_tree_from_anywhere() {
     std::fs::copy(format!("{src}/install.sh"), packaging.join("install.sh")).expect("cp");
     for f in std::fs::read_dir(format!("{src}/systemd")).expect("units") {
         let f = f.expect("entry").path();
-        std::fs::copy(&f, packaging.join("systemd").join(f.file_name().expect("name"))).expect("cp");
+        std::fs::copy(
+            &f,
+            packaging.join("systemd").join(f.file_name().expect("name")),
+        )
+        .expect("cp");
     }
     std::fs::copy(mtt_bin(), tree.path().join("target/release/mtt")).expect("cp binary");
     let root = tempfile::tempdir().expect("tmp");
@@ -817,6 +821,10 @@ fn install_script_finds_its_tree_from_anywhere() {
         .env("PREFIX", "/opt/mtt")
         .env_remove("MTT_BIN")
         .bounded_output();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(root.path().join("opt/mtt/bin/mtt").exists());
 }

@@ -576,14 +576,81 @@ async fn sighup_leaves_the_client_running() {
         let saddr = server.addr.to_string();
         let mut client = Proc::spawn(
             &mtt_bin(),
-            &["client", "-b", "127.0.0.1:0", "-s", &saddr, "-n", "127.0.0.1", "-cert-sha256", &fp],
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &saddr,
+                "-n",
+                "127.0.0.1",
+                "-cert-sha256",
+                &fp,
+            ],
         );
         let caddr = client.listening_addr().await;
         client.signal("HUP");
-        client.wait_line("SIGHUP: the client has nothing to re-read").await;
+        client
+            .wait_line("SIGHUP: the client has nothing to re-read")
+            .await;
         echo_roundtrip(caddr, &random_bytes(64 * 1024, 1)).await;
         client.signal("TERM");
         assert_eq!(client.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// Byte counters move while a tunnel is open, not only when it closes: 10 MB through a live
+/// tunnel are on the server's /metrics before the tunnel ends.
+#[tokio::test]
+async fn byte_counters_move_while_the_tunnel_is_open() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-metrics",
+                "127.0.0.1:0",
+            ],
+        );
+        let fp = server.pin().await;
+        let addr = server.listening_addr().await;
+        let metrics = server.addr_after("metrics at http://").await;
+        let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
+        let mut s = TcpStream::connect(client.addr).await.expect("connect");
+        let data = random_bytes(10 << 20, 7);
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut r, mut w) = s.split();
+            let mut back = vec![0u8; data.len()];
+            let (wrote, read) = tokio::join!(w.write_all(&data), r.read_exact(&mut back));
+            wrote.expect("write");
+            read.expect("read");
+            assert!(back == data, "echo");
+        }
+        // Still open: the counters already hold the 10 MB each way.
+        let text = scrape(metrics).await;
+        let n = |dir: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("mtt_bytes_total{{direction=\"{dir}\"}} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            n("up") >= data.len() as u64 && n("down") >= data.len() as u64,
+            "{text}"
+        );
+        ping(&mut s).await;
+        server.signal("TERM");
+        drop(s);
+        server.exit().await;
     })
     .await;
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::log_relay_end;
+use super::{Counted, log_relay_end};
 use crate::Result;
 use crate::config::ClientConfig;
 use crate::metrics::Failure;
@@ -56,7 +56,7 @@ impl Client {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);
-                let res = relay(&mut local, &mut remote, self.cfg.timeout).await;
+                let res = relay(&mut local, &mut remote, self.cfg.timeout, &Counted(None)).await;
                 log_relay_end(&id, &res);
             }
             // Dropping `local` closes it at once: the application learns immediately.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::addr::HostPort;
 use crate::metrics::Failure;
+use crate::transport::relay::Tally;
 use crate::transport::{Acceptor, BoxIo, ConnId, Transferred, relay, tcp};
 
 /// Where a server's tunnels go, and how it dials there.
@@ -34,6 +35,7 @@ impl Destinations {
         mut tunnel: BoxIo,
         id: &ConnId,
         dest: &HostPort,
+        user: Option<&crate::users::User>,
         stop: Option<&tokio_util::sync::CancellationToken>,
     ) -> Option<Transferred> {
         let connecting = Box::pin(tcp::connect_with(dest, self.connect, &self.dial));
@@ -47,7 +49,8 @@ impl Destinations {
             }
         };
         log::debug!("{id}: relaying to {dest}");
-        let relayed = relay(&mut tunnel, &mut out, self.idle);
+        let counted = Counted(user);
+        let relayed = relay(&mut tunnel, &mut out, self.idle, &counted);
         let res = match stop {
             None => relayed.await,
             Some(stop) => tokio::select! {
@@ -119,11 +122,23 @@ impl Reloader {
     }
 }
 
-/// Counts a finished relay's bytes and logs how it ended, once per tunnel.
+/// Counts a tunnel's bytes as they move (up: towards the destination) into the process's
+/// metrics and, on a mu-server, its user's counters.
+pub(crate) struct Counted<'a>(pub Option<&'a crate::users::User>);
+
+impl Tally for Counted<'_> {
+    fn add(&self, up: u64, down: u64) {
+        crate::metrics::get().add_bytes(up, down);
+        if let Some(user) = self.0 {
+            user.add_bytes(up, down);
+        }
+    }
+}
+
+/// Logs how a relay ended, once per tunnel (its bytes were counted as they moved).
 pub(crate) fn log_relay_end(id: &ConnId, res: &io::Result<Transferred>) {
     match res {
         Ok(t) => {
-            crate::metrics::get().add_bytes(t.a_to_b, t.b_to_a);
             log::debug!(
                 "{id}: closed ({} bytes up, {} bytes down)",
                 t.a_to_b,

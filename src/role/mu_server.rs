@@ -123,12 +123,14 @@ impl MuServer {
         };
         let _live = user.tunnel();
         log::debug!("{}: user {} → {}", tunnel.id, user.path, user.dst);
-        let moved = self
-            .out
-            .relay(tunnel.io, &tunnel.id, &user.dst, Some(user.kicked()))
+        self.out
+            .relay(
+                tunnel.io,
+                &tunnel.id,
+                &user.dst,
+                Some(&user),
+                Some(user.kicked()),
+            )
             .await;
-        if let Some(t) = moved {
-            user.add_bytes(t.a_to_b, t.b_to_a);
-        }
     }
 }

@@ -72,7 +72,7 @@ impl Server {
                 let this = this.clone();
                 async move {
                     this.out
-                        .relay(tunnel.io, &tunnel.id, &this.cfg.dest, None)
+                        .relay(tunnel.io, &tunnel.id, &this.cfg.dest, None, None)
                         .await;
                 }
             })

@@ -34,10 +34,13 @@ pub struct Transferred {
 /// * The idle timeout counts bytes in either direction: a long one-way download is never cut;
 ///   a tunnel silent both ways for `idle` ends with [`io::ErrorKind::TimedOut`].
 /// * Any I/O error ends both directions; dropping the streams closes them.
+/// * Bytes are counted into `tally` as they move (once per wake-up, not per write), so
+///   counters of a long-lived tunnel are never behind by more than what is in flight.
 pub async fn relay<A: Io + ?Sized, B: Io + ?Sized>(
     a: &mut A,
     b: &mut B,
     idle: Duration,
+    tally: &dyn Tally,
 ) -> io::Result<Transferred> {
     let start = Instant::now();
     let last = AtomicU64::new(0);
@@ -51,6 +54,8 @@ pub async fn relay<A: Io + ?Sized, B: Io + ?Sized>(
         b,
         a_to_b: Direction::default(),
         b_to_a: Direction::default(),
+        tally,
+        told: (0, 0),
     });
     loop {
         let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
@@ -71,12 +76,26 @@ pub async fn relay<A: Io + ?Sized, B: Io + ?Sized>(
     }
 }
 
+/// Where a relay counts the bytes it moves, as they move.
+pub trait Tally: Send + Sync {
+    /// `a_to_b` more bytes went from the first stream to the second, `b_to_a` back.
+    fn add(&self, a_to_b: u64, b_to_a: u64);
+}
+
+/// Counts nothing.
+impl Tally for () {
+    fn add(&self, _: u64, _: u64) {}
+}
+
 /// Both directions of a relay; ready when both have ended, or at the first error.
 struct Bidirectional<'a, A: ?Sized, B: ?Sized> {
     a: &'a mut A,
     b: &'a mut B,
     a_to_b: Direction,
     b_to_a: Direction,
+    tally: &'a dyn Tally,
+    /// What `tally` has been told so far.
+    told: (u64, u64),
 }
 
 impl<A: Io + ?Sized, B: Io + ?Sized> Future for Bidirectional<'_, A, B> {
@@ -84,9 +103,18 @@ impl<A: Io + ?Sized, B: Io + ?Sized> Future for Bidirectional<'_, A, B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let up = this.a_to_b.poll_copy(cx, &mut *this.a, &mut *this.b)?;
-        let down = this.b_to_a.poll_copy(cx, &mut *this.b, &mut *this.a)?;
-        match (up, down) {
+        let up = this.a_to_b.poll_copy(cx, &mut *this.a, &mut *this.b);
+        let down = match up {
+            Poll::Ready(Err(_)) => Poll::Pending,
+            _ => this.b_to_a.poll_copy(cx, &mut *this.b, &mut *this.a),
+        };
+        // Counted before any error is returned: what moved, moved.
+        let moved = (this.a_to_b.moved, this.b_to_a.moved);
+        if moved != this.told {
+            this.tally.add(moved.0 - this.told.0, moved.1 - this.told.1);
+            this.told = moved;
+        }
+        match (up?, down?) {
             (Poll::Ready(up), Poll::Ready(down)) => Poll::Ready(Ok((up, down))),
             _ => Poll::Pending,
         }
@@ -269,7 +297,7 @@ mod tests {
         let (b, mut far) = tokio::io::duplex(256 * 1024);
         let relay = tokio::spawn(async move {
             let (mut a, mut b) = (a, b);
-            relay(&mut a, &mut b, Duration::from_secs(30)).await
+            relay(&mut a, &mut b, Duration::from_secs(30), &()).await
         });
         assert_eq!(pool::idle(), 0);
         let mut made = Vec::new();
