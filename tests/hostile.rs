@@ -386,3 +386,42 @@ async fn the_fallback_site_sees_the_real_visitor_and_no_hop_by_hop_headers() {
     })
     .await;
 }
+
+/// A request head over the limit is answered 431 and logged once, in plain words, without a
+/// doubled prefix.
+#[tokio::test]
+async fn an_oversized_head_is_logged_once_without_a_doubled_prefix() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-wss",
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let mut s = tls_to(addr).await;
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+            "a".repeat(20 * 1024)
+        );
+        let _ = s.write_all(big.as_bytes()).await;
+        let mut back = Vec::new();
+        let _ = s.read_to_end(&mut back).await;
+        assert!(String::from_utf8_lossy(&back).starts_with("HTTP/1.1 431"));
+        let line = server.wait_line("message head is too large").await;
+        assert!(line.contains("HTTP with client: "), "{line}");
+        assert!(!line.contains("HTTP: HTTP"), "{line}");
+        server.signal("TERM");
+        server.exit().await;
+    })
+    .await;
+}

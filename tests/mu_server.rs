@@ -795,3 +795,36 @@ async fn a_users_file_where_none_can_be_saved_is_refused_at_start() {
     })
     .await;
 }
+
+/// A change that cannot be stored (its directory is gone) is answered with a 5xx, and the
+/// table does not change.
+#[tokio::test]
+async fn a_change_that_cannot_be_stored_is_a_server_error() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sub = dir.path().join("state");
+        std::fs::create_dir(&sub).expect("mkdir");
+        let mu = start_mu(mu_config(None, Some(sub.join("users.json")))).await;
+        let add =
+            |p: &str| format!(r#"{{"opt":1,"args_bunch":[{{"path":"{p}","dst":"127.0.0.1:1"}}]}}"#);
+        assert_eq!(post(&mu, &add("/a")).await, (200, r#"{"res":1}"#.into()));
+        std::fs::remove_dir_all(&sub).expect("rm");
+        let (code, text) = post(&mu, &add("/b")).await;
+        assert_eq!(code, 500, "{text}");
+        assert!(text.starts_with(r#"{"res":2,"err_string":"#), "{text}");
+        let (code, text) = http(
+            mu.control,
+            "PUT",
+            "/v1/users/c",
+            "",
+            br#"{"dst":"127.0.0.1:1"}"#,
+        )
+        .await;
+        assert_eq!(code, 500, "{text}");
+        assert_eq!(
+            post(&mu, r#"{"opt":9}"#).await.1,
+            r#"{"res":1,"current_users":1}"#
+        );
+    })
+    .await;
+}
