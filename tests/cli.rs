@@ -486,19 +486,7 @@ async fn processes_end_to_end_with_a_pinned_certificate() {
 async fn self_signed_server_prints_its_pin_once() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-verbose"]);
         let warn = server.wait_line("self-signed certificate").await;
         let pin = warn.rsplit(' ').next().expect("pin").to_string();
         assert_eq!(pin.len(), 64, "{warn}");

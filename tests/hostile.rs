@@ -190,20 +190,7 @@ async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mu
 async fn a_websocket_ping_flood_does_not_grow_memory() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-wss",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-wss", "-verbose"]);
         let addr = server.listening_addr().await;
         let pid = server.child.id().expect("pid");
         let mut s = tls_to(addr).await;
@@ -271,16 +258,9 @@ async fn a_websocket_ping_flood_does_not_grow_memory() {
 async fn multiplexed_sessions_without_streams_are_closed() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
+        let mut server = Proc::server(
+            &echo,
             &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
                 "-mux",
                 "-timeout",
                 "1s",
@@ -353,13 +333,8 @@ async fn the_fallback_site_sees_the_real_visitor_and_no_hop_by_hop_headers() {
         .await
         .to_string();
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server", "-b", "127.0.0.1:0", "-d", &echo, "-n", "127.0.0.1", "-wss", "-wss-path", "/t",
-                "-fallback", &site, "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-wss", "-wss-path", "/t",
+                "-fallback", &site, "-verbose"]);
         let addr = server.listening_addr().await;
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.bind("127.0.0.5:0".parse().expect("addr")).expect("bind 127.0.0.5");
@@ -393,20 +368,7 @@ async fn the_fallback_site_sees_the_real_visitor_and_no_hop_by_hop_headers() {
 async fn an_oversized_head_is_logged_once_without_a_doubled_prefix() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-wss",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-wss", "-verbose"]);
         let addr = server.listening_addr().await;
         let mut s = tls_to(addr).await;
         let big = format!(

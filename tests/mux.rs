@@ -359,20 +359,7 @@ async fn sigterm_lets_a_multiplexed_stream_finish_then_exits() {
         let dest = paced_server(40, Duration::from_millis(25))
             .await
             .to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &dest,
-                "-n",
-                "127.0.0.1",
-                "-mux",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&dest, &["-mux", "-verbose"]);
         let pin = Verify::Pin(mtt::config::parse_pin(&server.pin().await).expect("pin"));
         let addr = server.listening_addr().await;
         let mut cfg = client_config(addr, "127.0.0.1", pin, Duration::from_secs(30));

@@ -193,23 +193,8 @@ async fn sighup_rereads_the_users_file() {
 async fn sigterm_drains_live_tunnels_then_gives_up_after_drain_timeout() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let start_server = |drain: &str| {
-            Proc::spawn(
-                &mtt_bin(),
-                &[
-                    "server",
-                    "-b",
-                    "127.0.0.1:0",
-                    "-d",
-                    &echo,
-                    "-n",
-                    "127.0.0.1",
-                    "-drain-timeout",
-                    drain,
-                    "-verbose",
-                ],
-            )
-        };
+        let start_server =
+            |drain: &str| Proc::server(&echo, &["-drain-timeout", drain, "-verbose"]);
         // Default-length drain: a transfer under way when SIGTERM arrives completes, and new
         // connections are refused meanwhile.
         let mut server = start_server("30s");
@@ -271,22 +256,7 @@ fn sample(text: &str, name: &str) -> f64 {
 async fn metrics_endpoints_count_traffic() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-mux",
-                "-metrics",
-                "127.0.0.1:0",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-mux", "-metrics", "127.0.0.1:0", "-verbose"]);
         let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let metrics = server.addr_after("metrics at http://").await;
@@ -445,20 +415,7 @@ async fn relative_certificate_paths_are_watched() {
 async fn the_default_level_shows_listening_and_rate_limited_refusals() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-max-conns",
-                "1",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-max-conns", "1"]);
         let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let client = start_client(client_config(addr, "127.0.0.1", pin(&fp), T)).await;
@@ -505,19 +462,7 @@ async fn the_default_level_shows_listening_and_rate_limited_refusals() {
 async fn normal_endings_are_debug_lines_in_plain_words() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-verbose",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-verbose"]);
         let addr = server.listening_addr().await;
         let tls = mtt::transport::tls::TlsClient::new(
             &mtt::transport::options::TlsClientOptions {
@@ -606,20 +551,7 @@ async fn sighup_leaves_the_client_running() {
 async fn byte_counters_move_while_the_tunnel_is_open() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-n",
-                "127.0.0.1",
-                "-metrics",
-                "127.0.0.1:0",
-            ],
-        );
+        let mut server = Proc::server(&echo, &["-metrics", "127.0.0.1:0"]);
         let fp = server.pin().await;
         let addr = server.listening_addr().await;
         let metrics = server.addr_after("metrics at http://").await;

@@ -293,6 +293,14 @@ impl Proc {
         Self::spawn_env(program, args, &[])
     }
 
+    /// `mtt server -b 127.0.0.1:0 -d DEST -n 127.0.0.1 EXTRA…` (a self-signed certificate for
+    /// 127.0.0.1, a port of its choosing).
+    pub fn server(dest: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["server", "-b", "127.0.0.1:0", "-d", dest, "-n", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        Self::spawn(&mtt_bin(), &args)
+    }
+
     /// [`Proc::spawn`] with these variables added to the child's environment.
     pub fn spawn_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         Self::spawn_opts(program, args, env, None)

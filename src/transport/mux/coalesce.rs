@@ -8,9 +8,10 @@ use std::task::{Context, Poll, ready};
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::reset::{FrameTracker, Resets, rst_frame};
+use crate::transport::io::forward_read;
 
 /// Joins small writes (frame headers) with the write that follows them into one vectored
 /// write, without copying the large one: a layer that writes a header and then a body costs
@@ -66,15 +67,7 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+forward_read!(impl[S: AsyncRead + Unpin] Coalesce<S>, inner);
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_write(

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
@@ -32,7 +32,7 @@ pub use coalesce::Coalesce;
 pub use pool::{DialFn, MuxPool};
 pub use session::MuxSession;
 
-use super::io::BoxIo;
+use super::io::{BoxIo, forward_read};
 use reset::Resets;
 
 /// Streams one server session carries at once (the original's limit); more are refused.
@@ -148,15 +148,7 @@ impl Drop for Slot {
     }
 }
 
-impl AsyncRead for MuxStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
+forward_read!(impl[] MuxStream, inner);
 
 impl AsyncWrite for MuxStream {
     fn poll_write(
