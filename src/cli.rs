@@ -68,6 +68,15 @@ pub struct ClientArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// carry UDP too: datagrams to -b go through the tunnel (SIP003u in plugin mode)
+    #[argh(switch)]
+    pub udp: bool,
+    /// a UDP association with no datagram either way for this long is closed (default 60s)
+    #[argh(option)]
+    pub udp_timeout: Option<String>,
+    /// UDP associations at once; beyond, the longest idle is dropped (default 1024)
+    #[argh(option)]
+    pub udp_max_assoc: Option<String>,
     /// resolve host names through this DNS server
     #[argh(option, arg_name = "ip:port")]
     pub fallback_dns: Option<String>,
@@ -134,6 +143,12 @@ pub struct ServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// carry UDP too: datagram tunnels go to -d over UDP (SIP003u in plugin mode)
+    #[argh(switch)]
+    pub udp: bool,
+    /// a UDP association with no datagram either way for this long is closed (default 60s)
+    #[argh(option)]
+    pub udp_timeout: Option<String>,
     /// serve Prometheus metrics at http://ADDR/metrics
     #[argh(option, arg_name = "host:port")]
     pub metrics: Option<String>,
@@ -194,6 +209,12 @@ pub struct MuServerArgs {
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,
+    /// carry UDP too: a user's datagram tunnels go to its destination over UDP
+    #[argh(switch)]
+    pub udp: bool,
+    /// a UDP association with no datagram either way for this long is closed (default 60s)
+    #[argh(option)]
+    pub udp_timeout: Option<String>,
     /// refuse connections beyond this many at once (default 0: no limit)
     #[argh(option)]
     pub max_conns: Option<String>,

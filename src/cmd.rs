@@ -162,6 +162,10 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
     let options = sip003::parse_options(env.options.as_deref().unwrap_or(""))?;
     let (mut argv, vpn) = sip003::command_line::<T>(addrs, &options)?;
     host.vpn |= vpn;
+    // SIP003u: UDP rides the plugin unless the options say udp=false.
+    if !options.iter().any(|(k, _)| k == "udp") {
+        argv.push("-udp".into());
+    }
     if host.fast_open {
         argv.push("-fast-open".into());
     }
@@ -209,9 +213,15 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 crate::shutdown::ignore_hangup()?;
                 let listener =
                     Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
+                let udp = match cfg.udp {
+                    None => None,
+                    Some(_) => Some(listener.bind_udp_beside().map_err(|e| {
+                        Error::io(format!("-udp: listen for UDP on {}", cfg.listen), e)
+                    })?),
+                };
                 let shutdown = crate::shutdown::on_signals()?;
                 serve_metrics(metrics.as_ref(), &shutdown).await?;
-                client.run(listener, shutdown).await;
+                client.serve(listener, udp, shutdown).await;
                 Ok(())
             })
         }

@@ -33,6 +33,39 @@ pub struct ClientConfig {
     pub max_conns: usize,
     /// Idle timeout of a tunnel (no bytes in either direction).
     pub timeout: Duration,
+    /// UDP through the tunnel too (`-udp`).
+    pub udp: Option<UdpConfig>,
+}
+
+/// UDP settings of a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// An association with no datagram either way for this long is closed (`-udp-timeout`).
+    pub timeout: Duration,
+    /// Associations at once (`-udp-max-assoc`); beyond, the longest idle is dropped.
+    pub max_assoc: usize,
+}
+
+/// Default `-udp-timeout`.
+pub const UDP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `-udp-max-assoc`.
+pub const UDP_MAX_ASSOC: usize = 1024;
+
+/// Validates `-udp-timeout` (and says when it has no use).
+fn udp_timeout(v: &Option<String>, udp: bool) -> Result<Duration> {
+    let Some(s) = v else {
+        return Ok(UDP_TIMEOUT);
+    };
+    if !udp {
+        log::warn!("-udp-timeout is not used without -udp");
+    }
+    let d = parse_duration("udp-timeout", s)?;
+    if d.is_zero() {
+        return Err(Error::usage(format!(
+            "-udp-timeout must be greater than zero, got '{s}'"
+        )));
+    }
+    Ok(d)
 }
 
 /// Where a server listens.
@@ -63,6 +96,8 @@ pub struct ServerConfig {
     pub max_conns: usize,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
+    /// Idle timeout of a UDP association (`-udp-timeout`; UDP itself is `accept.udp`).
+    pub udp_timeout: Duration,
 }
 
 fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str> {
@@ -240,8 +275,28 @@ impl ClientConfig {
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout,
+            udp: udp_client(a)?,
         })
     }
+}
+
+/// `-udp`, `-udp-timeout`, `-udp-max-assoc` of the client.
+fn udp_client(a: &ClientArgs) -> Result<Option<UdpConfig>> {
+    let timeout = udp_timeout(&a.udp_timeout, a.udp)?;
+    let max_assoc = match &a.udp_max_assoc {
+        None => UDP_MAX_ASSOC,
+        Some(v) => {
+            if !a.udp {
+                log::warn!("-udp-max-assoc is not used without -udp");
+            }
+            let n = parse_int("udp-max-assoc", v)?;
+            usize::try_from(n)
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| Error::usage(format!("-udp-max-assoc must be 1 or more, got {v}")))?
+        }
+    };
+    Ok(a.udp.then_some(UdpConfig { timeout, max_assoc }))
 }
 
 /// `-b` of the servers: a TCP address, or with `-bind-unix` a socket path.
@@ -292,12 +347,14 @@ impl ServerConfig {
                 mux: a.mux,
                 timeouts: timeouts(&a.handshake_timeout)?,
                 session_idle: timeout,
+                udp: a.udp,
             },
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout,
+            udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
         })
     }
 }
@@ -373,6 +430,10 @@ pub struct MuServerConfig {
     pub max_conns: usize,
     /// Idle timeout of a tunnel.
     pub timeout: Duration,
+    /// Users' tunnels may carry UDP (`-udp`).
+    pub udp: bool,
+    /// Idle timeout of a UDP association (`-udp-timeout`).
+    pub udp_timeout: Duration,
 }
 
 fn is_loopback(h: &HostPort) -> bool {
@@ -433,6 +494,8 @@ impl MuServerConfig {
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
+            udp: a.udp,
+            udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
         })
     }
 }

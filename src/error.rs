@@ -89,6 +89,8 @@ pub enum Step {
     WebSocket,
     /// Opening a multiplexed stream.
     Mux,
+    /// Carrying UDP.
+    Udp,
 }
 
 impl std::fmt::Display for Step {
@@ -99,6 +101,7 @@ impl std::fmt::Display for Step {
             Step::Http => "HTTP with",
             Step::WebSocket => "WebSocket upgrade with",
             Step::Mux => "multiplexed stream to",
+            Step::Udp => "UDP tunnel to",
         })
     }
 }

@@ -43,6 +43,37 @@ impl EncodeLabelValue for Failure {
     }
 }
 
+/// Why a datagram was dropped (the `reason` label of `mtt_udp_dropped`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// Larger than a UDP payload can be.
+    TooLarge,
+    /// Its association's queue was full (the tunnel could not keep up).
+    QueueFull,
+    /// No association could be made for it (its tunnel failed).
+    NoTunnel,
+}
+
+impl EncodeLabelValue for UdpDrop {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(
+            encoder,
+            match self {
+                UdpDrop::TooLarge => "too_large",
+                UdpDrop::QueueFull => "queue_full",
+                UdpDrop::NoTunnel => "no_tunnel",
+            },
+        )
+    }
+}
+
+/// The label set of `mtt_udp_dropped`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// Why.
+    pub reason: UdpDrop,
+}
+
 /// The label set of `mtt_connections_failed`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -73,6 +104,14 @@ pub struct Metrics {
     pub mux_sessions: Gauge,
     /// Multiplexed streams open.
     pub mux_streams: Gauge,
+    /// UDP associations open.
+    pub udp_associations: Gauge,
+    /// Datagrams relayed, by direction.
+    pub udp_datagrams: Family<Direction, Counter>,
+    /// Bytes of datagrams relayed, by direction.
+    pub udp_bytes: Family<Direction, Counter>,
+    /// Datagrams dropped, by reason.
+    pub udp_dropped: Family<DropLabel, Counter>,
     /// The two series of `bytes`, taken out once: relays add to them as bytes move.
     up: Counter,
     down: Counter,
@@ -92,6 +131,10 @@ pub fn get() -> &'static Metrics {
             handshake: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             mux_sessions: Gauge::default(),
             mux_streams: Gauge::default(),
+            udp_associations: Gauge::default(),
+            udp_datagrams: Family::default(),
+            udp_bytes: Family::default(),
+            udp_dropped: Family::default(),
             up: Counter::default(),
             down: Counter::default(),
             registry: Registry::default(),
@@ -135,6 +178,26 @@ pub fn get() -> &'static Metrics {
             "Multiplexed streams open",
             m.mux_streams.clone(),
         );
+        registry.register(
+            "udp_associations",
+            "UDP associations open",
+            m.udp_associations.clone(),
+        );
+        registry.register(
+            "udp_datagrams",
+            "Datagrams relayed, by direction",
+            m.udp_datagrams.clone(),
+        );
+        registry.register(
+            "udp_bytes",
+            "Bytes of datagrams relayed, by direction",
+            m.udp_bytes.clone(),
+        );
+        registry.register(
+            "udp_dropped",
+            "Datagrams dropped, by reason",
+            m.udp_dropped.clone(),
+        );
         Metrics {
             registry,
             up,
@@ -158,6 +221,20 @@ impl Metrics {
         if down > 0 {
             self.down.inc_by(down);
         }
+    }
+
+    /// Counts a datagram relayed `up` (towards the destination) or down.
+    pub fn udp_datagram(&self, up: bool, len: u64) {
+        let direction = Direction {
+            direction: if up { "up" } else { "down" },
+        };
+        self.udp_datagrams.get_or_create(&direction).inc();
+        self.udp_bytes.get_or_create(&direction).inc_by(len);
+    }
+
+    /// Counts a datagram dropped.
+    pub fn udp_drop(&self, reason: UdpDrop) {
+        self.udp_dropped.get_or_create(&DropLabel { reason }).inc();
     }
 
     /// Records a handshake's duration.

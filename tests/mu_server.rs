@@ -37,6 +37,8 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         fallback: None,
         mux: false,
         timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
+        udp: false,
+        udp_timeout: T,
         fast_open: false,
         drain: T,
         max_conns: 0,

@@ -534,9 +534,7 @@ async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
             }
             let mut server = Proc::spawn(&mtt_bin(), &args);
             let fp = server.pin().await;
-            // The default level shows no "listening" line: find the port from the process.
-            let pid = server.child.id().expect("pid");
-            let addr = listening_port_of(pid).await;
+            let addr = server.listening_addr().await;
             let mut cfg = client_config(
                 addr,
                 "127.0.0.1",
@@ -574,39 +572,4 @@ async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
         }
     })
     .await;
-}
-
-/// The TCP port process `pid` listens on (from /proc), for a process started without
-/// -verbose, which says nothing about it.
-async fn listening_port_of(pid: u32) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.to_string_lossy().into_owned();
-                        l.strip_prefix("socket:[")?
-                            .strip_suffix(']')
-                            .map(str::to_string)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        for line in table.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address, state 0A = LISTEN, inode
-            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
-                let port =
-                    u16::from_str_radix(f[1].rsplit(':').next().unwrap_or(""), 16).expect("port");
-                return SocketAddr::from(([127, 0, 0, 1], port));
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process {pid} listens on no TCP port"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -109,7 +109,11 @@ async fn unreachable_destination_closes_client_promptly() {
 }
 
 async fn dial_err(cfg: mtt::config::ClientConfig) -> Option<String> {
-    match Dialer::new(&cfg.dial).expect("dialer").dial().await {
+    match Dialer::new(&cfg.dial)
+        .expect("dialer")
+        .dial(mtt::transport::datagram::Kind::Stream)
+        .await
+    {
         Ok(_) => None,
         Err(e) => Some(format!("{e}")),
     }

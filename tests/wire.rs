@@ -19,7 +19,12 @@ async fn client_hello_of(
     l: TcpListener,
 ) -> (Option<String>, Vec<Vec<u8>>) {
     let dialer = Dialer::new(&cfg.dial).expect("dialer");
-    let dial = tokio::spawn(async move { dialer.dial().await.is_ok() });
+    let dial = tokio::spawn(async move {
+        dialer
+            .dial(mtt::transport::datagram::Kind::Stream)
+            .await
+            .is_ok()
+    });
     let (tcp, _) = l.accept().await.expect("accept");
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await

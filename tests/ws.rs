@@ -460,7 +460,7 @@ async fn failed_upgrades_close_the_local_connection_at_once_and_say_why() {
             let resp = response.clone();
             let (addr, fp, _seen) = fake_ws_server(move |_| resp.clone()).await;
             let cfg = wss_client_config(addr, Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")), "/", T);
-            let err = match mtt::transport::Dialer::new(&cfg.dial).expect("dialer").dial().await {
+            let err = match mtt::transport::Dialer::new(&cfg.dial).expect("dialer").dial(mtt::transport::datagram::Kind::Stream).await {
                 Ok(_) => panic!("{response}: the upgrade must fail"),
                 Err(e) => e.to_string(),
             };

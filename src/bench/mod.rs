@@ -200,12 +200,14 @@ async fn start_tunnel(
             mux: mode.mux(),
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: Duration::from_secs(60),
+            udp: false,
         },
         fast_open: false,
         fallback_dns: None,
         drain: Duration::ZERO,
         max_conns: 0,
         timeout: Duration::from_secs(60),
+        udp_timeout: Duration::from_secs(60),
     })?;
     let pin = server
         .fingerprint()
@@ -240,6 +242,7 @@ async fn start_tunnel(
         drain: Duration::ZERO,
         max_conns: 0,
         timeout: Duration::from_secs(60),
+        udp: None,
     })?;
     let client_l = TcpListener::bind("127.0.0.1:0")
         .await

@@ -1,5 +1,6 @@
 //! The client role: each accepted local connection gets a new tunnel from the [`Dialer`] and
-//! is relayed through it.
+//! is relayed through it; with `-udp`, datagrams to the same address are carried too
+//! ([`super::udp`]).
 
 use std::sync::Arc;
 
@@ -9,23 +10,57 @@ use super::{Counted, log_relay_end};
 use crate::Result;
 use crate::config::ClientConfig;
 use crate::metrics::Failure;
+use crate::transport::datagram::Kind;
 use crate::transport::{Acceptor, Dialer, Limits, Listener, Tunnel, relay};
+use tokio::net::UdpSocket;
+
+use super::udp::UdpSide;
 
 /// A ready-to-run client: configuration checked, TLS set up.
 pub struct Client {
     cfg: ClientConfig,
-    dialer: Dialer,
+    dialer: Arc<Dialer>,
 }
 
 impl Client {
     /// Sets up the layers (fails on a bad `-ca` file or server name).
     pub fn new(cfg: ClientConfig) -> Result<Self> {
-        let dialer = Dialer::new(&cfg.dial)?;
+        let dialer = Arc::new(Dialer::new(&cfg.dial)?);
         Ok(Client { cfg, dialer })
     }
 
     /// Serves `listener` until `shutdown`, then drains.
     pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
+        self.serve(listener, None, shutdown).await;
+    }
+
+    /// [`Client::run`], and with `udp` (a socket bound where `-b` says, given `-udp`) carries
+    /// the datagrams that arrive on it.
+    pub async fn serve(
+        self,
+        listener: Listener,
+        udp: Option<UdpSocket>,
+        shutdown: CancellationToken,
+    ) {
+        let udp_side = match (udp, self.cfg.udp) {
+            (Some(sock), Some(cfg)) => {
+                log::info!(
+                    target: crate::logging::NOTICE,
+                    "client carrying UDP on {}",
+                    sock.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                );
+                let side = UdpSide::new(sock, self.dialer.clone(), cfg);
+                Some(tokio::spawn(side.run(shutdown.clone())))
+            }
+            _ => None,
+        };
+        self.serve_tcp(listener, shutdown).await;
+        if let Some(side) = udp_side {
+            let _ = side.await;
+        }
+    }
+
+    async fn serve_tcp(self, listener: Listener, shutdown: CancellationToken) {
         log::info!(
             target: crate::logging::NOTICE,
             "client listening on {}, server {}",
@@ -52,7 +87,7 @@ impl Client {
         let start = std::time::Instant::now();
         // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
         // state should not stay in every idle tunnel's task.
-        match Box::pin(self.dialer.dial()).await {
+        match Box::pin(self.dialer.dial(Kind::Stream)).await {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);

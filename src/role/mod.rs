@@ -5,6 +5,7 @@ pub mod client;
 pub mod controller;
 pub mod mu_server;
 pub mod server;
+pub mod udp;
 
 use std::io;
 use std::sync::Arc;
@@ -63,6 +64,43 @@ impl Destinations {
         };
         log_relay_end(id, &res);
         res.ok()
+    }
+}
+
+impl Destinations {
+    /// Relays a datagram tunnel to `dest` over UDP (one connected socket per association)
+    /// until it ends or is idle for `idle`.
+    pub async fn relay_udp(&self, tunnel: BoxIo, id: &ConnId, dest: &HostPort, idle: Duration) {
+        let sock = async {
+            let addr = match &self.dial.dns {
+                Some(dns) => dns.resolve(dest).await?,
+                None => dest.resolve().await?,
+            }
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+            let any: std::net::SocketAddr = if addr.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = tokio::net::UdpSocket::bind(any).await?;
+            sock.connect(addr).await?;
+            Ok::<_, io::Error>(sock)
+        };
+        let sock = match sock.await {
+            Ok(s) => s,
+            Err(e) => {
+                crate::metrics::get().fail(Failure::Destination);
+                log::warn!("{id}: UDP to destination {dest}: {e}");
+                return;
+            }
+        };
+        log::debug!("{id}: UDP association to {dest}");
+        match crate::transport::datagram::relay_to_socket(tunnel, sock, idle).await {
+            Ok(()) => log::debug!("{id}: UDP association closed"),
+            Err(e) => log::info!("{id}: UDP association ended: {e}"),
+        }
     }
 }
 

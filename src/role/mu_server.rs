@@ -10,6 +10,7 @@ use super::Destinations;
 use super::controller::Controller;
 use crate::Result;
 use crate::config::MuServerConfig;
+use crate::transport::datagram::Kind;
 use crate::transport::options::{AcceptOptions, PathMatch, WsServerOptions};
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, tcp};
 use crate::users::{User, Users};
@@ -52,6 +53,7 @@ impl MuServer {
             mux: cfg.mux,
             timeouts: cfg.timeouts,
             session_idle: cfg.timeout,
+            udp: cfg.udp,
         })?;
         let out = Destinations {
             dial: tcp::DialOpts::default(),
@@ -123,14 +125,21 @@ impl MuServer {
         };
         let _live = user.tunnel();
         log::debug!("{}: user {} → {}", tunnel.id, user.path, user.dst);
-        self.out
-            .relay(
-                tunnel.io,
-                &tunnel.id,
-                &user.dst,
-                Some(&user),
-                Some(user.kicked()),
-            )
-            .await;
+        match tunnel.kind {
+            Kind::Stream => {
+                let stop = Some(user.kicked());
+                self.out
+                    .relay(tunnel.io, &tunnel.id, &user.dst, Some(&user), stop)
+                    .await;
+            }
+            Kind::Datagrams => {
+                let idle = self.cfg.udp_timeout;
+                let relay = self.out.relay_udp(tunnel.io, &tunnel.id, &user.dst, idle);
+                tokio::select! {
+                    _ = relay => {}
+                    _ = user.kicked().cancelled() => {}
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::Destinations;
 use crate::Result;
 use crate::config::ServerConfig;
+use crate::transport::datagram::Kind;
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, dns, tcp};
 
 /// A ready-to-run server: configuration checked, certificate loaded or made.
@@ -71,9 +72,17 @@ impl Server {
             .serve(listener, shutdown, limits, move |tunnel: Tunnel| {
                 let this = this.clone();
                 async move {
-                    this.out
-                        .relay(tunnel.io, &tunnel.id, &this.cfg.dest, None, None)
-                        .await;
+                    let (cfg, out) = (&this.cfg, &this.out);
+                    match tunnel.kind {
+                        Kind::Stream => {
+                            out.relay(tunnel.io, &tunnel.id, &cfg.dest, None, None)
+                                .await;
+                        }
+                        Kind::Datagrams => {
+                            out.relay_udp(tunnel.io, &tunnel.id, &cfg.dest, cfg.udp_timeout)
+                                .await
+                        }
+                    }
                 }
             })
             .await;

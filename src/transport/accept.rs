@@ -6,12 +6,16 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::certs::Certs;
+use super::datagram::{self, Kind};
 use super::front::{Carry, HttpServer, Upgrade};
 use super::io::{BoxIo, Io};
 use super::listen::{Listener, Stream};
@@ -24,11 +28,13 @@ use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
 
-/// One tunnel, ready for application bytes: its stream, who it is in logs, and (mu-server)
-/// whose it is.
+/// One tunnel, ready for application bytes: its stream, who it is in logs, (mu-server)
+/// whose it is, and whether it carries a byte stream or datagrams.
 pub struct Tunnel<O = ()> {
-    /// The tunnel's bytes.
+    /// The tunnel's bytes (datagram frames, for [`Kind::Datagrams`]).
     pub io: BoxIo,
+    /// A byte stream, or datagrams.
+    pub kind: Kind,
     /// Connection number and peer (with the stream number within a session).
     pub id: ConnId,
     /// The owner of the path it came on, when paths are routed.
@@ -45,7 +51,12 @@ pub struct Acceptor<O = ()> {
     quiet: Quiet,
     /// Plain-TLS tunnels of a server: `-mux` on one end only is told by the first bytes.
     sniff: bool,
+    /// Whether tunnels may carry datagrams (`-udp`).
+    udp: bool,
 }
+
+/// Set once a refused UDP tunnel has been logged.
+static UDP_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Keeps `mtt_connections_active` up while a connection is served.
 struct Active;
@@ -74,13 +85,23 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 fallback: ws.fallback.clone(),
                 default_mux: opts.mux,
                 timeouts: opts.timeouts,
+                udp: opts.udp,
             })
         });
         let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
+        // Plain mode answers the ALPN of version-2 sessions and of UDP tunnels when it can;
+        // WebSocket mode says the same with subprotocols.
+        let mut extra: Vec<&[u8]> = Vec::new();
+        if http.is_none() && opts.mux {
+            extra.push(datagram::ALPN_MUX2);
+        }
+        if http.is_none() && opts.udp && !opts.mux {
+            extra.push(datagram::ALPN_UDP);
+        }
         let certs = opts.tls.as_ref().map(Certs::new).transpose()?;
         let tls = certs
             .as_ref()
-            .map(|c| tls::TlsServer::new(c.store(), alpn, opts.timeouts.handshake))
+            .map(|c| tls::TlsServer::with_extra(c.store(), alpn, &extra, opts.timeouts.handshake))
             .transpose()?;
         Ok(Acceptor {
             tls,
@@ -92,6 +113,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 idle: opts.session_idle,
             },
             sniff: opts.ws.is_none(),
+            udp: opts.udp,
         })
     }
 
@@ -107,6 +129,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 idle: Duration::ZERO,
             },
             sniff: false,
+            udp: false,
         }
     }
 
@@ -156,7 +179,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         shutdown: CancellationToken,
         handle: H,
     ) where
-        H: Fn(Tunnel<O>) -> Fut + Send + Sync + 'static,
+        H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let _active = Active::new();
@@ -185,12 +208,22 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 };
                 handle(Tunnel {
                     io,
+                    kind: Kind::Stream,
                     id,
                     owner: up.owner,
                 })
                 .await
             }
-            Carry::Mux => {
+            Carry::Datagrams => {
+                handle(Tunnel {
+                    io,
+                    kind: Kind::Datagrams,
+                    id,
+                    owner: up.owner,
+                })
+                .await
+            }
+            Carry::Mux { v2 } => {
                 let io = match self.sniff {
                     false => io,
                     true => {
@@ -200,7 +233,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                         }
                     }
                 };
-                self.session(io, id, up, &tasks, shutdown, handle).await
+                self.session(io, id, up, v2, &tasks, shutdown, handle).await
             }
         }
     }
@@ -212,13 +245,31 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         id: &ConnId,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
         match &self.tls {
-            None => self.after_tls(io, id).await,
+            None => self.after_tls(io, id, None).await,
             Some(t) => {
-                let s = t
-                    .accept(io)
+                let (s, agreed) = t
+                    .negotiate(io)
                     .await
                     .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
-                self.after_tls(s, id).await
+                let chosen = agreed.chosen.clone();
+                if self.http.is_none()
+                    && agreed.offers(datagram::ALPN_UDP)
+                    && chosen.as_deref() != Some(datagram::ALPN_UDP)
+                {
+                    datagram::warn_once(
+                        &UDP_REFUSED,
+                        format_args!(
+                            "{id}: a client asked for a UDP tunnel; this server runs without -udp{} (said once)",
+                            if self.mux {
+                                ", or with -mux (UDP then rides the client's multiplexed sessions)"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    return Ok(None);
+                }
+                self.after_tls(s, id, chosen).await
             }
         }
     }
@@ -227,9 +278,16 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         &self,
         io: S,
         id: &ConnId,
+        alpn: Option<Vec<u8>>,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
         let Some(front) = &self.http else {
-            let carry = if self.mux { Carry::Mux } else { Carry::Plain };
+            let carry = match alpn.as_deref() {
+                Some(p) if p == datagram::ALPN_UDP => Carry::Datagrams,
+                _ if self.mux => Carry::Mux {
+                    v2: alpn.as_deref() == Some(datagram::ALPN_MUX2),
+                },
+                _ => Carry::Plain,
+            };
             let up = Upgrade {
                 carry,
                 path: String::new(),
@@ -246,19 +304,24 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
 
     /// Hands each stream of a session to `handle` in a tracked task, until the session ends,
     /// or (at shutdown) until its last stream has.
+    #[allow(clippy::too_many_arguments)]
     async fn session<H, Fut>(
         &self,
         io: BoxIo,
         id: ConnId,
         up: Upgrade<O>,
+        v2: bool,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
         handle: H,
     ) where
-        H: Fn(Tunnel<O>) -> Fut,
+        H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        log::debug!("{id}: multiplexed session");
+        log::debug!(
+            "{id}: multiplexed session{}",
+            if v2 { " (version 2)" } else { "" }
+        );
         let mut session = MuxSession::server(io, MAX_STREAMS_PER_SESSION, self.quiet);
         // A session belongs to the owner of its path: revoking the owner closes it.
         let revoked = match (&self.http, &up.owner) {
@@ -304,11 +367,46 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 },
                 _ => up.owner.clone(),
             };
-            tasks.spawn(handle(Tunnel {
-                io: Box::new(stream),
-                id: sid,
-                owner,
-            }));
+            if !v2 {
+                tasks.spawn(handle(Tunnel {
+                    io: Box::new(stream),
+                    kind: Kind::Stream,
+                    id: sid,
+                    owner,
+                }));
+                continue;
+            }
+            // Version 2: the stream's first byte says what it carries; read in its own task,
+            // so a slow stream holds back nothing else.
+            let (handle, udp, limit) = (handle.clone(), self.udp, self.quiet.first);
+            tasks.spawn(async move {
+                let mut stream = stream;
+                let mut kind = [0u8; 1];
+                let read = tokio::time::timeout(limit, stream.read_exact(&mut kind)).await;
+                let kind = match read {
+                    Ok(Ok(_)) if kind[0] == datagram::STREAM_TCP => Kind::Stream,
+                    Ok(Ok(_)) if kind[0] == datagram::STREAM_UDP && udp => Kind::Datagrams,
+                    Ok(Ok(_)) if kind[0] == datagram::STREAM_UDP => {
+                        datagram::warn_once(
+                            &UDP_REFUSED,
+                            format_args!("{sid}: a client asked for a UDP tunnel; this server runs without -udp (said once)"),
+                        );
+                        return;
+                    }
+                    Ok(Ok(_)) => {
+                        log::info!("{sid}: refused: unknown stream type {}", kind[0]);
+                        return;
+                    }
+                    _ => return,
+                };
+                handle(Tunnel {
+                    io: Box::new(stream),
+                    kind,
+                    id: sid,
+                    owner,
+                })
+                .await
+            });
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The dialling end of the pipeline: [`Dialer`] opens tunnels to the server, each a new
-//! connection (TCP → TLS → WebSocket?) or a stream of a shared multiplexed session.
+//! connection (TCP → TLS → WebSocket?) or a stream of a shared multiplexed session; a tunnel
+//! carries a byte stream or, marked as such before its first byte, datagrams.
 
 use std::sync::Arc;
 
+use super::datagram::{self, Kind};
 use super::io::BoxIo;
 use super::options::DialOptions;
 use super::{ALPN_HTTP1, dns, front, mux, tcp, tls, ws};
@@ -13,28 +15,52 @@ use crate::{Error, Result};
 struct Connector {
     opts: DialOptions,
     dial: tcp::DialOpts,
+    /// TLS of TCP tunnels and sessions: no ALPN in plain mode (as the original), `mtt-mux2`
+    /// for plain multiplexed sessions, `http/1.1` for WebSocket.
     tls: tls::TlsClient,
-    /// WebSocket subprotocol: what the connection will carry.
-    protocol: &'static str,
+    /// TLS of plain-mode UDP tunnels: ALPN `mtt-udp`.
+    tls_udp: tls::TlsClient,
+}
+
+/// What a server said no to: UDP (no `-udp` there, or too old).
+fn udp_refused(server: &str, why: &str) -> Error {
+    let e = std::io::Error::new(std::io::ErrorKind::Unsupported, why.to_string());
+    Error::tunnel(Step::Udp, format!("server {server}"), e)
 }
 
 impl Connector {
-    async fn connect(&self) -> Result<BoxIo> {
+    /// One connection for `kind`; with it, whether a multiplexed session on it is of
+    /// version 2 (streams open with a type byte, datagrams allowed).
+    async fn connect(&self, kind: Kind) -> Result<(BoxIo, bool)> {
         let server = &self.opts.server;
         let peer = || format!("server {server}");
         let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
             .await
             .map_err(|e| Error::tunnel(Step::Connect, peer(), e))?;
-        let tls = self
-            .tls
+        let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
+        let client = if udp_plain { &self.tls_udp } else { &self.tls };
+        let tls = client
             .connect(tcp)
             .await
             .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let Some(ws) = &self.opts.ws else {
-            return Ok(Box::new(tls));
+            if udp_plain && alpn.as_deref() != Some(datagram::ALPN_UDP) {
+                return Err(udp_refused(
+                    &server.to_string(),
+                    "it does not carry UDP (run it with -udp)",
+                ));
+            }
+            let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
+            return Ok((Box::new(tls), v2));
         };
-        let upgrade = ws::client(tls, &ws.host, &ws.path, self.protocol);
-        let stream = tokio::time::timeout(self.opts.timeouts.handshake, upgrade)
+        let protocol = match (kind, self.opts.mux.is_some()) {
+            (Kind::Datagrams, false) => datagram::SUBPROTOCOL_UDP,
+            (_, true) => "yamux2, yamux",
+            (Kind::Stream, false) => front::SMUX_OFF,
+        };
+        let upgrade = ws::client(tls, &ws.host, &ws.path, protocol);
+        let (stream, chosen) = tokio::time::timeout(self.opts.timeouts.handshake, upgrade)
             .await
             .unwrap_or_else(|_| {
                 Err(std::io::Error::new(
@@ -43,7 +69,14 @@ impl Connector {
                 ))
             })
             .map_err(|e| Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e))?;
-        Ok(Box::new(stream))
+        if protocol == datagram::SUBPROTOCOL_UDP && chosen.as_deref() != Some(protocol) {
+            return Err(udp_refused(
+                &server.to_string(),
+                "it does not carry UDP (run it with -udp)",
+            ));
+        }
+        let v2 = chosen.as_deref() == Some(datagram::SUBPROTOCOL_YAMUX2);
+        Ok((Box::new(stream), v2))
     }
 }
 
@@ -57,7 +90,12 @@ pub struct Dialer {
 impl Dialer {
     /// Builds the layers (reads `-ca` now).
     pub fn new(opts: &DialOptions) -> Result<Self> {
-        let alpn = if opts.ws.is_some() { ALPN_HTTP1 } else { &[] };
+        let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.is_some()) {
+            (true, _) => ALPN_HTTP1,
+            (false, true) => &[datagram::ALPN_MUX2],
+            (false, false) => &[],
+        };
+        let handshake = opts.timeouts.handshake;
         let connector = Arc::new(Connector {
             dial: tcp::DialOpts {
                 fast_open: opts.fast_open,
@@ -68,30 +106,31 @@ impl Dialer {
                     .map(Arc::new),
                 protect: opts.protect.clone(),
             },
-            tls: tls::TlsClient::new(&opts.tls, alpn, opts.timeouts.handshake)?,
-            protocol: if opts.mux.is_some() {
-                front::YAMUX
-            } else {
-                front::SMUX_OFF
-            },
+            tls: tls::TlsClient::new(&opts.tls, alpn, handshake)?,
+            tls_udp: tls::TlsClient::new(&opts.tls, &[datagram::ALPN_UDP], handshake)?,
             opts: opts.clone(),
         });
         let pool = opts.mux.as_ref().map(|m| {
             let c = connector.clone();
             let dial: mux::DialFn = Box::new(move || {
                 let c = c.clone();
-                Box::pin(async move { c.connect().await })
+                Box::pin(async move { c.connect(Kind::Stream).await })
             });
             mux::MuxPool::new(m.max_streams, m.idle, dial)
         });
         Ok(Dialer { connector, pool })
     }
 
-    /// One new tunnel, ready for application bytes.
-    pub async fn dial(&self) -> Result<BoxIo> {
+    /// One new tunnel carrying `kind`, ready for application bytes (or datagram frames).
+    pub async fn dial(&self, kind: Kind) -> Result<BoxIo> {
         match &self.pool {
-            None => self.connector.connect().await,
-            Some(pool) => pool.open().await.map(|s| Box::new(s) as BoxIo),
+            None => self.connector.connect(kind).await.map(|(io, _)| io),
+            Some(pool) => pool.open(kind).await.map(|s| Box::new(s) as BoxIo),
         }
+    }
+
+    /// The server this dialer reaches, for logs.
+    pub fn server(&self) -> String {
+        self.connector.opts.server.to_string()
     }
 }

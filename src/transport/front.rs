@@ -14,6 +14,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use super::datagram::{self, SUBPROTOCOL_UDP, SUBPROTOCOL_YAMUX2};
 use super::fallback::{self, Body};
 use super::io::{BoxIo, Io};
 use super::options::{PathMatch, Timeouts};
@@ -30,13 +31,22 @@ pub const SMUX_ON: &str = "smux_on";
 /// The subprotocol of mtt clients that multiplex (with yamux).
 pub const YAMUX: &str = "yamux";
 
+/// Set once a refused UDP tunnel has been logged.
+static UDP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// What the client's subprotocol asked the tunnel to carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carry {
     /// One byte stream (`smux_off`, or no subprotocol and no `-mux`).
     Plain,
-    /// A yamux session (`yamux`, or no subprotocol with `-mux`).
-    Mux,
+    /// A yamux session (`yamux`, or no subprotocol with `-mux`); `v2` (`yamux2`): its
+    /// streams open with a type byte.
+    Mux {
+        /// Version 2.
+        v2: bool,
+    },
+    /// Datagrams (`mtt-udp`).
+    Datagrams,
 }
 
 /// Settings of the HTTP front; `O` is the owner of routed tunnels.
@@ -50,6 +60,8 @@ pub struct HttpServer<O> {
     pub default_mux: bool,
     /// The request-head timeout, and the fallback site's connect.
     pub timeouts: Timeouts,
+    /// Whether tunnels may carry datagrams (`-udp`).
+    pub udp: bool,
 }
 
 type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>)>>>;
@@ -179,8 +191,24 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         };
         let accept = ws::accept_key(key.trim());
         let offered = tokens(h, "sec-websocket-protocol");
-        let (carry, chosen) = if offered.iter().any(|p| p == YAMUX) {
-            (Carry::Mux, Some(YAMUX))
+        let (carry, chosen) = if offered.iter().any(|p| p == SUBPROTOCOL_UDP) {
+            if !self.udp {
+                datagram::warn_once(
+                    &UDP_REFUSED,
+                    format_args!(
+                        "{id}: a client asked for a UDP tunnel; this server runs without -udp (said once)"
+                    ),
+                );
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "this server does not carry UDP (-udp)",
+                ));
+            }
+            (Carry::Datagrams, Some(SUBPROTOCOL_UDP))
+        } else if offered.iter().any(|p| p == SUBPROTOCOL_YAMUX2) {
+            (Carry::Mux { v2: true }, Some(SUBPROTOCOL_YAMUX2))
+        } else if offered.iter().any(|p| p == YAMUX) {
+            (Carry::Mux { v2: false }, Some(YAMUX))
         } else if offered.iter().any(|p| p == SMUX_OFF) {
             (Carry::Plain, Some(SMUX_OFF))
         } else if offered.iter().any(|p| p == SMUX_ON) {
@@ -193,7 +221,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             ));
         } else if self.default_mux {
             // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides.
-            (Carry::Mux, None)
+            (Carry::Mux { v2: false }, None)
         } else {
             (Carry::Plain, None)
         };

@@ -55,3 +55,29 @@ impl From<TcpListener> for Listener {
 
 /// An accepted connection of either family; `Either` forwards vectored writes.
 pub type Stream = Either<TcpStream, UnixStream>;
+
+impl Listener {
+    /// A UDP socket on the address and port this (TCP) listener has, for `-udp`: the same
+    /// port number carries both, as SIP003u asks. An all-interfaces listener gets an
+    /// all-interfaces socket, IPv6 and IPv4 alike.
+    pub fn bind_udp_beside(&self) -> io::Result<tokio::net::UdpSocket> {
+        let Listener::Tcp(l) = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "UDP needs a TCP address, not a Unix socket",
+            ));
+        };
+        let addr = l.local_addr()?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            None,
+        )?;
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket.set_only_v6(false)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        tokio::net::UdpSocket::from_std(socket.into())
+    }
+}

@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod cert;
 pub mod certs;
+pub mod datagram;
 pub mod dial;
 pub mod dns;
 pub mod fallback;

@@ -219,4 +219,6 @@ pub struct AcceptOptions<O> {
     pub timeouts: Timeouts,
     /// How long a multiplexed session may carry no stream before it is closed (`-timeout`).
     pub session_idle: Duration,
+    /// Whether tunnels may carry datagrams (`-udp`).
+    pub udp: bool,
 }

@@ -9,7 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+use tokio_rustls::{TlsConnector, client, server};
 
 use super::cert;
 use super::certs::CertStore;
@@ -88,7 +88,8 @@ impl TlsClient {
         })
     }
 
-    /// Runs the handshake over `io` within the handshake timeout.
+    /// Runs the handshake over `io` within the handshake timeout (the ALPN agreed, if any,
+    /// is `stream.get_ref().1.alpn_protocol()`).
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
         let mut tls = within(
             self.handshake,
@@ -104,8 +105,28 @@ impl TlsClient {
 /// The accepting side of TLS.
 #[derive(Clone)]
 pub struct TlsServer {
-    acceptor: TlsAcceptor,
+    base: Arc<rustls::ServerConfig>,
+    /// Configurations that answer one ALPN protocol, chosen when the client offers it
+    /// (`mtt-udp`, `mtt-mux2`); a client that offers none of them gets `base`, which never
+    /// fails a handshake over ALPN.
+    extra: Vec<(Vec<u8>, Arc<rustls::ServerConfig>)>,
     handshake: Duration,
+}
+
+/// What a client's hello offered and what was chosen.
+#[derive(Debug, Clone, Default)]
+pub struct Negotiated {
+    /// The ALPN protocols the client offered.
+    pub offered: Vec<Vec<u8>>,
+    /// The protocol agreed, if any.
+    pub chosen: Option<Vec<u8>>,
+}
+
+impl Negotiated {
+    /// Whether the client offered `p`.
+    pub fn offers(&self, p: &[u8]) -> bool {
+        self.offered.iter().any(|o| o == p)
+    }
 }
 
 impl TlsServer {
@@ -113,23 +134,64 @@ impl TlsServer {
     /// (none in plain mode: a server must not require ALPN, original clients send none);
     /// handshakes that take longer than `handshake` fail.
     pub fn new(store: Arc<CertStore>, alpn: &[&[u8]], handshake: Duration) -> Result<Self> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(Error::Tls)?
-            .with_no_client_auth()
-            .with_cert_resolver(store);
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Self::with_extra(store, alpn, &[], handshake)
+    }
+
+    /// [`TlsServer::new`], also answering each protocol of `extra` when a client offers it.
+    pub fn with_extra(
+        store: Arc<CertStore>,
+        alpn: &[&[u8]],
+        extra: &[&[u8]],
+        handshake: Duration,
+    ) -> Result<Self> {
+        let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>> {
+            let mut c = rustls::ServerConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(Error::Tls)?
+                .with_no_client_auth()
+                .with_cert_resolver(store.clone());
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        let extra = extra
+            .iter()
+            .map(|p| Ok((p.to_vec(), config(&[p])?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(TlsServer {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            base: config(alpn)?,
+            extra,
             handshake,
         })
     }
 
     /// Runs the handshake over `io` within the handshake timeout.
     pub async fn accept<S: Io>(&self, io: S) -> io::Result<server::TlsStream<S>> {
-        let mut tls = within(self.handshake, self.acceptor.accept(io)).await?;
+        Ok(self.negotiate(io).await?.0)
+    }
+
+    /// [`TlsServer::accept`], saying what the client's hello offered and what was agreed.
+    pub async fn negotiate<S: Io>(&self, io: S) -> io::Result<(server::TlsStream<S>, Negotiated)> {
+        let handshake = async {
+            let start =
+                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
+                    .await?;
+            let offered: Vec<Vec<u8>> = start
+                .client_hello()
+                .alpn()
+                .map(|ps| ps.map(<[u8]>::to_vec).collect())
+                .unwrap_or_default();
+            let config = self
+                .extra
+                .iter()
+                .find(|(p, _)| offered.iter().any(|o| o == p))
+                .map_or_else(|| self.base.clone(), |(_, c)| c.clone());
+            let tls = start.into_stream(config).await?;
+            Ok((tls, offered))
+        };
+        let (mut tls, offered) = within(self.handshake, handshake).await?;
+        let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
-        Ok(tls)
+        Ok((tls, Negotiated { offered, chosen }))
     }
 }
 

@@ -146,12 +146,14 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
             mux: false,
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: timeout,
+            udp: false,
         },
         fast_open: false,
         fallback_dns: None,
         drain: Duration::from_secs(30),
         max_conns: 0,
         timeout,
+        udp_timeout: Duration::from_secs(60),
     }
 }
 
@@ -194,6 +196,7 @@ pub fn client_config(
         drain: Duration::from_secs(30),
         max_conns: 0,
         timeout,
+        udp: None,
     }
 }
 

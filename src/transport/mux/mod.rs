@@ -103,9 +103,13 @@ impl MuxStream {
         }
     }
 
-    /// Writes nothing, which makes yamux send the frame that opens the stream.
-    async fn announce(&mut self) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::write(&mut self.inner, &[]).await?;
+    /// Writes `first` (possibly nothing), which makes yamux send the frame that opens the
+    /// stream at once.
+    async fn announce(&mut self, first: &[u8]) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.inner, first).await?;
+        if first.is_empty() {
+            tokio::io::AsyncWriteExt::write(&mut self.inner, &[]).await?;
+        }
         Ok(())
     }
 }
@@ -185,7 +189,10 @@ mod tests {
         let a = Mutex::new(Some(Box::new(a) as BoxIo));
         let dial: DialFn = Box::new(move || {
             let io = a.lock().ok().and_then(|mut a| a.take());
-            Box::pin(async move { io.ok_or_else(|| crate::Error::Runtime("dialled twice".into())) })
+            Box::pin(async move {
+                io.map(|io| (io, false))
+                    .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
+            })
         });
         let pool = MuxPool::new(4, Duration::from_secs(30), dial);
         (
@@ -213,7 +220,10 @@ mod tests {
             drop(s);
             while let Some(Ok(_)) = session.next().await {}
         });
-        let mut c = pool.open().await.expect("open");
+        let mut c = pool
+            .open(crate::transport::datagram::Kind::Stream)
+            .await
+            .expect("open");
         let chunk = vec![7u8; 64 * 1024];
         let written = tokio::time::timeout(Duration::from_secs(5), async {
             let mut n = 0usize;
@@ -255,7 +265,10 @@ mod tests {
             }
         });
         for _ in 0..3 {
-            let mut c = pool.open().await.expect("open");
+            let mut c = pool
+                .open(crate::transport::datagram::Kind::Stream)
+                .await
+                .expect("open");
             c.write_all(b"hello").await.expect("write");
             c.shutdown().await.expect("FIN");
             let mut back = Vec::new();

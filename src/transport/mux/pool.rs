@@ -16,12 +16,14 @@ use std::time::Duration;
 use super::reset::Resets;
 use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
 use crate::error::Step;
+use crate::transport::datagram::{self, Kind};
 use crate::transport::io::BoxIo;
 use crate::{Error, Result};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
-type Ready = Result<mpsc::UnboundedSender<OpenReply>, Arc<Error>>;
+/// The driver's request channel and whether the session is of version 2, or why it failed.
+type Ready = Result<(mpsc::UnboundedSender<OpenReply>, bool), Arc<Error>>;
 
 /// A client session: its driver task owns the yamux connection.
 struct Session {
@@ -41,8 +43,10 @@ impl Session {
 }
 
 /// Opens one new tunnel connection for a session.
+/// Opens one new tunnel connection for a session; with it, whether the server agreed to
+/// version 2 (streams open with a type byte; datagrams allowed).
 pub type DialFn =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<BoxIo>> + Send>> + Send + Sync>;
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(BoxIo, bool)>> + Send>> + Send + Sync>;
 
 /// The client's sessions.
 pub struct MuxPool {
@@ -71,12 +75,12 @@ impl MuxPool {
 
     /// A new stream: on a session with room, else on a new session. A failed dial is the
     /// error of every stream that waited for it, cause and all.
-    pub async fn open(self: &Arc<Self>) -> Result<MuxStream> {
+    pub async fn open(self: &Arc<Self>, kind: Kind) -> Result<MuxStream> {
         // A session can die between the reservation and the open; then try once more, on a
         // session that is alive or a new one.
         let mut last = None;
         for _ in 0..2 {
-            match self.try_open().await {
+            match self.try_open(kind).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }
@@ -84,7 +88,7 @@ impl MuxPool {
         Err(last.unwrap_or_else(|| Error::Runtime("multiplexing: no session".into())))
     }
 
-    async fn try_open(self: &Arc<Self>) -> Result<MuxStream> {
+    async fn try_open(self: &Arc<Self>, kind: Kind) -> Result<MuxStream> {
         let mut announce = None;
         let (session, fresh) = {
             let mut list = self.lock();
@@ -132,8 +136,8 @@ impl MuxPool {
             let e = io::Error::new(io::ErrorKind::ConnectionAborted, "session closed");
             Error::tunnel(Step::Mux, "server", e)
         };
-        let tx = match state {
-            Some(Ok(tx)) => tx,
+        let (tx, v2) = match state {
+            Some(Ok(ready)) => ready,
             Some(Err(e)) => return Err(Error::Shared(e)),
             None => return Err(closed()),
         };
@@ -147,11 +151,23 @@ impl MuxPool {
             .map_err(|_| closed())?
             .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
         let mut stream = MuxStream::new(stream, session.resets.clone(), slot);
-        // yamux announces a stream with its first frame; an empty write sends that frame now,
-        // so the server dials the destination even if the application waits for it to speak
-        // first (SMTP, SSH banners).
+        // yamux announces a stream with its first frame; this first write sends that frame
+        // now, so the server dials the destination even if the application waits for it to
+        // speak first (SMTP, SSH banners). In a version-2 session it is the stream's type.
+        let first: &[u8] = match (v2, kind) {
+            (true, Kind::Stream) => &[datagram::STREAM_TCP],
+            (true, Kind::Datagrams) => &[datagram::STREAM_UDP],
+            (false, Kind::Stream) => &[],
+            (false, Kind::Datagrams) => {
+                let e = io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "its multiplexing is of an older mtt (version 1), which carries no UDP",
+                );
+                return Err(Error::tunnel(Step::Udp, "server", e));
+            }
+        };
         stream
-            .announce()
+            .announce(first)
             .await
             .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
         Ok(stream)
@@ -159,8 +175,8 @@ impl MuxPool {
 
     /// Dials the session's connection and drives it until it ends.
     async fn connect(self: Arc<Self>, session: Arc<Session>, ready: watch::Sender<Option<Ready>>) {
-        let io = match (self.dial)().await {
-            Ok(io) => io,
+        let (io, v2) = match (self.dial)().await {
+            Ok(x) => x,
             Err(e) => {
                 session.dead.store(true, Ordering::Release);
                 let _ = ready.send(Some(Err(Arc::new(e))));
@@ -168,7 +184,7 @@ impl MuxPool {
             }
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = ready.send(Some(Ok(tx)));
+        let _ = ready.send(Some(Ok((tx, v2))));
         let transport = transport(io, session.resets.clone());
         let conn = yamux::Connection::new(transport, config(), yamux::Mode::Client);
         let m = crate::metrics::get();

@@ -50,12 +50,15 @@ pub fn new_key() -> io::Result<String> {
 
 /// Runs the client side of the upgrade over `io`: sends the request, waits for 101 with the
 /// right accept key, and returns the stream (with any bytes that followed the response).
+///
+/// `protocol` may list several subprotocols (`yamux2, yamux`); the one the server chose, if
+/// any, is returned with the stream.
 pub async fn client<S: Io>(
     mut io: S,
     host: &str,
     path: &str,
     protocol: &str,
-) -> io::Result<WsStream<S>> {
+) -> io::Result<(WsStream<S>, Option<String>)> {
     let key = new_key()?;
     io.write_all(upgrade_request(host, path, &key, protocol).as_bytes())
         .await?;
@@ -107,7 +110,11 @@ pub async fn client<S: Io>(
         if header("sec-websocket-accept").first().map(|v| v.trim()) != Some(&accept_key(&key)) {
             return Err(bad_upgrade("wrong Sec-WebSocket-Accept".into()));
         }
-        return Ok(WsStream::new(io, Role::Client, &head[len..]));
+        let chosen = header("sec-websocket-protocol")
+            .first()
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty());
+        return Ok((WsStream::new(io, Role::Client, &head[len..]), chosen));
     }
 }
 
