@@ -18,9 +18,19 @@ const T: Duration = Duration::from_secs(30);
 
 /// Echoes every datagram to its sender, and every TCP byte on the same port.
 async fn udp_echo() -> SocketAddr {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let addr = sock.local_addr().expect("addr");
-    let tcp = TcpListener::bind(addr).await.expect("bind TCP beside");
+    // A UDP port whose TCP twin is free too (another test may hold that one).
+    let mut tries = 0;
+    let (sock, tcp, addr) = loop {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => break (sock, tcp, addr),
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 20, "no port free for both UDP and TCP: {e}");
+            }
+        }
+    };
     tokio::spawn(async move {
         while let Ok((mut s, _)) = tcp.accept().await {
             tokio::spawn(async move {
@@ -276,6 +286,239 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
                 .count();
             assert_eq!(said, 1, "{flags:?}: said once: {:?}", server.seen);
         }
+    })
+    .await;
+}
+
+/// A bad frame (over 65,507 bytes, or cut short) closes that association only; one that
+/// meets an unreachable destination (ICMP port unreachable) lives on; the process too.
+#[tokio::test]
+async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let dead = {
+            let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            s.local_addr().expect("addr")
+        };
+        let echo = udp_echo().await;
+        for (dest, flags) in [
+            (dead, vec!["-udp", "-metrics", "127.0.0.1:0"]),
+            (echo, vec!["-udp"]),
+        ] {
+            let d = dest.to_string();
+            let mut server = Proc::server(&d, &flags);
+            let fp = server.pin().await;
+            let addr = server.listening_addr().await;
+            let pin = Verify::Pin(mtt::config::parse_pin(&fp).expect("pin"));
+            if dest == dead {
+                // Datagrams to a closed port: ICMP comes back; the association stays.
+                let metrics = server.addr_after("metrics at http://").await;
+                let client = start_udp_client(
+                    client_config(addr, "127.0.0.1", pin, T),
+                    UdpConfig {
+                        timeout: T,
+                        max_assoc: 8,
+                    },
+                )
+                .await;
+                let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    sock.send_to(b"hello?", client.addr).await.expect("send");
+                    let text = scrape(metrics).await;
+                    let ups = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("mtt_udp_datagrams_total{direction=\"up\"} "))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    if ups >= 5 {
+                        assert!(text.contains("mtt_udp_associations 1\n"), "{text}");
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "{text}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            } else {
+                // A live association beside the bad ones.
+                let client = start_udp_client(
+                    client_config(addr, "127.0.0.1", pin, T),
+                    UdpConfig {
+                        timeout: T,
+                        max_assoc: 8,
+                    },
+                )
+                .await;
+                let good = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                round_trip(&good, client.addr, b"before").await;
+                let tls = mtt::transport::tls::TlsClient::new(
+                    &mtt::transport::options::TlsClientOptions {
+                        server_name: "127.0.0.1".into(),
+                        verify: Verify::Insecure,
+                    },
+                    &[b"mtt-udp"],
+                    Duration::from_secs(10),
+                )
+                .expect("tls");
+                for bad in [&[0xff, 0xff, 1, 2, 3][..], &[0, 100, 1, 2, 3][..]] {
+                    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    let mut s = tls.connect(tcp).await.expect("handshake");
+                    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"mtt-udp"[..]));
+                    s.write_all(bad).await.expect("write");
+                    if bad[0] == 0 {
+                        // Cut short: the length says 100, five bytes come, then the end.
+                        s.shutdown().await.expect("shutdown");
+                    }
+                    s.flush().await.expect("flush");
+                    let mut rest = Vec::new();
+                    let closed =
+                        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+                            .await;
+                    assert!(closed.is_ok(), "a bad frame left its association open");
+                }
+                round_trip(&good, client.addr, b"after").await;
+            }
+            server.signal("TERM");
+            assert_eq!(server.exit().await.code(), Some(0));
+        }
+    })
+    .await;
+}
+
+/// The mu-server with -udp: a user's datagrams go to that user's destination.
+#[tokio::test]
+async fn mu_server_users_carry_udp_to_their_destination() {
+    bounded(async {
+        let echo = udp_echo().await;
+        let mut cfg = mu_config();
+        cfg.udp = true;
+        let server = mtt::role::mu_server::MuServer::new(cfg).expect("mu-server");
+        let pin = Verify::Pin(mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"));
+        let token = server.token().to_string();
+        let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (daddr, caddr) = (data.local_addr().expect("a"), control.local_addr().expect("a"));
+        tokio::spawn(server.run(Listener::Tcp(data), control, CancellationToken::new()));
+        let body = format!(r#"{{"dst":"{echo}"}}"#);
+        let put = format!(
+            "PUT /v1/users/u HTTP/1.1\r\nHost: {caddr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(caddr).await.expect("controller");
+        tokio::io::AsyncWriteExt::write_all(&mut s, put.as_bytes()).await.expect("put");
+        let mut reply = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut s, &mut reply).await.expect("reply");
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        for mux in [false, true] {
+            let mut ccfg = wss_client_config(daddr, pin.clone(), "/u", T);
+            if mux {
+                ccfg.dial.mux = Some(MuxClientOptions { max_streams: 4, idle: Duration::from_secs(10) });
+            }
+            let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8 }).await;
+            let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            for n in [1usize, 1400, 65_507] {
+                round_trip(&sock, client.addr, &random_bytes(n, n as u64)).await;
+            }
+        }
+    })
+    .await;
+}
+
+/// A mu-server configuration on loopback with a token and no users file.
+fn mu_config() -> mtt::config::MuServerConfig {
+    mtt::config::MuServerConfig {
+        listen: mtt::config::Listen::Tcp(hp("127.0.0.1:0")),
+        controller: hp("127.0.0.1:0"),
+        token: Some("t".into()),
+        token_file: std::path::PathBuf::from("unused.token"),
+        users_file: None,
+        tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+        fallback: None,
+        mux: false,
+        timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
+        fast_open: false,
+        drain: T,
+        max_conns: 0,
+        timeout: T,
+        udp: false,
+        udp_timeout: T,
+    }
+}
+
+/// TCP bulk and UDP echo share one multiplexed session: the datagram round trip under the
+/// bulk load stays near its quiet value (per-stream windows: a saturating stream does not
+/// queue the datagrams' stream behind it).
+#[tokio::test]
+async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let echo = udp_echo().await;
+        let mut scfg = server_config(
+            echo,
+            Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+            T,
+        );
+        scfg.accept.udp = true;
+        scfg.accept.mux = true;
+        let server = start_server(scfg).await;
+        let mut ccfg = client_config(server.addr, "127.0.0.1", pin_of(&server), T);
+        ccfg.dial.mux = Some(MuxClientOptions {
+            max_streams: 8,
+            idle: Duration::from_secs(10),
+        });
+        let client = start_udp_client(
+            ccfg,
+            UdpConfig {
+                timeout: T,
+                max_assoc: 8,
+            },
+        )
+        .await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v[v.len() / 2]
+        };
+        let mut quiet = Vec::new();
+        for _ in 0..30 {
+            let t = Instant::now();
+            round_trip(&sock, client.addr, b"ping").await;
+            quiet.push(t.elapsed());
+        }
+        // A TCP stream of the same session pushes as fast as it can (the echo returns it).
+        let mut bulk = tokio::net::TcpStream::connect(client.addr)
+            .await
+            .expect("connect");
+        let stop = CancellationToken::new();
+        let pushing = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = bulk.split();
+                let chunk = vec![5u8; 256 * 1024];
+                let mut sink = vec![0u8; 256 * 1024];
+                let write = async {
+                    while !stop.is_cancelled() {
+                        if w.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let read = async { while matches!(r.read(&mut sink).await, Ok(n) if n > 0) {} };
+                tokio::select! { _ = write => {}, _ = read => {}, _ = stop.cancelled() => {} }
+            })
+        };
+        let mut loaded = Vec::new();
+        for _ in 0..30 {
+            let t = Instant::now();
+            round_trip(&sock, client.addr, b"ping").await;
+            loaded.push(t.elapsed());
+        }
+        stop.cancel();
+        let _ = pushing.await;
+        let (q, l) = (median(quiet), median(loaded));
+        assert!(
+            l < q + Duration::from_millis(50),
+            "UDP round trip {q:?} quiet, {l:?} beside the bulk"
+        );
     })
     .await;
 }

@@ -69,8 +69,15 @@ impl Destinations {
 
 impl Destinations {
     /// Relays a datagram tunnel to `dest` over UDP (one connected socket per association)
-    /// until it ends or is idle for `idle`.
-    pub async fn relay_udp(&self, tunnel: BoxIo, id: &ConnId, dest: &HostPort, idle: Duration) {
+    /// until it ends, is idle for `idle`, or `stop` fires (shutdown, a kick).
+    pub async fn relay_udp(
+        &self,
+        tunnel: BoxIo,
+        id: &ConnId,
+        dest: &HostPort,
+        idle: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) {
         let sock = async {
             let addr = match &self.dial.dns {
                 Some(dns) => dns.resolve(dest).await?,
@@ -97,9 +104,13 @@ impl Destinations {
             }
         };
         log::debug!("{id}: UDP association to {dest}");
-        match crate::transport::datagram::relay_to_socket(tunnel, sock, idle).await {
-            Ok(()) => log::debug!("{id}: UDP association closed"),
-            Err(e) => log::info!("{id}: UDP association ended: {e}"),
+        let relay = crate::transport::datagram::relay_to_socket(tunnel, sock, idle);
+        tokio::select! {
+            res = relay => match res {
+                Ok(()) => log::debug!("{id}: UDP association closed"),
+                Err(e) => log::info!("{id}: UDP association ended: {e}"),
+            },
+            _ = stop.cancelled() => log::debug!("{id}: UDP association closed: stopping"),
         }
     }
 }

@@ -134,7 +134,10 @@ impl MuServer {
             }
             Kind::Datagrams => {
                 let idle = self.cfg.udp_timeout;
-                let relay = self.out.relay_udp(tunnel.io, &tunnel.id, &user.dst, idle);
+                let stop = tunnel.shutdown;
+                let relay = self
+                    .out
+                    .relay_udp(tunnel.io, &tunnel.id, &user.dst, idle, &stop);
                 tokio::select! {
                     _ = relay => {}
                     _ = user.kicked().cancelled() => {}

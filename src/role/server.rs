@@ -79,7 +79,8 @@ impl Server {
                                 .await;
                         }
                         Kind::Datagrams => {
-                            out.relay_udp(tunnel.io, &tunnel.id, &cfg.dest, cfg.udp_timeout)
+                            let (id, stop) = (&tunnel.id, &tunnel.shutdown);
+                            out.relay_udp(tunnel.io, id, &cfg.dest, cfg.udp_timeout, stop)
                                 .await
                         }
                     }

@@ -39,6 +39,9 @@ pub struct Tunnel<O = ()> {
     pub id: ConnId,
     /// The owner of the path it came on, when paths are routed.
     pub owner: Option<O>,
+    /// Fires at shutdown: byte streams may drain, datagram tunnels (which never "finish")
+    /// end at once.
+    pub shutdown: CancellationToken,
 }
 
 /// Ends tunnels: TLS (unless disabled) over an accepted connection, then (with `-wss`) the
@@ -211,6 +214,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     kind: Kind::Stream,
                     id,
                     owner: up.owner,
+                    shutdown: shutdown.clone(),
                 })
                 .await
             }
@@ -220,6 +224,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     kind: Kind::Datagrams,
                     id,
                     owner: up.owner,
+                    shutdown: shutdown.clone(),
                 })
                 .await
             }
@@ -373,12 +378,14 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     kind: Kind::Stream,
                     id: sid,
                     owner,
+                    shutdown: shutdown.clone(),
                 }));
                 continue;
             }
             // Version 2: the stream's first byte says what it carries; read in its own task,
             // so a slow stream holds back nothing else.
             let (handle, udp, limit) = (handle.clone(), self.udp, self.quiet.first);
+            let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let mut stream = stream;
                 let mut kind = [0u8; 1];
@@ -404,6 +411,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     kind,
                     id: sid,
                     owner,
+                    shutdown,
                 })
                 .await
             });
