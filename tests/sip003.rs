@@ -430,3 +430,235 @@ async fn android_vpn_protect_hands_over_every_socket_before_it_connects() {
     })
     .await;
 }
+
+/// shadowsocks-rust's `ssserver` and `sslocal` with `mtt-server` and `mtt-client` as
+/// plugins; with `tcp_and_udp`, its plugin mode asks for SIP003u.
+struct RustPair {
+    _server: tokio::process::Child,
+    _local: tokio::process::Child,
+    /// sslocal's listening address (SOCKS5, or the tunnel with `forward`).
+    local: SocketAddr,
+}
+
+fn rust_pair(
+    server_bin: &Path,
+    client_bin: &Path,
+    server_opts: &str,
+    client_opts: &str,
+    udp: bool,
+    forward: Option<SocketAddr>,
+) -> RustPair {
+    let ss = format!("127.0.0.1:{}", free_port());
+    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let common = ["-k", "mtt-test-secret", "-m", "chacha20-ietf-poly1305"];
+    let mode: &[&str] = if udp {
+        &["-U", "--plugin-mode", "tcp_and_udp"]
+    } else {
+        &[]
+    };
+    let mut server = tokio::process::Command::new("ssserver");
+    server
+        .args(["-s", &ss])
+        .args(common)
+        .args([
+            "--plugin",
+            &path_str(server_bin),
+            "--plugin-opts",
+            server_opts,
+        ])
+        .args(mode)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let server = server
+        .spawn()
+        .expect("ssserver (bash .ci/install-test-deps installs shadowsocks-rust)");
+    let mut sslocal = tokio::process::Command::new("sslocal");
+    sslocal
+        .args(["-b", &local.to_string(), "-s", &ss])
+        .args(common)
+        .args([
+            "--plugin",
+            &path_str(client_bin),
+            "--plugin-opts",
+            client_opts,
+        ])
+        .args(mode)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(f) = forward {
+        sslocal.args(["--protocol", "tunnel", "-f", &f.to_string()]);
+    }
+    let local_child = sslocal.spawn().expect("sslocal");
+    RustPair {
+        _server: server,
+        _local: local_child,
+        local,
+    }
+}
+
+/// The SIP003 command lines with shadowsocks-rust as the host, TCP in every mode (SOCKS5 to
+/// a local echo, hashed both ways).
+#[tokio::test]
+async fn real_shadowsocks_rust_in_every_mode() {
+    bounded(async {
+        let (_links, client_bin, server_bin) = links();
+        let (_certs, cert, key, fp) = self_signed_files("localhost");
+        let echo = echo_server().await;
+        for (name, extra) in [
+            ("tls", ""),
+            ("wss", "wss;wss-path=/r"),
+            ("mux", "mux"),
+            ("wss+mux", "wss;mux"),
+        ] {
+            let server_opts = format!("cert={};key={};{extra}", path_str(&cert), path_str(&key));
+            let client_opts = format!("n=localhost;cert-sha256={fp};{extra}");
+            let pair = rust_pair(
+                &server_bin,
+                &client_bin,
+                &server_opts,
+                &client_opts,
+                false,
+                None,
+            );
+            until_echo_works(pair.local, Some(echo)).await;
+            let s = socks5(pair.local, echo)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            echo_exact(s, &random_bytes(512 * 1024, 7)).await;
+        }
+    })
+    .await;
+}
+
+/// A UDP echo: every datagram back to its sender.
+async fn udp_echo() -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = sock.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+/// Sends `data` to `to` until it comes back (the plugins say nothing when they are ready,
+/// and UDP may lose a datagram), checking what returns.
+async fn udp_until_echoed(
+    sock: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    data: &[u8],
+    expect: &[u8],
+) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        sock.send_to(data, to).await.expect("send");
+        if let Ok(r) =
+            tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf)).await
+        {
+            let (n, _) = r.expect("recv");
+            assert!(
+                buf[..n] == *expect,
+                "a datagram came back changed ({n} bytes)"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no echo of {} bytes through {to}",
+            data.len()
+        );
+    }
+}
+
+/// SIP003u with shadowsocks-rust as the host (`--plugin-mode tcp_and_udp`): its tunnel
+/// protocol and a SOCKS5 UDP ASSOCIATE carry datagrams through mtt, hashed both ways, in
+/// tls and wss+mux.
+#[tokio::test]
+async fn shadowsocks_rust_carries_udp_through_mtt() {
+    bounded(async {
+        let (_links, client_bin, server_bin) = links();
+        let (_certs, cert, key, fp) = self_signed_files("localhost");
+        let echo = udp_echo().await;
+        for (name, extra) in [("tls", ""), ("wss+mux", "wss;mux;wss-path=/u")] {
+            let server_opts = format!("cert={};key={};{extra}", path_str(&cert), path_str(&key));
+            let client_opts = format!("n=localhost;cert-sha256={fp};{extra}");
+            // sslocal's tunnel protocol: datagrams to its port go to the echo.
+            let pair = rust_pair(
+                &server_bin,
+                &client_bin,
+                &server_opts,
+                &client_opts,
+                true,
+                Some(echo),
+            );
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            for (i, n) in [1usize, 100, 1400, 8000, 30_000].into_iter().enumerate() {
+                let data = random_bytes(n, 90 + i as u64);
+                udp_until_echoed(&sock, pair.local, &data, &data).await;
+            }
+            drop(pair);
+            // SOCKS5 UDP ASSOCIATE, as applications use it.
+            let pair = rust_pair(
+                &server_bin,
+                &client_bin,
+                &server_opts,
+                &client_opts,
+                true,
+                None,
+            );
+            let mut ctl = loop {
+                if let Ok(mut s) = TcpStream::connect(pair.local).await {
+                    s.write_all(&[5, 1, 0]).await.expect("greeting");
+                    let mut r = [0u8; 2];
+                    if s.read_exact(&mut r).await.is_ok() && r == [5, 0] {
+                        break s;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+                .await
+                .expect("associate");
+            let mut reply = [0u8; 10];
+            ctl.read_exact(&mut reply).await.expect("associate reply");
+            assert_eq!(reply[1], 0, "{name}: UDP ASSOCIATE refused");
+            let relay = SocketAddr::from((
+                [reply[4], reply[5], reply[6], reply[7]],
+                u16::from_be_bytes([reply[8], reply[9]]),
+            ));
+            let relay = if relay.ip().is_unspecified() {
+                SocketAddr::from(([127, 0, 0, 1], relay.port()))
+            } else {
+                relay
+            };
+            let ip = match echo.ip() {
+                std::net::IpAddr::V4(v4) => v4.octets(),
+                std::net::IpAddr::V6(_) => unreachable!("the echo is on 127.0.0.1"),
+            };
+            let mut header = vec![0u8, 0, 0, 1];
+            header.extend_from_slice(&ip);
+            header.extend_from_slice(&echo.port().to_be_bytes());
+            let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            for (i, n) in [1usize, 1400, 20_000].into_iter().enumerate() {
+                let mut packet = header.clone();
+                let data = random_bytes(n, 95 + i as u64);
+                packet.extend_from_slice(&data);
+                // The answer comes back with the same SOCKS5 header.
+                udp_until_echoed(&sock, relay, &packet, &packet).await;
+            }
+            drop(ctl);
+        }
+    })
+    .await;
+}
