@@ -4,8 +4,11 @@
 Separate processes on 127.0.0.1: iperf3 through `mtt client` -> `mtt server` (tls, wss, mux,
 wss+mux), beside iperf3 direct and through stunnel; connection rate with wrk (a new
 connection per request) through each tunnel to nginx; CPU seconds per GiB of the two tunnel
-processes; RSS of an idle process and per idle tunnelled connection. Writes a Markdown table
-and an SVG chart. Started by benches/run, which installs the tools and builds mtt.
+processes; RSS of an idle process and per idle tunnelled connection; UDP (`-udp`): iperf3 -u
+throughput at < 1 % loss with 1,400-byte datagrams and 64-byte datagrams per second, beside
+direct UDP and shadowsocks-rust's own UDP relay (sslocal tunnel -> ssserver, no plugin), with
+CPU per datagram of the relaying processes. Writes a Markdown table and an SVG chart. Started
+by benches/run, which installs the tools and builds mtt.
 """
 
 import argparse
@@ -81,16 +84,19 @@ def rss_kib(pid):
 
 
 class Tunnel:
-    """A client and a server process carrying 127.0.0.1:<port> to `dest`."""
+    """A client and a server process carrying 127.0.0.1:<port> to `dest` (with `udp`, UDP to
+    the same port too)."""
 
-    def __init__(self, kind, dest, ctx):
+    def __init__(self, kind, dest, ctx, udp=False):
         self.kind = kind
         self.procs = []
         sp, self.port = free_port(), free_port()
         if kind == "stunnel":
             self._stunnel(sp, dest, ctx)
+        elif kind == "ss-rust":
+            self._ss_rust(sp, dest)
         else:
-            flags = MODES[kind]
+            flags = MODES[kind] + (["-udp"] if udp else [])
             server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
                       "-cert", ctx.cert, "-key", ctx.key] + flags
             client = [ctx.mtt, "client", "-b", f"127.0.0.1:{self.port}", "-s", f"127.0.0.1:{sp}",
@@ -110,6 +116,12 @@ class Tunnel:
                     f"accept = 127.0.0.1:{self.port}\nconnect = 127.0.0.1:{sp}\nsni = bench.local\n")
         self._start(["stunnel", sconf], sp, "stunnel server")
         self._start(["stunnel", cconf], self.port, "stunnel client")
+
+    def _ss_rust(self, sp, dest):
+        common = ["-k", "mtt-bench", "-m", "chacha20-ietf-poly1305", "-U"]
+        self._start(["ssserver", "-s", f"127.0.0.1:{sp}"] + common, sp, "ssserver")
+        self._start(["sslocal", "-b", f"127.0.0.1:{self.port}", "-s", f"127.0.0.1:{sp}",
+                     "--protocol", "tunnel", "-f", dest] + common, self.port, "sslocal")
 
     def _start(self, cmd, port, what):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,6 +159,61 @@ def iperf(port, seconds, reverse=False, parallel=1):
         raise SystemExit(f"iperf3 through port {port}: {data['error']}")
     recv = data["end"]["sum_received"]
     return recv["bytes"], recv["bits_per_second"] / 8 / (1 << 20)
+
+
+def iperf_udp(port, seconds, rate, length):
+    """iperf3 -u at `rate` with `length`-byte datagrams: (delivered datagrams, lost percent,
+    delivered Mbit/s)."""
+    cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(length),
+           "-t", str(seconds), "-J"]
+    for _ in range(20):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        data = json.loads(out.stdout)
+        if "busy" not in data.get("error", ""):
+            break
+        time.sleep(0.5)
+    if "error" in data:
+        # A rate the path cannot carry can starve iperf3's own control connection.
+        log(f"iperf3 -u at {rate} through port {port}: {data['error']}")
+        return 0, 100.0, 0.0
+    s = data["end"]["sum"]
+    delivered = s["packets"] - s["lost_packets"]
+    return delivered, s["lost_percent"], delivered * length * 8 / seconds / 1e6
+
+
+def udp_rows(ctx, args, kinds):
+    """UDP: for each row, the highest of a ladder of rates delivered at < 1 % loss, and 64-byte
+    datagrams per second unlimited; CPU per datagram of the relaying processes."""
+    iport = free_port()
+    srv = subprocess.Popen(["iperf3", "-s", "-p", str(iport)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(iport, srv, "iperf3 -s")
+    rows = []
+    try:
+        for name in ["direct"] + kinds:
+            t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{iport}", ctx, udp=True)
+            port = iport if t is None else t.port
+            best = None
+            for rate in ["4G", "2G", "1500M", "1G", "500M", "250M", "100M"]:
+                _, loss, mbits = iperf_udp(port, args.seconds, rate, 1400)
+                if loss < 1.0:
+                    best = (rate, mbits, loss)
+                    break
+            before = cpu_seconds(t.pids) if t else 0
+            pps_n, pps_loss, _ = iperf_udp(port, args.seconds, "0", 64)
+            cpu = (cpu_seconds(t.pids) - before) if t else None
+            row = {"name": name, "rate": best[0] if best else "–",
+                   "mbits": best[1] if best else 0.0, "loss": best[2] if best else 100.0,
+                   "pps": pps_n / args.seconds, "pps_loss": pps_loss,
+                   "us_per_dgram": cpu / max(pps_n, 1) * 1e6 if cpu is not None else None}
+            rows.append(row)
+            log(f"udp {name}: {row['mbits']:.0f} Mbit/s at {row['loss']:.2f}% loss; "
+                f"64 B: {row['pps']:.0f} datagrams/s ({pps_loss:.1f}% lost)")
+            if t:
+                t.stop()
+    finally:
+        srv.terminate()
+    return rows
 
 
 def wrk_rate(port, seconds):
@@ -367,6 +434,12 @@ def main():
                 t.stop()
         nginx.terminate()
 
+        # UDP, when the measured mtt carries it.
+        udp = []
+        if "-udp" in version([ctx.mtt, "client", "-h"]):
+            udp_kinds = list(MODES) + (["ss-rust"] if shutil.which("sslocal") else [])
+            udp = udp_rows(ctx, args, udp_kinds)
+
         # Memory: idle processes, then `idle` idle tunnelled connections.
         echo = EchoServer()
         mem_rows = []
@@ -391,10 +464,10 @@ def main():
                 p.terminate()
         shutil.rmtree(ctx.tmp, ignore_errors=True)
 
-    report(rows, conn_rows, mem_rows, env, args)
+    report(rows, conn_rows, mem_rows, udp, env, args)
 
 
-def report(rows, conn_rows, mem_rows, env, args):
+def report(rows, conn_rows, mem_rows, udp, env, args):
     by = {r["name"]: r for r in rows}
     cby = {r["name"]: r for r in conn_rows}
     tls, stunnel = by["tls"], by["stunnel"]
@@ -447,6 +520,28 @@ def report(rows, conn_rows, mem_rows, env, args):
                  f"| {worst_per:.1f} KiB | {'yes' if worst_per <= 16 else 'no'} |")
     lines.append(f"| idle process RSS ≤ 4 MiB (worst) | {worst_idle / 1024:.2f} MiB "
                  f"| {'yes' if worst_idle <= 4096 else 'no'} |")
+    if udp:
+        uby = {r["name"]: r for r in udp}
+        ss = uby.get("ss-rust")
+        lines[lines.index("| target | measured | met |") - 1:lines.index("| target | measured | met |") - 1] = [
+            "",
+            "| UDP (iperf3 -u) | Mbit/s at < 1 % loss (1,400 B) | loss % | 64 B datagrams/s "
+            "| CPU µs/datagram | × ss-rust datagrams/s |",
+            "|---|---:|---:|---:|---:|---:|",
+        ] + [
+            f"| {r['name']} | {r['mbits']:.0f} | {r['loss']:.2f} | {r['pps']:.0f} "
+            f"| {'–' if r['us_per_dgram'] is None else format(r['us_per_dgram'], '.1f')} "
+            f"| {'–' if not ss else format(r['pps'] / max(ss['pps'], 1), '.2f')} |"
+            for r in udp
+        ]
+        worst = min((r for r in udp if r["name"] in MODES), key=lambda r: r["mbits"])
+        lines.append(f"| UDP ≥ 1.5 Gbit/s at < 1 % loss in every mode (worst: {worst['name']}) "
+                     f"| {worst['mbits']:.0f} Mbit/s | {'yes' if worst['mbits'] >= 1500 else 'no'} |")
+        if ss and ss["us_per_dgram"]:
+            cpu_worst = max((r for r in udp if r["name"] in MODES), key=lambda r: r["us_per_dgram"])
+            ratio = cpu_worst["us_per_dgram"] / ss["us_per_dgram"]
+            lines.append(f"| UDP CPU per datagram ≤ shadowsocks-rust's relay (worst: "
+                         f"{cpu_worst['name']}) | {ratio:.2f}× | {'yes' if ratio <= 1.0 else 'no'} |")
     lines += ["", f"Targets are for the measured build: {env['mtt']}."]
     if also_mem:
         worst_also = max(max(m["idle_client"], m["idle_server"]) for m in also_mem)

@@ -108,7 +108,10 @@ impl Destinations {
         tokio::select! {
             res = relay => match res {
                 Ok(()) => log::debug!("{id}: UDP association closed"),
-                Err(e) => log::info!("{id}: UDP association ended: {e}"),
+                Err(e) => match crate::transport::relay::plain_ending(&e) {
+                    Some(why) => log::debug!("{id}: UDP association closed: {why}"),
+                    None => log::info!("{id}: UDP association ended: {e}"),
+                },
             },
             _ = stop.cancelled() => log::debug!("{id}: UDP association closed: stopping"),
         }

@@ -204,9 +204,12 @@ impl Association {
                 }
             }
         };
+        let plain = |e: std::io::Error| {
+            crate::transport::relay::plain_ending(&e).unwrap_or_else(|| e.to_string())
+        };
         let why = tokio::select! {
-            r = up => r.err().map(|e| e.to_string()),
-            r = down => r.err().map(|e| e.to_string()),
+            r = up => r.err().map(plain),
+            r = down => r.err().map(plain),
             _ = quiet => Some(format!("idle for {:?}", self.idle)),
             _ = self.stop.cancelled() => Some("stopped".into()),
         };
