@@ -138,6 +138,8 @@ impl MuServer {
                 let relay = self
                     .out
                     .relay_udp(tunnel.io, &tunnel.id, &user.dst, idle, &stop);
+                // Boxed: TCP tunnels, the many, are not sized for the UDP relay.
+                let relay = Box::pin(relay);
                 tokio::select! {
                     _ = relay => {}
                     _ = user.kicked().cancelled() => {}

@@ -78,10 +78,12 @@ impl Server {
                             out.relay(tunnel.io, &tunnel.id, &cfg.dest, None, None)
                                 .await;
                         }
+                        // Boxed: TCP tunnels, the many, are not sized for the UDP relay.
                         Kind::Datagrams => {
                             let (id, stop) = (&tunnel.id, &tunnel.shutdown);
-                            out.relay_udp(tunnel.io, id, &cfg.dest, cfg.udp_timeout, stop)
-                                .await
+                            let udp =
+                                out.relay_udp(tunnel.io, id, &cfg.dest, cfg.udp_timeout, stop);
+                            Box::pin(udp).await
                         }
                     }
                 }

@@ -155,7 +155,17 @@ impl Association {
         let tunnel = match tunnel {
             Ok(t) => t,
             Err(e) => {
-                warn_rarely(format_args!("UDP from {src}: {e}"));
+                // A server that does not carry UDP is said once; other failures (a server
+                // down) at most once a second.
+                static REFUSED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                match &e {
+                    crate::Error::Tunnel {
+                        step: crate::error::Step::Udp,
+                        ..
+                    } => datagram::warn_once(&REFUSED, format_args!("UDP: {e} (said once)")),
+                    _ => warn_rarely(format_args!("UDP from {src}: {e}")),
+                }
                 self.stop.cancel();
                 while rx.try_recv().is_ok() {
                     datagram::dropped(UdpDrop::NoTunnel);

@@ -96,6 +96,11 @@ impl Dialer {
             (false, false) => &[],
         };
         let handshake = opts.timeouts.handshake;
+        if opts.tls.verify == super::options::Verify::Insecure {
+            log::warn!(
+                "-sv: the server's certificate is not verified; anyone on the path can impersonate it (use -cert-sha256 or -ca instead)"
+            );
+        }
         let connector = Arc::new(Connector {
             dial: tcp::DialOpts {
                 fast_open: opts.fast_open,

@@ -66,13 +66,15 @@ pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<Bo
 /// (as its first read, so nothing is relayed), saying so once.
 pub struct RefuseYamux {
     inner: BoxIo,
-    id: String,
+    /// The connection's number, for the log line (a number, not a string: this wrapper
+    /// lives as long as the tunnel).
+    id: u64,
     checked: bool,
 }
 
 impl RefuseYamux {
-    /// Watches the first read of `inner`; `id` names the connection in the log line.
-    pub fn new(inner: BoxIo, id: String) -> Self {
+    /// Watches the first read of `inner`; `id` numbers the connection in the log line.
+    pub fn new(inner: BoxIo, id: u64) -> Self {
         RefuseYamux {
             inner,
             id,
@@ -96,7 +98,7 @@ impl AsyncRead for RefuseYamux {
         if looks_like_yamux(&buf.filled()[start..]) == Some(true) {
             buf.set_filled(start);
             log::warn!(
-                "{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
+                "#{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
                 self.id
             );
             return Poll::Ready(Err(io::Error::new(

@@ -71,9 +71,6 @@ impl TlsClient {
                 }))
                 .with_no_client_auth(),
             Verify::Insecure => {
-                log::warn!(
-                    "-sv: the server's certificate is not verified; anyone on the path can impersonate it (use -cert-sha256 or -ca instead)"
-                );
                 builder
                     .dangerous()
                     .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
