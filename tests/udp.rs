@@ -101,60 +101,68 @@ fn sizes() -> Vec<usize> {
 async fn datagrams_of_every_size_in_every_transport() {
     bounded(async {
         let echo = udp_echo().await;
+        // The four transports at once (each its own server and client).
+        let mut modes = Vec::new();
         for (name, ws, mux) in [
             ("tls", false, false),
             ("wss", true, false),
             ("mux", false, true),
             ("wss+mux", true, true),
         ] {
-            let mut scfg = server_config(
-                echo,
-                Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
-                T,
-            );
-            scfg.accept.udp = true;
-            scfg.accept.mux = mux;
-            if ws {
-                scfg.accept.ws = Some(WsServerOptions {
-                    path: PathMatch::new("/u"),
-                    fallback: None,
-                });
-            }
-            let server = start_server(scfg).await;
-            let mut ccfg = if ws {
-                wss_client_config(server.addr, pin_of(&server), "/u", T)
-            } else {
-                client_config(server.addr, "127.0.0.1", pin_of(&server), T)
-            };
-            if mux {
-                ccfg.dial.mux = Some(MuxClientOptions {
-                    max_streams: 4,
-                    idle: Duration::from_secs(10),
-                });
-            }
-            let client = start_udp_client(
-                ccfg,
-                UdpConfig {
-                    timeout: T,
-                    max_assoc: 64,
-                },
-            )
-            .await;
-            let mut tasks = Vec::new();
-            for a in 0..8u64 {
-                let to = client.addr;
-                tasks.push(tokio::spawn(async move {
-                    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-                    for (i, n) in sizes().into_iter().enumerate() {
-                        round_trip(&sock, to, &random_bytes(n, a * 100 + i as u64)).await;
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await.unwrap_or_else(|e| panic!("{name}: {e}"));
-            }
-            // TCP goes on beside it, on the same port.
-            echo_roundtrip(client.addr, &random_bytes(256 * 1024, 9)).await;
+            modes.push(tokio::spawn(async move {
+                let mut scfg = server_config(
+                    echo,
+                    Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
+                    T,
+                );
+                scfg.accept.udp = true;
+                scfg.accept.mux = mux;
+                if ws {
+                    scfg.accept.ws = Some(WsServerOptions {
+                        path: PathMatch::new("/u"),
+                        fallback: None,
+                    });
+                }
+                let server = start_server(scfg).await;
+                let mut ccfg = if ws {
+                    wss_client_config(server.addr, pin_of(&server), "/u", T)
+                } else {
+                    client_config(server.addr, "127.0.0.1", pin_of(&server), T)
+                };
+                if mux {
+                    ccfg.dial.mux = Some(MuxClientOptions {
+                        max_streams: 4,
+                        idle: Duration::from_secs(10),
+                    });
+                }
+                let client = start_udp_client(
+                    ccfg,
+                    UdpConfig {
+                        timeout: T,
+                        max_assoc: 64,
+                    },
+                )
+                .await;
+                let mut tasks = Vec::new();
+                for a in 0..8u64 {
+                    let to = client.addr;
+                    tasks.push(tokio::spawn(async move {
+                        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                        for (i, n) in sizes().into_iter().enumerate() {
+                            round_trip(&sock, to, &random_bytes(n, a * 100 + i as u64)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                // TCP goes on beside it, on the same port.
+                echo_roundtrip(client.addr, &random_bytes(256 * 1024, 9)).await;
+                (server, client)
+            }));
+        }
+        for m in modes {
+            drop(m.await.expect("mode"));
         }
     })
     .await;

@@ -70,12 +70,10 @@ impl TlsClient {
                     algs,
                 }))
                 .with_no_client_auth(),
-            Verify::Insecure => {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
-                    .with_no_client_auth()
-            }
+            Verify::Insecure => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
+                .with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(TlsClient {
