@@ -519,20 +519,7 @@ async fn sighup_leaves_the_client_running() {
         .await;
         let fp = server.fingerprint.clone().expect("fp");
         let saddr = server.addr.to_string();
-        let mut client = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "client",
-                "-b",
-                "127.0.0.1:0",
-                "-s",
-                &saddr,
-                "-n",
-                "127.0.0.1",
-                "-cert-sha256",
-                &fp,
-            ],
-        );
+        let mut client = Proc::client(&saddr, &fp, &[]);
         let caddr = client.listening_addr().await;
         client.signal("HUP");
         client

@@ -177,18 +177,10 @@ async fn idle_associations_expire_and_the_oldest_is_dropped_at_the_limit() {
         let mut server = Proc::server(&echo, &["-udp", "-verbose"]);
         let fp = server.pin().await;
         let saddr = server.listening_addr().await.to_string();
-        let mut client = Proc::spawn(
-            &mtt_bin(),
+        let mut client = Proc::client(
+            &saddr,
+            &fp,
             &[
-                "client",
-                "-b",
-                "127.0.0.1:0",
-                "-s",
-                &saddr,
-                "-n",
-                "127.0.0.1",
-                "-cert-sha256",
-                &fp,
                 "-udp",
                 "-udp-timeout",
                 "300ms",

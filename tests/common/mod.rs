@@ -304,6 +304,22 @@ impl Proc {
         Self::spawn(&mtt_bin(), &args)
     }
 
+    /// `mtt client -b 127.0.0.1:0 -s SERVER -n 127.0.0.1 -cert-sha256 PIN EXTRA…`.
+    pub fn client(server: &str, pin: &str, extra: &[&str]) -> Proc {
+        let mut args = vec![
+            "client",
+            "-b",
+            "127.0.0.1:0",
+            "-s",
+            server,
+            "-n",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(&["-cert-sha256", pin]);
+        args.extend_from_slice(extra);
+        Self::spawn(&mtt_bin(), &args)
+    }
+
     /// [`Proc::spawn`] with these variables added to the child's environment.
     pub fn spawn_env(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         Self::spawn_opts(program, args, env, None)
