@@ -163,7 +163,7 @@ impl Association {
                     crate::Error::Tunnel {
                         step: crate::error::Step::Udp,
                         ..
-                    } => datagram::warn_once(&REFUSED, format_args!("UDP: {e} (said once)")),
+                    } => datagram::warn_once(&REFUSED, format_args!("{e} (said once)")),
                     _ => warn_rarely(format_args!("UDP from {src}: {e}")),
                 }
                 self.stop.cancel();
