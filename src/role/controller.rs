@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::access::{host_allowed, same};
 use crate::users::{Change, Users};
 
 /// Largest request body (the original's limit).
@@ -121,12 +122,6 @@ pub fn decode_compat(body: &[u8]) -> Result<(i64, Vec<(String, String)>), String
     ))
 }
 
-/// Equal in time whatever the inputs share (subtle's constant-time comparison).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
-}
-
 /// The label of the per-user series: not the path, which is the user's credential, but the
 /// first 16 hex digits of its SHA-256 (what [`user_id`] gives; also in `GET /v1/users`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,58 +132,6 @@ struct UserLabel {
 /// A stable name for a user that does not reveal its path.
 pub fn user_id(path: &str) -> String {
     crate::transport::fingerprint::of(path.as_bytes())[..16].to_string()
-}
-
-/// Whether a `Host` header may reach the controller: an IP literal (a rebinding attack needs
-/// a name), `localhost`, or the name the controller was given with `-c`.
-fn host_allowed(host: &str, name: Option<&str>) -> bool {
-    let bare = match host.rsplit_once(':') {
-        Some((h, port)) if !h.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
-            if h.contains(':') && !h.starts_with('[') {
-                host // an IPv6 literal without brackets or port
-            } else {
-                h
-            }
-        }
-        _ => host,
-    };
-    let bare = bare.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>().is_ok()
-        || bare.eq_ignore_ascii_case("localhost")
-        || name.is_some_and(|n| bare.eq_ignore_ascii_case(n))
-}
-
-/// Reads the controller token kept in `path`, or makes one there (32 random bytes as hex,
-/// file mode 0600, created exclusively). Returns it, and whether it was made now.
-pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let ctx = || format!("controller token file {}", path.display());
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
-        Ok(_) => {
-            return Err(crate::Error::usage(format!(
-                "{} is empty: delete it to have a new token made, or give -c-token",
-                ctx()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(crate::Error::io(ctx(), e)),
-    }
-    let mut raw = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| crate::Error::Runtime("no system randomness".into()))?;
-    let token = hex::encode(raw);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| crate::Error::io(ctx(), e))?;
-    f.write_all(format!("{token}\n").as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| crate::Error::io(ctx(), e))?;
-    Ok((token, true))
 }
 
 impl Controller {

@@ -1,6 +1,7 @@
 //! The roles, and what the servers share: the way to the destination (with its metrics and
 //! logs) and the reload handle that SIGHUP and the certificate watcher use.
 
+pub mod access;
 pub mod client;
 pub mod controller;
 pub mod mu_server;

@@ -32,7 +32,7 @@ impl MuServer {
             Some(t) => t.clone(),
             None => {
                 let path = &cfg.token_file;
-                let (token, made) = super::controller::load_or_make_token(path)?;
+                let (token, made) = super::access::load_or_make_token(path)?;
                 if made {
                     log::warn!(
                         "no -c-token: the controller's token is in {} (made now, mode 0600); send it as 'Authorization: Bearer <token>'",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::HostPort;
-use crate::cli::{ClientArgs, MuServerArgs, ServerArgs};
+use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
 use crate::transport::options::{
     AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
@@ -14,6 +14,10 @@ use crate::transport::options::{
 };
 use crate::transport::{fingerprint, mux};
 use crate::{Error, Result};
+
+mod mu_server;
+
+pub use mu_server::{DEFAULT_CONTROLLER, MU_DEFAULT_TIMEOUT, MuServerConfig, TOKEN_FILE};
 
 /// Default idle timeout of client and server (the original's `5m`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -390,112 +394,5 @@ fn cert_source(
         (None, Some(_)) => Err(Error::usage(
             "-key was given without -cert: give both, or neither for a self-signed certificate",
         )),
-    }
-}
-
-/// Default controller address: loopback only.
-pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:8080";
-/// Name of the file a generated controller token is kept in.
-pub const TOKEN_FILE: &str = "controller.token";
-/// Default idle timeout of the multi-user server (the original's `1m`).
-pub const MU_DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A validated multi-user server configuration.
-#[derive(Debug, Clone)]
-pub struct MuServerConfig {
-    /// Data listener.
-    pub listen: Listen,
-    /// Controller listener.
-    pub controller: HostPort,
-    /// Bearer token of the controller, when given (`-c-token`, `MTT_CONTROLLER_TOKEN`).
-    pub token: Option<String>,
-    /// Where a generated token is kept when none is given: beside the users file, else in
-    /// systemd's `$STATE_DIRECTORY`, else in the working directory.
-    pub token_file: PathBuf,
-    /// Where users are kept.
-    pub users_file: Option<PathBuf>,
-    /// `None` with `-disable-tls`.
-    pub tls: Option<CertSource>,
-    /// Web server for requests that are not tunnels.
-    pub fallback: Option<HostPort>,
-    /// Default for clients that name no subprotocol.
-    pub mux: bool,
-    /// Handshake and connect limits.
-    pub timeouts: Timeouts,
-    /// TCP fast open on the data listener.
-    pub fast_open: bool,
-    /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
-    pub drain: Duration,
-    /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
-    pub max_conns: usize,
-    /// Idle timeout of a tunnel.
-    pub timeout: Duration,
-    /// Users' tunnels may carry UDP (`-udp`).
-    pub udp: bool,
-    /// Idle timeout of a UDP association (`-udp-timeout`).
-    pub udp_timeout: Duration,
-}
-
-fn is_loopback(h: &HostPort) -> bool {
-    h.host == "localhost" || h.ip().is_some_and(|ip| ip.is_loopback())
-}
-
-impl MuServerConfig {
-    /// Validates the multi-user server's flags; `env` looks up `MTT_CONTROLLER_TOKEN` and
-    /// `STATE_DIRECTORY`.
-    pub fn from_args(a: &MuServerArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let env_token = env("MTT_CONTROLLER_TOKEN");
-        let listen = server_listen(&a.b, a.bind_unix)?;
-        let controller = HostPort::parse(
-            "c",
-            a.c.as_deref()
-                .filter(|s| !s.is_empty())
-                .unwrap_or(DEFAULT_CONTROLLER),
-            true,
-        )?;
-        let token = a.c_token.clone().or(env_token).filter(|t| !t.is_empty());
-        if token.is_none() && !is_loopback(&controller) {
-            return Err(Error::usage(format!(
-                "-c {controller} listens beyond loopback: anyone who reaches it could change the users; set -c-token (or MTT_CONTROLLER_TOKEN), or listen on 127.0.0.1"
-            )));
-        }
-        let fallback = match a.fallback.as_deref() {
-            None | Some("") => None,
-            Some(f) => Some(HostPort::parse("fallback", f, false)?),
-        };
-        let users_file = a
-            .users_file
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
-        let token_file = match (&users_file, env("STATE_DIRECTORY")) {
-            (Some(f), _) => f
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."))
-                .join(TOKEN_FILE),
-            // systemd may list several directories, separated by ':'.
-            (None, Some(dirs)) if !dirs.is_empty() => {
-                PathBuf::from(dirs.split(':').next().unwrap_or(".")).join(TOKEN_FILE)
-            }
-            _ => PathBuf::from(TOKEN_FILE),
-        };
-        Ok(MuServerConfig {
-            listen,
-            controller,
-            token,
-            token_file,
-            users_file,
-            tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?,
-            fallback,
-            mux: a.mux,
-            timeouts: timeouts(&a.handshake_timeout)?,
-            fast_open: a.fast_open,
-            drain: drain(&a.drain_timeout)?,
-            max_conns: max_conns(&a.max_conns)?,
-            timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
-            udp: a.udp,
-            udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
-        })
     }
 }

@@ -1,0 +1,60 @@
+//! Who may use the mu-server's controller: the bearer token (given, or made once into a
+//! 0600 file), compared in constant time, and the `Host` names it answers to.
+
+/// Equal in time whatever the inputs share (subtle's constant-time comparison).
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
+/// Whether a `Host` header may reach the controller: an IP literal (a rebinding attack needs
+/// a name), `localhost`, or the name the controller was given with `-c`.
+pub(super) fn host_allowed(host: &str, name: Option<&str>) -> bool {
+    let bare = match host.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || port.bytes().all(|b| b.is_ascii_digit()) => {
+            if h.contains(':') && !h.starts_with('[') {
+                host // an IPv6 literal without brackets or port
+            } else {
+                h
+            }
+        }
+        _ => host,
+    };
+    let bare = bare.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || bare.eq_ignore_ascii_case("localhost")
+        || name.is_some_and(|n| bare.eq_ignore_ascii_case(n))
+}
+
+/// Reads the controller token kept in `path`, or makes one there (32 random bytes as hex,
+/// file mode 0600, created exclusively). Returns it, and whether it was made now.
+pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let ctx = || format!("controller token file {}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(_) => {
+            return Err(crate::Error::usage(format!(
+                "{} is empty: delete it to have a new token made, or give -c-token",
+                ctx()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(crate::Error::io(ctx(), e)),
+    }
+    let mut raw = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
+        .map_err(|_| crate::Error::Runtime("no system randomness".into()))?;
+    let token = hex::encode(raw);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| crate::Error::io(ctx(), e))?;
+    f.write_all(format!("{token}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| crate::Error::io(ctx(), e))?;
+    Ok((token, true))
+}
