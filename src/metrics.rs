@@ -112,10 +112,33 @@ pub struct Metrics {
     pub udp_bytes: Family<Direction, Counter>,
     /// Datagrams dropped, by reason.
     pub udp_dropped: Family<DropLabel, Counter>,
-    /// The two series of `bytes`, taken out once: relays add to them as bytes move.
+    /// The two series of `bytes`, `udp_datagrams` and `udp_bytes`, taken out once: relays
+    /// add to them as bytes and datagrams move, with no look-up on that path.
+    bytes_ways: Ways,
+    datagram_ways: Ways,
+    datagram_byte_ways: Ways,
+    registry: Registry,
+}
+
+/// The `up` and `down` series of a family by direction.
+#[derive(Default)]
+struct Ways {
     up: Counter,
     down: Counter,
-    registry: Registry,
+}
+
+impl Ways {
+    fn of(family: &Family<Direction, Counter>) -> Self {
+        let way = |direction| family.get_or_create(&Direction { direction }).clone();
+        Ways {
+            up: way("up"),
+            down: way("down"),
+        }
+    }
+
+    fn way(&self, up: bool) -> &Counter {
+        if up { &self.up } else { &self.down }
+    }
 }
 
 /// The process's metrics.
@@ -135,18 +158,14 @@ pub fn get() -> &'static Metrics {
             udp_datagrams: Family::default(),
             udp_bytes: Family::default(),
             udp_dropped: Family::default(),
-            up: Counter::default(),
-            down: Counter::default(),
+            bytes_ways: Ways::default(),
+            datagram_ways: Ways::default(),
+            datagram_byte_ways: Ways::default(),
             registry: Registry::default(),
         };
-        let up = m
-            .bytes
-            .get_or_create(&Direction { direction: "up" })
-            .clone();
-        let down = m
-            .bytes
-            .get_or_create(&Direction { direction: "down" })
-            .clone();
+        let bytes_ways = Ways::of(&m.bytes);
+        let datagram_ways = Ways::of(&m.udp_datagrams);
+        let datagram_byte_ways = Ways::of(&m.udp_bytes);
         registry.register(
             "connections_accepted",
             "Connections accepted",
@@ -200,8 +219,9 @@ pub fn get() -> &'static Metrics {
         );
         Metrics {
             registry,
-            up,
-            down,
+            bytes_ways,
+            datagram_ways,
+            datagram_byte_ways,
             ..m
         }
     })
@@ -216,20 +236,17 @@ impl Metrics {
     /// Adds bytes relayed (as they move).
     pub fn add_bytes(&self, up: u64, down: u64) {
         if up > 0 {
-            self.up.inc_by(up);
+            self.bytes_ways.up.inc_by(up);
         }
         if down > 0 {
-            self.down.inc_by(down);
+            self.bytes_ways.down.inc_by(down);
         }
     }
 
     /// Counts a datagram relayed `up` (towards the destination) or down.
     pub fn udp_datagram(&self, up: bool, len: u64) {
-        let direction = Direction {
-            direction: if up { "up" } else { "down" },
-        };
-        self.udp_datagrams.get_or_create(&direction).inc();
-        self.udp_bytes.get_or_create(&direction).inc_by(len);
+        self.datagram_ways.way(up).inc();
+        self.datagram_byte_ways.way(up).inc_by(len);
     }
 
     /// Counts a datagram dropped.
