@@ -472,20 +472,11 @@ async fn a_destination_that_closes_mid_upload_leaves_no_tunnel_on_the_client() {
                     "{flags:?} round {round}: the application learned after {took:?}"
                 );
             }
-            let deadline = Instant::now() + Duration::from_secs(1);
-            loop {
-                let text = scrape(metrics).await;
-                if text.contains("mtt_connections_active 0\n")
-                    && text.contains("mtt_mux_streams 0\n")
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{flags:?}: tunnels left on the client:\n{text}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let left = format!("{flags:?}: tunnels left on the client");
+            scrape_until(metrics, Duration::from_secs(1), &left, |t| {
+                t.contains("mtt_connections_active 0\n") && t.contains("mtt_mux_streams 0\n")
+            })
+            .await;
             client.signal("TERM");
             let start = Instant::now();
             assert_eq!(client.exit().await.code(), Some(0));

@@ -556,12 +556,7 @@ async fn byte_counters_move_while_the_tunnel_is_open() {
         }
         // Still open: the counters already hold the 10 MB each way.
         let text = scrape(metrics).await;
-        let n = |dir: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("mtt_bytes_total{{direction=\"{dir}\"}} ")))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
+        let n = |dir: &str| sample_of(&text, &format!("mtt_bytes_total{{direction=\"{dir}\"}}"));
         assert!(
             n("up") >= data.len() as u64 && n("down") >= data.len() as u64,
             "{text}"

@@ -615,7 +615,13 @@ async fn shadowsocks_rust_carries_udp_through_mtt() {
                 true,
                 None,
             );
+            // sslocal says nothing when it is ready: greet until it answers (bounded).
+            let deadline = Instant::now() + Duration::from_secs(15);
             let mut ctl = loop {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}: sslocal never answered SOCKS5"
+                );
                 if let Ok(mut s) = TcpStream::connect(pair.local).await {
                     s.write_all(&[5, 1, 0]).await.expect("greeting");
                     let mut r = [0u8; 2];

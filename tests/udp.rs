@@ -206,18 +206,13 @@ async fn idle_associations_expire_and_the_oldest_is_dropped_at_the_limit() {
         let first = socks[0].local_addr().expect("addr").to_string();
         assert!(line.contains(&first), "{line}");
         // Then quiet: every association closes after 300 ms.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let text = scrape(metrics).await;
-            if text.contains("mtt_udp_associations 0\n") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "associations still open:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        scrape_until(
+            metrics,
+            Duration::from_secs(5),
+            "associations still open",
+            |t| t.contains("mtt_udp_associations 0\n"),
+        )
+        .await;
         // A returning source gets a new association.
         round_trip(&socks[0], caddr, b"again").await;
         let text = scrape(metrics).await;
@@ -326,11 +321,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                 loop {
                     sock.send_to(b"hello?", client.addr).await.expect("send");
                     let text = scrape(metrics).await;
-                    let ups = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("mtt_udp_datagrams_total{direction=\"up\"} "))
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0);
+                    let ups = sample_of(&text, "mtt_udp_datagrams_total{direction=\"up\"}");
                     if ups >= 5 {
                         assert!(text.contains("mtt_udp_associations 1\n"), "{text}");
                         break;

@@ -766,3 +766,34 @@ pub async fn scrape(addr: std::net::SocketAddr) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
 }
+
+/// Scrapes `/metrics` at `addr` until `ok` holds of the text (every 20 ms, for at most
+/// `within`; `what` says in the failure what was awaited); returns that text.
+pub async fn scrape_until(
+    addr: SocketAddr,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = scrape(addr).await;
+        if ok(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}, not within {within:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of sample `name` (with its labels, as printed) in OpenMetrics `text`; 0 when
+/// it is not there.
+pub fn sample_of(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
