@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// yamux frame header: version, type, flags (2), stream id (4), length (4).
 pub(super) const HEADER: usize = 12;
@@ -38,6 +39,8 @@ enum Fin {
 #[derive(Debug, Default)]
 pub(super) struct Resets {
     state: Mutex<State>,
+    /// Whether `state.due` has anything: the writer asks on every write, without the lock.
+    any: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,7 @@ impl Resets {
             Some(Fin::ResetAfter) => {
                 s.fins.remove(&id);
                 s.due.push(id);
+                self.any.store(true, Ordering::Release);
             }
             Some(Fin::Written) | None => {}
         }
@@ -83,7 +87,10 @@ impl Resets {
             return;
         }
         match fin {
-            Some(Fin::Written) => s.due.push(id),
+            Some(Fin::Written) => {
+                s.due.push(id);
+                self.any.store(true, Ordering::Release);
+            }
             Some(Fin::Asked) | Some(Fin::ResetAfter) => {
                 s.fins.insert(id, Fin::ResetAfter);
             }
@@ -95,16 +102,13 @@ impl Resets {
     /// RST frames due now, if any.
     pub(super) fn take_due(&self) -> Vec<u32> {
         let mut s = self.lock();
-        if s.due.is_empty() {
-            Vec::new()
-        } else {
-            std::mem::take(&mut s.due)
-        }
+        self.any.store(false, Ordering::Release);
+        std::mem::take(&mut s.due)
     }
 
     /// Whether anything is due (cheap check for the writer's hot path).
     pub(super) fn any_due(&self) -> bool {
-        !self.lock().due.is_empty()
+        self.any.load(Ordering::Acquire)
     }
 }
 
