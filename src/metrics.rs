@@ -243,6 +243,19 @@ impl Metrics {
         }
     }
 
+    /// Counts an accepted connection and keeps `connections_active` up while the guard lives.
+    pub fn serving(&'static self) -> Held {
+        self.accepted.inc();
+        self.active.inc();
+        Held(&self.active)
+    }
+
+    /// Keeps `udp_associations` up while the guard lives.
+    pub fn association(&'static self) -> Held {
+        self.udp_associations.inc();
+        Held(&self.udp_associations)
+    }
+
     /// Counts a datagram relayed `up` (towards the destination) or down.
     pub fn udp_datagram(&self, up: bool, len: u64) {
         self.datagram_ways.way(up).inc();
@@ -276,5 +289,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// Keeps a gauge one higher for as long as it lives.
+pub struct Held(&'static Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

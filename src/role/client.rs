@@ -83,12 +83,7 @@ impl Client {
     }
 
     async fn handle(&self, mut local: Stream, id: ConnId) {
-        let m = crate::metrics::get();
-        m.accepted.inc();
-        m.active.inc();
-        let _active = crate::transport::datagram::scopeguard(|| {
-            crate::metrics::get().active.dec();
-        });
+        let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
         // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
         // state should not stay in every idle tunnel's task.

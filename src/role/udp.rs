@@ -174,11 +174,7 @@ impl Association {
             }
         };
         log::debug!("UDP from {src}: association open");
-        let m = crate::metrics::get();
-        m.udp_associations.inc();
-        let _open = datagram::scopeguard(|| {
-            crate::metrics::get().udp_associations.dec();
-        });
+        let _open = crate::metrics::get().association();
         let (r, w) = tokio::io::split(tunnel);
         let mut rd = FramedRead::new(r, datagram::codec());
         let mut wr = FramedWrite::new(w, datagram::codec());

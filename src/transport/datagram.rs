@@ -68,11 +68,7 @@ fn stamp(start: Instant) -> u64 {
 /// the tunnel ends, a frame is bad, or nothing moved either way for `idle`. An unreachable
 /// destination (ICMP port unreachable) ends nothing: later datagrams may reach it.
 pub async fn relay_to_socket(io: BoxIo, sock: UdpSocket, idle: Duration) -> io::Result<()> {
-    let m = metrics();
-    m.udp_associations.inc();
-    let _open = scopeguard(|| {
-        metrics().udp_associations.dec();
-    });
+    let _open = metrics().association();
     let (r, w) = tokio::io::split(io);
     let mut rd = FramedRead::new(r, codec());
     let mut wr = FramedWrite::new(w, codec());
@@ -138,19 +134,6 @@ pub async fn relay_to_socket(io: BoxIo, sock: UdpSocket, idle: Duration) -> io::
         r = down => r,
         _ = quiet => Ok(()),
     }
-}
-
-/// Runs `f` when dropped.
-pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 /// Logs `msg` at WARN the first time only (per flag): a misconfiguration said once, not per

@@ -59,24 +59,6 @@ pub struct Acceptor<O = ()> {
 /// Set once a refused UDP tunnel has been logged.
 static UDP_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Keeps `mtt_connections_active` up while a connection is served.
-struct Active;
-
-impl Active {
-    fn new() -> Self {
-        let m = crate::metrics::get();
-        m.accepted.inc();
-        m.active.inc();
-        Active
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        crate::metrics::get().active.dec();
-    }
-}
-
 impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     /// Loads or makes the certificate (none with `-disable-tls`) and sets up the layers.
     pub fn new(opts: &AcceptOptions<O>) -> Result<Self> {
@@ -167,7 +149,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let _active = Active::new();
+        let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
         // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
         let layered = Box::pin(self.layers(conn, &id)).await;
