@@ -1,5 +1,5 @@
-//! Socket options that neither socket2 nor nix offers safely: the one place of the crate that
-//! calls the C library directly.
+//! Socket calls that neither socket2, nix nor tokio offers safely: the one place of the crate
+//! with unsafe code.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -59,4 +59,16 @@ pub fn set_tcp_fastopen_listener(_fd: &impl AsFd, _queue: i32) -> io::Result<()>
         io::ErrorKind::Unsupported,
         "TCP fast open needs Linux",
     ))
+}
+
+/// Registers a UDP socket with the runtime for `interest` only (tokio's own `UdpSocket` always
+/// asks for readability and writability both).
+pub fn register_udp(
+    sock: std::net::UdpSocket,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: a `std::net::UdpSocket` owns its descriptor: it stays open, and `as_raw_fd`
+    // returns that same descriptor, until the socket (moved into the `AsyncFd`) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, interest) }
+        .map_err(|e| e.into_parts().1)
 }

@@ -13,7 +13,6 @@ use crate::metrics::Failure;
 use crate::transport::datagram::Kind;
 use crate::transport::serve::accept_loop;
 use crate::transport::{ConnId, Dialer, Limits, Listener, Stream, relay};
-use tokio::net::UdpSocket;
 
 use super::udp::UdpSide;
 
@@ -40,7 +39,7 @@ impl Client {
     pub async fn serve(
         self,
         listener: Listener,
-        udp: Option<UdpSocket>,
+        udp: Option<crate::transport::udp::Socket>,
         shutdown: CancellationToken,
     ) {
         let udp_side = match (udp, self.cfg.udp) {

@@ -87,14 +87,7 @@ impl Destinations {
             .into_iter()
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-            let any: std::net::SocketAddr = if addr.is_ipv6() {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-            } else {
-                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-            };
-            let sock = tokio::net::UdpSocket::bind(any).await?;
-            sock.connect(addr).await?;
-            Ok::<_, io::Error>(sock)
+            crate::transport::udp::Socket::connected(addr)
         };
         let sock = match sock.await {
             Ok(s) => s,

@@ -60,7 +60,7 @@ impl Listener {
     /// A UDP socket on the address and port this (TCP) listener has, for `-udp`: the same
     /// port number carries both, as SIP003u asks. An all-interfaces listener gets an
     /// all-interfaces socket, IPv6 and IPv4 alike.
-    pub fn bind_udp_beside(&self) -> io::Result<tokio::net::UdpSocket> {
+    pub fn bind_udp_beside(&self) -> io::Result<super::udp::Socket> {
         let Listener::Tcp(l) = self else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -76,8 +76,8 @@ impl Listener {
         if addr.is_ipv6() && addr.ip().is_unspecified() {
             socket.set_only_v6(false)?;
         }
-        socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
-        tokio::net::UdpSocket::from_std(socket.into())
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        super::udp::Socket::from_std(socket.into())
     }
 }

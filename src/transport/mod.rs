@@ -23,6 +23,7 @@ pub mod serve;
 pub mod sniff;
 pub mod tcp;
 pub mod tls;
+pub mod udp;
 pub mod unix;
 pub mod ws;
 

@@ -1,0 +1,283 @@
+//! A UDP socket that the runtime wakes for arriving datagrams only. A socket registered for
+//! writability too (as `tokio::net::UdpSocket` is) gets an edge-triggered "writable" event
+//! for every datagram the kernel sends off, which wakes an idle worker thread per datagram;
+//! here sends are plain non-blocking calls, and writability is waited for (through a second
+//! descriptor of the same socket) only when the send buffer is actually full.
+
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// A non-blocking UDP socket, readable through the runtime, written directly.
+#[derive(Debug)]
+pub struct Socket {
+    fd: AsyncFd<UdpSocket>,
+    /// Whether sending several datagrams in one call (UDP GSO) still works on this socket.
+    gso: AtomicBool,
+}
+
+/// At most this many datagrams go down in one call (the kernel's limit is 64 or more).
+pub const MAX_SEGMENTS: usize = 64;
+/// And at most this many bytes (one IP packet's worth before segmentation).
+const MAX_SEGMENTED: usize = 65_000;
+
+impl Socket {
+    /// Takes over a bound (maybe connected) socket.
+    pub fn from_std(sock: UdpSocket) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        Ok(Socket {
+            fd: crate::sys::register_udp(sock, Interest::READABLE)?,
+            gso: AtomicBool::new(cfg!(target_os = "linux")),
+        })
+    }
+
+    /// A socket of `to`'s family on an ephemeral port, connected to `to`: it sends there and
+    /// hears from there only.
+    pub fn connected(to: SocketAddr) -> io::Result<Self> {
+        let any: SocketAddr = if to.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let sock = UdpSocket::bind(any)?;
+        sock.connect(to)?;
+        Self::from_std(sock)
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.fd.get_ref().local_addr()
+    }
+
+    /// Waits for a datagram from the connected peer.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fd.async_io(Interest::READABLE, |s| s.recv(buf)).await
+    }
+
+    /// A datagram already waiting, if any (`WouldBlock` if none).
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fd.try_io(Interest::READABLE, |s| s.recv(buf))
+    }
+
+    /// Waits for a datagram from anyone.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.fd
+            .async_io(Interest::READABLE, |s| s.recv_from(buf))
+            .await
+    }
+
+    /// A datagram from anyone already waiting, if any (`WouldBlock` if none).
+    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.fd.try_io(Interest::READABLE, |s| s.recv_from(buf))
+    }
+
+    /// Sends `buf` to the connected peer.
+    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write(|s| s.send(buf)).await
+    }
+
+    /// Sends `buf` to `to`.
+    pub async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.write(|s| s.send_to(buf, to)).await
+    }
+
+    /// Sends each of `datagrams` as a datagram of its own, in order, to the connected peer or
+    /// to `to`. Runs of one size (the last of a run may be shorter) go down in one call where
+    /// the kernel segments them (UDP GSO); where it cannot, one call per datagram. An
+    /// unreachable peer (ICMP) is not an error: later datagrams may reach it.
+    pub async fn send_all(&self, datagrams: &[&[u8]], to: Option<SocketAddr>) -> io::Result<()> {
+        let mut rest = datagrams;
+        while let Some(first) = rest.first() {
+            let run = run_len(rest);
+            if run > 1 && self.gso.load(Ordering::Relaxed) {
+                match self
+                    .write(|s| send_segments(s, &rest[..run], first.len(), to))
+                    .await
+                {
+                    Ok(_) => {
+                        rest = &rest[run..];
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        rest = &rest[run..];
+                        continue;
+                    }
+                    // No GSO here (an old kernel, a path MTU below the size, a tunnel
+                    // device): one call per datagram from now on.
+                    Err(e) => {
+                        log::debug!("UDP: sending in segments failed ({e}); one by one from now");
+                        self.gso.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            for d in &rest[..run] {
+                let sent = match to {
+                    Some(to) => self.send_to(d, to).await,
+                    None => self.send(d).await,
+                };
+                match sent {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            rest = &rest[run..];
+        }
+        Ok(())
+    }
+
+    /// Runs `op` at once; only if the send buffer is full does it wait for room, through a
+    /// descriptor registered for writability for that wait alone.
+    async fn write(&self, op: impl Fn(&UdpSocket) -> io::Result<usize>) -> io::Result<usize> {
+        match op(self.fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        let twin = crate::sys::register_udp(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?;
+        twin.async_io(Interest::WRITABLE, |s| op(s)).await
+    }
+}
+
+/// How many of `datagrams` (at least one) can go down in one segmented call: the same size as
+/// the first, except the last, which may be shorter; within the kernel's limits.
+fn run_len(datagrams: &[&[u8]]) -> usize {
+    let Some(first) = datagrams.first() else {
+        return 0;
+    };
+    let size = first.len();
+    if size == 0 {
+        return 1;
+    }
+    let mut n = 1;
+    let mut total = size;
+    for d in &datagrams[1..] {
+        if n == MAX_SEGMENTS || d.len() > size || total + d.len() > MAX_SEGMENTED {
+            break;
+        }
+        n += 1;
+        total += d.len();
+        if d.len() < size {
+            break;
+        }
+    }
+    n
+}
+
+/// One `sendmsg` carrying `segs` to be cut by the kernel every `size` bytes.
+#[cfg(target_os = "linux")]
+fn send_segments(
+    s: &UdpSocket,
+    segs: &[&[u8]],
+    size: usize,
+    to: Option<SocketAddr>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage, sendmsg};
+    use std::os::fd::AsRawFd;
+    let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
+    for (slot, seg) in iov.iter_mut().zip(segs) {
+        *slot = IoSlice::new(seg);
+    }
+    let size = u16::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+    let to = to.map(SockaddrStorage::from);
+    sendmsg(
+        s.as_raw_fd(),
+        &iov[..segs.len()],
+        &cmsg,
+        MsgFlags::empty(),
+        to.as_ref(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Elsewhere there is no segmentation offload: the caller sends one by one.
+#[cfg(not(target_os = "linux"))]
+fn send_segments(
+    _s: &UdpSocket,
+    _segs: &[&[u8]],
+    _size: usize,
+    _to: Option<SocketAddr>,
+) -> io::Result<usize> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Datagrams go both ways between a connected and an unconnected socket; a send that finds
+    /// the buffer full waits for room instead of failing.
+    #[tokio::test]
+    async fn sends_and_receives_and_waits_for_room() {
+        let server = Socket::from_std(UdpSocket::bind("127.0.0.1:0").expect("bind")).expect("s");
+        let to = server.local_addr().expect("addr");
+        let client = Socket::connected(to).expect("connected");
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            client.try_recv(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        client.send(b"ping").await.expect("send");
+        let (n, from) = server.recv_from(&mut buf).await.expect("recv_from");
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(from, client.local_addr().expect("addr"));
+        server.send_to(b"pong", from).await.expect("send_to");
+        assert_eq!(client.recv(&mut buf).await.expect("recv"), 4);
+        assert_eq!(&buf[..4], b"pong");
+
+        // A send that finds the buffer full waits for writability and is then made.
+        let tried = std::sync::atomic::AtomicUsize::new(0);
+        let n = server
+            .write(|s| {
+                if tried.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                s.send_to(b"again", from)
+            })
+            .await
+            .expect("send after waiting");
+        assert_eq!(n, 5);
+        assert_eq!(tried.into_inner(), 2, "tried once, then once writable");
+        assert_eq!(client.recv(&mut buf).await.expect("recv"), 5);
+        assert_eq!(&buf[..5], b"again");
+    }
+
+    /// A run of one size (the last shorter) goes in one segmented call and arrives as the
+    /// same datagrams, in order; other sizes split the run; an empty datagram goes alone.
+    #[tokio::test]
+    async fn runs_go_down_segmented_and_arrive_as_sent() {
+        let a: Vec<u8> = vec![1; 1400];
+        let b: Vec<u8> = vec![2; 700];
+        let c: Vec<u8> = vec![3; 2000];
+        assert_eq!(run_len(&[&a, &a, &a, &b, &a]), 4);
+        assert_eq!(run_len(&[&a, &c]), 1);
+        assert_eq!(run_len(&[&[], &[]]), 1);
+        assert_eq!(
+            run_len(&[c.as_slice(); 40]),
+            32,
+            "at most 65,000 bytes in one call"
+        );
+        assert_eq!(run_len(&[b.as_slice(); 100]), MAX_SEGMENTS);
+
+        let rx = Socket::from_std(UdpSocket::bind("127.0.0.1:0").expect("bind")).expect("rx");
+        let tx = Socket::from_std(UdpSocket::bind("127.0.0.1:0").expect("bind")).expect("tx");
+        let sent: Vec<Vec<u8>> = (0u8..10)
+            .map(|i| vec![i; 1400])
+            .chain([vec![10; 300], vec![], vec![11; 2000], vec![12; 2000]])
+            .collect();
+        let refs: Vec<&[u8]> = sent.iter().map(|d| d.as_slice()).collect();
+        let to = rx.local_addr().expect("addr");
+        tx.send_all(&refs, Some(to)).await.expect("send_all");
+        if cfg!(target_os = "linux") {
+            assert!(tx.gso.load(Ordering::Relaxed), "segmentation fell back");
+        }
+        let mut buf = vec![0u8; 4096];
+        for d in &sent {
+            let (n, _) = rx.recv_from(&mut buf).await.expect("recv");
+            assert_eq!(&buf[..n], d.as_slice());
+        }
+    }
+}
