@@ -102,6 +102,8 @@ pub struct Metrics {
     pub handshake: Histogram,
     /// Multiplexed sessions open.
     pub mux_sessions: Gauge,
+    /// Of those, sessions speaking smux version 1 (the original's multiplexing).
+    pub smux_sessions: Gauge,
     /// Multiplexed streams open.
     pub mux_streams: Gauge,
     /// UDP associations open.
@@ -153,6 +155,7 @@ pub fn get() -> &'static Metrics {
             bytes: Family::default(),
             handshake: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             mux_sessions: Gauge::default(),
+            smux_sessions: Gauge::default(),
             mux_streams: Gauge::default(),
             udp_associations: Gauge::default(),
             udp_datagrams: Family::default(),
@@ -191,6 +194,11 @@ pub fn get() -> &'static Metrics {
             "mux_sessions",
             "Multiplexed sessions open",
             m.mux_sessions.clone(),
+        );
+        registry.register(
+            "mux_smux_sessions",
+            "Multiplexed sessions open that speak smux version 1 (the original's multiplexing)",
+            m.smux_sessions.clone(),
         );
         registry.register(
             "mux_streams",

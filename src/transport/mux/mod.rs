@@ -16,6 +16,7 @@ mod coalesce;
 pub mod pool;
 mod reset;
 pub mod session;
+pub mod smux;
 
 use std::io;
 use std::pin::Pin;

@@ -1,0 +1,952 @@
+//! smux version 1 sessions, the original's multiplexing: streams over one connection, with
+//! its keepalive (a NOP every 30 s; a session that hears nothing for 70 s is over). Version 1
+//! has no per-stream flow control, so one reader that falls behind would stall every stream
+//! of the session for as long as it likes (the original's bug B10). Here each stream may hold
+//! a bounded amount of unread data; beyond it the session waits for that stream's reader to
+//! catch up (a slow destination slows the sender, as TCP would), but only for a bounded time:
+//! a stream whose reader takes nothing for that long is closed alone (FIN, one log line) and
+//! the session reads on.
+//!
+//! Three tasks drive a session: a reader that hands each frame to its stream, a writer that
+//! sends what the streams queue (several frames per write), and the keepalive.
+
+pub mod frame;
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, PollSender};
+
+use super::session::Quiet;
+use crate::transport::io::BoxIo;
+use frame::{Cmd, HEADER, Header, MAX_FRAME};
+
+/// Keepalive and limits of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// A NOP goes out this often.
+    pub keepalive: Duration,
+    /// A session that receives no frame for this long is closed.
+    pub dead_after: Duration,
+    /// Streams open at once; a server refuses (FIN) more, each alone.
+    pub max_streams: usize,
+    /// Unread bytes one stream may hold before the session waits for its reader.
+    pub hold: usize,
+    /// How long the session waits for such a reader before closing its stream.
+    pub stall: Duration,
+}
+
+/// The original's keepalive (30 s, 70 s) and stream limit (16).
+pub const DEFAULT: Config = Config {
+    keepalive: Duration::from_secs(30),
+    dead_after: Duration::from_secs(70),
+    max_streams: super::MAX_STREAMS_PER_SESSION,
+    hold: HOLD,
+    stall: STALL,
+};
+
+/// What one stream may hold unread: about 80 ms of a 100 Mbit/s upload. More would let 16
+/// streams of a session pin 16 times as much.
+pub const HOLD: usize = 1 << 20;
+/// How long the other streams of a session may wait for one stream's reader.
+pub const STALL: Duration = Duration::from_secs(2);
+
+/// Bytes the writer gathers into one write to the connection.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Frames waiting for the writer; a stream's write waits while the queue is full.
+const QUEUE: usize = 64;
+
+/// One frame to send.
+struct Frame {
+    head: [u8; HEADER],
+    body: Bytes,
+}
+
+impl Frame {
+    fn control(cmd: Cmd, sid: u32) -> Self {
+        Frame {
+            head: Header::new(cmd, sid, 0).encode(),
+            body: Bytes::new(),
+        }
+    }
+
+    fn data(sid: u32, body: Bytes) -> Self {
+        Frame {
+            head: Header::new(Cmd::Psh, sid, body.len() as u16).encode(),
+            body,
+        }
+    }
+}
+
+/// A stream's receiving side, shared by the session's reader and the stream.
+#[derive(Default)]
+struct Rx {
+    state: Mutex<RxState>,
+    /// Our FIN for this stream has been queued (by the stream, or by the reader on overflow).
+    fin_sent: AtomicBool,
+    /// The stream's reader took it down to `drain_at` (or the stream went away).
+    drained: Notify,
+}
+
+#[derive(Default)]
+struct RxState {
+    queue: VecDeque<Bytes>,
+    held: usize,
+    /// The peer sent FIN: after the queue, end of stream.
+    fin: bool,
+    /// Why the stream can no longer be used (closed on overflow, or the session ended).
+    broken: Option<&'static str>,
+    waker: Option<Waker>,
+    /// The session waits until the reader has brought `held` down to this.
+    drain_at: Option<usize>,
+}
+
+impl Rx {
+    fn lock(&self) -> MutexGuard<'_, RxState> {
+        // Nothing panics while holding it; a poisoned lock still has consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `data`; returns the bytes now held.
+    fn push(&self, data: Bytes) -> usize {
+        let mut st = self.lock();
+        st.held += data.len();
+        st.queue.push_back(data);
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+        st.held
+    }
+
+    /// Waits until the reader has taken the stream down to `limit` bytes, or the stream is
+    /// gone; `false` if `within` passed first.
+    async fn drain_to(&self, limit: usize, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut st = self.lock();
+                    if st.held <= limit || st.broken.is_some() {
+                        st.drain_at = None;
+                        return;
+                    }
+                    st.drain_at = Some(limit);
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    /// Drops what is queued and makes the stream unusable.
+    fn kill(&self, why: &'static str) {
+        let mut st = self.lock();
+        st.queue.clear();
+        st.held = 0;
+        st.broken.get_or_insert(why);
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn end(&self, fin: bool, broken: Option<&'static str>) {
+        let mut st = self.lock();
+        st.fin |= fin;
+        if st.broken.is_none() {
+            st.broken = broken;
+        }
+        if let Some(w) = st.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// What the session's tasks and streams share.
+struct Shared {
+    streams: Mutex<HashMap<u32, Arc<Rx>>>,
+    out: mpsc::Sender<Frame>,
+    closed: CancellationToken,
+    /// A stream ended (the session may have become idle).
+    idle: Notify,
+    cfg: Config,
+    /// The last stream id this side opened (client ids: 3, 5, 7, …, as the original's).
+    last_id: AtomicU32,
+    /// New streams are refused (the server is shutting down).
+    refusing: AtomicBool,
+    /// Milliseconds since `start` when the last frame arrived.
+    last_rx: AtomicU64,
+    start: Instant,
+}
+
+impl Shared {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<Rx>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_streams(&self) -> usize {
+        self.streams().len()
+    }
+
+    fn register(self: &Arc<Self>, sid: u32) -> SmuxStream {
+        let rx = Arc::new(Rx::default());
+        self.streams().insert(sid, rx.clone());
+        crate::metrics::get().mux_streams.inc();
+        SmuxStream {
+            sid,
+            rx,
+            shared: self.clone(),
+            out: PollSender::new(self.out.clone()),
+        }
+    }
+
+    /// Forgets `sid` if it is still `rx`'s; wakes whoever waits for the session to go idle.
+    fn forget(&self, sid: u32, rx: &Arc<Rx>) {
+        let mut streams = self.streams();
+        if streams.get(&sid).is_some_and(|r| Arc::ptr_eq(r, rx)) {
+            streams.remove(&sid);
+        }
+        drop(streams);
+        self.idle.notify_one();
+    }
+
+    fn touch(&self) {
+        self.last_rx
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues a control frame, waiting for room; `false` once the session is closed.
+    async fn control(&self, cmd: Cmd, sid: u32) -> bool {
+        tokio::select! {
+            r = self.out.send(Frame::control(cmd, sid)) => r.is_ok(),
+            _ = self.closed.cancelled() => false,
+        }
+    }
+}
+
+/// Starts the tasks of a session over `io`; `accept` (servers) receives the peer's streams.
+fn start(io: BoxIo, cfg: Config, accept: Option<mpsc::Sender<SmuxStream>>) -> Arc<Shared> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        streams: Mutex::default(),
+        out: tx,
+        closed: CancellationToken::new(),
+        idle: Notify::new(),
+        cfg,
+        last_id: AtomicU32::new(1),
+        refusing: AtomicBool::new(false),
+        last_rx: AtomicU64::new(0),
+        start: Instant::now(),
+    });
+    let m = crate::metrics::get();
+    m.mux_sessions.inc();
+    m.smux_sessions.inc();
+    let (r, w) = tokio::io::split(io);
+    tokio::spawn(write_loop(w, rx, shared.closed.clone()));
+    tokio::spawn(keepalive(shared.clone()));
+    let reader = shared.clone();
+    tokio::spawn(async move {
+        let ended = tokio::select! {
+            r = read_loop(r, &reader, accept) => r,
+            _ = reader.closed.cancelled() => Ok(()),
+        };
+        reader.closed.cancel();
+        match ended {
+            Ok(()) => log::debug!("smux session closed"),
+            Err(e) => match crate::transport::relay::plain_ending(&e) {
+                Some(why) => log::debug!("smux session ended: {why}"),
+                None => log::info!("smux session ended: {e}"),
+            },
+        }
+        let streams: Vec<Arc<Rx>> = reader.streams().drain().map(|(_, rx)| rx).collect();
+        for rx in streams {
+            rx.end(false, Some("the multiplexed session ended"));
+        }
+        reader.idle.notify_one();
+        let m = crate::metrics::get();
+        m.mux_sessions.dec();
+        m.smux_sessions.dec();
+    });
+    shared
+}
+
+/// Reads frames until the connection ends (`Ok` between frames) or a frame is bad.
+async fn read_loop(
+    mut r: ReadHalf<BoxIo>,
+    shared: &Arc<Shared>,
+    accept: Option<mpsc::Sender<SmuxStream>>,
+) -> io::Result<()> {
+    let mut head = [0u8; HEADER];
+    loop {
+        match r.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let h = Header::parse(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let body = if h.len > 0 {
+            let mut b = BytesMut::zeroed(usize::from(h.len));
+            r.read_exact(&mut b).await?;
+            b.freeze()
+        } else {
+            Bytes::new()
+        };
+        shared.touch();
+        match h.cmd {
+            Cmd::Nop => {}
+            Cmd::Syn => {
+                let Some(accept) = accept.as_ref() else {
+                    // A client takes no streams from its server.
+                    shared.control(Cmd::Fin, h.sid).await;
+                    continue;
+                };
+                let (known, open) = {
+                    let s = shared.streams();
+                    (s.contains_key(&h.sid), s.len())
+                };
+                if known {
+                    continue;
+                }
+                if shared.refusing.load(Ordering::Acquire) {
+                    shared.control(Cmd::Fin, h.sid).await;
+                    continue;
+                }
+                if open >= shared.cfg.max_streams {
+                    log::info!(
+                        "multiplexed stream refused: {open} streams already open in this session (the limit)"
+                    );
+                    shared.control(Cmd::Fin, h.sid).await;
+                    continue;
+                }
+                let stream = shared.register(h.sid);
+                if accept.send(stream).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Cmd::Psh => {
+                let rx = shared.streams().get(&h.sid).cloned();
+                let Some(rx) = rx else { continue };
+                let cfg = shared.cfg;
+                if rx.push(body) > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
+                    log::info!(
+                        "multiplexed stream {}: closed: {} KiB waiting and nothing taken for {:?} (smux has no per-stream flow control; the other streams go on)",
+                        h.sid,
+                        cfg.hold / 1024,
+                        cfg.stall
+                    );
+                    rx.kill("closed: its reader took nothing for too long");
+                    shared.forget(h.sid, &rx);
+                    if !rx.fin_sent.swap(true, Ordering::AcqRel) {
+                        shared.control(Cmd::Fin, h.sid).await;
+                    }
+                }
+            }
+            Cmd::Fin => {
+                let rx = shared.streams().get(&h.sid).cloned();
+                if let Some(rx) = rx {
+                    rx.end(true, None);
+                }
+            }
+        }
+    }
+}
+
+/// Sends queued frames, several per write, until the session closes; then what is still
+/// queued (FINs), and closes the connection.
+async fn write_loop(
+    mut w: WriteHalf<BoxIo>,
+    mut rx: mpsc::Receiver<Frame>,
+    closed: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(WRITE_BATCH);
+    let push = |buf: &mut Vec<u8>, f: Frame| {
+        buf.extend_from_slice(&f.head);
+        buf.extend_from_slice(&f.body);
+    };
+    loop {
+        let f = tokio::select! {
+            f = rx.recv() => f,
+            _ = closed.cancelled() => None,
+        };
+        let Some(f) = f else { break };
+        push(&mut buf, f);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => push(&mut buf, f),
+                Err(_) => break,
+            }
+        }
+        let wrote = async {
+            w.write_all(&buf).await?;
+            w.flush().await
+        };
+        if let Err(e) = wrote.await {
+            log::debug!("smux session: write failed: {e}");
+            closed.cancel();
+            return;
+        }
+        buf.clear();
+    }
+    closed.cancel();
+    while let Ok(f) = rx.try_recv() {
+        push(&mut buf, f);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        w.write_all(&buf).await?;
+        w.shutdown().await
+    })
+    .await;
+}
+
+/// Sends a NOP every `keepalive`; closes a session that heard nothing for `dead_after`.
+async fn keepalive(shared: Arc<Shared>) {
+    let cfg = shared.cfg;
+    let check = cfg
+        .keepalive
+        .min(cfg.dead_after / 2)
+        .max(Duration::from_millis(10));
+    let mut next_nop = Instant::now() + cfg.keepalive;
+    loop {
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = tokio::time::sleep(check) => {}
+        }
+        if Instant::now() >= next_nop {
+            // A full queue is a busy session: no NOP needed.
+            let _ = shared.out.try_send(Frame::control(Cmd::Nop, 0));
+            next_nop = Instant::now() + cfg.keepalive;
+        }
+        let last = Duration::from_millis(shared.last_rx.load(Ordering::Relaxed));
+        if shared.start.elapsed() > last + cfg.dead_after {
+            log::info!(
+                "smux session closed: nothing from the peer for {:?}",
+                cfg.dead_after
+            );
+            shared.closed.cancel();
+            return;
+        }
+    }
+}
+
+/// One stream of an smux session, as a tokio byte stream. Shutting it down sends FIN (the
+/// peer may go on sending: half-close); dropping it sends FIN if that has not been done.
+pub struct SmuxStream {
+    sid: u32,
+    rx: Arc<Rx>,
+    shared: Arc<Shared>,
+    out: PollSender<Frame>,
+}
+
+impl SmuxStream {
+    /// The stream's id in its session.
+    pub fn id(&self) -> u32 {
+        self.sid
+    }
+
+    fn broken(&self) -> Option<io::Error> {
+        if let Some(why) = self.rx.lock().broken {
+            return Some(io::Error::new(io::ErrorKind::ConnectionReset, why));
+        }
+        if self.shared.closed.is_cancelled() {
+            return Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the multiplexed session ended",
+            ));
+        }
+        None
+    }
+}
+
+impl AsyncRead for SmuxStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.rx.lock();
+        if let Some(front) = st.queue.front_mut() {
+            let n = front.len().min(buf.remaining());
+            buf.put_slice(&front[..n]);
+            front.advance(n);
+            if front.is_empty() {
+                st.queue.pop_front();
+            }
+            st.held -= n;
+            if st.drain_at.is_some_and(|at| st.held <= at) {
+                st.drain_at = None;
+                self.rx.drained.notify_one();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if st.fin {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(why) = st.broken {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, why)));
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for SmuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.rx.fin_sent.load(Ordering::Acquire) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            )));
+        }
+        if let Some(e) = self.broken() {
+            return Poll::Ready(Err(e));
+        }
+        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the multiplexed session ended");
+        if ready!(self.out.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(gone()));
+        }
+        let n = buf.len().min(MAX_FRAME);
+        let sid = self.sid;
+        let frame = Frame::data(sid, Bytes::copy_from_slice(&buf[..n]));
+        if self.out.send_item(frame).is_err() {
+            return Poll::Ready(Err(gone()));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The session's writer sends what is queued as soon as it can.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.rx.fin_sent.load(Ordering::Acquire) || self.broken().is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(self.out.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Ok(()));
+        }
+        let fin = Frame::control(Cmd::Fin, self.sid);
+        let _ = self.out.send_item(fin);
+        self.rx.fin_sent.store(true, Ordering::Release);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for SmuxStream {
+    fn drop(&mut self) {
+        crate::metrics::get().mux_streams.dec();
+        self.rx.kill("the stream was dropped");
+        self.rx.drained.notify_one();
+        self.shared.forget(self.sid, &self.rx);
+        if self.rx.fin_sent.swap(true, Ordering::AcqRel) || self.shared.closed.is_cancelled() {
+            return;
+        }
+        let fin = Frame::control(Cmd::Fin, self.sid);
+        if let Err(mpsc::error::TrySendError::Full(fin)) = self.shared.out.try_send(fin) {
+            // The queue is full: the FIN goes when there is room, without holding anyone up.
+            let shared = self.shared.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    tokio::select! {
+                        _ = shared.out.send(fin) => {}
+                        _ = shared.closed.cancelled() => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The server end of an smux session: yields the client's streams, refusing those beyond the
+/// limit alone; closes a session that carries no stream for too long; winds down on shutdown.
+pub struct SmuxSession {
+    shared: Arc<Shared>,
+    accept: mpsc::Receiver<SmuxStream>,
+    quiet: Quiet,
+    carried: u64,
+}
+
+impl SmuxSession {
+    /// Starts the server end over an established tunnel connection.
+    pub fn server(io: BoxIo, cfg: Config, quiet: Quiet) -> Self {
+        let (tx, accept) = mpsc::channel(cfg.max_streams.max(1));
+        SmuxSession {
+            shared: start(io, cfg, Some(tx)),
+            accept,
+            quiet,
+            carried: 0,
+        }
+    }
+
+    /// The next stream; `None` when the session has ended or stayed without streams for
+    /// longer than [`Quiet`] allows (then it is closed).
+    pub async fn next(&mut self) -> Option<io::Result<SmuxStream>> {
+        loop {
+            let quiet = if self.carried == 0 {
+                self.quiet.first
+            } else {
+                self.quiet.idle
+            };
+            let idle = self.shared.open_streams() == 0;
+            tokio::select! {
+                s = self.accept.recv() => match s {
+                    Some(s) => {
+                        self.carried += 1;
+                        return Some(Ok(s));
+                    }
+                    None => return None,
+                },
+                _ = self.shared.closed.cancelled() => return None,
+                // A stream ended: look again whether the session is idle.
+                _ = self.shared.idle.notified() => continue,
+                _ = tokio::time::sleep(quiet), if idle => {
+                    if self.shared.open_streams() > 0 {
+                        continue;
+                    }
+                    log::debug!("smux session closed: no stream for {quiet:?}");
+                    self.shared.closed.cancel();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// For shutdown: refuses new streams, lets the open ones finish, then closes the session.
+    pub async fn finish(mut self) {
+        self.shared.refusing.store(true, Ordering::Release);
+        self.accept.close();
+        while let Ok(s) = self.accept.try_recv() {
+            drop(s);
+        }
+        while self.shared.open_streams() > 0 {
+            tokio::select! {
+                _ = self.shared.idle.notified() => {}
+                _ = self.shared.closed.cancelled() => return,
+            }
+        }
+        self.shared.closed.cancel();
+    }
+}
+
+impl Drop for SmuxSession {
+    fn drop(&mut self) {
+        self.shared.closed.cancel();
+    }
+}
+
+/// The client end of an smux session: opens streams (ids 3, 5, 7, …, as the original's).
+pub struct SmuxClient {
+    shared: Arc<Shared>,
+}
+
+impl SmuxClient {
+    /// Starts the client end over an established tunnel connection.
+    pub fn new(io: BoxIo, cfg: Config) -> Self {
+        SmuxClient {
+            shared: start(io, cfg, None),
+        }
+    }
+
+    /// Opens a stream: its SYN is queued before this returns.
+    pub async fn open(&self) -> io::Result<SmuxStream> {
+        let sid = self.shared.last_id.fetch_add(2, Ordering::AcqRel) + 2;
+        let stream = self.shared.register(sid);
+        if !self.shared.control(Cmd::Syn, sid).await {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the multiplexed session ended",
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    /// Waits until the session has ended.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await
+    }
+
+    /// Waits until a stream ends (the session may be idle now).
+    pub async fn stream_ended(&self) {
+        self.shared.idle.notified().await
+    }
+
+    /// Closes the session (what is queued is still sent).
+    pub fn close(&self) {
+        self.shared.closed.cancel();
+    }
+}
+
+impl Drop for SmuxClient {
+    fn drop(&mut self) {
+        self.shared.closed.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::fingerprint::sha256;
+
+    fn quiet() -> Quiet {
+        Quiet {
+            first: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+        }
+    }
+
+    fn pair(cfg: Config) -> (SmuxClient, SmuxSession) {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        (
+            SmuxClient::new(Box::new(a), cfg),
+            SmuxSession::server(Box::new(b), cfg, quiet()),
+        )
+    }
+
+    fn data(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    /// Eight streams at once: each sends its data and half-closes; the server reads to the
+    /// end, then answers the hash of what it got and closes; both directions arrive intact.
+    #[tokio::test]
+    async fn streams_carry_data_both_ways_with_half_close() {
+        let (client, mut server) = pair(DEFAULT);
+        let srv = tokio::spawn(async move {
+            while let Some(Ok(mut s)) = server.next().await {
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await.expect("read to FIN");
+                    let mut reply = sha256(&got).to_vec();
+                    reply.extend_from_slice(&got[..got.len().min(100_000)]);
+                    s.write_all(&reply).await.expect("reply after FIN");
+                    s.shutdown().await.expect("FIN");
+                });
+            }
+        });
+        let mut tasks = Vec::new();
+        let client = Arc::new(client);
+        for i in 0..8u8 {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = client.open().await.expect("open");
+                let sent = data(300_000 + usize::from(i) * 977, i);
+                s.write_all(&sent).await.expect("write");
+                s.shutdown().await.expect("half-close");
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).await.expect("read reply");
+                assert_eq!(&back[..32], &sha256(&sent)[..]);
+                assert_eq!(&back[32..], &sent[..100_000]);
+                s.id()
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.expect("stream task"));
+        }
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            vec![3, 5, 7, 9, 11, 13, 15, 17],
+            "client ids are odd from 3"
+        );
+        srv.abort();
+    }
+
+    /// With the session full, one more stream is refused alone (its reader sees the end at
+    /// once) while the open ones go on.
+    #[tokio::test]
+    async fn the_stream_beyond_the_limit_is_refused_alone() {
+        let cfg = Config {
+            max_streams: 4,
+            ..DEFAULT
+        };
+        let (client, mut server) = pair(cfg);
+        let srv = tokio::spawn(async move {
+            while let Some(Ok(mut s)) = server.next().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => s.write_all(&buf[..n]).await.expect("echo"),
+                        }
+                    }
+                });
+            }
+        });
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let mut s = client.open().await.expect("open");
+            s.write_all(b"ping").await.expect("write");
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.expect("echo");
+            open.push(s);
+        }
+        let mut extra = client.open().await.expect("open");
+        let mut b = [0u8; 4];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut b))
+            .await
+            .expect("refused at once")
+            .expect("read");
+        assert_eq!(n, 0, "the fifth stream ends without data");
+        for s in &mut open {
+            s.write_all(b"more").await.expect("write");
+            s.read_exact(&mut b).await.expect("the others go on");
+            assert_eq!(&b, b"more");
+        }
+        srv.abort();
+    }
+
+    /// A stream whose reader stops is closed once it holds `hold` bytes; another stream of
+    /// the session keeps flowing meanwhile and after.
+    #[tokio::test]
+    async fn a_stalled_stream_is_closed_alone() {
+        let cfg = Config {
+            hold: 64 * 1024,
+            stall: Duration::from_millis(300),
+            ..DEFAULT
+        };
+        let (client, mut server) = pair(cfg);
+        let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+        let srv = tokio::spawn(async move {
+            // The first stream is never read; the second echoes.
+            let first = server.next().await.expect("first").expect("ok");
+            let _ = stalled_tx.send(first);
+            let mut s = server.next().await.expect("second").expect("ok");
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => s.write_all(&buf[..n]).await.expect("echo"),
+                    }
+                }
+            });
+            while let Some(Ok(_)) = server.next().await {}
+        });
+        let mut stalled = client.open().await.expect("open");
+        stalled.write_all(b"x").await.expect("write");
+        let _held = stalled_rx.await.expect("the server took the stream");
+        let mut live = client.open().await.expect("open");
+        let chunk = vec![1u8; 16 * 1024];
+        // Far more than the hold: the stalled stream is closed, and says so to our writer or
+        // reader, within bounded time.
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            for _ in 0..64 {
+                if stalled.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let mut b = [0u8; 1];
+            let _ = stalled.read(&mut b).await;
+        })
+        .await;
+        assert!(ended.is_ok(), "the stalled stream was never closed");
+        let mut b = [0u8; 1];
+        assert_eq!(stalled.read(&mut b).await.expect("FIN"), 0);
+        let sent = data(200_000, 9);
+        let mut back = vec![0u8; sent.len()];
+        let (mut r, mut w) = tokio::io::split(&mut live);
+        let (wrote, read) = tokio::join!(w.write_all(&sent), r.read_exact(&mut back));
+        wrote.expect("write");
+        read.expect("read");
+        assert_eq!(back, sent, "the other stream went on intact");
+        srv.abort();
+    }
+
+    /// A reader slower than its sender but never stopping is waited for, not cut: the
+    /// whole upload arrives intact.
+    #[tokio::test]
+    async fn a_slow_reader_is_waited_for() {
+        let cfg = Config {
+            hold: 32 * 1024,
+            stall: Duration::from_millis(500),
+            ..DEFAULT
+        };
+        let (client, mut server) = pair(cfg);
+        let srv = tokio::spawn(async move {
+            let mut s = server.next().await.expect("stream").expect("ok");
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 8 * 1024];
+            loop {
+                match s.read(&mut buf).await.expect("read") {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            s.write_all(&sha256(&got)).await.expect("reply");
+            s.shutdown().await.expect("FIN");
+            while let Some(Ok(_)) = server.next().await {}
+        });
+        let mut s = client.open().await.expect("open");
+        let sent = data(400_000, 3);
+        s.write_all(&sent).await.expect("write");
+        s.shutdown().await.expect("FIN");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("reply");
+        assert_eq!(back, sha256(&sent).to_vec());
+        srv.abort();
+    }
+
+    /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
+    /// of another version ends the session.
+    #[tokio::test]
+    async fn keepalive_and_bad_frames() {
+        let cfg = Config {
+            keepalive: Duration::from_millis(50),
+            dead_after: Duration::from_millis(300),
+            ..DEFAULT
+        };
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let client = SmuxClient::new(Box::new(a), cfg);
+        let mut head = [0u8; HEADER];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut head))
+            .await
+            .expect("a NOP within the keepalive")
+            .expect("read");
+        assert_eq!(Header::parse(&head), Ok(Header::new(Cmd::Nop, 0, 0)));
+        tokio::time::timeout(Duration::from_secs(5), client.closed())
+            .await
+            .expect("closed after dead_after of silence");
+
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut server = SmuxSession::server(Box::new(a), DEFAULT, quiet());
+        peer.write_all(&[2, 0, 0, 0, 3, 0, 0, 0])
+            .await
+            .expect("write");
+        let next = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("ended");
+        assert!(next.is_none(), "a version-2 frame ends the session");
+    }
+}
