@@ -153,8 +153,8 @@ async fn subprotocols_versions_and_methods() {
         let cases = [
             (
                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: smux_on\r\n",
-                400,
-                "smux",
+                101,
+                "Sec-Websocket-Protocol: smux_on",
             ),
             (
                 "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: smux_off\r\n",

@@ -26,7 +26,7 @@ pub const MAX_HEAD: usize = 16 * 1024;
 
 /// The subprotocol an original client sends without multiplexing.
 pub const SMUX_OFF: &str = "smux_off";
-/// The subprotocol an original client sends with smux multiplexing, which mtt does not speak.
+/// The subprotocol an original client sends with smux multiplexing.
 pub const SMUX_ON: &str = "smux_on";
 /// The subprotocol of mtt clients that multiplex (with yamux).
 pub const YAMUX: &str = "yamux";
@@ -39,12 +39,16 @@ static UDP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 pub enum Carry {
     /// One byte stream (`smux_off`, or no subprotocol and no `-mux`).
     Plain,
-    /// A yamux session (`yamux`, or no subprotocol with `-mux`); `v2` (`yamux2`): its
+    /// A yamux session (`yamux`; on plain TLS, `-mux`); `v2` (`yamux2`, ALPN `mtt-mux2`): its
     /// streams open with a type byte.
     Mux {
         /// Version 2.
         v2: bool,
     },
+    /// An smux version 1 session (`smux_on`: an original client with `-mux`).
+    Smux,
+    /// A session of whichever multiplexing its first bytes show (no subprotocol, `-mux`).
+    AnyMux,
     /// Datagrams (`mtt-udp`).
     Datagrams,
 }
@@ -212,16 +216,11 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         } else if offered.iter().any(|p| p == SMUX_OFF) {
             (Carry::Plain, Some(SMUX_OFF))
         } else if offered.iter().any(|p| p == SMUX_ON) {
-            log::warn!(
-                "{id}: refused a client multiplexing with smux (a mos-tls-tunnel client with -mux): mtt multiplexes with yamux; use an mtt client, or drop -mux on that client"
-            );
-            return Err(refuse(
-                StatusCode::BAD_REQUEST,
-                "smux multiplexing is not supported; connect without -mux or with an mtt client",
-            ));
+            (Carry::Smux, Some(SMUX_ON))
         } else if self.default_mux {
-            // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides.
-            (Carry::Mux { v2: false }, None)
+            // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides,
+            // and the first bytes which multiplexing.
+            (Carry::AnyMux, None)
         } else {
             (Carry::Plain, None)
         };

@@ -1,7 +1,9 @@
-//! `-mux` on one end only, told by the first bytes of a plain-TLS tunnel: a multiplexing
-//! client's first frame is a yamux ping (`00 02 00 01 00 00 00 00`) or opens stream 1
-//! (`00 0x 00 01 00 00 00 01`); an application's bytes are neither. The server says which flag to change in one WARN line and closes the connection,
-//! so yamux framing never reaches an application or a destination.
+//! Which multiplexing, if any, told by the first bytes of a tunnel: an mtt client's first
+//! frame is a yamux ping (`00 02 00 01 00 00 00 00`) or opens stream 1 (`00 0x 00 01 00 00 00
+//! 01`); an original client's opens stream 3 in smux version 1 (`01 00 00 00 03 00 00 00`); an
+//! application's bytes are none of these. With `-mux` on one end only, the server says which
+//! flag to change in one WARN line and closes the connection, so multiplexing frames never
+//! reach an application or a destination.
 
 use std::io;
 use std::pin::Pin;
@@ -27,10 +29,28 @@ pub fn looks_like_yamux(b: &[u8]) -> Option<bool> {
     Some(h[0] == 0 && syn && opening)
 }
 
+/// The multiplexing a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Muxing {
+    /// yamux (mtt clients).
+    Yamux,
+    /// smux version 1 (the original's clients).
+    Smux,
+}
+
+/// Whether `b` begins like a multiplexing client's first frame, and of which kind. `None`
+/// while fewer than 8 bytes are known.
+pub fn looks_like_mux(b: &[u8]) -> Option<Option<Muxing>> {
+    if looks_like_yamux(b)? {
+        return Some(Some(Muxing::Yamux));
+    }
+    Some(super::mux::smux::frame::looks_like_smux(b)?.then_some(Muxing::Smux))
+}
+
 /// For a `-mux` server: reads the client's first bytes (waiting at most `limit`) and gives
-/// the stream back with them unread, if they are a yamux session's; otherwise logs the
+/// the stream back with them unread, with the multiplexing they begin; otherwise logs the
 /// mismatch once and returns `None`.
-pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<BoxIo> {
+pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(BoxIo, Muxing)> {
     let mut first = [0u8; 16];
     let mut n = 0;
     let read = async {
@@ -39,7 +59,7 @@ pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<Bo
                 Ok(0) | Err(_) => return false,
                 Ok(k) => n += k,
             }
-            if first[0] != 0 {
+            if first[0] > 1 {
                 break;
             }
         }
@@ -53,8 +73,8 @@ pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<Bo
             return None;
         }
     }
-    if looks_like_yamux(&first[..n]) == Some(true) {
-        return Some(Box::new(Rewind::new(io, &first[..n])));
+    if let Some(Some(muxing)) = looks_like_mux(&first[..n]) {
+        return Some((Box::new(Rewind::new(io, &first[..n])), muxing));
     }
     log::warn!(
         "{id}: the client does not multiplex, but this server runs with -mux: add -mux to the client, or remove it here (-mux must be on both ends of a plain-TLS tunnel)"
@@ -62,8 +82,8 @@ pub async fn expect_yamux(mut io: BoxIo, id: &str, limit: Duration) -> Option<Bo
     None
 }
 
-/// For a server without `-mux`: refuses a tunnel whose first bytes are a yamux session's
-/// (as its first read, so nothing is relayed), saying so once.
+/// For a server without `-mux`: refuses a tunnel whose first bytes are a multiplexed
+/// session's, yamux or smux (as its first read, so nothing is relayed), saying so once.
 pub struct RefuseYamux {
     inner: BoxIo,
     /// The connection's number, for the log line (a number, not a string: this wrapper
@@ -95,7 +115,7 @@ impl AsyncRead for RefuseYamux {
         let start = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.checked = true;
-        if looks_like_yamux(&buf.filled()[start..]) == Some(true) {
+        if let Some(Some(_)) = looks_like_mux(&buf.filled()[start..]) {
             buf.set_filled(start);
             log::warn!(
                 "#{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
@@ -167,6 +187,10 @@ mod tests {
         assert_eq!(looks_like_yamux(b"GET / HTTP/1.1\r\n"), Some(false));
         assert_eq!(looks_like_yamux(b"SSH-2.0-"), Some(false));
         assert_eq!(looks_like_yamux(&syn[..5]), None);
+        assert_eq!(looks_like_mux(&syn), Some(Some(Muxing::Yamux)));
+        let smux = [1, 0, 0, 0, 3, 0, 0, 0];
+        assert_eq!(looks_like_mux(&smux), Some(Some(Muxing::Smux)));
+        assert_eq!(looks_like_mux(b"SSH-2.0-"), Some(None));
     }
 
     #[tokio::test]

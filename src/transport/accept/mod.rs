@@ -236,9 +236,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         let Some(front) = &self.http else {
             let carry = match alpn.as_deref() {
                 Some(p) if p == datagram::ALPN_UDP => Carry::Datagrams,
-                _ if self.mux => Carry::Mux {
-                    v2: alpn.as_deref() == Some(datagram::ALPN_MUX2),
-                },
+                Some(p) if self.mux && p == datagram::ALPN_MUX2 => Carry::Mux { v2: true },
+                _ if self.mux => Carry::AnyMux,
                 _ => Carry::Plain,
             };
             let up = Upgrade {

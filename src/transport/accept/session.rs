@@ -12,12 +12,13 @@ use super::{Acceptor, Tunnel, UDP_REFUSED};
 use crate::transport::datagram::{self, Kind};
 use crate::transport::front::{Carry, Upgrade};
 use crate::transport::io::BoxIo;
-use crate::transport::mux::{MAX_STREAMS_PER_SESSION, MuxSession};
+use crate::transport::mux::ServerSession;
 use crate::transport::serve::ConnId;
-use crate::transport::sniff;
+use crate::transport::sniff::{self, Muxing};
 
 impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
-    /// A connection that carries datagrams or a multiplexed session.
+    /// A connection that carries datagrams or a multiplexed session (or, as the caller would
+    /// have, one plain tunnel).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn other<H, Fut>(
         &self,
@@ -32,13 +33,18 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let v2 = match carry {
-            Carry::Mux { v2 } => v2,
-            _ => {
+        let (named, v2) = match carry {
+            Carry::Mux { v2 } => (Some(Muxing::Yamux), v2),
+            Carry::Smux => (Some(Muxing::Smux), false),
+            Carry::AnyMux => (None, false),
+            Carry::Plain | Carry::Datagrams => {
                 let owner = up.owner;
                 let tunnel = Tunnel {
                     io,
-                    kind: Kind::Datagrams,
+                    kind: match carry {
+                        Carry::Datagrams => Kind::Datagrams,
+                        _ => Kind::Stream,
+                    },
                     id,
                     owner,
                     shutdown,
@@ -46,17 +52,21 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 return handle(tunnel).await;
             }
         };
-        let io = match self.sniff {
-            false => io,
-            true => {
+        // Plain TLS names nothing but version 2: the first bytes tell (and catch `-mux` on
+        // one end only); so do they on WebSocket when the client named no subprotocol.
+        let (io, muxing) = match named {
+            Some(m) if !self.sniff => (io, m),
+            _ => {
                 let name = id.to_string();
-                match sniff::expect_yamux(io, &name, self.quiet.first).await {
-                    Some(io) => io,
+                match sniff::expect_mux(io, &name, self.quiet.first).await {
+                    Some(x) => x,
                     None => return,
                 }
             }
         };
-        self.session(io, id, up, v2, &tasks, shutdown, handle).await
+        let v2 = v2 && muxing == Muxing::Yamux;
+        self.session(io, id, up, muxing, v2, &tasks, shutdown, handle)
+            .await
     }
 
     /// Hands each stream of a session to `handle` in a tracked task, until the session ends,
@@ -67,6 +77,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         io: BoxIo,
         id: ConnId,
         up: Upgrade<O>,
+        muxing: Muxing,
         v2: bool,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
@@ -76,10 +87,14 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         log::debug!(
-            "{id}: multiplexed session{}",
-            if v2 { " (version 2)" } else { "" }
+            "{id}: multiplexed session ({})",
+            match (muxing, v2) {
+                (Muxing::Smux, _) => "smux version 1",
+                (Muxing::Yamux, true) => "yamux, version 2",
+                (Muxing::Yamux, false) => "yamux",
+            }
         );
-        let mut session = MuxSession::server(io, MAX_STREAMS_PER_SESSION, self.quiet);
+        let mut session = ServerSession::new(io, muxing, self.quiet);
         // A session belongs to the owner of its path: revoking the owner closes it.
         let revoked = match (&self.http, &up.owner) {
             (Some(front), Some(owner)) => front.path.revoked(owner),
@@ -126,7 +141,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             };
             if !v2 {
                 tasks.spawn(handle(Tunnel {
-                    io: Box::new(stream),
+                    io: stream,
                     kind: Kind::Stream,
                     id: sid,
                     owner,
@@ -138,8 +153,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             // so a slow stream holds back nothing else.
             let (handle, udp, limit) = (handle.clone(), self.udp, self.quiet.first);
             let shutdown = shutdown.clone();
-            // Boxed before the task takes it: the task then holds a pointer, not the stream.
-            let mut stream: BoxIo = Box::new(stream);
+            let mut stream = stream;
             tasks.spawn(async move {
                 let mut kind = [0u8; 1];
                 // Boxed and gone once read: the timer is not kept in the tunnel's task.

@@ -80,6 +80,44 @@ fn transport(io: BoxIo, resets: Arc<Resets>) -> Transport {
 /// the same CPU per GiB; 16 KiB frames cost more writes to TLS, each one a syscall.
 const SPLIT_SEND: usize = 64 * 1024;
 
+/// The server end of a session of either multiplexing.
+pub enum ServerSession {
+    /// yamux (mtt clients); boxed, as yamux's state is large.
+    Yamux(Box<MuxSession>),
+    /// smux version 1 (the original's clients).
+    Smux(smux::SmuxSession),
+}
+
+impl ServerSession {
+    /// Starts the server end of a session of `muxing` over an established connection.
+    pub fn new(io: BoxIo, muxing: crate::transport::sniff::Muxing, quiet: session::Quiet) -> Self {
+        match muxing {
+            crate::transport::sniff::Muxing::Yamux => ServerSession::Yamux(Box::new(
+                MuxSession::server(io, MAX_STREAMS_PER_SESSION, quiet),
+            )),
+            crate::transport::sniff::Muxing::Smux => {
+                ServerSession::Smux(smux::SmuxSession::server(io, smux::DEFAULT, quiet))
+            }
+        }
+    }
+
+    /// The next stream (see [`MuxSession::next`]).
+    pub async fn next(&mut self) -> Option<io::Result<BoxIo>> {
+        match self {
+            ServerSession::Yamux(s) => Some(s.next().await?.map(|s| Box::new(s) as BoxIo)),
+            ServerSession::Smux(s) => Some(s.next().await?.map(|s| Box::new(s) as BoxIo)),
+        }
+    }
+
+    /// Lets the open streams finish, takes no new ones, then closes.
+    pub async fn finish(self) {
+        match self {
+            ServerSession::Yamux(s) => s.finish().await,
+            ServerSession::Smux(s) => s.finish().await,
+        }
+    }
+}
+
 fn mux_err(e: yamux::ConnectionError) -> io::Error {
     match e {
         yamux::ConnectionError::Io(e) => e,

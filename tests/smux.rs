@@ -1,0 +1,236 @@
+//! The original's multiplexing (smux version 1) against a real smux peer that mtt did not
+//! write: a small Go program on Debian's xtaci/smux and gorilla/websocket (tests/smux_peer),
+//! configured as mos-tls-tunnel is. The mtt server and client run as processes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The Go peer, built once per test run (GOPATH mode, from Debian's packages, offline).
+fn peer_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let bin = dir.join("smux_peer");
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smux_peer/main.go");
+        let out = std::process::Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", dir.join("gocache"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "go: {e}: install golang-go golang-github-xtaci-smux-dev golang-github-gorilla-websocket-dev (.ci/install-test-deps does)"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "building the smux test peer failed (are golang-github-xtaci-smux-dev and golang-github-gorilla-websocket-dev installed?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+    .clone()
+}
+
+/// The Go peer as an original client (`-mux`) of `server`, over plain TLS or (with `wss`)
+/// WebSocket; returns it and its local address.
+async fn go_client(
+    server: SocketAddr,
+    wss: Option<&str>,
+    max_streams: usize,
+) -> (Proc, SocketAddr) {
+    let server = server.to_string();
+    let max = max_streams.to_string();
+    let mut args = vec![
+        "client",
+        "-b",
+        "127.0.0.1:0",
+        "-s",
+        &server,
+        "-max-streams",
+        &max,
+    ];
+    if let Some(p) = wss {
+        args.extend_from_slice(&["-wss", p]);
+    }
+    let mut p = Proc::spawn(&peer_bin(), &args);
+    let addr = p.listening_addr().await;
+    (p, addr)
+}
+
+/// An mtt server with `flags` (and `-verbose`, whose lines say which multiplexing a session
+/// speaks) to `dest`.
+async fn mtt_server(dest: SocketAddr, flags: &[&str]) -> (Proc, SocketAddr) {
+    let mut extra = vec!["-verbose"];
+    extra.extend_from_slice(flags);
+    let mut p = Proc::server(&dest.to_string(), &extra);
+    let addr = p.listening_addr().await;
+    (p, addr)
+}
+
+/// 16 connections at once through `local`, each several MiB echoed back intact.
+async fn sixteen_streams(local: SocketAddr) {
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        tasks.push(tokio::spawn(async move {
+            let data = random_bytes(3 * 1024 * 1024 + i as usize * 1021, i);
+            let s = TcpStream::connect(local).await.expect("connect");
+            echo_exact(s, &data).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a stream failed");
+    }
+}
+
+#[tokio::test]
+async fn original_clients_multiplex_to_mtt_over_tls_and_websocket() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (mut tls, tls_addr) = mtt_server(echo, &["-mux"]).await;
+        let (_c1, local) = go_client(tls_addr, None, 16).await;
+        sixteen_streams(local).await;
+        tls.wait_line("multiplexed session (smux version 1)").await;
+
+        // WebSocket: the subprotocol smux_on says it, with or without -mux on the server.
+        let (mut ws, ws_addr) = mtt_server(echo, &["-wss", "-wss-path", "/s"]).await;
+        let (_c2, local) = go_client(ws_addr, Some("/s"), 16).await;
+        sixteen_streams(local).await;
+        ws.wait_line("multiplexed session (smux version 1)").await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_seventeenth_stream_is_refused_alone() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (mut server, addr) = mtt_server(echo, &["-mux"]).await;
+        // The peer puts all 17 on one session, as an original client with -mux-max-stream 17.
+        let (_client, local) = go_client(addr, None, 17).await;
+        let mut open = Vec::new();
+        for _ in 0..16 {
+            let mut s = TcpStream::connect(local).await.expect("connect");
+            ping(&mut s).await;
+            open.push(s);
+        }
+        let mut extra = TcpStream::connect(local).await.expect("connect");
+        let _ = extra.write_all(b"ping").await;
+        let mut b = [0u8; 4];
+        let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut b))
+            .await
+            .expect("the 17th stream is ended, not left waiting")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the 17th stream carried data");
+        server.wait_line("refused: 16 streams already open").await;
+        for s in &mut open {
+            ping(s).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_destination_closes_its_stream_at_once() {
+    bounded(async {
+        let (_server, addr) = mtt_server(dead_addr(), &["-mux"]).await;
+        let (_client, local) = go_client(addr, None, 16).await;
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let _ = s.write_all(b"hello").await;
+        let start = std::time::Instant::now();
+        let mut b = [0u8; 16];
+        let n = s.read(&mut b).await.unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "closed only after {:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stalled_destination_does_not_stop_the_other_streams() {
+    bounded(async {
+        // The first connection to the destination is never read; the others echo.
+        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dest = serve_dest(move |mut s| {
+            let stall = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    return Ok(());
+                }
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await?;
+                Ok(())
+            }
+        })
+        .await;
+        let (mut server, addr) = mtt_server(dest, &["-mux"]).await;
+        let (_client, local) = go_client(addr, None, 16).await;
+        let mut stalled = TcpStream::connect(local).await.expect("connect");
+        // Far more than the destination's socket buffers and the stream's hold.
+        let push = tokio::spawn(async move {
+            let chunk = vec![7u8; 256 * 1024];
+            for _ in 0..128 {
+                if stalled.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            stalled
+        });
+        // Meanwhile, and after, another stream of the same session echoes.
+        let data = random_bytes(2 * 1024 * 1024, 5);
+        let s = TcpStream::connect(local).await.expect("connect");
+        tokio::time::timeout(Duration::from_secs(20), echo_exact(s, &data))
+            .await
+            .expect("the other stream was held up for more than 20 s");
+        server
+            .wait_line("smux has no per-stream flow control")
+            .await;
+        push.abort();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn yamux_and_smux_clients_share_one_server() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (mut server, addr) = mtt_server(echo, &["-mux"]).await;
+        let pin = server.pin().await;
+        let mut yamux = Proc::client(&addr.to_string(), &pin, &["-mux"]);
+        let yamux_local = yamux.listening_addr().await;
+        let (_go, smux_local) = go_client(addr, None, 16).await;
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let local = if i % 2 == 0 { yamux_local } else { smux_local };
+            tasks.push(tokio::spawn(async move {
+                let data = random_bytes(2 * 1024 * 1024, i);
+                let s = TcpStream::connect(local).await.expect("connect");
+                echo_exact(s, &data).await;
+            }));
+        }
+        for t in tasks {
+            t.await.expect("a stream failed");
+        }
+        server
+            .wait_line("multiplexed session (smux version 1)")
+            .await;
+        server.wait_line("multiplexed session (yamux").await;
+    })
+    .await;
+}
