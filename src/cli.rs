@@ -65,6 +65,9 @@ pub struct ClientArgs {
     /// how long a multiplexed connection without streams is kept for the next ones (default 10s)
     #[argh(option)]
     pub mux_idle: Option<String>,
+    /// multiplexing protocol: yamux (mtt servers; default) or smux (mos-tls-tunnel servers)
+    #[argh(option)]
+    pub mux_proto: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

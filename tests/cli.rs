@@ -193,6 +193,19 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-mux-max-stream",
         ),
         (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-mux",
+                "-mux-proto",
+                "smux2",
+            ],
+            "-mux-proto must be yamux (mtt servers) or smux",
+        ),
+        (
             vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-sv=maybe"],
             "-sv",
         ),

@@ -74,6 +74,7 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             }
             if flags.contains(&"-mux") {
                 cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
+                    muxing: mtt::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     // Short, so the session closes soon after the last stream (the descriptor
                     // check below waits for that).
@@ -294,6 +295,7 @@ async fn multiplexed_sessions_without_streams_are_closed() {
             T,
         );
         cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
+            muxing: mtt::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(60),
         });

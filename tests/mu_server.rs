@@ -109,6 +109,7 @@ fn user_client(mu: &Mu, path: &str, mux: bool) -> mtt::config::ClientConfig {
     let mut c = wss_client_config(mu.data, mu.pin.clone(), path, T);
     if mux {
         c.dial.mux = Some(mtt::transport::options::MuxClientOptions {
+            muxing: mtt::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(10),
         });

@@ -73,7 +73,11 @@ fn mux_client(
     } else {
         client_config(server, "127.0.0.1", verify, T)
     };
-    c.dial.mux = Some(MuxClientOptions { max_streams, idle });
+    c.dial.mux = Some(MuxClientOptions {
+        muxing: mtt::transport::mux::Muxing::Yamux,
+        max_streams,
+        idle,
+    });
     c
 }
 
@@ -365,6 +369,7 @@ async fn sigterm_lets_a_multiplexed_stream_finish_then_exits() {
         let mut cfg = client_config(addr, "127.0.0.1", pin, Duration::from_secs(30));
         // A client that would keep an idle session for a minute.
         cfg.dial.mux = Some(MuxClientOptions {
+            muxing: mtt::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(60),
         });
@@ -534,6 +539,7 @@ async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
             );
             if !server_mux {
                 cfg.dial.mux = Some(MuxClientOptions {
+                    muxing: mtt::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     idle: Duration::from_secs(30),
                 });

@@ -264,6 +264,7 @@ async fn metrics_endpoints_count_traffic() {
         assert_eq!(sample(&before, "mtt_connections_accepted_total"), 0.0);
         let mut cfg = client_config(addr, "127.0.0.1", pin(&fp), T);
         cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
+            muxing: mtt::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(10),
         });

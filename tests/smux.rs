@@ -234,3 +234,86 @@ async fn yamux_and_smux_clients_share_one_server() {
     })
     .await;
 }
+
+/// The Go peer as an original server (`-mux`) to `dest`, over plain TLS or (with `wss`)
+/// WebSocket; returns it, its address, and the pin of its certificate.
+async fn go_server(
+    dest: SocketAddr,
+    wss: Option<&str>,
+) -> (Proc, SocketAddr, String, tempfile::TempDir) {
+    let (dir, cert, key, pin) = self_signed_files("127.0.0.1");
+    let dest = dest.to_string();
+    let (cert, key) = (path_str(&cert), path_str(&key));
+    let mut args = vec![
+        "server",
+        "-b",
+        "127.0.0.1:0",
+        "-d",
+        &dest,
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+    ];
+    if let Some(p) = wss {
+        args.extend_from_slice(&["-wss", p]);
+    }
+    let mut p = Proc::spawn(&peer_bin(), &args);
+    let addr = p.listening_addr().await;
+    (p, addr, pin, dir)
+}
+
+/// 16 connections at once through `local`, each sent, half-closed, and echoed back whole.
+async fn sixteen_half_closed(local: SocketAddr) {
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        tasks.push(tokio::spawn(async move {
+            let data = random_bytes(2 * 1024 * 1024 + i as usize * 1021, i);
+            echo_roundtrip(local, &data).await;
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a stream failed");
+    }
+}
+
+#[tokio::test]
+async fn mtt_clients_multiplex_to_original_servers_with_mux_proto_smux() {
+    bounded(async {
+        let echo = echo_server().await;
+        for wss in [None, Some("/s")] {
+            let (_server, addr, pin, _dir) = go_server(echo, wss).await;
+            let mut flags = vec![
+                "-mux",
+                "-mux-proto",
+                "smux",
+                "-mux-max-stream",
+                "16",
+                "-verbose",
+            ];
+            if let Some(p) = wss {
+                flags.extend_from_slice(&["-wss", "-wss-path", p]);
+            }
+            let mut client = Proc::client(&addr.to_string(), &pin, &flags);
+            let local = client.listening_addr().await;
+            sixteen_half_closed(local).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mtt_to_mtt_over_smux() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (mut server, addr) = mtt_server(echo, &["-mux"]).await;
+        let pin = server.pin().await;
+        let mut client = Proc::client(&addr.to_string(), &pin, &["-mux", "-mux-proto", "smux"]);
+        let local = client.listening_addr().await;
+        sixteen_half_closed(local).await;
+        server
+            .wait_line("multiplexed session (smux version 1)")
+            .await;
+    })
+    .await;
+}

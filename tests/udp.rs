@@ -131,6 +131,7 @@ async fn datagrams_of_every_size_in_every_transport() {
                 };
                 if mux {
                     ccfg.dial.mux = Some(MuxClientOptions {
+                        muxing: mtt::transport::mux::Muxing::Yamux,
                         max_streams: 4,
                         idle: Duration::from_secs(10),
                     });
@@ -246,6 +247,7 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
             );
             if flags.contains(&"-mux") {
                 ccfg.dial.mux = Some(MuxClientOptions {
+                    muxing: mtt::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     idle: Duration::from_secs(10),
                 });
@@ -402,7 +404,7 @@ async fn mu_server_users_carry_udp_to_their_destination() {
         for mux in [false, true] {
             let mut ccfg = wss_client_config(daddr, pin.clone(), "/u", T);
             if mux {
-                ccfg.dial.mux = Some(MuxClientOptions { max_streams: 4, idle: Duration::from_secs(10) });
+                ccfg.dial.mux = Some(MuxClientOptions { muxing: mtt::transport::mux::Muxing::Yamux, max_streams: 4, idle: Duration::from_secs(10) });
             }
             let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8 }).await;
             let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -453,6 +455,7 @@ async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
         let server = start_server(scfg).await;
         let mut ccfg = client_config(server.addr, "127.0.0.1", pin_of(&server), T);
         ccfg.dial.mux = Some(MuxClientOptions {
+            muxing: mtt::transport::mux::Muxing::Yamux,
             max_streams: 8,
             idle: Duration::from_secs(10),
         });

@@ -231,6 +231,7 @@ async fn start_tunnel(
                 host: "127.0.0.1".into(),
             }),
             mux: mode.mux().then_some(MuxClientOptions {
+                muxing: crate::transport::mux::Muxing::Yamux,
                 max_streams: 4,
                 idle: crate::transport::mux::DEFAULT_IDLE,
             }),

@@ -232,7 +232,23 @@ impl ClientConfig {
         if a.mux_idle.is_some() && !a.mux {
             log::warn!("-mux-idle is not used without -mux");
         }
-        let mux = a.mux.then_some(MuxClientOptions { max_streams, idle });
+        let muxing = match a.mux_proto.as_deref() {
+            None | Some("yamux") => mux::Muxing::Yamux,
+            Some("smux") => mux::Muxing::Smux,
+            Some(other) => {
+                return Err(Error::usage(format!(
+                    "-mux-proto must be yamux (mtt servers) or smux (mos-tls-tunnel servers), got {other}"
+                )));
+            }
+        };
+        if a.mux_proto.is_some() && !a.mux {
+            log::warn!("-mux-proto is not used without -mux");
+        }
+        let mux = a.mux.then_some(MuxClientOptions {
+            max_streams,
+            idle,
+            muxing,
+        });
         let path = ws_path(&a.wss_path, a.wss)?;
         let fallback_dns = fallback_dns(&a.fallback_dns)?;
         let server_name = match a.n.as_deref() {

@@ -54,10 +54,11 @@ impl Connector {
             let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
             return Ok((Box::new(tls), v2));
         };
-        let protocol = match (kind, self.opts.mux.is_some()) {
-            (Kind::Datagrams, false) => datagram::SUBPROTOCOL_UDP,
-            (_, true) => "yamux2, yamux",
-            (Kind::Stream, false) => front::SMUX_OFF,
+        let protocol = match (kind, self.opts.mux.as_ref().map(|m| m.muxing)) {
+            (Kind::Datagrams, None) => datagram::SUBPROTOCOL_UDP,
+            (_, Some(mux::Muxing::Yamux)) => "yamux2, yamux",
+            (_, Some(mux::Muxing::Smux)) => front::SMUX_ON,
+            (Kind::Stream, None) => front::SMUX_OFF,
         };
         let upgrade = ws::client(tls, &ws.host, &ws.path, protocol);
         let (stream, chosen) = tokio::time::timeout(self.opts.timeouts.handshake, upgrade)
@@ -90,10 +91,11 @@ pub struct Dialer {
 impl Dialer {
     /// Builds the layers (reads `-ca` now).
     pub fn new(opts: &DialOptions) -> Result<Self> {
-        let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.is_some()) {
+        // A plain-mode smux client offers no ALPN, as the original.
+        let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.as_ref().map(|m| m.muxing)) {
             (true, _) => ALPN_HTTP1,
-            (false, true) => &[datagram::ALPN_MUX2],
-            (false, false) => &[],
+            (false, Some(mux::Muxing::Yamux)) => &[datagram::ALPN_MUX2],
+            (false, _) => &[],
         };
         let handshake = opts.timeouts.handshake;
         if opts.tls.verify == super::options::Verify::Insecure {
@@ -121,7 +123,7 @@ impl Dialer {
                 let c = c.clone();
                 Box::pin(async move { c.connect(Kind::Stream).await })
             });
-            mux::MuxPool::new(m.max_streams, m.idle, dial)
+            mux::MuxPool::new(m.max_streams, m.idle, m.muxing, dial)
         });
         Ok(Dialer { connector, pool })
     }

@@ -70,6 +70,8 @@ pub struct MuxClientOptions {
     pub max_streams: usize,
     /// How long a session without streams is kept.
     pub idle: Duration,
+    /// yamux (mtt servers), or smux version 1 (the original's servers; `-mux-proto smux`).
+    pub muxing: super::mux::Muxing,
 }
 
 /// Everything the [`super::Dialer`] needs to open tunnels to a server.

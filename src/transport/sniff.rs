@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::io::{BoxIo, Io, forward_write};
+pub use super::mux::Muxing;
 
 /// Whether `b` begins like a yamux client's first frame: version 0, flags SYN, and a ping on
 /// stream 0 (yamux measures the round trip first) or a data or window-update frame opening
@@ -27,15 +28,6 @@ pub fn looks_like_yamux(b: &[u8]) -> Option<bool> {
         _ => false,
     };
     Some(h[0] == 0 && syn && opening)
-}
-
-/// The multiplexing a session speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Muxing {
-    /// yamux (mtt clients).
-    Yamux,
-    /// smux version 1 (the original's clients).
-    Smux,
 }
 
 /// Whether `b` begins like a multiplexing client's first frame, and of which kind. `None`

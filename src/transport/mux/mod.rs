@@ -33,7 +33,7 @@ pub use coalesce::Coalesce;
 pub use pool::{DialFn, MuxPool};
 pub use session::MuxSession;
 
-use super::io::{BoxIo, forward_read};
+use super::io::BoxIo;
 use reset::Resets;
 
 /// Streams one server session carries at once (the original's limit); more are refused.
@@ -80,6 +80,15 @@ fn transport(io: BoxIo, resets: Arc<Resets>) -> Transport {
 /// the same CPU per GiB; 16 KiB frames cost more writes to TLS, each one a syscall.
 const SPLIT_SEND: usize = 64 * 1024;
 
+/// The multiplexing a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Muxing {
+    /// yamux (mtt clients).
+    Yamux,
+    /// smux version 1 (the original's clients).
+    Smux,
+}
+
 /// The server end of a session of either multiplexing.
 pub enum ServerSession {
     /// yamux (mtt clients); boxed, as yamux's state is large.
@@ -95,7 +104,7 @@ impl ServerSession {
             crate::transport::sniff::Muxing::Yamux => ServerSession::Yamux(Box::new(
                 MuxSession::server(io, MAX_STREAMS_PER_SESSION, quiet),
             )),
-            crate::transport::sniff::Muxing::Smux => {
+            Muxing::Smux => {
                 ServerSession::Smux(smux::SmuxSession::server(io, smux::DEFAULT, quiet))
             }
         }
@@ -125,35 +134,58 @@ fn mux_err(e: yamux::ConnectionError) -> io::Error {
     }
 }
 
-/// One stream of a session, as a tokio byte stream. Dropping it releases its slot, and
-/// resets it if the peer could otherwise wait on it for ever (see [`reset`]).
+/// One stream of a session (yamux or smux), as a tokio byte stream. Dropping it releases
+/// its slot.
 pub struct MuxStream {
+    inner: Inner,
+    _slot: Slot,
+}
+
+enum Inner {
+    Yamux(YamuxStream),
+    Smux(smux::SmuxStream),
+}
+
+/// A yamux stream; dropping it resets it if the peer could otherwise wait on it for ever
+/// (see [`reset`]).
+struct YamuxStream {
     inner: Compat<yamux::Stream>,
     resets: Arc<Resets>,
-    _slot: Slot,
 }
 
 impl MuxStream {
     fn new(stream: yamux::Stream, resets: Arc<Resets>, slot: Slot) -> Self {
         MuxStream {
-            inner: stream.compat(),
-            resets,
+            inner: Inner::Yamux(YamuxStream {
+                inner: stream.compat(),
+                resets,
+            }),
+            _slot: slot,
+        }
+    }
+
+    fn smux(stream: smux::SmuxStream, slot: Slot) -> Self {
+        MuxStream {
+            inner: Inner::Smux(stream),
             _slot: slot,
         }
     }
 
     /// Writes `first` (possibly nothing), which makes yamux send the frame that opens the
-    /// stream at once.
+    /// stream at once (smux has sent its SYN already).
     async fn announce(&mut self, first: &[u8]) -> io::Result<()> {
-        tokio::io::AsyncWriteExt::write_all(&mut self.inner, first).await?;
+        let Inner::Yamux(y) = &mut self.inner else {
+            return Ok(());
+        };
+        tokio::io::AsyncWriteExt::write_all(&mut y.inner, first).await?;
         if first.is_empty() {
-            tokio::io::AsyncWriteExt::write(&mut self.inner, &[]).await?;
+            tokio::io::AsyncWriteExt::write(&mut y.inner, &[]).await?;
         }
         Ok(())
     }
 }
 
-impl Drop for MuxStream {
+impl Drop for YamuxStream {
     fn drop(&mut self) {
         let s = self.inner.get_ref();
         // Our FIN went out but the peer's has not come: the peer may be writing into this
@@ -191,7 +223,18 @@ impl Drop for Slot {
     }
 }
 
-forward_read!(impl[] MuxStream, inner);
+impl tokio::io::AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Yamux(y) => Pin::new(&mut y.inner).poll_read(cx, buf),
+            Inner::Smux(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
 
 impl AsyncWrite for MuxStream {
     fn poll_write(
@@ -199,17 +242,28 @@ impl AsyncWrite for MuxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        match &mut self.inner {
+            Inner::Yamux(y) => Pin::new(&mut y.inner).poll_write(cx, buf),
+            Inner::Smux(s) => Pin::new(s).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match &mut self.inner {
+            Inner::Yamux(y) => Pin::new(&mut y.inner).poll_flush(cx),
+            Inner::Smux(s) => Pin::new(s).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // yamux FIN: our side is done, the peer may still send (half-close).
-        self.resets.fin_asked(self.inner.get_ref().id().val());
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match &mut self.inner {
+            Inner::Yamux(y) => {
+                // yamux FIN: our side is done, the peer may still send (half-close).
+                y.resets.fin_asked(y.inner.get_ref().id().val());
+                Pin::new(&mut y.inner).poll_shutdown(cx)
+            }
+            Inner::Smux(s) => Pin::new(s).poll_shutdown(cx),
+        }
     }
 }
 
@@ -233,7 +287,7 @@ mod tests {
                     .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
             })
         });
-        let pool = MuxPool::new(4, Duration::from_secs(30), dial);
+        let pool = MuxPool::new(4, Duration::from_secs(30), Muxing::Yamux, dial);
         (
             pool,
             MuxSession::server(

@@ -1,4 +1,5 @@
-//! The client's pool of yamux sessions: a new tunnel takes a stream on a session with room,
+//! The client's pool of sessions (yamux, or smux for the original's servers): a new tunnel
+//! takes a stream on a session with room,
 //! reserving its slot under one lock, so concurrent arrivals neither overfill a session nor
 //! dial a session each; a session that is still being dialled takes reservations too. An
 //! idle session is kept for a while to save the next handshake, then closed. A session whose
@@ -14,7 +15,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use super::reset::Resets;
-use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
+use super::smux::{self, SmuxClient};
+use super::{Counter, MuxStream, Muxing, Slot, Transport, config, mux_err, transport};
 use crate::error::Step;
 use crate::transport::datagram::{self, Kind};
 use crate::transport::io::BoxIo;
@@ -22,8 +24,17 @@ use crate::{Error, Result};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
-/// The driver's request channel and whether the session is of version 2, or why it failed.
-type Ready = Result<(mpsc::UnboundedSender<OpenReply>, bool), Arc<Error>>;
+/// How streams are opened on a session that is up, or why it failed.
+type Ready = Result<Opener, Arc<Error>>;
+
+/// How to open a stream on a session.
+#[derive(Clone)]
+enum Opener {
+    /// Ask the yamux driver; whether the session is of version 2.
+    Yamux(mpsc::UnboundedSender<OpenReply>, bool),
+    /// Open it directly.
+    Smux(Arc<SmuxClient>),
+}
 
 /// A client session: its driver task owns the yamux connection.
 struct Session {
@@ -53,17 +64,19 @@ pub struct MuxPool {
     sessions: Mutex<Vec<Arc<Session>>>,
     max_streams: usize,
     idle: Duration,
+    muxing: Muxing,
     dial: DialFn,
 }
 
 impl MuxPool {
-    /// A pool whose sessions carry at most `max_streams` streams and close after `idle`
-    /// without any; `dial` makes each session's connection.
-    pub fn new(max_streams: usize, idle: Duration, dial: DialFn) -> Arc<Self> {
+    /// A pool of sessions speaking `muxing` that carry at most `max_streams` streams and
+    /// close after `idle` without any; `dial` makes each session's connection.
+    pub fn new(max_streams: usize, idle: Duration, muxing: Muxing, dial: DialFn) -> Arc<Self> {
         Arc::new(MuxPool {
             sessions: Mutex::new(Vec::new()),
             max_streams: max_streams.max(1),
             idle,
+            muxing,
             dial,
         })
     }
@@ -137,7 +150,21 @@ impl MuxPool {
             Error::tunnel(Step::Mux, "server", e)
         };
         let (tx, v2) = match state {
-            Some(Ok(ready)) => ready,
+            Some(Ok(Opener::Yamux(tx, v2))) => (tx, v2),
+            Some(Ok(Opener::Smux(client))) => {
+                if kind == Kind::Datagrams {
+                    let e = io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "smux (-mux-proto smux, the original's multiplexing) carries no UDP",
+                    );
+                    return Err(Error::tunnel(Step::Udp, "server", e));
+                }
+                let stream = client.open().await.map_err(|e| {
+                    session.dead.store(true, Ordering::Release);
+                    Error::tunnel(Step::Mux, "server", e)
+                })?;
+                return Ok(MuxStream::smux(stream, slot));
+            }
             Some(Err(e)) => return Err(Error::Shared(e)),
             None => return Err(closed()),
         };
@@ -183,8 +210,19 @@ impl MuxPool {
                 return;
             }
         };
+        if self.muxing == Muxing::Smux {
+            let client = Arc::new(SmuxClient::new(io, smux::DEFAULT));
+            let _ = ready.send(Some(Ok(Opener::Smux(client.clone()))));
+            let ended = drive_smux(&client, &session, &self).await;
+            session.dead.store(true, Ordering::Release);
+            match ended {
+                Ok(()) => log::debug!("smux session closed after {:?} idle", self.idle),
+                Err(e) => log::debug!("smux session ended: {e}"),
+            }
+            return;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = ready.send(Some(Ok((tx, v2))));
+        let _ = ready.send(Some(Ok(Opener::Yamux(tx, v2))));
         let transport = transport(io, session.resets.clone());
         let conn = yamux::Connection::new(transport, config(), yamux::Mode::Client);
         let m = crate::metrics::get();
@@ -206,6 +244,36 @@ impl MuxPool {
             true
         } else {
             false
+        }
+    }
+}
+
+/// Watches a client smux session: closes it after the idle period, or notes that the server
+/// closed it.
+async fn drive_smux(client: &SmuxClient, session: &Session, pool: &MuxPool) -> io::Result<()> {
+    let mut idle_at: Option<tokio::time::Instant> = None;
+    loop {
+        if idle_at.is_none() && session.count.open.load(Ordering::Acquire) == 0 {
+            idle_at = Some(tokio::time::Instant::now() + pool.idle);
+        }
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+        tokio::select! {
+            _ = client.closed() => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server"));
+            }
+            // The last stream went away: the idle period starts (at the top of the loop).
+            _ = session.count.idle.notified() => {
+                if session.count.open.load(Ordering::Acquire) > 0 {
+                    idle_at = None;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
+                if pool.retire_if_idle(session) {
+                    client.close();
+                    return Ok(());
+                }
+                idle_at = None;
+            }
         }
     }
 }

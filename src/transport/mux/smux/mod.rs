@@ -198,15 +198,20 @@ impl Shared {
         self.streams().len()
     }
 
-    fn register(self: &Arc<Self>, sid: u32) -> SmuxStream {
+    /// A new stream `sid`; `counted` ones are in the open-streams gauge (a client's pool
+    /// counts its own).
+    fn register(self: &Arc<Self>, sid: u32, counted: bool) -> SmuxStream {
         let rx = Arc::new(Rx::default());
         self.streams().insert(sid, rx.clone());
-        crate::metrics::get().mux_streams.inc();
+        if counted {
+            crate::metrics::get().mux_streams.inc();
+        }
         SmuxStream {
             sid,
             rx,
             shared: self.clone(),
             out: PollSender::new(self.out.clone()),
+            counted,
         }
     }
 
@@ -328,7 +333,7 @@ async fn read_loop(
                     shared.control(Cmd::Fin, h.sid).await;
                     continue;
                 }
-                let stream = shared.register(h.sid);
+                let stream = shared.register(h.sid, true);
                 if accept.send(stream).await.is_err() {
                     return Ok(());
                 }
@@ -445,6 +450,7 @@ pub struct SmuxStream {
     rx: Arc<Rx>,
     shared: Arc<Shared>,
     out: PollSender<Frame>,
+    counted: bool,
 }
 
 impl SmuxStream {
@@ -551,7 +557,9 @@ impl AsyncWrite for SmuxStream {
 
 impl Drop for SmuxStream {
     fn drop(&mut self) {
-        crate::metrics::get().mux_streams.dec();
+        if self.counted {
+            crate::metrics::get().mux_streams.dec();
+        }
         self.rx.kill("the stream was dropped");
         self.rx.drained.notify_one();
         self.shared.forget(self.sid, &self.rx);
@@ -667,7 +675,7 @@ impl SmuxClient {
     /// Opens a stream: its SYN is queued before this returns.
     pub async fn open(&self) -> io::Result<SmuxStream> {
         let sid = self.shared.last_id.fetch_add(2, Ordering::AcqRel) + 2;
-        let stream = self.shared.register(sid);
+        let stream = self.shared.register(sid, false);
         if !self.shared.control(Cmd::Syn, sid).await {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
