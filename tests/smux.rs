@@ -317,3 +317,67 @@ async fn mtt_to_mtt_over_smux() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn toward_an_original_server_a_refused_stream_ends_at_once() {
+    bounded(async {
+        let (_server, addr, pin, _dir) = go_server(dead_addr(), None).await;
+        let mut client = Proc::client(&addr.to_string(), &pin, &["-mux", "-mux-proto", "smux"]);
+        let local = client.listening_addr().await;
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let _ = s.write_all(b"hello").await;
+        let start = std::time::Instant::now();
+        let mut b = [0u8; 16];
+        assert_eq!(s.read(&mut b).await.unwrap_or(0), 0);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "ended only after {:?}",
+            start.elapsed()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn toward_an_original_server_a_stalled_application_does_not_stop_the_others() {
+    bounded(async {
+        // The first connection to the destination pours data out; the others echo.
+        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dest = serve_dest(move |mut s| {
+            let pour = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if pour {
+                    let chunk = vec![9u8; 256 * 1024];
+                    for _ in 0..128 {
+                        s.write_all(&chunk).await?;
+                    }
+                    return Ok(());
+                }
+                let (mut r, mut w) = s.split();
+                tokio::io::copy(&mut r, &mut w).await?;
+                Ok(())
+            }
+        })
+        .await;
+        let (_server, addr, pin, _dir) = go_server(dest, None).await;
+        let mut client = Proc::client(
+            &addr.to_string(),
+            &pin,
+            &["-mux", "-mux-proto", "smux", "-verbose"],
+        );
+        let local = client.listening_addr().await;
+        // An application that asks for the download and never reads it.
+        let mut stalled = TcpStream::connect(local).await.expect("connect");
+        stalled.write_all(b"go").await.expect("write");
+        let data = random_bytes(2 * 1024 * 1024, 6);
+        let s = TcpStream::connect(local).await.expect("connect");
+        tokio::time::timeout(Duration::from_secs(20), echo_exact(s, &data))
+            .await
+            .expect("the other stream was held up for more than 20 s");
+        client
+            .wait_line("smux has no per-stream flow control")
+            .await;
+        drop(stalled);
+    })
+    .await;
+}
