@@ -34,7 +34,18 @@ MODES = {
     "wss": ["-wss", "-wss-path", "/bench"],
     "mux": ["-mux"],
     "wss+mux": ["-wss", "-wss-path", "/bench", "-mux"],
+    "smux": ["-mux"],
+    "wss+smux": ["-wss", "-wss-path", "/bench", "-mux"],
 }
+# Flags of the client only: the smux rows multiplex as the original does (the server tells
+# by the first bytes or the subprotocol).
+CLIENT_ONLY = {
+    "smux": ["-mux-proto", "smux"],
+    "wss+smux": ["-mux-proto", "smux"],
+}
+# The modes of mtt's own multiplexing (and none); smux carries TCP only.
+CORE_MODES = [m for m in MODES if m not in CLIENT_ONLY]
+UDP_MODES = CORE_MODES
 
 
 def log(msg):
@@ -100,7 +111,7 @@ class Tunnel:
             server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
                       "-cert", ctx.cert, "-key", ctx.key] + flags
             client = [ctx.mtt, "client", "-b", f"127.0.0.1:{self.port}", "-s", f"127.0.0.1:{sp}",
-                      "-n", "bench.local", "-cert-sha256", ctx.pin] + flags
+                      "-n", "bench.local", "-cert-sha256", ctx.pin] + flags + CLIENT_ONLY.get(kind, [])
             self._start(server, sp, "mtt server")
             self._start(client, self.port, "mtt client")
 
@@ -441,7 +452,7 @@ def main():
         # UDP, when the measured mtt carries it.
         udp = []
         if "-udp" in version([ctx.mtt, "client", "-h"]):
-            udp_kinds = list(MODES) + (["ss-rust"] if shutil.which("sslocal") else [])
+            udp_kinds = UDP_MODES + (["ss-rust"] if shutil.which("sslocal") else [])
             udp = udp_rows(ctx, args, udp_kinds)
 
         # Memory: idle processes, then `idle` idle tunnelled connections.
@@ -451,7 +462,7 @@ def main():
         if args.mtt_also:
             also = argparse.Namespace(**vars(ctx))
             also.mtt = os.path.abspath(args.mtt_also)
-            runs += [(f"{name}, {linkage(also.mtt)} build", name, also) for name in MODES]
+            runs += [(f"{name}, {linkage(also.mtt)} build", name, also) for name in CORE_MODES]
         for name, kind, c in runs:
             t = Tunnel(kind, f"127.0.0.1:{echo.port}", c)
             idle = settle_rss(t.pids)
@@ -538,11 +549,11 @@ def report(rows, conn_rows, mem_rows, udp, env, args):
             f"| {'–' if not ss else format(r['pps'] / max(ss['pps'], 1), '.2f')} |"
             for r in udp
         ]
-        worst = min((r for r in udp if r["name"] in MODES), key=lambda r: r["mbits"])
+        worst = min((r for r in udp if r["name"] in UDP_MODES), key=lambda r: r["mbits"])
         lines.append(f"| UDP ≥ 1.5 Gbit/s at < 1 % loss in every mode (worst: {worst['name']}) "
                      f"| {worst['mbits']:.0f} Mbit/s | {'yes' if worst['mbits'] >= 1500 else 'no'} |")
         if ss and ss["us_per_dgram"]:
-            cpu_worst = max((r for r in udp if r["name"] in MODES), key=lambda r: r["us_per_dgram"])
+            cpu_worst = max((r for r in udp if r["name"] in UDP_MODES), key=lambda r: r["us_per_dgram"])
             ratio = cpu_worst["us_per_dgram"] / ss["us_per_dgram"]
             lines.append(f"| UDP CPU per datagram ≤ shadowsocks-rust's relay (worst: "
                          f"{cpu_worst['name']}) | {ratio:.2f}× | {'yes' if ratio <= 1.0 else 'no'} |")
