@@ -302,6 +302,9 @@ mod tests {
         );
         assert!(command_line::<ClientArgs>(&[], &p("n")).is_err());
         assert!(command_line::<ClientArgs>(&[], &p("wss=maybe")).is_err());
+        // The original's multiplexing, as a plugin option.
+        let (argv, _) = command_line::<ClientArgs>(&[], &p("mux;mux-proto=smux")).unwrap();
+        assert_eq!(argv, ["-mux", "-mux-proto=smux"]);
     }
 
     #[test]

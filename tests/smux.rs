@@ -381,3 +381,41 @@ async fn toward_an_original_server_a_stalled_application_does_not_stop_the_other
     })
     .await;
 }
+
+#[tokio::test]
+async fn mu_server_users_take_original_clients_multiplexing() {
+    bounded(async {
+        let echo = echo_server().await;
+        let mut mu = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-n",
+                "127.0.0.1",
+                "-c-token",
+                "t",
+                "-verbose",
+            ],
+        );
+        let control = mu.addr_after("controller on ").await;
+        let data = mu.listening_addr().await;
+        let body = format!(r#"{{"dst":"{echo}"}}"#);
+        let mut s = TcpStream::connect(control).await.expect("connect controller");
+        let req = format!(
+            "PUT /v1/users/u HTTP/1.1\r\nHost: {control}\r\nAuthorization: Bearer t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (_client, local) = go_client(data, Some("/u"), 16).await;
+        sixteen_streams(local).await;
+        mu.wait_line("multiplexed session (smux version 1)").await;
+    })
+    .await;
+}
