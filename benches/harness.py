@@ -450,10 +450,14 @@ def main():
         nginx.terminate()
 
         # UDP, when the measured mtt carries it.
-        udp = []
+        udp, lat = [], []
         if "-udp" in version([ctx.mtt, "client", "-h"]):
             udp_kinds = UDP_MODES + (["ss-rust"] if shutil.which("sslocal") else [])
             udp = udp_rows(ctx, args, udp_kinds)
+
+        # Latency of a small exchange beside a saturating and a stalled stream of its session.
+        from latency import latency_rows
+        lat = latency_rows(ctx)
 
         # Memory: idle processes, then `idle` idle tunnelled connections.
         echo = EchoServer()
@@ -479,10 +483,10 @@ def main():
                 p.terminate()
         shutil.rmtree(ctx.tmp, ignore_errors=True)
 
-    report(rows, conn_rows, mem_rows, udp, env, args)
+    report(rows, conn_rows, mem_rows, udp, lat, env, args)
 
 
-def report(rows, conn_rows, mem_rows, udp, env, args):
+def report(rows, conn_rows, mem_rows, udp, lat, env, args):
     by = {r["name"]: r for r in rows}
     cby = {r["name"]: r for r in conn_rows}
     tls, stunnel = by["tls"], by["stunnel"]
@@ -535,6 +539,17 @@ def report(rows, conn_rows, mem_rows, udp, env, args):
                  f"| {worst_per:.1f} KiB | {'yes' if worst_per <= 16 else 'no'} |")
     lines.append(f"| idle process RSS ≤ 4 MiB (worst) | {worst_idle / 1024:.2f} MiB "
                  f"| {'yes' if worst_idle <= 4096 else 'no'} |")
+    if lat:
+        from latency import table
+        at = lines.index("| target | measured | met |") - 1
+        lines[at:at] = [""] + table(lat)
+        worst = max((r for r in lat if r["name"] in MODES),
+                    key=lambda r: r["saturated"][0] if r["saturated"] else float("inf"))
+        sat = worst["saturated"]
+        met = sat is not None and sat[0] <= 0.5 and sat[1] <= 3.0
+        shown = f"{sat[0]:.2f} / {sat[1]:.2f} ms" if sat else "stuck"
+        lines.append(f"| mux sibling round trip beside a saturating stream ≤ 0.5 ms p50, ≤ 3 ms "
+                     f"p99 (worst: {worst['name']}) | {shown} | {'yes' if met else 'no'} |")
     if udp:
         uby = {r["name"]: r for r in udp}
         ss = uby.get("ss-rust")

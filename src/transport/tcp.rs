@@ -22,6 +22,11 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Data unacknowledged this long ends the connection (TCP_USER_TIMEOUT), instead of the
 /// kernel's default of about 15 minutes of retransmissions.
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Unsent bytes the kernel keeps queued for a socket before it stops taking more
+/// (TCP_NOTSENT_LOWAT). Without a limit the queue grows to the autotuned send buffer (MiBs)
+/// and a small exchange written behind a bulk transfer (a multiplexed sibling, an interactive
+/// tunnel) waits for all of it; bytes in flight are not limited by this.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 pub(crate) fn tune(stream: &TcpStream) {
     // Failures here only cost latency or dead-peer detection; the connection stays usable.
@@ -40,6 +45,10 @@ pub(crate) fn tune(stream: &TcpStream) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if let Err(e) = sock.set_tcp_user_timeout(Some(USER_TIMEOUT)) {
         log::debug!("TCP_USER_TIMEOUT: {e}");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_notsent_lowat(NOTSENT_LOWAT) {
+        log::debug!("TCP_NOTSENT_LOWAT: {e}");
     }
 }
 
