@@ -170,8 +170,9 @@ async fn a_stalled_destination_does_not_stop_the_other_streams() {
             let stall = first.swap(false, std::sync::atomic::Ordering::SeqCst);
             async move {
                 if stall {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    return Ok(());
+                    // Holds the connection open and reads nothing, for as long as the test runs.
+                    let _held = &mut s;
+                    std::future::pending::<()>().await;
                 }
                 let (mut r, mut w) = s.split();
                 tokio::io::copy(&mut r, &mut w).await?;
