@@ -18,7 +18,7 @@ use crate::config::UdpConfig;
 use crate::metrics::UdpDrop;
 use crate::transport::Dialer;
 use crate::transport::datagram::{self, FrameReader, Kind, MAX_DATAGRAM};
-use crate::transport::udp::{MAX_SEGMENTS, Socket};
+use crate::transport::udp::{MAX_SEGMENTS, RecvBatch, Socket};
 
 /// Framed bytes waiting for one association's tunnel (enough to ride out the tunnel's writer
 /// being off the CPU for some milliseconds at 1.5 Gbit/s); datagrams beyond are dropped (and
@@ -115,27 +115,26 @@ impl UdpSide {
     }
 
     /// Runs until `shutdown`; then every association ends. Each round takes every datagram
-    /// already waiting (up to [`MAX_SEGMENTS`]), frames each into its association's batch,
+    /// already waiting (up to [`MAX_SEGMENTS`], in one call), frames each into its association's batch,
     /// and then hands each batch over whole: one wake-up and one write per association and
     /// round, not per datagram.
     pub async fn run(self, shutdown: CancellationToken) {
         let start = Instant::now();
         let mut assocs: HashMap<SocketAddr, Assoc> = HashMap::new();
         let mut touched: Vec<SocketAddr> = Vec::new();
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut batch = RecvBatch::new(MAX_DATAGRAM + 1);
         loop {
-            let first = tokio::select! {
+            let got = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.sock.recv_from(&mut buf) => r,
+                r = self.sock.recv_batch(&mut batch) => r,
             };
-            let mut got = first;
-            for _ in 0..MAX_SEGMENTS {
-                match got {
-                    Ok((n, src)) => self.take(&mut assocs, &mut touched, &buf[..n], src, start),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => log::debug!("UDP receive: {e}"),
+            match got {
+                Ok(_) => {
+                    for (d, src) in batch.iter() {
+                        self.take(&mut assocs, &mut touched, d, src, start);
+                    }
                 }
-                got = self.sock.try_recv_from(&mut buf);
+                Err(e) => log::debug!("UDP receive: {e}"),
             }
             for src in touched.drain(..) {
                 if let Some(a) = assocs.get_mut(&src)

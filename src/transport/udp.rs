@@ -74,6 +74,14 @@ impl Socket {
         self.fd.try_io(Interest::READABLE, |s| s.recv_from(buf))
     }
 
+    /// Waits for datagrams from anyone and takes as many as are waiting, up to the batch's
+    /// room, in one call where the system allows (`recvmmsg`).
+    pub async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        self.fd
+            .async_io(Interest::READABLE, |s| batch.fill(s))
+            .await
+    }
+
     /// Sends `buf` to the connected peer.
     pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
         self.write(|s| s.send(buf)).await
@@ -138,6 +146,87 @@ impl Socket {
         }
         let twin = crate::sys::register_udp(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?;
         twin.async_io(Interest::WRITABLE, |s| op(s)).await
+    }
+}
+
+/// Room for up to [`MAX_SEGMENTS`] received datagrams of up to `slot` bytes each (one more
+/// than the largest accepted, so that a longer one shows as too long), and who sent each.
+pub struct RecvBatch {
+    buf: Vec<u8>,
+    slot: usize,
+    got: Vec<(usize, SocketAddr)>,
+}
+
+impl RecvBatch {
+    /// Room for datagrams up to `slot` bytes. The memory is taken from the system as zero
+    /// pages, so only the parts datagrams actually fill become resident.
+    pub fn new(slot: usize) -> Self {
+        RecvBatch {
+            buf: vec![0; slot * MAX_SEGMENTS],
+            slot,
+            got: Vec::with_capacity(MAX_SEGMENTS),
+        }
+    }
+
+    /// The datagrams of the last receive, with their senders.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got
+            .iter()
+            .enumerate()
+            .map(|(i, &(n, from))| (&self.buf[i * self.slot..i * self.slot + n], from))
+    }
+
+    /// Receives what is waiting: `WouldBlock` if nothing.
+    #[cfg(target_os = "linux")]
+    fn fill(&mut self, s: &UdpSocket) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        self.got.clear();
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+            .buf
+            .chunks_exact_mut(self.slot)
+            .map(|c| [IoSliceMut::new(c)])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+        let got = recvmmsg(
+            s.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        for m in got {
+            let from = m
+                .address
+                .and_then(|a| {
+                    a.as_sockaddr_in()
+                        .map(|a| SocketAddr::from(std::net::SocketAddrV4::from(*a)))
+                        .or_else(|| {
+                            a.as_sockaddr_in6()
+                                .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a)))
+                        })
+                })
+                .ok_or_else(|| io::Error::other("a datagram without a sender's address"))?;
+            // A datagram longer than the slot arrives cut to it: it still counts as too long.
+            let n = if m.flags.contains(MsgFlags::MSG_TRUNC) {
+                self.slot
+            } else {
+                m.bytes.min(self.slot)
+            };
+            self.got.push((n, from));
+        }
+        Ok(self.got.len())
+    }
+
+    /// Elsewhere one datagram per call.
+    #[cfg(not(target_os = "linux"))]
+    fn fill(&mut self, s: &UdpSocket) -> io::Result<usize> {
+        self.got.clear();
+        let (n, from) = s.recv_from(&mut self.buf[..self.slot])?;
+        self.got.push((n, from));
+        Ok(1)
     }
 }
 
@@ -279,5 +368,34 @@ mod tests {
             let (n, _) = rx.recv_from(&mut buf).await.expect("recv");
             assert_eq!(&buf[..n], d.as_slice());
         }
+    }
+
+    /// Datagrams waiting from two senders come in one batch, in order, each with its sender;
+    /// one longer than the slot shows at the slot's length (too long), not cut silently.
+    #[tokio::test]
+    async fn a_batch_takes_what_waits_with_senders_and_marks_the_too_long() {
+        let rx = Socket::from_std(UdpSocket::bind("127.0.0.1:0").expect("bind")).expect("rx");
+        let to = rx.local_addr().expect("addr");
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind a");
+        let b = UdpSocket::bind("127.0.0.1:0").expect("bind b");
+        a.send_to(b"one", to).expect("send");
+        b.send_to(b"two!", to).expect("send");
+        a.send_to(&[7u8; 300], to).expect("send");
+        let mut batch = RecvBatch::new(100);
+        let mut seen: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+        while seen.len() < 3 {
+            let n = rx.recv_batch(&mut batch).await.expect("recv_batch");
+            assert_eq!(n, batch.iter().count());
+            seen.extend(batch.iter().map(|(d, from)| (d.to_vec(), from)));
+        }
+        let (a, b) = (a.local_addr().expect("a"), b.local_addr().expect("b"));
+        assert_eq!(seen[0], (b"one".to_vec(), a));
+        assert_eq!(seen[1], (b"two!".to_vec(), b));
+        assert_eq!(
+            seen[2].0.len(),
+            100,
+            "a datagram longer than the slot shows as too long"
+        );
+        assert_eq!(seen[2].1, a);
     }
 }
