@@ -119,6 +119,21 @@ pub struct ServerArgs {
     /// name of the self-signed certificate (default: a random name)
     #[argh(option)]
     pub n: Option<String>,
+    /// obtain and renew the certificate for these names through ACME (Let's Encrypt), answering TLS-ALPN-01 on this port
+    #[argh(option, arg_name = "name[,name]")]
+    pub acme: Option<String>,
+    /// contact address of the ACME account
+    #[argh(option, arg_name = "address")]
+    pub acme_email: Option<String>,
+    /// where the ACME account and certificates are kept (default $STATE_DIRECTORY/acme under systemd, else ./acme)
+    #[argh(option, arg_name = "dir")]
+    pub acme_dir: Option<String>,
+    /// ACME directory URL (default Let's Encrypt)
+    #[argh(option, arg_name = "url")]
+    pub acme_directory: Option<String>,
+    /// file: trust this PEM root for the ACME server's own HTTPS (a private ACME CA)
+    #[argh(option, arg_name = "file")]
+    pub acme_ca: Option<String>,
     /// idle timeout of a tunnel: no bytes either way for this long closes it (default 5m)
     #[argh(option)]
     pub timeout: Option<String>,
@@ -194,6 +209,21 @@ pub struct MuServerArgs {
     /// name of the self-signed certificate
     #[argh(option)]
     pub n: Option<String>,
+    /// obtain and renew the certificate for these names through ACME (Let's Encrypt), answering TLS-ALPN-01 on this port
+    #[argh(option, arg_name = "name[,name]")]
+    pub acme: Option<String>,
+    /// contact address of the ACME account
+    #[argh(option, arg_name = "address")]
+    pub acme_email: Option<String>,
+    /// where the ACME account and certificates are kept (default $STATE_DIRECTORY/acme under systemd, else ./acme)
+    #[argh(option, arg_name = "dir")]
+    pub acme_dir: Option<String>,
+    /// ACME directory URL (default Let's Encrypt)
+    #[argh(option, arg_name = "url")]
+    pub acme_directory: Option<String>,
+    /// file: trust this PEM root for the ACME server's own HTTPS (a private ACME CA)
+    #[argh(option, arg_name = "file")]
+    pub acme_ca: Option<String>,
     /// default to multiplexing for clients that send no subprotocol
     #[argh(switch)]
     pub mux: bool,

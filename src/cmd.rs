@@ -254,8 +254,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 };
                 let shutdown = crate::shutdown::on_signals()?;
                 serve_metrics(metrics.as_ref(), &shutdown).await?;
-                server.run(listener, shutdown).await;
-                Ok(())
+                server.run(listener, shutdown).await
             })
         }
         Command::MuServer => {
@@ -272,8 +271,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 };
                 let control = tcp::bind_tcp(&cfg.controller).await?;
                 let shutdown = crate::shutdown::on_signals()?;
-                server.run(data, control, shutdown).await;
-                Ok(())
+                server.run(data, control, shutdown).await
             })
         }
         Command::Cert => {

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub udp_bytes: Family<Direction, Counter>,
     /// Datagrams dropped, by reason.
     pub udp_dropped: Family<DropLabel, Counter>,
+    /// When the served certificate expires (Unix seconds; 0 while there is none).
+    pub certificate_expiry: Gauge,
     /// The two series of `bytes`, `udp_datagrams` and `udp_bytes`, taken out once: relays
     /// add to them as bytes and datagrams move, with no look-up on that path.
     bytes_ways: Ways,
@@ -161,6 +163,7 @@ pub fn get() -> &'static Metrics {
             udp_datagrams: Family::default(),
             udp_bytes: Family::default(),
             udp_dropped: Family::default(),
+            certificate_expiry: Gauge::default(),
             bytes_ways: Ways::default(),
             datagram_ways: Ways::default(),
             datagram_byte_ways: Ways::default(),
@@ -224,6 +227,11 @@ pub fn get() -> &'static Metrics {
             "udp_dropped",
             "Datagrams dropped, by reason",
             m.udp_dropped.clone(),
+        );
+        registry.register(
+            "certificate_expiry_seconds",
+            "When the served certificate expires, in Unix seconds (0: none yet)",
+            m.certificate_expiry.clone(),
         );
         Metrics {
             registry,

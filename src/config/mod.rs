@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::addr::HostPort;
 use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
+use crate::transport::acme::{AcmeOptions, LETS_ENCRYPT};
 use crate::transport::options::{
     AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
     Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
@@ -357,7 +358,14 @@ impl ServerConfig {
             path: PathMatch::new(&path),
             fallback,
         });
-        let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?;
+        let acme = AcmeFlags {
+            names: &a.acme,
+            email: &a.acme_email,
+            dir: &a.acme_dir,
+            directory: &a.acme_directory,
+            ca: &a.acme_ca,
+        };
+        let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls, &acme)?;
         Ok(ServerConfig {
             listen,
             dest,
@@ -379,15 +387,114 @@ impl ServerConfig {
     }
 }
 
-/// `-cert`/`-key`/`-n`/`-disable-tls` → where the certificate comes from.
-fn cert_source(
+/// The `-acme*` flags of a server.
+pub(crate) struct AcmeFlags<'a> {
+    pub names: &'a Option<String>,
+    pub email: &'a Option<String>,
+    pub dir: &'a Option<String>,
+    pub directory: &'a Option<String>,
+    pub ca: &'a Option<String>,
+}
+
+impl AcmeFlags<'_> {
+    /// What they ask for; `None` without `-acme` (the other `-acme-*` flags then say so).
+    fn options(&self) -> Result<Option<AcmeOptions>> {
+        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+        let Some(names) = given(self.names) else {
+            for (flag, v) in [
+                ("-acme-email", self.email),
+                ("-acme-dir", self.dir),
+                ("-acme-directory", self.directory),
+                ("-acme-ca", self.ca),
+            ] {
+                if given(v).is_some() {
+                    return Err(Error::usage(format!(
+                        "{flag} needs -acme NAME[,NAME]: the names to obtain a certificate for"
+                    )));
+                }
+            }
+            return Ok(None);
+        };
+        let mut domains = Vec::new();
+        for d in names.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let ok = !d.starts_with('*')
+                && d.parse::<std::net::IpAddr>().is_err()
+                && rustls::pki_types::DnsName::try_from(d).is_ok()
+                && d.contains('.');
+            if !ok {
+                return Err(Error::usage(format!(
+                    "-acme: '{d}' is not a DNS name a CA can validate on this port (no IP addresses, no wildcards), e.g. -acme example.com,www.example.com"
+                )));
+            }
+            domains.push(d.to_ascii_lowercase());
+        }
+        if domains.is_empty() {
+            return Err(Error::usage(
+                "-acme: give at least one name, e.g. -acme example.com",
+            ));
+        }
+        let email = given(self.email);
+        if let Some(e) = &email
+            && (!e.contains('@') || e.contains(char::is_whitespace))
+        {
+            return Err(Error::usage(format!(
+                "-acme-email: '{e}' is not an e-mail address"
+            )));
+        }
+        let directory = given(self.directory).unwrap_or_else(|| LETS_ENCRYPT.to_string());
+        if !directory.starts_with("https://") {
+            return Err(Error::usage(format!(
+                "-acme-directory: '{directory}' must be an https:// URL (Let's Encrypt: {LETS_ENCRYPT})"
+            )));
+        }
+        let dir = match given(self.dir) {
+            Some(d) => PathBuf::from(d),
+            None => match std::env::var_os("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
+                // systemd may list several state directories; the first is ours.
+                Some(v) => PathBuf::from(
+                    v.to_string_lossy()
+                        .split(':')
+                        .next()
+                        .unwrap_or(".")
+                        .to_string(),
+                )
+                .join("acme"),
+                None => PathBuf::from("acme"),
+            },
+        };
+        Ok(Some(AcmeOptions {
+            domains,
+            email,
+            dir,
+            directory,
+            ca: given(self.ca).map(PathBuf::from),
+        }))
+    }
+}
+
+/// `-cert`/`-key`/`-n`/`-disable-tls`/`-acme` → where the certificate comes from.
+pub(crate) fn cert_source(
     cert: &Option<String>,
     key: &Option<String>,
     name: &Option<String>,
     disable_tls: bool,
+    acme: &AcmeFlags<'_>,
 ) -> Result<Option<CertSource>> {
     let cert = cert.as_deref().filter(|s| !s.is_empty());
     let key = key.as_deref().filter(|s| !s.is_empty());
+    if let Some(opts) = acme.options()? {
+        if disable_tls {
+            return Err(Error::usage(
+                "-acme and -disable-tls exclude each other: -acme obtains the certificate this server's TLS presents",
+            ));
+        }
+        if cert.is_some() || key.is_some() {
+            return Err(Error::usage(
+                "-acme and -cert/-key exclude each other: -acme obtains the certificate itself",
+            ));
+        }
+        return Ok(Some(CertSource::Acme(opts)));
+    }
     if disable_tls {
         if cert.is_some() || key.is_some() {
             log::warn!("-cert and -key are not used with -disable-tls");

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Listen, cert_source, drain, max_conns, server_listen, timeout, timeouts, udp_timeout};
+use super::{
+    AcmeFlags, Listen, cert_source, drain, max_conns, server_listen, timeout, timeouts, udp_timeout,
+};
 use crate::addr::HostPort;
 use crate::cli::MuServerArgs;
 use crate::transport::options::{CertSource, Timeouts};
@@ -103,7 +105,19 @@ impl MuServerConfig {
             token,
             token_file,
             users_file,
-            tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls)?,
+            tls: cert_source(
+                &a.cert,
+                &a.key,
+                &a.n,
+                a.disable_tls,
+                &AcmeFlags {
+                    names: &a.acme,
+                    email: &a.acme_email,
+                    dir: &a.acme_dir,
+                    directory: &a.acme_directory,
+                    ca: &a.acme_ca,
+                },
+            )?,
             fallback,
             mux: a.mux,
             timeouts: timeouts(&a.handshake_timeout)?,

@@ -87,8 +87,14 @@ impl MuServer {
         self.acceptor.fingerprint()
     }
 
-    /// Serves tunnels on `data` and the controller on `control` until `shutdown`.
-    pub async fn run(self, data: Listener, control: TcpListener, shutdown: CancellationToken) {
+    /// Serves tunnels on `data` and the controller on `control` until `shutdown`; an error
+    /// only if the certificate could not be obtained (`-acme`).
+    pub async fn run(
+        self,
+        data: Listener,
+        control: TcpListener,
+        shutdown: CancellationToken,
+    ) -> crate::Result<()> {
         log::info!(
             target: crate::logging::NOTICE,
             "mu-server listening on {}, controller on {}, {} user(s)",
@@ -109,13 +115,22 @@ impl MuServer {
         };
         let acceptor = self.acceptor.clone();
         let this = Arc::new(self);
-        acceptor
-            .serve(data, shutdown, limits, move |tunnel: Tunnel<Arc<User>>| {
-                let this = this.clone();
-                async move { this.handle(tunnel).await }
-            })
+        let served = acceptor
+            .serve(
+                data,
+                shutdown.clone(),
+                limits,
+                move |tunnel: Tunnel<Arc<User>>| {
+                    let this = this.clone();
+                    async move { this.handle(tunnel).await }
+                },
+            )
             .await;
+        if served.is_err() {
+            shutdown.cancel();
+        }
         let _ = serving_controller.await;
+        served
     }
 
     async fn handle(&self, tunnel: Tunnel<Arc<User>>) {

@@ -54,8 +54,9 @@ impl Server {
         self.acceptor.fingerprint()
     }
 
-    /// Serves `listener` until `shutdown`, then drains.
-    pub async fn run(self, listener: Listener, shutdown: CancellationToken) {
+    /// Serves `listener` until `shutdown`, then drains; an error only if the certificate
+    /// could not be obtained (`-acme`).
+    pub async fn run(self, listener: Listener, shutdown: CancellationToken) -> Result<()> {
         log::info!(
             target: crate::logging::NOTICE,
             "server listening on {}, destination {}",
@@ -88,6 +89,6 @@ impl Server {
                     }
                 }
             })
-            .await;
+            .await
     }
 }

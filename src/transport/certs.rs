@@ -1,24 +1,29 @@
-//! The certificate a server presents: loaded from `-cert`/`-key` or made self-signed at start,
-//! held in a resolver that handshakes read, and replaced in place when the files change.
+//! The certificate a server presents: loaded from `-cert`/`-key`, made self-signed at start or
+//! obtained through ACME, held in a resolver that handshakes read, and replaced in place when
+//! the files change or ACME renews it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::acme::Acme;
 use super::cert::{self, CertKey};
 use super::options::CertSource;
 use super::tls::provider;
 use crate::error::CertError;
 use crate::{Error, Result};
 
-/// A server's certificate, where it came from, and its fingerprint.
+/// A server's certificate and where it came from.
 pub struct Certs {
     store: Arc<CertStore>,
     files: Option<[PathBuf; 2]>,
-    fingerprint: RwLock<String>,
+    acme: Option<Arc<Acme>>,
 }
 
 impl Certs {
-    /// Loads the files, or makes a self-signed certificate (and says how to pin it).
+    /// Loads the files, makes a self-signed certificate (and says how to pin it), or (ACME)
+    /// takes the cached certificate if there is a valid one.
     pub fn new(source: &CertSource) -> Result<Self> {
         let (ck, files) = match source {
             CertSource::Files { cert, key } => {
@@ -33,13 +38,21 @@ impl Certs {
                 );
                 (ss.cert_key, None)
             }
+            CertSource::Acme(opts) => {
+                let store = CertStore::empty();
+                let acme = Acme::new(opts.clone(), store.clone())?;
+                return Ok(Certs {
+                    store,
+                    files: None,
+                    acme: Some(Arc::new(acme)),
+                });
+            }
         };
-        let fingerprint = RwLock::new(ck.fingerprint());
         let store = CertStore::new(ck).map_err(|e| mismatch(files.as_ref(), e))?;
         Ok(Certs {
             store,
             files,
-            fingerprint,
+            acme: None,
         })
     }
 
@@ -48,12 +61,14 @@ impl Certs {
         self.store.clone()
     }
 
-    /// SHA-256 of the certificate served now.
+    /// What obtains and renews the certificate, with `-acme`.
+    pub fn acme(&self) -> Option<Arc<Acme>> {
+        self.acme.clone()
+    }
+
+    /// SHA-256 of the certificate served now (empty while there is none).
     pub fn fingerprint(&self) -> String {
-        self.fingerprint
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.store.fingerprint()
     }
 
     /// The `-cert`/`-key` files, if the certificate came from files.
@@ -73,16 +88,96 @@ impl Certs {
         self.store
             .replace(ck)
             .map_err(|e| mismatch(self.files.as_ref(), e))?;
-        *self.fingerprint.write().unwrap_or_else(|p| p.into_inner()) = fp.clone();
         Ok(Some(fp))
     }
 }
 
-/// The certificate a server presents, replaceable while it runs (hot reload): handshakes
-/// take whichever is current; live connections keep the one they started with.
+/// The certificate a server presents, replaceable while it runs (hot reload, ACME renewal):
+/// handshakes take whichever is current; live connections keep the one they started with.
+/// While an ACME order is validated it also holds the challenge certificates, presented only
+/// to validation connections (ALPN `acme-tls/1`).
 #[derive(Debug)]
 pub struct CertStore {
-    current: RwLock<Arc<rustls::sign::CertifiedKey>>,
+    current: RwLock<Option<Served>>,
+    challenges: RwLock<HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+}
+
+#[derive(Debug)]
+struct Served {
+    key: Arc<rustls::sign::CertifiedKey>,
+    validity: Option<Validity>,
+}
+
+/// What a certificate says about its life and names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validity {
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// End of validity.
+    pub not_after: SystemTime,
+    /// The end, as the certificate writes it.
+    pub not_after_text: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// DNS names of the subject alternative names.
+    pub names: Vec<String>,
+}
+
+impl Validity {
+    /// Reads a DER certificate; `None` if it does not parse.
+    pub fn of(der: &[u8]) -> Option<Self> {
+        let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+        let at = |t: x509_parser::time::ASN1Time| {
+            let secs = t.timestamp();
+            if secs >= 0 {
+                UNIX_EPOCH + Duration::from_secs(secs as u64)
+            } else {
+                UNIX_EPOCH
+            }
+        };
+        let names = c
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(Validity {
+            not_before: at(c.validity().not_before),
+            not_after: at(c.validity().not_after),
+            not_after_text: c.validity().not_after.to_string(),
+            serial: hex::encode(c.tbs_certificate.raw_serial()),
+            names,
+        })
+    }
+
+    /// How long until only `left` (a fraction) of the lifetime is left (zero if already).
+    pub fn renew_in(&self, left: f64) -> Duration {
+        let life = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        let renew_at = self.not_after - life.mul_f64(left);
+        renew_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
+
+    /// When it expires, as written, and how far off that is.
+    pub fn until(&self) -> String {
+        match self.not_after.duration_since(SystemTime::now()) {
+            Ok(left) => format!("{} (in {}s)", self.not_after_text, left.as_secs()),
+            Err(_) => format!("{} (expired)", self.not_after_text),
+        }
+    }
 }
 
 /// A certificate and key that rustls refused together: about the key file when there is one.
@@ -102,29 +197,103 @@ impl CertStore {
 
     /// A store holding `ck` (the key must belong to the certificate).
     pub fn new(ck: CertKey) -> Result<Arc<Self>> {
-        Ok(Arc::new(CertStore {
-            current: RwLock::new(Self::certified(ck)?),
-        }))
+        let store = Self::empty();
+        store.replace(ck)?;
+        Ok(store)
+    }
+
+    /// A store with no certificate yet: handshakes fail until one is put in.
+    pub fn empty() -> Arc<Self> {
+        Arc::new(CertStore {
+            current: RwLock::new(None),
+            challenges: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Presents `ck` from the next handshake on; on error the current one stays.
     pub fn replace(&self, ck: CertKey) -> Result<()> {
-        let next = Self::certified(ck)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        let validity = ck.chain.first().and_then(|c| Validity::of(c));
+        let key = Self::certified(ck)?;
+        if let Some(v) = &validity {
+            let secs = v
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            crate::metrics::get().certificate_expiry.set(secs);
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Served { key, validity });
         Ok(())
+    }
+
+    /// SHA-256 of the certificate presented now (empty while there is none).
+    pub fn fingerprint(&self) -> String {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|s| s.key.cert.first().map(|c| super::fingerprint::of(c)))
+            .unwrap_or_default()
+    }
+
+    /// Validity of the certificate presented now, if there is one.
+    pub fn validity(&self) -> Option<Validity> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|s| s.validity.clone())
+    }
+
+    /// Presents `proof` to TLS-ALPN-01 validation connections for `name`.
+    pub fn answer(&self, name: &str, proof: CertKey) {
+        // Not through `certified`: its check of key against certificate parses the
+        // certificate with webpki, which refuses the critical acmeIdentifier extension.
+        let certified = provider()
+            .key_provider
+            .load_private_key(proof.key)
+            .map(|key| Arc::new(rustls::sign::CertifiedKey::new(proof.chain, key)));
+        match certified {
+            Ok(k) => {
+                self.challenges
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_ascii_lowercase(), k);
+            }
+            Err(e) => log::warn!("ACME: challenge certificate for {name}: {e}"),
+        }
+    }
+
+    /// Stops answering validation connections for `name`.
+    pub fn unanswer(&self, name: &str) {
+        self.challenges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name.to_ascii_lowercase());
     }
 }
 
 impl rustls::server::ResolvesServerCert for CertStore {
     fn resolve(
         &self,
-        _hello: rustls::server::ClientHello<'_>,
+        hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(
-            self.current
+        let validating = hello
+            .alpn()
+            .is_some_and(|mut ps| ps.any(|p| p == super::acme::ALPN_ACME));
+        if validating {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .challenges
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+                .get(&name)
+                .cloned();
+        }
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.key.clone())
     }
 }

@@ -4,6 +4,7 @@
 //! types of [`options`].
 
 pub mod accept;
+pub mod acme;
 pub mod cert;
 pub mod certs;
 pub mod datagram;

@@ -107,6 +107,8 @@ pub enum CertSource {
     },
     /// Made at start-up for this name (a random plausible one when `None`).
     SelfSigned(Option<String>),
+    /// Obtained and renewed through ACME (`-acme`).
+    Acme(super::acme::AcmeOptions),
 }
 
 /// Maps request paths to the owners of their tunnels (the mu-server's users).

@@ -19,7 +19,7 @@ use super::listen::{Listener, Stream};
 use super::mux::session::Quiet;
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
-use super::{ALPN_HTTP1, sniff, tls};
+use super::{ALPN_HTTP1, acme, sniff, tls};
 use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
@@ -82,6 +82,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             extra.push(datagram::ALPN_UDP);
         }
         let certs = opts.tls.as_ref().map(Certs::new).transpose()?;
+        // With ACME, validation connections (RFC 8737) are answered on this port too.
+        if certs.as_ref().is_some_and(|c| c.acme().is_some()) {
+            extra.push(acme::ALPN_ACME);
+        }
         let tls = certs
             .as_ref()
             .map(|c| tls::TlsServer::with_extra(c.store(), alpn, &extra, opts.timeouts.handshake))
@@ -118,24 +122,48 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     /// Serves `listener` until `shutdown`: every tunnel of every accepted connection goes to
     /// `handle` in a task of its own; then drains them all (see [`accept_loop`]). Multiplexed
     /// sessions stop taking streams at shutdown and close once their last stream has ended.
+    /// With ACME the certificate is obtained and renewed meanwhile; an error only if the
+    /// first certificate cannot be had (no tunnel was carried without one).
     pub async fn serve<H, Fut>(
         self: Arc<Self>,
         listener: Listener,
         shutdown: CancellationToken,
         limits: Limits,
         handle: H,
-    ) where
+    ) -> Result<()>
+    where
         H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let stop = shutdown.clone();
-        accept_loop(listener, shutdown, limits, move |conn, id, tasks| {
-            let this = self.clone();
-            let handle = handle.clone();
-            let stop = stop.clone();
-            async move { this.connection(conn, id, tasks, stop, handle).await }
-        })
-        .await;
+        let acme = self.certs.as_ref().and_then(Certs::acme);
+        let this = self.clone();
+        let accepting = accept_loop(
+            listener,
+            shutdown.clone(),
+            limits,
+            move |conn, id, tasks| {
+                let this = this.clone();
+                let handle = handle.clone();
+                let stop = stop.clone();
+                async move { this.connection(conn, id, tasks, stop, handle).await }
+            },
+        );
+        let Some(acme) = acme else {
+            accepting.await;
+            return Ok(());
+        };
+        tokio::pin!(accepting);
+        let certifying = acme.run(shutdown);
+        tokio::pin!(certifying);
+        tokio::select! {
+            _ = &mut accepting => Ok(()),
+            r = &mut certifying => {
+                r?;
+                accepting.await;
+                Ok(())
+            }
+        }
     }
 
     async fn connection<H, Fut>(
@@ -205,6 +233,11 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     .await
                     .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
                 let chosen = agreed.chosen.clone();
+                if chosen.as_deref() == Some(acme::ALPN_ACME) {
+                    // An ACME server validating this one: the handshake was the answer.
+                    log::debug!("{id}: answered an ACME TLS-ALPN-01 validation");
+                    return Ok(None);
+                }
                 if self.http.is_none()
                     && agreed.offers(datagram::ALPN_UDP)
                     && chosen.as_deref() != Some(datagram::ALPN_UDP)
