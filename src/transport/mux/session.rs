@@ -80,11 +80,12 @@ impl MuxSession {
                     if self.count.open.load(Ordering::Acquire) > 0 {
                         continue;
                     }
+                    let _ = poll_fn(|cx| self.conn.poll_close(cx)).await;
+                    // Said once the close is on its way to the client, not before.
                     log::debug!(
                         "multiplexed session closed: no stream for {:?}",
                         if self.carried == 0 { self.quiet.first } else { self.quiet.idle }
                     );
-                    let _ = poll_fn(|cx| self.conn.poll_close(cx)).await;
                     return None;
                 }
             };
