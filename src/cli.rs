@@ -239,6 +239,18 @@ pub struct MuServerArgs {
     /// keep users in this file: loaded at start, every change saved before it is acknowledged
     #[argh(option, arg_name = "file")]
     pub users_file: Option<String>,
+    /// keep users in Redis, shared by a fleet of mu-servers: redis://[user:pass@]host:port/db, or rediss:// for TLS
+    #[argh(option, arg_name = "url")]
+    pub users_redis: Option<String>,
+    /// prefix of the Redis keys and channel (default "mtt:")
+    #[argh(option, arg_name = "prefix")]
+    pub users_redis_prefix: Option<String>,
+    /// how often the local table is compared with Redis, and fetched whole if it differs (default 30s)
+    #[argh(option, arg_name = "duration")]
+    pub users_redis_resync: Option<String>,
+    /// file: a copy of the Redis table kept here, to start from while Redis cannot be reached
+    #[argh(option, arg_name = "file")]
+    pub users_redis_snapshot: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

@@ -262,7 +262,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             crate::logging::init(args.verbose);
             let cfg = crate::config::MuServerConfig::from_args(&args, |k| std::env::var(k).ok())?;
             runtime()?.block_on(async {
-                let server = crate::role::mu_server::MuServer::new(cfg.clone())?;
+                let server = crate::role::mu_server::MuServer::start(cfg.clone()).await?;
                 crate::shutdown::on_hangup(server.reloader())?;
                 crate::watch::on_cert_change(server.reloader());
                 let data = match &cfg.listen {

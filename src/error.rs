@@ -50,6 +50,10 @@ pub enum Error {
     /// whose connection failed).
     #[error(transparent)]
     Shared(Arc<Error>),
+    /// A shared store (the fleet's Redis) cannot be reached: the request changed nothing and
+    /// may be retried.
+    #[error("{0}")]
+    Unavailable(String),
     /// A failure at run time that is not about the input (data corrupted in a benchmark, a
     /// task that died).
     #[error("{0}")]

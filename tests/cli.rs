@@ -94,6 +94,60 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
         (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
         (
             vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-users-redis",
+                "redis://127.0.0.1:6379/0",
+                "-users-file",
+                "u.json",
+            ],
+            "-users-file and -users-redis exclude each other",
+        ),
+        (
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-users-redis",
+                "http://127.0.0.1:6379",
+            ],
+            "-users-redis: 'http://127.0.0.1:6379' is not a Redis URL",
+        ),
+        (
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-users-redis",
+                "redis://a:b:c:d",
+            ],
+            "-users-redis: 'redis://a:b:c:d' is not a Redis URL",
+        ),
+        (
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-users-redis-prefix",
+                "x:",
+            ],
+            "-users-redis-prefix needs -users-redis",
+        ),
+        (
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-users-redis",
+                "redis://127.0.0.1:6379",
+                "-users-redis-resync",
+                "0s",
+            ],
+            "-users-redis-resync must be greater than zero",
+        ),
+        (
+            vec![
                 "server",
                 "-b",
                 "127.0.0.1:0",

@@ -33,6 +33,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         token: Some(token.unwrap_or(TEST_TOKEN).to_string()),
         token_file: std::path::PathBuf::from("unused.token"),
         users_file,
+        users_redis: None,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
         mux: false,

@@ -424,6 +424,7 @@ fn mu_config() -> mtt::config::MuServerConfig {
         token: Some("t".into()),
         token_file: std::path::PathBuf::from("unused.token"),
         users_file: None,
+        users_redis: None,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
         mux: false,

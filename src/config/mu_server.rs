@@ -10,6 +10,7 @@ use super::{
 use crate::addr::HostPort;
 use crate::cli::MuServerArgs;
 use crate::transport::options::{CertSource, Timeouts};
+use crate::users::redis::RedisOptions;
 use crate::{Error, Result};
 
 /// Default controller address: loopback only.
@@ -33,6 +34,8 @@ pub struct MuServerConfig {
     pub token_file: PathBuf,
     /// Where users are kept.
     pub users_file: Option<PathBuf>,
+    /// Or: the fleet's Redis (`-users-redis`).
+    pub users_redis: Option<RedisOptions>,
     /// `None` with `-disable-tls`.
     pub tls: Option<CertSource>,
     /// Web server for requests that are not tunnels.
@@ -87,6 +90,54 @@ impl MuServerConfig {
             .as_deref()
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
+        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+        let users_redis = match given(&a.users_redis) {
+            None => {
+                for (flag, v) in [
+                    ("-users-redis-prefix", &a.users_redis_prefix),
+                    ("-users-redis-resync", &a.users_redis_resync),
+                    ("-users-redis-snapshot", &a.users_redis_snapshot),
+                ] {
+                    if given(v).is_some() {
+                        return Err(Error::usage(format!(
+                            "{flag} needs -users-redis redis://host:port/db"
+                        )));
+                    }
+                }
+                None
+            }
+            Some(_) if users_file.is_some() => {
+                return Err(Error::usage(
+                    "-users-file and -users-redis exclude each other: the users live in one place (for a copy on disk beside Redis, use -users-redis-snapshot)",
+                ));
+            }
+            Some(url) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(Error::usage(format!(
+                        "-users-redis: '{}' is not a Redis URL: redis://[user:pass@]host:port/db, or rediss:// for TLS",
+                        crate::users::redis::redacted(&url)
+                    )));
+                }
+                let resync = match given(&a.users_redis_resync) {
+                    None => Duration::from_secs(30),
+                    Some(v) => {
+                        let d = crate::goflag::parse_duration("users-redis-resync", &v)?;
+                        if d.is_zero() {
+                            return Err(Error::usage(
+                                "-users-redis-resync must be greater than zero, e.g. 30s",
+                            ));
+                        }
+                        d
+                    }
+                };
+                Some(RedisOptions {
+                    url,
+                    prefix: given(&a.users_redis_prefix).unwrap_or_else(|| "mtt:".into()),
+                    resync,
+                    snapshot: given(&a.users_redis_snapshot).map(PathBuf::from),
+                })
+            }
+        };
         let token_file = match (&users_file, env("STATE_DIRECTORY")) {
             (Some(f), _) => f
                 .parent()
@@ -105,6 +156,7 @@ impl MuServerConfig {
             token,
             token_file,
             users_file,
+            users_redis,
             tls: cert_source(
                 &a.cert,
                 &a.key,

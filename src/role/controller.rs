@@ -195,8 +195,8 @@ impl Controller {
         let method = req.method().clone();
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => self.metrics(),
-            (Method::GET, "/v1/status") => self.status(),
-            (Method::GET, "/v1/users") => self.list(),
+            (Method::GET, "/v1/status") => self.status().await,
+            (Method::GET, "/v1/users") => self.list().await,
             (m, p) if p.starts_with("/v1/users/") => {
                 let user_path = format!("/{}", &p["/v1/users/".len()..]);
                 if req.uri().query().is_some() && m == Method::PUT {
@@ -283,6 +283,9 @@ impl Controller {
             Ok(()) => compat(StatusCode::OK, ok),
             // Bad input is answered as the original did; a failure to store it is ours.
             Err(e @ crate::Error::Usage(_)) => compat_err(StatusCode::OK, e.to_string()),
+            Err(e @ crate::Error::Unavailable(_)) => {
+                compat_err(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Err(e) => {
                 log::error!("controller: {e}");
                 compat_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -290,13 +293,14 @@ impl Controller {
         }
     }
 
-    fn list(&self) -> Response<Full<Bytes>> {
+    async fn list(&self) -> Response<Full<Bytes>> {
+        let counters = self.users.counters_fleet().await;
         let users: Vec<_> = self
             .users
             .list()
             .iter()
             .map(|u| {
-                let (live, up, down) = u.counters();
+                let (live, up, down) = counters.get(&u.path).copied().unwrap_or_default();
                 serde_json::json!({
                     "path": u.path, "user": user_id(&u.path), "dst": u.dst.to_string(),
                     "connections": live, "bytes_up": up, "bytes_down": down,
@@ -333,6 +337,9 @@ impl Controller {
                 None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
             },
             Err(e @ crate::Error::Usage(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            Err(e @ crate::Error::Unavailable(_)) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Err(e) => {
                 log::error!("controller: {e}");
                 error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -353,22 +360,31 @@ impl Controller {
                 StatusCode::OK,
                 &serde_json::json!({ "path": path, "removed": true, "kicked": kick }),
             ),
+            Err(e @ crate::Error::Unavailable(_)) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 
-    fn status(&self) -> Response<Full<Bytes>> {
+    async fn status(&self) -> Response<Full<Bytes>> {
         let users = self.users.list();
         let live: u64 = users.iter().map(|u| u.counters().0).sum();
-        json(
-            StatusCode::OK,
-            &serde_json::json!({
-                "version": crate::VERSION,
-                "users": users.len(),
-                "connections": live,
-                "uptime_seconds": self.started.elapsed().as_secs(),
-            }),
-        )
+        let mut status = serde_json::json!({
+            "version": crate::VERSION,
+            "users": users.len(),
+            "connections": live,
+            "uptime_seconds": self.started.elapsed().as_secs(),
+        });
+        if let Some(store) = self.users.store() {
+            status["store"] = serde_json::json!({
+                "kind": "redis",
+                "state": if store.is_up() { "up" } else { "unreachable" },
+                "table_version": self.users.version().await,
+                "table_age_seconds": store.table_age().as_secs(),
+            });
+        }
+        json(StatusCode::OK, &status)
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
@@ -377,6 +393,22 @@ impl Controller {
         let count = Gauge::<i64>::default();
         count.set(users.len() as i64);
         registry.register("users", "Users configured", count);
+        if let Some(store) = self.users.store() {
+            let up = Gauge::<i64>::default();
+            up.set(i64::from(store.is_up()));
+            registry.register(
+                "users_store_up",
+                "Whether the users' Redis answers (1) or not (0)",
+                up,
+            );
+            let age = Gauge::<i64>::default();
+            age.set(store.table_age().as_secs() as i64);
+            registry.register(
+                "users_table_age_seconds",
+                "Seconds since the local user table was last known to equal Redis's",
+                age,
+            );
+        }
         let live = Family::<UserLabel, Gauge>::default();
         let up = Family::<UserLabel, Counter>::default();
         let down = Family::<UserLabel, Counter>::default();

@@ -27,7 +27,25 @@ pub struct MuServer {
 impl MuServer {
     /// Loads the users file and the certificate.
     pub fn new(cfg: MuServerConfig) -> Result<Self> {
+        if cfg.users_redis.is_some() {
+            return Err(crate::Error::Runtime(
+                "a mu-server with -users-redis is made with MuServer::start".into(),
+            ));
+        }
         let users = Users::open(cfg.users_file.clone())?;
+        Self::with_users(cfg, users)
+    }
+
+    /// Loads the users (from the file, or from the fleet's Redis) and the certificate.
+    pub async fn start(cfg: MuServerConfig) -> Result<Self> {
+        let users = match &cfg.users_redis {
+            Some(opts) => Users::open_redis(opts.clone()).await?,
+            None => Users::open(cfg.users_file.clone())?,
+        };
+        Self::with_users(cfg, users)
+    }
+
+    fn with_users(cfg: MuServerConfig, users: Arc<Users>) -> Result<Self> {
         let token = match &cfg.token {
             Some(t) => t.clone(),
             None => {
@@ -109,6 +127,11 @@ impl MuServer {
         let name = (c.ip().is_none() && !c.host.is_empty()).then(|| c.host.clone());
         let controller = Controller::new(self.users.clone(), self.token.clone(), name);
         let serving_controller = tokio::spawn(controller.run(control, shutdown.clone()));
+        let following = self
+            .users
+            .store()
+            .is_some()
+            .then(|| tokio::spawn(self.users.clone().follow(shutdown.clone())));
         let limits = Limits {
             drain: self.cfg.drain,
             max_conns: self.cfg.max_conns,
@@ -130,6 +153,9 @@ impl MuServer {
             shutdown.cancel();
         }
         let _ = serving_controller.await;
+        if let Some(f) = following {
+            let _ = f.await;
+        }
         served
     }
 

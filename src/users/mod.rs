@@ -1,5 +1,8 @@
-//! The mu-server's user table: path → destination, per-user counters, kick, and persistence
-//! to `-users-file` (every change written atomically before it is acknowledged).
+//! The mu-server's user table: path → destination, per-user counters, kick, and where it is
+//! kept: `-users-file` (every change written atomically before it is acknowledged), or a
+//! fleet's Redis (`-users-redis`, see [`redis`]).
+
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +28,9 @@ pub struct User {
     live: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+    /// What of `up`/`down` has been added to the fleet's totals (Redis).
+    flushed_up: AtomicU64,
+    flushed_down: AtomicU64,
 }
 
 impl User {
@@ -42,6 +48,8 @@ impl User {
             live: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
+            flushed_up: AtomicU64::new(0),
+            flushed_down: AtomicU64::new(0),
         })
     }
 
@@ -69,6 +77,24 @@ impl User {
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
         )
+    }
+}
+
+impl User {
+    /// The bytes moved since the last call (up, down), marked as flushed.
+    fn take_unflushed(&self) -> (u64, u64) {
+        let up = self.up.load(Ordering::Relaxed);
+        let down = self.down.load(Ordering::Relaxed);
+        (
+            up - self.flushed_up.swap(up, Ordering::Relaxed),
+            down - self.flushed_down.swap(down, Ordering::Relaxed),
+        )
+    }
+
+    /// Gives back what [`User::take_unflushed`] took, when it could not be flushed.
+    fn unflush(&self, up: u64, down: u64) {
+        self.flushed_up.fetch_sub(up, Ordering::Relaxed);
+        self.flushed_down.fetch_sub(down, Ordering::Relaxed);
     }
 }
 
@@ -102,8 +128,18 @@ struct Saved {
 pub struct Users {
     map: RwLock<HashMap<String, Arc<User>>>,
     file: Option<PathBuf>,
-    /// Changes happen one at a time, so each file written is a state that was acknowledged.
-    writer: tokio::sync::Mutex<()>,
+    /// The fleet's shared table, when the users live in Redis.
+    redis: Option<Arc<redis::Store>>,
+    /// Changes happen one at a time, so each file written is a state that was acknowledged;
+    /// with Redis it holds the version of the shared table the local copy is at.
+    writer: tokio::sync::Mutex<u64>,
+}
+
+/// A change to the table, checked: what the next table is and which users leave it (and
+/// whether their tunnels are to end).
+struct Next {
+    map: HashMap<String, Arc<User>>,
+    retired: Vec<(Arc<User>, bool)>,
 }
 
 /// A user path must start with `/` and be visible ASCII, as the client can send it.
@@ -183,7 +219,8 @@ impl Users {
         Ok(Arc::new(Users {
             map: RwLock::new(map),
             file,
-            writer: tokio::sync::Mutex::new(()),
+            redis: None,
+            writer: tokio::sync::Mutex::new(0),
         }))
     }
 
@@ -214,44 +251,69 @@ impl Users {
     }
 
     /// Applies a change: validated first (nothing changes if any item is bad), saved to the
-    /// users file, then made visible. Returns when it is durable.
+    /// users file or written to the fleet's Redis, then made visible. Returns when it is
+    /// durable (Redis: when Redis has it; [`crate::Error::Unavailable`] if Redis cannot be
+    /// reached, and nothing changed).
     pub async fn apply(&self, change: Change) -> Result<()> {
-        let _one_at_a_time = self.writer.lock().await;
+        let mut version = self.writer.lock().await;
+        let next = self.next(&change)?;
+        if let Some(store) = &self.redis {
+            let v = store.write(&change).await?;
+            // Visible here at once; the other servers take it from the announcement.
+            self.install(next);
+            if v == *version + 1 {
+                *version = v;
+            } else if v > *version {
+                // Other servers' changes came in between: the whole table follows.
+                store.wake_resync();
+            }
+            return Ok(());
+        }
+        if let Some(f) = &self.file {
+            save(f, &next.map)?;
+        }
+        self.install(next);
+        Ok(())
+    }
+
+    /// What `change` makes of the current table; an error if any item is bad.
+    fn next(&self, change: &Change) -> Result<Next> {
         let mut next: HashMap<String, Arc<User>> = self.read().clone();
         let mut retired: Vec<(Arc<User>, bool)> = Vec::new();
         match change {
             Change::Add(items) => {
                 let mut checked = Vec::with_capacity(items.len());
                 for (path, dst) in items {
-                    let hp = check(&path, &dst)?;
+                    let hp = check(path, dst)?;
                     checked.push((path, hp));
                 }
                 for (path, dst) in checked {
-                    let user = User::replacing(path.clone(), dst, next.get(&path));
-                    if let Some(old) = next.insert(path, user) {
+                    let user = User::replacing(path.clone(), dst, next.get(path));
+                    if let Some(old) = next.insert(path.clone(), user) {
                         retired.push((old, false));
                     }
                 }
             }
             Change::Remove(paths, kick) => {
                 for p in paths {
-                    if let Some(old) = next.remove(&p) {
-                        retired.push((old, kick));
+                    if let Some(old) = next.remove(p) {
+                        retired.push((old, *kick));
                     }
                 }
             }
             Change::Reset => retired.extend(next.drain().map(|(_, u)| (u, false))),
         }
-        if let Some(f) = &self.file {
-            save(f, &next)?;
-        }
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
-        for (user, kick) in retired {
+        Ok(Next { map: next, retired })
+    }
+
+    /// Makes `next` the table; kicked users' tunnels end.
+    fn install(&self, next: Next) {
+        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next.map;
+        for (user, kick) in next.retired {
             if kick {
                 user.kick.cancel();
             }
         }
-        Ok(())
     }
 }
 
@@ -260,6 +322,10 @@ impl Users {
     /// unchanged keep their counters and live tunnels; removed ones open nothing new. Returns
     /// the number of users, or `None` without a file; a bad file changes nothing.
     pub async fn reload_file(&self) -> Result<Option<usize>> {
+        if let Some(store) = &self.redis {
+            store.wake_resync();
+            return Ok(Some(self.len()));
+        }
         let Some(file) = &self.file else {
             return Ok(None);
         };
