@@ -251,6 +251,9 @@ pub struct MuServerArgs {
     /// file: a copy of the Redis table kept here, to start from while Redis cannot be reached
     #[argh(option, arg_name = "file")]
     pub users_redis_snapshot: Option<String>,
+    /// file: trust this PEM root for rediss:// (a private CA) instead of the public roots
+    #[argh(option, arg_name = "file")]
+    pub users_redis_ca: Option<String>,
     /// enable TCP fast open (Linux)
     #[argh(switch)]
     pub fast_open: bool,

@@ -613,3 +613,64 @@ async fn a_server_starts_from_its_snapshot_while_redis_is_down() {
     })
     .await
 }
+
+/// `rediss://`: the fleet's Redis over TLS, trusted through `-users-redis-ca`; without it the
+/// private certificate is refused at start, in one line.
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_certs, cert, key, _) = self_signed_files("127.0.0.1");
+        let port = free_port();
+        let mut redis = Proc::spawn(
+            Path::new("redis-server"),
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--tls-cert-file",
+                &path_str(&cert),
+                "--tls-key-file",
+                &path_str(&key),
+                "--tls-ca-cert-file",
+                &path_str(&cert),
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--dir",
+                &path_str(dir.path()),
+            ],
+        );
+        redis.wait_line("Ready to accept connections").await;
+        let url = format!("rediss://127.0.0.1:{port}/0");
+
+        let mut untrusted = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                TOKEN,
+                "-users-redis",
+                &url,
+            ],
+        );
+        assert_eq!(untrusted.exit().await.code(), Some(1));
+        untrusted.wait_line("Redis cannot be reached").await;
+
+        let a = mu(&url, &["-users-redis-ca", &path_str(&cert)]).await;
+        let echo = echo_server().await;
+        assert_eq!(a.put("tls", echo).await.0, 200);
+        let (_c, via) = a.client("/tls").await;
+        assert!(tunnel_works(via).await);
+        assert_eq!(a.status().await["store"]["state"], "up");
+    })
+    .await
+}

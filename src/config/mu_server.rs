@@ -97,6 +97,7 @@ impl MuServerConfig {
                     ("-users-redis-prefix", &a.users_redis_prefix),
                     ("-users-redis-resync", &a.users_redis_resync),
                     ("-users-redis-snapshot", &a.users_redis_snapshot),
+                    ("-users-redis-ca", &a.users_redis_ca),
                 ] {
                     if given(v).is_some() {
                         return Err(Error::usage(format!(
@@ -135,6 +136,7 @@ impl MuServerConfig {
                     prefix: given(&a.users_redis_prefix).unwrap_or_else(|| "mtt:".into()),
                     resync,
                     snapshot: given(&a.users_redis_snapshot).map(PathBuf::from),
+                    ca: given(&a.users_redis_ca).map(PathBuf::from),
                 })
             }
         };

@@ -47,6 +47,30 @@ pub struct RedisOptions {
     pub resync: Duration,
     /// A copy of the table kept on disk, to start from while Redis cannot be reached.
     pub snapshot: Option<PathBuf>,
+    /// Trust this PEM root for `rediss://` instead of the public roots.
+    pub ca: Option<PathBuf>,
+}
+
+/// The client for `opts.url` (with `-users-redis-ca`, trusting that root for TLS).
+fn client(opts: &RedisOptions) -> Result<redis::Client> {
+    let bad = |e: redis::RedisError| {
+        Error::usage(format!(
+            "-users-redis: '{}' is not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0",
+            redacted(&opts.url)
+        ))
+    };
+    match &opts.ca {
+        None => redis::Client::open(opts.url.as_str()).map_err(bad),
+        Some(ca) => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::io(format!("-users-redis-ca {}", ca.display()), e))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(bad)
+        }
+    }
 }
 
 /// The connection to the fleet's Redis and the state of the local copy.
@@ -95,12 +119,7 @@ return v
 impl Store {
     /// Connects (bounded); an error says why Redis cannot be used.
     pub async fn connect(opts: RedisOptions) -> Result<Self> {
-        let client = redis::Client::open(opts.url.as_str()).map_err(|e| {
-            Error::usage(format!(
-                "-users-redis: '{}' is not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0",
-                redacted(&opts.url)
-            ))
-        })?;
+        let client = client(&opts)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_LIMIT))
             .set_response_timeout(Some(RESPONSE_LIMIT))
@@ -402,8 +421,7 @@ impl Users {
             .iter()
             .map(|u| (u.path.clone(), u.dst.clone()))
             .collect();
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| Error::usage(format!("-users-redis: {e}")))?;
+        let client = client(&opts)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_LIMIT))
             .set_response_timeout(Some(RESPONSE_LIMIT))
