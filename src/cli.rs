@@ -53,9 +53,15 @@ pub struct ClientArgs {
     /// use WebSocket over TLS
     #[argh(switch)]
     pub wss: bool,
-    /// path of the WebSocket upgrade request (default "/")
+    /// path of the WebSocket upgrade request (default "/"); "/ws?ed=2048": early data, the first write of up to 2048 bytes rides the upgrade
     #[argh(option)]
     pub wss_path: Option<String>,
+    /// the Host header of the WebSocket upgrade, when it must differ from -n (a CDN's host)
+    #[argh(option, arg_name = "name")]
+    pub wss_host: Option<String>,
+    /// extra header of the WebSocket upgrade, 'Name: value' (repeatable)
+    #[argh(option, arg_name = "'Name: value'")]
+    pub wss_header: Vec<String>,
     /// multiplex connections over shared server connections
     #[argh(switch)]
     pub mux: bool,

@@ -17,7 +17,8 @@ use crate::{Error, Result};
 /// * one or two leading dashes; `-k=v` or `-k v` (the next element is the value even if it
 ///   starts with `-`, as in Go);
 /// * switches as `-k` or `-k=<bool>` with Go's literals; `-k=false` drops the switch;
-/// * a repeated flag: the last one wins (as in Go);
+/// * a repeated flag: the last one wins (as in Go), except for repeatable ones (a `Vec`
+///   field, like `-wss-header`), which keep every value in order;
 /// * `-h`, `-help`, `--help` ask for help;
 /// * unknown flags and stray positional words are errors that name the flag and the fix.
 pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>> {
@@ -83,7 +84,10 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
                 },
             },
         };
-        seen.retain(|(n, _)| n != name);
+        // A repeatable flag (`-wss-header`) keeps every value, in order.
+        if flag.optionality != argh::Optionality::Repeating {
+            seen.retain(|(n, _)| n != name);
+        }
         seen.push((name.to_string(), value));
     }
     let mut out = Vec::with_capacity(seen.len() * 2);

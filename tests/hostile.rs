@@ -170,6 +170,7 @@ async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mu
         "/",
         "dGhlIHNhbXBsZSBub25jZQ==",
         "smux_off",
+        &[],
     );
     s.write_all(req.as_bytes()).await.expect("upgrade");
     let mut head = Vec::new();

@@ -229,6 +229,7 @@ async fn start_tunnel(
             ws: ws.then(|| WsClientOptions {
                 path: "/bench".into(),
                 host: "127.0.0.1".into(),
+                ..Default::default()
             }),
             mux: mode.mux().then_some(MuxClientOptions {
                 muxing: crate::transport::mux::Muxing::Yamux,

@@ -172,6 +172,88 @@ fn ws_path(v: &Option<String>, wss: bool) -> Result<String> {
     Ok(normalize_path(raw))
 }
 
+/// `/ws?ed=2048` → (`/ws`, Some(2048)): Xray's early-data parameter, which is not sent.
+fn early_data(path: &str, wss: bool) -> Result<(String, Option<usize>)> {
+    let Some((base, query)) = path.split_once('?') else {
+        return Ok((path.to_string(), None));
+    };
+    let mut ed = None;
+    let mut rest = Vec::new();
+    for kv in query.split('&') {
+        match kv.strip_prefix("ed=") {
+            Some(n) => {
+                let n: usize = n.parse().ok().filter(|n| (1..=MAX_EARLY_DATA).contains(n)).ok_or_else(|| {
+                    Error::usage(format!(
+                        "-wss-path: ed= must be a number of bytes from 1 to {MAX_EARLY_DATA}, e.g. /ws?ed=2048, got '{n}'"
+                    ))
+                })?;
+                ed = Some(n);
+            }
+            None => rest.push(kv),
+        }
+    }
+    if ed.is_some() && !wss {
+        log::warn!("-wss-path ?ed= is not used without -wss");
+    }
+    let path = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((path, ed))
+}
+
+/// The largest early data a client sends in its upgrade request (it becomes about 4/3 as
+/// many header bytes; servers and CDNs limit request heads to 8–16 KiB).
+pub const MAX_EARLY_DATA: usize = 8192;
+
+/// Headers of the upgrade that `-wss-header` may not set: the handshake's own.
+const OWN_HEADERS: [&str; 9] = [
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// `-wss-header 'Name: value'` → (name, value), checked.
+fn wss_headers(raw: &[String]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for h in raw {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(Error::usage(format!(
+                "-wss-header must be 'Name: value', e.g. -wss-header 'X-Token: abc', got '{h}'"
+            )));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            return Err(Error::usage(format!(
+                "-wss-header: '{h}' is not a valid header ('Name: value', the name a token, the value on one line)"
+            )));
+        }
+        if OWN_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            let hint = if name.eq_ignore_ascii_case("host") {
+                "; use -wss-host"
+            } else {
+                ""
+            };
+            return Err(Error::usage(format!(
+                "-wss-header: {name} belongs to the WebSocket handshake and cannot be set{hint}"
+            )));
+        }
+        out.push((name.to_string(), value.to_string()));
+    }
+    Ok(out)
+}
+
 fn timeout(v: &Option<String>, default: Duration) -> Result<Duration> {
     match v {
         None => Ok(default),
@@ -274,9 +356,37 @@ impl ClientConfig {
         } else {
             Verify::WebPki
         };
+        let (path, early_data) = early_data(&path, a.wss)?;
+        if early_data.is_some() && a.mux {
+            return Err(Error::usage(
+                "-wss-path ?ed= (early data) and -mux exclude each other: a multiplexed session's first bytes are the session's own; drop ?ed= or -mux",
+            ));
+        }
+        let host = match a.wss_host.as_deref().filter(|h| !h.is_empty()) {
+            None => server_name.clone(),
+            Some(h) => {
+                if !a.wss {
+                    log::warn!("-wss-host is not used without -wss");
+                }
+                if crate::addr::HostPort::parse("wss-host", &format!("{h}:1"), false).is_err()
+                    || h.contains([':', '/'])
+                {
+                    return Err(Error::usage(format!(
+                        "-wss-host must be a host name (no port, no path), e.g. -wss-host cdn.example.com, got '{h}'"
+                    )));
+                }
+                h.to_string()
+            }
+        };
+        let headers = wss_headers(&a.wss_header)?;
+        if !headers.is_empty() && !a.wss {
+            log::warn!("-wss-header is not used without -wss");
+        }
         let ws = a.wss.then(|| WsClientOptions {
             path,
-            host: server_name.clone(),
+            host,
+            headers,
+            early_data,
         });
         Ok(ClientConfig {
             listen,

@@ -3,6 +3,9 @@
 //! ([`super::udp`]).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +18,10 @@ use crate::transport::serve::accept_loop;
 use crate::transport::{ConnId, Dialer, Limits, Listener, Stream, relay};
 
 use super::udp::UdpSide;
+
+/// How long a tunnel with early data waits for the application's first write before it
+/// upgrades without it (a server-speaks-first protocol writes nothing).
+const EARLY_WAIT: Duration = Duration::from_millis(100);
 
 /// A ready-to-run client: configuration checked, TLS set up.
 pub struct Client {
@@ -86,7 +93,29 @@ impl Client {
         let start = std::time::Instant::now();
         // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
         // state should not stay in every idle tunnel's task.
-        match Box::pin(self.dialer.dial(Kind::Stream)).await {
+        // Early data: the application's first write (if it comes within EARLY_WAIT) rides
+        // the WebSocket upgrade, saving the round trip before the destination hears it.
+        let mut first = Vec::new();
+        if let Some(max) = self.dialer.early_data() {
+            first = vec![0u8; max.max(16 * 1024)];
+            let n = match tokio::time::timeout(EARLY_WAIT, local.read(&mut first)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    log::debug!("{id}: closed before its first write: {e}");
+                    return;
+                }
+                Err(_) => 0,
+            };
+            first.truncate(n);
+        }
+        let dialing = async {
+            if first.is_empty() {
+                self.dialer.dial(Kind::Stream).await
+            } else {
+                self.dialer.dial_early(&first).await
+            }
+        };
+        match Box::pin(dialing).await {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);

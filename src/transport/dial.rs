@@ -32,6 +32,13 @@ impl Connector {
     /// One connection for `kind`; with it, whether a multiplexed session on it is of
     /// version 2 (streams open with a type byte, datagrams allowed).
     async fn connect(&self, kind: Kind) -> Result<(BoxIo, bool)> {
+        self.connect_early(kind, &[]).await
+    }
+
+    /// [`Connector::connect`] with the application's first bytes: with early data on, they
+    /// ride the WebSocket upgrade when they fit, else follow it; otherwise they are written
+    /// first. Empty: nothing to send yet.
+    async fn connect_early(&self, kind: Kind, first: &[u8]) -> Result<(BoxIo, bool)> {
         let server = &self.opts.server;
         let peer = || format!("server {server}");
         let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
@@ -52,7 +59,11 @@ impl Connector {
                 ));
             }
             let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
-            return Ok((Box::new(tls), v2));
+            let mut io: BoxIo = Box::new(tls);
+            write_first(&mut io, first)
+                .await
+                .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+            return Ok((io, v2));
         };
         let protocol = match (kind, self.opts.mux.as_ref().map(|m| m.muxing)) {
             (Kind::Datagrams, None) => datagram::SUBPROTOCOL_UDP,
@@ -60,7 +71,17 @@ impl Connector {
             (_, Some(mux::Muxing::Smux)) => front::SMUX_ON,
             (Kind::Stream, None) => front::SMUX_OFF,
         };
-        let upgrade = ws::client(tls, &ws.host, &ws.path, protocol);
+        // Early data (`?ed=`) takes the place of the subprotocol, as Xray's clients send it.
+        let riding = !first.is_empty() && ws.early_data.is_some_and(|max| first.len() <= max);
+        let early;
+        let protocol = if riding {
+            use base64::Engine;
+            early = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(first);
+            early.as_str()
+        } else {
+            protocol
+        };
+        let upgrade = ws::client(tls, &ws.host, &ws.path, protocol, &ws.headers);
         let (stream, chosen) = tokio::time::timeout(self.opts.timeouts.handshake, upgrade)
             .await
             .unwrap_or_else(|_| {
@@ -77,8 +98,24 @@ impl Connector {
             ));
         }
         let v2 = chosen.as_deref() == Some(datagram::SUBPROTOCOL_YAMUX2);
-        Ok((Box::new(stream), v2))
+        let mut io: BoxIo = Box::new(stream);
+        if !riding {
+            write_first(&mut io, first).await.map_err(|e| {
+                Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e)
+            })?;
+        }
+        Ok((io, v2))
     }
+}
+
+/// Writes the application's first bytes, if any.
+async fn write_first(io: &mut BoxIo, first: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if first.is_empty() {
+        return Ok(());
+    }
+    io.write_all(first).await?;
+    io.flush().await
 }
 
 /// Opens tunnels to the server: a new connection each (TCP, TLS, WebSocket), or a stream of
@@ -133,6 +170,33 @@ impl Dialer {
         match &self.pool {
             None => self.connector.connect(kind).await.map(|(io, _)| io),
             Some(pool) => pool.open(kind).await.map(|s| Box::new(s) as BoxIo),
+        }
+    }
+
+    /// With early data on (`-wss-path …?ed=N`): at most how many first bytes ride the
+    /// upgrade. The caller then waits briefly for them and dials with [`Dialer::dial_early`].
+    pub fn early_data(&self) -> Option<usize> {
+        match (&self.pool, &self.connector.opts.ws) {
+            (None, Some(ws)) => ws.early_data,
+            _ => None,
+        }
+    }
+
+    /// A new byte-stream tunnel whose first bytes are `first` (see [`Dialer::early_data`]).
+    pub async fn dial_early(&self, first: &[u8]) -> Result<BoxIo> {
+        match &self.pool {
+            None => self
+                .connector
+                .connect_early(Kind::Stream, first)
+                .await
+                .map(|(io, _)| io),
+            Some(_) => {
+                let mut io = self.dial(Kind::Stream).await?;
+                write_first(&mut io, first)
+                    .await
+                    .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
+                Ok(io)
+            }
         }
     }
 

@@ -68,7 +68,7 @@ pub struct HttpServer<O> {
     pub udp: bool,
 }
 
-type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>)>>>;
+type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>, Vec<u8>)>>>;
 
 /// What an upgrade request asked for: what the tunnel carries, its path and owner.
 pub struct Upgrade<O> {
@@ -78,6 +78,26 @@ pub struct Upgrade<O> {
     pub path: String,
     /// The path's owner, when routed.
     pub owner: Option<O>,
+}
+
+/// The largest early data accepted in an upgrade request (Xray's `?ed=`), decoded.
+const MAX_EARLY: usize = 8192;
+
+/// Early data a client sent in `Sec-WebSocket-Protocol` (base64, URL-safe or standard, with or
+/// without padding), as Xray clients with `?ed=` do: `None` if the value is not that.
+fn early_data(offered: &[String]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let [value] = offered else { return None };
+    let trimmed = value.trim_end_matches('=');
+    if trimmed.is_empty() || trimmed.len() > MAX_EARLY.div_ceil(3) * 4 {
+        return None;
+    }
+    URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
+        .ok()
+        .filter(|b| !b.is_empty())
 }
 
 impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
@@ -112,7 +132,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             .await
             .map_err(io::Error::other)?;
         let upgrade = slot.lock().map(|mut s| s.take()).unwrap_or(None);
-        let Some((on_upgrade, up)) = upgrade else {
+        let Some((on_upgrade, up, early)) = upgrade else {
             return Ok(None);
         };
         let upgraded = on_upgrade
@@ -126,6 +146,12 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                 &parts.read_buf,
             )),
             Err(upgraded) => Box::new(WsStream::new(TokioIo::new(upgraded), Role::Server, &[])),
+        };
+        // Early data comes first on the stream, before anything the frames carry.
+        let stream: BoxIo = if early.is_empty() {
+            stream
+        } else {
+            Box::new(super::sniff::Rewind::new(stream, &early))
         };
         Ok(Some((stream, up)))
     }
@@ -142,9 +168,9 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         if wants_ws && let Some(owner) = self.path.route(req.uri().path()) {
             let path = req.uri().path().to_string();
             return match self.upgrade(&mut req, id) {
-                Ok((resp, on_upgrade, carry)) => {
+                Ok((resp, on_upgrade, carry, early)) => {
                     if let Ok(mut s) = slot.lock() {
-                        *s = Some((on_upgrade, Upgrade { carry, path, owner }));
+                        *s = Some((on_upgrade, Upgrade { carry, path, owner }, early));
                     }
                     resp
                 }
@@ -161,7 +187,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         &self,
         req: &mut Request<Incoming>,
         id: &str,
-    ) -> Result<(Response<Body>, hyper::upgrade::OnUpgrade, Carry), Response<Body>> {
+    ) -> Result<(Response<Body>, hyper::upgrade::OnUpgrade, Carry, Vec<u8>), Response<Body>> {
         let h = req.headers();
         let refuse = |status: StatusCode, why: &str| {
             log::info!("{id}: WebSocket upgrade refused ({status}): {why}");
@@ -195,6 +221,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         };
         let accept = ws::accept_key(key.trim());
         let offered = tokens(h, "sec-websocket-protocol");
+        let mut early = Vec::new();
         let (carry, chosen) = if offered.iter().any(|p| p == SUBPROTOCOL_UDP) {
             if !self.udp {
                 datagram::warn_once(
@@ -217,6 +244,11 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             (Carry::Plain, Some(SMUX_OFF))
         } else if offered.iter().any(|p| p == SMUX_ON) {
             (Carry::Smux, Some(SMUX_ON))
+        } else if let Some(bytes) = early_data(&offered) {
+            // Early data (Xray's `?ed=`): the first bytes of a plain stream rode the request;
+            // the header is echoed, as Xray's server does.
+            early = bytes;
+            (Carry::Plain, None)
         } else if self.default_mux {
             // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides,
             // and the first bytes which multiplexing.
@@ -224,6 +256,9 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         } else {
             (Carry::Plain, None)
         };
+        let echo = (!early.is_empty())
+            .then(|| req.headers().get("sec-websocket-protocol").cloned())
+            .flatten();
         let on_upgrade = hyper::upgrade::on(req);
         let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -235,8 +270,10 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         }
         if let Some(p) = chosen {
             hm.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(p));
+        } else if let Some(v) = echo {
+            hm.insert("Sec-WebSocket-Protocol", v);
         }
-        Ok((resp, on_upgrade, carry))
+        Ok((resp, on_upgrade, carry, early))
     }
 }
 
@@ -255,4 +292,25 @@ fn has_token(h: &HeaderMap, name: &str, token: &str) -> bool {
     tokens(h, name)
         .iter()
         .any(|t| t.eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Early data is read in both base64 alphabets, padded or not; several subprotocols, an
+    /// empty value, garbage and more than the limit are not early data.
+    #[test]
+    fn early_data_in_both_alphabets_and_nothing_else() {
+        let one = |v: &str| early_data(&[v.to_string()]);
+        let bytes = vec![0xfbu8, 0xff, 0x3e, 0x01];
+        assert_eq!(one("-_8-AQ"), Some(bytes.clone()));
+        assert_eq!(one("+/8+AQ=="), Some(bytes));
+        assert_eq!(one("aGVsbG8"), Some(b"hello".to_vec()));
+        assert_eq!(one(""), None);
+        assert_eq!(one("not base64!"), None);
+        assert_eq!(early_data(&["aGVsbG8".into(), "smux_off".into()]), None);
+        let big = "A".repeat(MAX_EARLY.div_ceil(3) * 4 + 4);
+        assert_eq!(one(&big), None);
+    }
 }

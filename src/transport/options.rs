@@ -55,12 +55,16 @@ pub struct TlsClientOptions {
 }
 
 /// WebSocket settings of a client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WsClientOptions {
-    /// Request path, with its leading `/`.
+    /// Request path, with its leading `/` (without `?ed=`).
     pub path: String,
-    /// `Host` header: the server name, never a port.
+    /// `Host` header: the server name (or `-wss-host`), never a port.
     pub host: String,
+    /// Extra headers of the upgrade request (`-wss-header`), in order.
+    pub headers: Vec<(String, String)>,
+    /// Early data (`?ed=N`): a first write of at most this many bytes rides the upgrade.
+    pub early_data: Option<usize>,
 }
 
 /// Multiplexing settings of a client.

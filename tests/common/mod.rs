@@ -477,6 +477,7 @@ pub fn wss_client_config(
     c.dial.ws = Some(WsClientOptions {
         path: normalize_path(path),
         host: "127.0.0.1".into(),
+        ..Default::default()
     });
     c
 }

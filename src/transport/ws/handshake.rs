@@ -27,16 +27,35 @@ pub fn accept_key(key: &str) -> String {
 
 /// The upgrade request the original mos-tls-tunnel client sends (gorilla/websocket 1.4.1):
 /// same header order and spelling, so an original server, and anything that learned its
-/// shape, sees the same bytes.
-pub fn upgrade_request(host: &str, path: &str, key: &str, protocol: &str) -> String {
+/// shape, sees the same bytes. `extra` headers (`-wss-header`) follow the handshake's own; a
+/// `User-Agent` among them replaces the default one.
+pub fn upgrade_request(
+    host: &str,
+    path: &str,
+    key: &str,
+    protocol: &str,
+    extra: &[(String, String)],
+) -> String {
+    use std::fmt::Write;
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
         host.to_string()
     };
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Go-http-client/1.1\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {protocol}\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n\r\n"
-    )
+    let agent = extra
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+        .map_or("Go-http-client/1.1", |(_, v)| v.as_str());
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {protocol}\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+    );
+    for (name, value) in extra {
+        if !name.eq_ignore_ascii_case("user-agent") {
+            let _ = write!(req, "{name}: {value}\r\n");
+        }
+    }
+    req.push_str("\r\n");
+    req
 }
 
 /// A fresh random `Sec-WebSocket-Key`.
@@ -58,9 +77,10 @@ pub async fn client<S: Io>(
     host: &str,
     path: &str,
     protocol: &str,
+    extra: &[(String, String)],
 ) -> io::Result<(WsStream<S>, Option<String>)> {
     let key = new_key()?;
-    io.write_all(upgrade_request(host, path, &key, protocol).as_bytes())
+    io.write_all(upgrade_request(host, path, &key, protocol, extra).as_bytes())
         .await?;
     io.flush().await?;
     let mut head = Vec::with_capacity(1024);
@@ -147,7 +167,13 @@ mod tests {
 
     #[test]
     fn request_matches_the_original_client_byte_for_byte() {
-        let req = upgrade_request("example.com", "/ws", "dGhlIHNhbXBsZSBub25jZQ==", "smux_off");
+        let req = upgrade_request(
+            "example.com",
+            "/ws",
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "smux_off",
+            &[],
+        );
         assert_eq!(
             req,
             "GET /ws HTTP/1.1\r\n\
@@ -159,6 +185,16 @@ mod tests {
              Sec-WebSocket-Version: 13\r\n\
              Upgrade: websocket\r\n\r\n"
         );
-        assert!(upgrade_request("::1", "/", "k", "smux_off").contains("Host: [::1]\r\n"));
+        assert!(upgrade_request("::1", "/", "k", "smux_off", &[]).contains("Host: [::1]\r\n"));
+        let extra = [
+            ("X-Token".to_string(), "abc".to_string()),
+            ("User-Agent".to_string(), "curl/8".to_string()),
+        ];
+        let req = upgrade_request("cdn.example", "/", "k", "smux_off", &extra);
+        assert!(req.contains("User-Agent: curl/8\r\n") && !req.contains("Go-http-client"));
+        assert!(
+            req.ends_with("Upgrade: websocket\r\nX-Token: abc\r\n\r\n"),
+            "{req}"
+        );
     }
 }

@@ -1,0 +1,219 @@
+//! Life behind CDNs: the client's upgrade request as a CDN sees it (`-wss-host`,
+//! `-wss-header`), and early data (`-wss-path …?ed=N`, as Xray sends it) captured byte for
+//! byte and carried end to end through an mtt server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::*;
+
+/// What a capturing WebSocket server saw: the SNI and the request head.
+struct Seen {
+    sni: Option<String>,
+    head: String,
+    /// When the request head arrived, measured from when the client accepted its application.
+    at: Instant,
+}
+
+/// A TLS server (self-signed for 127.0.0.1) that records the first request head it gets and
+/// answers 404. Returns its address, its pin, and where the capture arrives.
+async fn capture() -> (SocketAddr, String, tokio::sync::oneshot::Receiver<Seen>) {
+    let ss = mtt::transport::cert::self_signed(Some("127.0.0.1")).expect("cert");
+    let pin = ss.cert_key.fingerprint();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(ss.cert_key.chain, ss.cert_key.key)
+    .expect("config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("accept");
+        let mut tls = acceptor.accept(tcp).await.expect("tls");
+        let sni = tls.get_ref().1.server_name().map(str::to_string);
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tls.read_exact(&mut b).await.is_err() {
+                break;
+            }
+            head.push(b[0]);
+        }
+        let at = Instant::now();
+        let _ = tls
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            .await;
+        let _ = tx.send(Seen {
+            sni,
+            head: String::from_utf8_lossy(&head).into_owned(),
+            at,
+        });
+    });
+    (addr, pin, rx)
+}
+
+/// `mtt client -n tunnel.test -wss …` pinned to the capture's certificate.
+fn client(server: SocketAddr, pin: &str, extra: &[&str]) -> Proc {
+    let server = server.to_string();
+    let mut args = vec![
+        "client",
+        "-b",
+        "127.0.0.1:0",
+        "-s",
+        &server,
+        "-n",
+        "tunnel.test",
+        "-cert-sha256",
+        pin,
+        "-wss",
+    ];
+    args.extend_from_slice(extra);
+    Proc::spawn(&mtt_bin(), &args)
+}
+
+/// `-wss-host` and `-wss-header` shape the upgrade exactly as asked; the SNI stays `-n`; the
+/// rest of the request is the original client's.
+#[tokio::test]
+async fn the_upgrade_carries_the_host_and_headers_asked_for() {
+    bounded(async {
+        let (addr, pin, seen) = capture().await;
+        let mut c = client(
+            addr,
+            &pin,
+            &[
+                "-wss-path",
+                "/ws",
+                "-wss-host",
+                "cdn.example.net",
+                "-wss-header",
+                "X-Token: abc 123",
+                "-wss-header",
+                "User-Agent: Mozilla/5.0",
+            ],
+        );
+        let local = c.listening_addr().await;
+        let _app = TcpStream::connect(local).await.expect("connect");
+        let seen = seen.await.expect("captured");
+        assert_eq!(seen.sni.as_deref(), Some("tunnel.test"));
+        let lines: Vec<&str> = seen.head.split("\r\n").collect();
+        assert_eq!(lines[0], "GET /ws HTTP/1.1");
+        assert_eq!(lines[1], "Host: cdn.example.net");
+        assert_eq!(lines[2], "User-Agent: Mozilla/5.0");
+        assert_eq!(lines[3], "Connection: Upgrade");
+        assert!(lines[4].starts_with("Sec-WebSocket-Key: "));
+        assert_eq!(lines[5], "Sec-WebSocket-Protocol: smux_off");
+        assert_eq!(lines[6], "Sec-WebSocket-Version: 13");
+        assert_eq!(lines[7], "Upgrade: websocket");
+        assert_eq!(lines[8], "X-Token: abc 123");
+        assert_eq!(lines[9..], ["", ""]);
+    })
+    .await
+}
+
+/// With `?ed=2048` a first write of up to 2048 bytes rides the upgrade, base64url without
+/// padding in `Sec-WebSocket-Protocol`, and `?ed=` itself is not sent.
+#[tokio::test]
+async fn early_data_rides_the_upgrade_request() {
+    bounded(async {
+        let (addr, pin, seen) = capture().await;
+        let mut c = client(addr, &pin, &["-wss-path", "/ws?ed=2048"]);
+        let local = c.listening_addr().await;
+        let mut app = TcpStream::connect(local).await.expect("connect");
+        let first: Vec<u8> = (0..=255u8).cycle().take(2000).collect();
+        app.write_all(&first).await.expect("write");
+        let seen = seen.await.expect("captured");
+        use base64::Engine;
+        let want = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&first);
+        assert!(
+            seen.head.starts_with("GET /ws HTTP/1.1\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(
+            seen.head
+                .contains(&format!("\r\nSec-WebSocket-Protocol: {want}\r\n")),
+            "{}",
+            seen.head
+        );
+        assert!(!seen.head.contains("ed="));
+    })
+    .await
+}
+
+/// A client with early data that writes nothing is upgraded after the bounded wait (100 ms),
+/// with its ordinary subprotocol.
+#[tokio::test]
+async fn a_silent_application_is_upgraded_after_the_bounded_wait() {
+    bounded(async {
+        let (addr, pin, seen) = capture().await;
+        let mut c = client(addr, &pin, &["-wss-path", "/ws?ed=512"]);
+        let local = c.listening_addr().await;
+        let start = Instant::now();
+        let _app = TcpStream::connect(local).await.expect("connect");
+        let seen = seen.await.expect("captured");
+        let waited = seen.at - start;
+        assert!(
+            seen.head
+                .contains("\r\nSec-WebSocket-Protocol: smux_off\r\n"),
+            "{}",
+            seen.head
+        );
+        assert!(
+            waited >= Duration::from_millis(90),
+            "upgraded after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "upgraded after {waited:?}");
+    })
+    .await
+}
+
+/// Early data end to end through an mtt server: a destination that answers only once it has
+/// its first bytes gets them at once; a first write larger than N follows the upgrade
+/// whole; a server-speaks-first destination is heard by a client that writes nothing.
+#[tokio::test]
+async fn early_data_is_carried_end_to_end() {
+    bounded(async {
+        let echo = echo_server().await;
+        let mut server = Proc::server(&echo.to_string(), &["-wss", "-wss-path", "/ws"]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut c = Proc::client(&addr, &pin, &["-wss", "-wss-path", "/ws?ed=1024"]);
+        let local = c.listening_addr().await;
+        // Small first write (rides the upgrade), then more, hashed both ways.
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let first = random_bytes(700, 3);
+        s.write_all(&first).await.expect("write");
+        let mut back = vec![0u8; first.len()];
+        s.read_exact(&mut back)
+            .await
+            .expect("echo of the early data");
+        assert_eq!(back, first);
+        echo_over(s, &random_bytes(1 << 20, 4)).await;
+        // A first write larger than N (64 KiB chunks) is not truncated.
+        echo_roundtrip(local, &random_bytes(300_000, 5)).await;
+
+        // Server speaks first: a banner reaches a client that never writes.
+        let banner = serve_dest(|mut s| async move { s.write_all(b"220 ready\r\n").await }).await;
+        let mut server2 = Proc::server(&banner.to_string(), &["-wss"]);
+        let pin2 = server2.pin().await;
+        let addr2 = server2.listening_addr().await.to_string();
+        let mut c2 = Proc::client(&addr2, &pin2, &["-wss", "-wss-path", "/?ed=2048"]);
+        let local2 = c2.listening_addr().await;
+        let mut s2 = TcpStream::connect(local2).await.expect("connect");
+        let mut got = [0u8; 11];
+        s2.read_exact(&mut got).await.expect("banner");
+        assert_eq!(&got, b"220 ready\r\n");
+    })
+    .await
+}
