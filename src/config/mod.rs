@@ -382,7 +382,7 @@ impl ClientConfig {
         if !headers.is_empty() && !a.wss {
             log::warn!("-wss-header is not used without -wss");
         }
-        let ws = a.wss.then(|| WsClientOptions {
+        let ws = a.wss.then_some(WsClientOptions {
             path,
             host,
             headers,

@@ -70,6 +70,10 @@ pub struct HttpServer<O> {
 
 type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>, Vec<u8>)>>>;
 
+/// An accepted upgrade: the 101 response, the upgrade to come, what the tunnel carries and
+/// the early data that rode the request.
+type Accepted = (Response<Body>, hyper::upgrade::OnUpgrade, Carry, Vec<u8>);
+
 /// What an upgrade request asked for: what the tunnel carries, its path and owner.
 pub struct Upgrade<O> {
     /// One stream, or a session.
@@ -187,7 +191,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         &self,
         req: &mut Request<Incoming>,
         id: &str,
-    ) -> Result<(Response<Body>, hyper::upgrade::OnUpgrade, Carry, Vec<u8>), Response<Body>> {
+    ) -> Result<Accepted, Response<Body>> {
         let h = req.headers();
         let refuse = |status: StatusCode, why: &str| {
             log::info!("{id}: WebSocket upgrade refused ({status}): {why}");
