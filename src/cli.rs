@@ -173,6 +173,15 @@ pub struct ServerArgs {
     /// a UDP association with no datagram either way for this long is closed (default 60s)
     #[argh(option)]
     pub udp_timeout: Option<String>,
+    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: Forwarded, X-Forwarded-For, X-Real-IP, or a PROXY header with -accept-proxy-protocol
+    #[argh(option, arg_name = "cidr[,cidr]")]
+    pub trusted_proxy: Option<String>,
+    /// connections from -trusted-proxy addresses start with a PROXY v1/v2 header (haproxy send-proxy, load balancers)
+    #[argh(switch)]
+    pub accept_proxy_protocol: bool,
+    /// send the destination a PROXY v2 header with the client's address before the first byte
+    #[argh(switch)]
+    pub proxy_protocol: bool,
     /// serve Prometheus metrics at http://ADDR/metrics
     #[argh(option, arg_name = "host:port")]
     pub metrics: Option<String>,
@@ -269,6 +278,15 @@ pub struct MuServerArgs {
     /// a UDP association with no datagram either way for this long is closed (default 60s)
     #[argh(option)]
     pub udp_timeout: Option<String>,
+    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: Forwarded, X-Forwarded-For, X-Real-IP, or a PROXY header with -accept-proxy-protocol
+    #[argh(option, arg_name = "cidr[,cidr]")]
+    pub trusted_proxy: Option<String>,
+    /// connections from -trusted-proxy addresses start with a PROXY v1/v2 header (haproxy send-proxy, load balancers)
+    #[argh(switch)]
+    pub accept_proxy_protocol: bool,
+    /// send the destination a PROXY v2 header with the client's address before the first byte
+    #[argh(switch)]
+    pub proxy_protocol: bool,
     /// refuse connections beyond this many at once (default 0: no limit)
     #[argh(option)]
     pub max_conns: Option<String>,

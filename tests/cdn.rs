@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,6 +215,210 @@ async fn early_data_is_carried_end_to_end() {
         let mut got = [0u8; 11];
         s2.read_exact(&mut got).await.expect("banner");
         assert_eq!(&got, b"220 ready\r\n");
+    })
+    .await
+}
+
+/// A destination that expects a PROXY v2 header (parsed with the proxy-header crate), reports
+/// the client address and user path it names, then echoes.
+async fn proxy_dest() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(SocketAddr, Option<String>)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve_dest(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            let (src, path, used) = loop {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                match proxy_header::ProxyHeader::parse(&buf, Default::default()) {
+                    Ok((h, used)) => {
+                        let src = h.proxied_address().expect("proxied").source;
+                        let path = h.tlvs().find_map(|t| match t {
+                            Ok(proxy_header::Tlv::Custom(0xE0, v)) => {
+                                Some(String::from_utf8_lossy(&v).into_owned())
+                            }
+                            _ => None,
+                        });
+                        break (src, path, used);
+                    }
+                    Err(proxy_header::Error::BufferTooShort) => continue,
+                    Err(e) => panic!("the destination got no PROXY v2 header: {e}"),
+                }
+            };
+            let _ = tx.send((src, path));
+            s.write_all(&buf[used..]).await?;
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+            w.shutdown().await
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// The loopback address a trusted proxy connects from in these tests (clients use 127.0.0.1).
+const PROXY_IP: &str = "127.0.0.3";
+
+/// nginx in front (TLS ended there, `X-Forwarded-For` appended, connecting from 127.0.0.3):
+/// a server trusting 127.0.0.3 logs the client's own address and hands it to the destination
+/// in a PROXY v2 header; one that does not trust it sees nginx; a client's forged
+/// `X-Forwarded-For` is never believed.
+#[tokio::test]
+async fn forwarding_headers_of_a_trusted_proxy_name_the_client() {
+    bounded(async {
+        let (dest, mut seen) = proxy_dest().await;
+        let dest_s = dest.to_string();
+        let start = |trust: &'static str| {
+            let dest_s = dest_s.clone();
+            async move {
+                let mut s = Proc::spawn(
+                    &mtt_bin(),
+                    &[
+                        "server", "-b", "127.0.0.1:0", "-d", &dest_s, "-wss", "-disable-tls",
+                        "-trusted-proxy", trust, "-proxy-protocol", "-verbose",
+                    ],
+                );
+                let addr = s.listening_addr().await;
+                (s, addr)
+            }
+        };
+        let (mut trusting, trusting_addr) = start(PROXY_IP).await;
+        let (_other, other_addr) = start("127.0.0.9/32").await;
+        let (_dir, cert, key, pin) = self_signed_files("127.0.0.1");
+        let port = free_port();
+        let location = |path: &str, to: SocketAddr| {
+            format!(
+                "location {path} {{ proxy_pass http://{to}/; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_bind {PROXY_IP}; }}"
+            )
+        };
+        let _nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} {} }}",
+                path_str(&cert),
+                path_str(&key),
+                location("/trusting", trusting_addr),
+                location("/other", other_addr),
+            ),
+            port,
+        )
+        .await;
+        let nginx = format!("127.0.0.1:{port}");
+        for (path, want, forged) in [
+            ("/trusting", "127.0.0.1", false),
+            ("/other", PROXY_IP, false),
+            ("/trusting", "127.0.0.1", true),
+        ] {
+            let mut extra = vec!["-wss", "-wss-path", path];
+            if forged {
+                extra.extend_from_slice(&["-wss-header", "X-Forwarded-For: 198.51.100.1"]);
+            }
+            let mut c = Proc::client(&nginx, &pin, &extra);
+            let local = c.listening_addr().await;
+            echo_roundtrip(local, &random_bytes(100_000, 7)).await;
+            let (src, path_tlv) = seen.recv().await.expect("a header");
+            assert_eq!(src.ip().to_string(), want, "{path} forged={forged}");
+            assert_eq!(path_tlv, None, "the server sends no user path");
+        }
+        let line = trusting.wait_line("127.0.0.1 via 127.0.0.3:").await;
+        assert!(line.contains("accepted") || line.contains("relaying"), "{line}");
+    })
+    .await
+}
+
+/// haproxy in front in TCP mode with `send-proxy-v2`: a server with
+/// `-accept-proxy-protocol` trusting it takes the client's address and port from the header
+/// (TLS follows it); a direct client, not trusted, is served without one.
+#[tokio::test]
+async fn a_proxy_header_from_a_trusted_proxy_names_the_client() {
+    bounded(async {
+        let (dest, mut seen) = proxy_dest().await;
+        let port = free_port();
+        let mut server = Proc::server(
+            &dest.to_string(),
+            &[
+                "-trusted-proxy",
+                PROXY_IP,
+                "-accept-proxy-protocol",
+                "-proxy-protocol",
+                "-b",
+                &format!("127.0.0.1:{port}"),
+            ],
+        );
+        let pin = server.pin().await;
+        server.listening_addr().await;
+        let front = free_port();
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\nfrontend f\n  bind 127.0.0.1:{front}\n  default_backend b\nbackend b\n  server s 127.0.0.1:{port} send-proxy-v2 source {PROXY_IP}\n"
+            ),
+        )
+        .expect("write haproxy.cfg");
+        let haproxy = Proc::spawn(Path::new("haproxy"), &["-db", "-f", &path_str(&cfg)]);
+        wait_listening(format!("127.0.0.1:{front}").parse().expect("addr")).await;
+
+        let mut c = Proc::client(&format!("127.0.0.1:{front}"), &pin, &[]);
+        let local = c.listening_addr().await;
+        let app = TcpStream::connect(local).await.expect("connect");
+        let app_port = app.local_addr().expect("addr").port();
+        echo_over(app, &random_bytes(200_000, 8)).await;
+        let (src, _) = seen.recv().await.expect("header");
+        assert_eq!(src.ip().to_string(), "127.0.0.1");
+        assert_ne!(src.port(), 0, "the PROXY header carries the client's port");
+        assert_ne!(src.port(), app_port, "the mtt client's port, not the application's");
+
+        let mut direct = Proc::client(&format!("127.0.0.1:{port}"), &pin, &[]);
+        let local = direct.listening_addr().await;
+        echo_roundtrip(local, &random_bytes(50_000, 9)).await;
+        let (src, _) = seen.recv().await.expect("header");
+        assert_eq!(src.ip().to_string(), "127.0.0.1");
+        haproxy.signal("TERM");
+    })
+    .await
+}
+
+/// The mu-server's PROXY v2 header names the user's path in TLV 0xE0.
+#[tokio::test]
+async fn the_mu_server_names_the_user_in_its_proxy_header() {
+    bounded(async {
+        let (dest, mut seen) = proxy_dest().await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let users = dir.path().join("users.json");
+        std::fs::write(&users, format!(r#"[{{"path":"/alice","dst":"{dest}"}}]"#)).expect("users");
+        let mut mu = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                "t",
+                "-n",
+                "127.0.0.1",
+                "-users-file",
+                &path_str(&users),
+                "-proxy-protocol",
+            ],
+        );
+        let pin = mu.pin().await;
+        let data = mu.listening_addr().await.to_string();
+        let mut c = Proc::client(&data, &pin, &["-wss", "-wss-path", "/alice"]);
+        let local = c.listening_addr().await;
+        echo_roundtrip(local, &random_bytes(100_000, 10)).await;
+        let (src, path) = seen.recv().await.expect("header");
+        assert_eq!(src.ip().to_string(), "127.0.0.1");
+        assert_eq!(path.as_deref(), Some("/alice"));
     })
     .await
 }

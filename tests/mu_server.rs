@@ -34,6 +34,8 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         token_file: std::path::PathBuf::from("unused.token"),
         users_file,
         users_redis: None,
+        trusted: Default::default(),
+        proxy_protocol: false,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
         mux: false,

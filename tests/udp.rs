@@ -425,6 +425,8 @@ fn mu_config() -> mtt::config::MuServerConfig {
         token_file: std::path::PathBuf::from("unused.token"),
         users_file: None,
         users_redis: None,
+        trusted: Default::default(),
+        proxy_protocol: false,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
         mux: false,

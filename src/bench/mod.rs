@@ -189,9 +189,11 @@ async fn start_tunnel(
 ) -> Result<SocketAddr> {
     let ws = mode.ws();
     let server = Server::new(ServerConfig {
+        proxy_protocol: false,
         listen: crate::config::Listen::Tcp(HostPort::parse("b", "127.0.0.1:0", true)?),
         dest: HostPort::parse("d", &dest.to_string(), false)?,
         accept: AcceptOptions {
+            trusted: Default::default(),
             tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
             ws: ws.then(|| WsServerOptions {
                 path: PathMatch::new("/bench"),

@@ -13,6 +13,7 @@ use crate::transport::options::{
     Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
     normalize_path,
 };
+use crate::transport::origin::Trusted;
 use crate::transport::{fingerprint, mux};
 use crate::{Error, Result};
 
@@ -103,6 +104,25 @@ pub struct ServerConfig {
     pub timeout: Duration,
     /// Idle timeout of a UDP association (`-udp-timeout`; UDP itself is `accept.udp`).
     pub udp_timeout: Duration,
+    /// Send the destination a PROXY v2 header (`-proxy-protocol`).
+    pub proxy_protocol: bool,
+}
+
+/// `-trusted-proxy` and `-accept-proxy-protocol`.
+pub(crate) fn trusted(list: &Option<String>, accept_header: bool) -> Result<Trusted> {
+    let nets = match list.as_deref().filter(|s| !s.is_empty()) {
+        None => Vec::new(),
+        Some(l) => Trusted::parse(l).map_err(|e| Error::usage(format!("-trusted-proxy: {e}")))?,
+    };
+    if accept_header && nets.is_empty() {
+        return Err(Error::usage(
+            "-accept-proxy-protocol needs -trusted-proxy: a PROXY header is believed only from the proxies named there (e.g. -trusted-proxy 10.0.0.5)",
+        ));
+    }
+    Ok(Trusted {
+        nets,
+        proxy_protocol: accept_header,
+    })
 }
 
 fn required<'a>(flag: &str, v: &'a Option<String>, what: &str) -> Result<&'a str> {
@@ -486,6 +506,7 @@ impl ServerConfig {
                 timeouts: timeouts(&a.handshake_timeout)?,
                 session_idle: timeout,
                 udp: a.udp,
+                trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,
             },
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
@@ -493,6 +514,7 @@ impl ServerConfig {
             max_conns: max_conns(&a.max_conns)?,
             timeout,
             udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
+            proxy_protocol: a.proxy_protocol,
         })
     }
 }

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    AcmeFlags, Listen, cert_source, drain, max_conns, server_listen, timeout, timeouts, udp_timeout,
+    AcmeFlags, Listen, cert_source, drain, max_conns, server_listen, timeout, timeouts, trusted,
+    udp_timeout,
 };
 use crate::addr::HostPort;
 use crate::cli::MuServerArgs;
 use crate::transport::options::{CertSource, Timeouts};
+use crate::transport::origin::Trusted;
 use crate::users::redis::RedisOptions;
 use crate::{Error, Result};
 
@@ -56,6 +58,10 @@ pub struct MuServerConfig {
     pub udp: bool,
     /// Idle timeout of a UDP association (`-udp-timeout`).
     pub udp_timeout: Duration,
+    /// Proxies believed about the client behind them.
+    pub trusted: Trusted,
+    /// Send destinations a PROXY v2 header with the client and the user's path.
+    pub proxy_protocol: bool,
 }
 
 fn is_loopback(h: &HostPort) -> bool {
@@ -181,6 +187,8 @@ impl MuServerConfig {
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
             udp: a.udp,
             udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
+            trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,
+            proxy_protocol: a.proxy_protocol,
         })
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct Destinations {
     pub connect: Duration,
     /// Idle timeout of a relay.
     pub idle: Duration,
+    /// Send each destination a PROXY v2 header first (`-proxy-protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Destinations {
@@ -50,6 +52,22 @@ impl Destinations {
                 return None;
             }
         };
+        if self.proxy_protocol {
+            use tokio::io::AsyncWriteExt;
+            let header = match (id.client, id.local) {
+                (Some(client), Some(local)) => crate::transport::origin::v2_header(
+                    client,
+                    local,
+                    user.map(|u| u.path.as_str()),
+                ),
+                _ => crate::transport::origin::v2_local(),
+            };
+            if let Err(e) = out.write_all(&header).await {
+                crate::metrics::get().fail(Failure::Destination);
+                log::warn!("{id}: PROXY header to destination {dest}: {e}");
+                return None;
+            }
+        }
         log::debug!("{id}: relaying to {dest}");
         let counted = Counted(user);
         let relayed = relay(&mut tunnel, &mut out, self.idle, &counted);

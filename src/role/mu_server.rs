@@ -72,8 +72,10 @@ impl MuServer {
             timeouts: cfg.timeouts,
             session_idle: cfg.timeout,
             udp: cfg.udp,
+            trusted: cfg.trusted.clone(),
         })?;
         let out = Destinations {
+            proxy_protocol: cfg.proxy_protocol,
             dial: tcp::DialOpts::default(),
             connect: cfg.timeouts.connect,
             idle: cfg.timeout,

@@ -23,6 +23,7 @@ impl Server {
     pub fn new(cfg: ServerConfig) -> Result<Self> {
         let acceptor = Acceptor::new(&cfg.accept)?;
         let out = Destinations {
+            proxy_protocol: cfg.proxy_protocol,
             dial: tcp::DialOpts {
                 dns: cfg
                     .fallback_dns

@@ -66,6 +66,8 @@ pub struct HttpServer<O> {
     pub timeouts: Timeouts,
     /// Whether tunnels may carry datagrams (`-udp`).
     pub udp: bool,
+    /// Proxies whose forwarding headers name the client (`-trusted-proxy`).
+    pub trusted: super::origin::Trusted,
 }
 
 type Slot<O> = Arc<Mutex<Option<(hyper::upgrade::OnUpgrade, Upgrade<O>, Vec<u8>)>>>;
@@ -82,6 +84,8 @@ pub struct Upgrade<O> {
     pub path: String,
     /// The path's owner, when routed.
     pub owner: Option<O>,
+    /// The client a trusted proxy's forwarding headers named, if they did.
+    pub client: Option<IpAddr>,
 }
 
 /// The largest early data accepted in an upgrade request (Xray's `?ed=`), decoded.
@@ -167,6 +171,9 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         id: &str,
         peer: Option<IpAddr>,
     ) -> Response<Body> {
+        // Behind a trusted proxy, the client its forwarding headers name.
+        let peer = peer.map(|p| super::origin::from_headers(req.headers(), p, &self.trusted));
+        let client = peer.filter(|_| !self.trusted.nets.is_empty());
         let headers = req.headers();
         let wants_ws = has_token(headers, "upgrade", "websocket");
         if wants_ws && let Some(owner) = self.path.route(req.uri().path()) {
@@ -174,7 +181,13 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             return match self.upgrade(&mut req, id) {
                 Ok((resp, on_upgrade, carry, early)) => {
                     if let Ok(mut s) = slot.lock() {
-                        *s = Some((on_upgrade, Upgrade { carry, path, owner }, early));
+                        let up = Upgrade {
+                            carry,
+                            path,
+                            owner,
+                            client,
+                        };
+                        *s = Some((on_upgrade, up, early));
                     }
                     resp
                 }
@@ -187,11 +200,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
 
     /// Checks an upgrade request on the tunnel path and builds the 101 response.
     #[allow(clippy::result_large_err)]
-    fn upgrade(
-        &self,
-        req: &mut Request<Incoming>,
-        id: &str,
-    ) -> Result<Accepted, Response<Body>> {
+    fn upgrade(&self, req: &mut Request<Incoming>, id: &str) -> Result<Accepted, Response<Body>> {
         let h = req.headers();
         let refuse = |status: StatusCode, why: &str| {
             log::info!("{id}: WebSocket upgrade refused ({status}): {why}");

@@ -17,6 +17,7 @@ pub mod io;
 pub mod listen;
 pub mod mux;
 pub mod options;
+pub mod origin;
 pub mod pool;
 pub mod protect;
 pub mod relay;

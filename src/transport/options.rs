@@ -229,4 +229,7 @@ pub struct AcceptOptions<O> {
     pub session_idle: Duration,
     /// Whether tunnels may carry datagrams (`-udp`).
     pub udp: bool,
+    /// Proxies believed about the client behind them (`-trusted-proxy`,
+    /// `-accept-proxy-protocol`).
+    pub trusted: super::origin::Trusted,
 }

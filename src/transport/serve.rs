@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -27,8 +28,14 @@ pub struct Limits {
 pub struct ConnId {
     /// Sequence number within the process.
     pub id: u64,
-    /// Peer address, and the stream number within a multiplexed session.
+    /// Peer address (the real client's, behind a trusted proxy), and the stream number within
+    /// a multiplexed session.
     pub peer: String,
+    /// The client's address: the TCP peer, or who a trusted proxy said it is (port 0 when
+    /// the proxy named no port). `None` on a Unix socket.
+    pub client: Option<SocketAddr>,
+    /// The address the client reached (our listener's).
+    pub local: Option<SocketAddr>,
 }
 
 impl ConnId {
@@ -37,7 +44,23 @@ impl ConnId {
         ConnId {
             id: self.id,
             peer: format!("{}/{n}", self.peer),
+            client: self.client,
+            local: self.local,
         }
+    }
+
+    /// Takes `client` as the real client, behind the peer seen so far (a trusted proxy).
+    pub fn behind_proxy(&mut self, client: SocketAddr) {
+        if self.client == Some(client) {
+            return;
+        }
+        let shown = if client.port() == 0 {
+            client.ip().to_string()
+        } else {
+            client.to_string()
+        };
+        self.peer = format!("{shown} via {}", self.peer);
+        self.client = Some(client);
     }
 }
 
@@ -73,9 +96,15 @@ pub async fn accept_loop<F, Fut>(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let local = match &stream {
+                    tokio_util::either::Either::Left(tcp) => tcp.local_addr().ok(),
+                    tokio_util::either::Either::Right(_) => None,
+                };
                 let id = ConnId {
                     id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    client: peer.parse().ok(),
                     peer,
+                    local,
                 };
                 if limits.max_conns > 0 && conns.load(Ordering::Acquire) >= limits.max_conns {
                     // Closing at once is the clean refusal: the peer sees EOF, nothing hangs.

@@ -138,9 +138,11 @@ pub struct Running {
 
 pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duration) -> ServerConfig {
     ServerConfig {
+        proxy_protocol: false,
         listen: Listen::Tcp(hp("127.0.0.1:0")),
         dest: hp(dest),
         accept: AcceptOptions {
+            trusted: Default::default(),
             tls,
             ws: None,
             mux: false,

@@ -54,6 +54,10 @@ pub struct Acceptor<O = ()> {
     sniff: bool,
     /// Whether tunnels may carry datagrams (`-udp`).
     udp: bool,
+    /// Proxies believed about the client behind them.
+    trusted: super::origin::Trusted,
+    /// How long a PROXY header from a trusted proxy may take.
+    handshake: std::time::Duration,
 }
 
 /// Set once a refused UDP tunnel has been logged.
@@ -69,6 +73,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 default_mux: opts.mux,
                 timeouts: opts.timeouts,
                 udp: opts.udp,
+                trusted: opts.trusted.clone(),
             })
         });
         let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
@@ -101,6 +106,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             },
             sniff: opts.ws.is_none(),
             udp: opts.udp,
+            trusted: opts.trusted.clone(),
+            handshake: opts.timeouts.handshake,
         })
     }
 
@@ -179,9 +186,31 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     {
         let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
-        // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
-        let layered = Box::pin(self.layers(conn, &id)).await;
+        let mut id = id;
         let m = crate::metrics::get();
+        // A trusted TLS-passthrough proxy says first who its client is (PROXY v1/v2).
+        let from_proxy =
+            self.trusted.proxy_protocol && id.client.is_some_and(|c| self.trusted.trusts(c.ip()));
+        // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
+        let layered = if from_proxy {
+            let mut conn = conn;
+            match super::origin::read_header(&mut conn, self.handshake).await {
+                Ok((client, rest)) => {
+                    if let Some(c) = client {
+                        id.behind_proxy(c);
+                    }
+                    let io: BoxIo = Box::new(sniff::Rewind::new(conn, &rest));
+                    Box::pin(self.layers(io, &id)).await
+                }
+                Err(e) => {
+                    m.fail(Failure::Handshake);
+                    log::warn!("{id}: {e}");
+                    return;
+                }
+            }
+        } else {
+            Box::pin(self.layers(conn, &id)).await
+        };
         let (io, up) = match layered {
             Ok(Some(x)) => x,
             // Ordinary HTTP requests were answered, or the client left.
@@ -194,6 +223,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         };
         if self.tls.is_some() || self.http.is_some() || self.mux {
             m.handshake_took(start.elapsed());
+        }
+        // A trusted HTTP proxy's forwarding headers named the client.
+        if let Some(ip) = up.client {
+            id.behind_proxy(std::net::SocketAddr::new(ip, 0));
         }
         match up.carry {
             Carry::Plain => {
@@ -277,10 +310,11 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 carry,
                 path: String::new(),
                 owner: None,
+                client: None,
             };
             return Ok(Some((Box::new(io), up)));
         };
-        let peer = id.peer.parse::<std::net::SocketAddr>().ok().map(|a| a.ip());
+        let peer = id.client.map(|a| a.ip());
         front
             .serve(io, &id.to_string(), peer)
             .await
