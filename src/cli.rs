@@ -101,6 +101,9 @@ pub struct ClientArgs {
     /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
     #[argh(option)]
     pub handshake_timeout: Option<String>,
+    /// keepalive of WebSocket tunnels: a ping this often; a peer silent for two intervals is taken as gone (default 30s; 0: off)
+    #[argh(option, arg_name = "duration")]
+    pub ping: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -194,6 +197,9 @@ pub struct ServerArgs {
     /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
     #[argh(option)]
     pub handshake_timeout: Option<String>,
+    /// keepalive of WebSocket tunnels: a ping this often; a peer silent for two intervals is taken as gone (default 30s; 0: off)
+    #[argh(option, arg_name = "duration")]
+    pub ping: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,
@@ -296,6 +302,9 @@ pub struct MuServerArgs {
     /// how long a TLS handshake, a WebSocket upgrade or an HTTP request head may take (default 10s)
     #[argh(option)]
     pub handshake_timeout: Option<String>,
+    /// keepalive of WebSocket tunnels: a ping this often; a peer silent for two intervals is taken as gone (default 30s; 0: off)
+    #[argh(option, arg_name = "duration")]
+    pub ping: Option<String>,
     /// log every connection
     #[argh(switch)]
     pub verbose: bool,

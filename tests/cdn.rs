@@ -422,3 +422,168 @@ async fn the_mu_server_names_the_user_in_its_proxy_header() {
     })
     .await
 }
+
+/// One tunnel through `client`: says hello, then stays silent for `quiet`, then says bye;
+/// whether the bye came back.
+async fn survives_silence(client: SocketAddr, quiet: Duration) -> bool {
+    let mut s = TcpStream::connect(client).await.expect("connect");
+    let mut b = [0u8; 5];
+    s.write_all(b"hello").await.expect("write");
+    s.read_exact(&mut b).await.expect("hello echoed");
+    tokio::time::sleep(quiet).await;
+    if s.write_all(b"bye!!").await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b)).await,
+        Ok(Ok(_)) if &b == b"bye!!"
+    )
+}
+
+/// nginx in front closes WebSocket connections quiet for 2 s (`proxy_read_timeout`): tunnels
+/// and a multiplexed session silent for 5 s survive with `-ping 500ms` on both ends, and are
+/// closed with `-ping 0` (which is what proves the pings did it).
+#[tokio::test]
+async fn pings_keep_quiet_tunnels_alive_through_a_proxy_idle_timer() {
+    bounded(async {
+        let echo = echo_server().await;
+        let (_dir, cert, key, pin) = self_signed_files("127.0.0.1");
+        let start_server = |ping: &'static str| {
+            let echo = echo.to_string();
+            async move {
+                let mut s = Proc::server(&echo, &["-wss", "-disable-tls", "-ping", ping]);
+                let a = s.listening_addr().await;
+                (s, a)
+            }
+        };
+        let (_with, with_addr) = start_server("500ms").await;
+        let (_without, without_addr) = start_server("0").await;
+        let port = free_port();
+        let location = |path: &str, to: SocketAddr| {
+            format!(
+                "location {path} {{ proxy_pass http://{to}/; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; proxy_read_timeout 2s; proxy_send_timeout 2s; }}"
+            )
+        };
+        let _nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; {} {} }}",
+                path_str(&cert),
+                path_str(&key),
+                location("/with", with_addr),
+                location("/without", without_addr),
+            ),
+            port,
+        )
+        .await;
+        let nginx = format!("127.0.0.1:{port}");
+        let mut clients = Vec::new();
+        for (path, ping, mux) in [
+            ("/with", "500ms", false),
+            ("/with", "500ms", true),
+            ("/without", "0", false),
+            ("/without", "0", true),
+        ] {
+            let mut extra = vec!["-wss", "-wss-path", path, "-ping", ping];
+            if mux {
+                extra.push("-mux");
+            }
+            let mut c = Proc::client(&nginx, &pin, &extra);
+            let local = c.listening_addr().await;
+            clients.push((c, local, ping != "0", mux));
+        }
+        let checks = clients.iter().map(|(_, local, pinged, mux)| async move {
+            let survived = survives_silence(*local, Duration::from_secs(5)).await;
+            assert_eq!(survived, *pinged, "pinged={pinged} mux={mux}");
+        });
+        futures_util::future::join_all(checks).await;
+    })
+    .await
+}
+
+/// A TCP relay the test can freeze: everything on the connections open at that moment stops
+/// moving and nothing is closed (a peer whose packets are all dropped); later connections go
+/// through.
+struct Freezer {
+    addr: SocketAddr,
+    epoch: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+}
+
+impl Freezer {
+    async fn to(target: SocketAddr) -> Freezer {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let epoch = Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let e = epoch.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let f = e.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = f.cancelled() => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        Freezer { addr, epoch }
+    }
+
+    fn freeze(&self) {
+        let mut e = self.epoch.lock().expect("lock");
+        e.cancel();
+        *e = tokio_util::sync::CancellationToken::new();
+    }
+}
+
+/// A server that vanishes (its packets dropped: the relay to it freezes) is noticed by a
+/// client with `-ping 500ms` within about two intervals: the tunnel is closed; a multiplexed
+/// client opens its next stream on a fresh session.
+#[tokio::test]
+async fn a_vanished_server_is_noticed_within_two_pings() {
+    bounded(async {
+        let echo = echo_server().await;
+        let mut server = Proc::server(&echo.to_string(), &["-wss", "-ping", "0"]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await;
+        let relay = Freezer::to(addr).await;
+        let mut c = Proc::client(
+            &relay.addr.to_string(),
+            &pin,
+            &["-wss", "-ping", "500ms", "-verbose"],
+        );
+        let local = c.listening_addr().await;
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let mut b = [0u8; 2];
+        s.write_all(b"hi").await.expect("write");
+        s.read_exact(&mut b).await.expect("echo");
+        relay.freeze();
+        let start = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(5), drain(&mut s)).await;
+        let took = start.elapsed();
+        assert!(
+            ended.is_ok(),
+            "the tunnel to a vanished server was not closed"
+        );
+        assert!(took < Duration::from_secs(3), "noticed after {took:?}");
+        c.wait_line("did not answer WebSocket pings").await;
+
+        // Multiplexed: the session whose server vanished is dropped; the next stream goes to
+        // a fresh session (the server is reachable again through new connections).
+        let mut m = Proc::client(
+            &relay.addr.to_string(),
+            &pin,
+            &["-wss", "-mux", "-ping", "500ms", "-verbose"],
+        );
+        let local = m.listening_addr().await;
+        echo_roundtrip(local, b"first").await;
+        relay.freeze();
+        m.wait_line("did not answer WebSocket pings").await;
+        echo_roundtrip(local, &random_bytes(100_000, 11)).await;
+    })
+    .await
+}

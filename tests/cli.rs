@@ -93,11 +93,24 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
         (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
         (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
         (
-            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-accept-proxy-protocol"],
+            vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-accept-proxy-protocol",
+            ],
             "-accept-proxy-protocol needs -trusted-proxy",
         ),
         (
-            vec!["mu-server", "-b", "127.0.0.1:0", "-trusted-proxy", "10.0.0.0/33"],
+            vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-trusted-proxy",
+                "10.0.0.0/33",
+            ],
             "-trusted-proxy: '10.0.0.0/33' is not an address or CIDR",
         ),
         (

@@ -420,3 +420,41 @@ async fn mu_server_users_take_original_clients_multiplexing() {
     })
     .await;
 }
+
+/// The original's WebSocket (gorilla) answers mtt's pings: with `-ping 200ms` a tunnel quiet
+/// for six intervals goes on, mtt client to original server and original client to mtt
+/// server (a peer that did not answer would be dropped after two).
+#[tokio::test]
+async fn original_peers_answer_our_pings() {
+    bounded(async {
+        let echo = echo_server().await;
+        let quiet_then_echo = |local: SocketAddr| async move {
+            let mut s = TcpStream::connect(local).await.expect("connect");
+            let mut b = [0u8; 4];
+            s.write_all(b"ping").await.expect("write");
+            s.read_exact(&mut b).await.expect("echo");
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            s.write_all(b"pong").await.expect("write after the quiet");
+            s.read_exact(&mut b).await.expect("echo after the quiet");
+            assert_eq!(&b, b"pong");
+        };
+        let (_server, addr, pin, _dir) = go_server(echo, Some("/s")).await;
+        let flags = [
+            "-mux",
+            "-mux-proto",
+            "smux",
+            "-wss",
+            "-wss-path",
+            "/s",
+            "-ping",
+            "200ms",
+        ];
+        let mut client = Proc::client(&addr.to_string(), &pin, &flags);
+        quiet_then_echo(client.listening_addr().await).await;
+
+        let (_mtt, addr) = mtt_server(echo, &["-wss", "-ping", "200ms"]).await;
+        let (_go, local) = go_client(addr, Some("/"), 16).await;
+        quiet_then_echo(local).await;
+    })
+    .await;
+}

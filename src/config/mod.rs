@@ -161,21 +161,32 @@ fn fallback_dns(v: &Option<String>) -> Result<Option<std::net::SocketAddr>> {
     }
 }
 
-/// Validates `-handshake-timeout`.
-fn timeouts(v: &Option<String>) -> Result<Timeouts> {
-    let Some(s) = v else {
-        return Ok(DEFAULT_TIMEOUTS);
-    };
-    let handshake = parse_duration("handshake-timeout", s)?;
-    if handshake.is_zero() {
-        return Err(Error::usage(format!(
-            "-handshake-timeout must be greater than zero, got '{s}'"
-        )));
+/// Validates `-handshake-timeout` and `-ping` (`0` turns pings off; given without `-wss` it
+/// has nothing to ping with, and says so).
+fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool) -> Result<Timeouts> {
+    let mut t = DEFAULT_TIMEOUTS;
+    if let Some(s) = v {
+        t.handshake = parse_duration("handshake-timeout", s)?;
+        if t.handshake.is_zero() {
+            return Err(Error::usage(format!(
+                "-handshake-timeout must be greater than zero, got '{s}'"
+            )));
+        }
     }
-    Ok(Timeouts {
-        handshake,
-        ..DEFAULT_TIMEOUTS
-    })
+    if let Some(s) = ping.as_deref().filter(|s| !s.is_empty()) {
+        let every = if s == "0" {
+            Duration::ZERO
+        } else {
+            parse_duration("ping", s)?
+        };
+        t.ping = (!every.is_zero()).then_some(every);
+        if t.ping.is_some() && !wss {
+            log::warn!(
+                "-ping: plain TLS has nothing to ping with; pings are WebSocket frames (-wss). Plain TLS tunnels and sessions rely on TCP keepalive"
+            );
+        }
+    }
+    Ok(t)
 }
 
 /// Validates a `-wss-path` value and adds the leading `/` users may leave out.
@@ -421,7 +432,7 @@ impl ClientConfig {
                 fast_open: a.fast_open,
                 fallback_dns,
                 protect: None,
-                timeouts: timeouts(&a.handshake_timeout)?,
+                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss)?,
             },
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
@@ -503,7 +514,7 @@ impl ServerConfig {
                 tls,
                 ws,
                 mux: a.mux,
-                timeouts: timeouts(&a.handshake_timeout)?,
+                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss)?,
                 session_idle: timeout,
                 udp: a.udp,
                 trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,

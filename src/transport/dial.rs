@@ -98,7 +98,7 @@ impl Connector {
             ));
         }
         let v2 = chosen.as_deref() == Some(datagram::SUBPROTOCOL_YAMUX2);
-        let mut io: BoxIo = Box::new(stream);
+        let mut io: BoxIo = Box::new(stream.keepalive(self.opts.timeouts.ping));
         if !riding {
             write_first(&mut io, first).await.map_err(|e| {
                 Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e)

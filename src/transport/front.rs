@@ -147,13 +147,14 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             .await
             .map_err(|e| io::Error::other(format!("WebSocket upgrade: {e}")))?;
         // Unwrap hyper's layers when they are ours: the frames then read the transport directly.
+        let ping = self.timeouts.ping;
         let stream: BoxIo = match upgraded.downcast::<TokioIo<S>>() {
-            Ok(parts) => Box::new(WsStream::new(
-                parts.io.into_inner(),
-                Role::Server,
-                &parts.read_buf,
-            )),
-            Err(upgraded) => Box::new(WsStream::new(TokioIo::new(upgraded), Role::Server, &[])),
+            Ok(parts) => Box::new(
+                WsStream::new(parts.io.into_inner(), Role::Server, &parts.read_buf).keepalive(ping),
+            ),
+            Err(upgraded) => {
+                Box::new(WsStream::new(TokioIo::new(upgraded), Role::Server, &[]).keepalive(ping))
+            }
         };
         // Early data comes first on the stream, before anything the frames carry.
         let stream: BoxIo = if early.is_empty() {

@@ -18,13 +18,21 @@ pub struct Timeouts {
     /// A handshake: TLS on both ends, the WebSocket upgrade, a request head of the HTTP front
     /// (`-handshake-timeout`).
     pub handshake: Duration,
+    /// WebSocket keepalive (`-ping`): a ping this often; a peer silent for two intervals is
+    /// gone. `None`: no pings.
+    pub ping: Option<Duration>,
 }
 
 /// The original's 10 s for connects and handshakes.
 pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(10),
     handshake: Duration::from_secs(10),
+    ping: Some(DEFAULT_PING),
 };
+
+/// The default `-ping` of WebSocket tunnels: well inside the idle timers of CDNs and proxies
+/// (Cloudflare about 100 s, nginx's `proxy_read_timeout` 60 s, AWS NLB 350 s).
+pub const DEFAULT_PING: Duration = Duration::from_secs(30);
 
 impl Default for Timeouts {
     fn default() -> Self {

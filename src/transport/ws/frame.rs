@@ -15,7 +15,7 @@ pub(super) const OP_TEXT: u8 = 0x1;
 /// Opcode of binary data frames.
 pub const OP_BINARY: u8 = 0x2;
 pub(super) const OP_CLOSE: u8 = 0x8;
-pub(super) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PING: u8 = 0x9;
 pub(super) const OP_PONG: u8 = 0xA;
 
 /// A parsed frame header.

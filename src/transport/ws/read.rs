@@ -83,6 +83,7 @@ impl<S: Io> WsStream<S> {
                         let mut sub = ReadBuf::new(dst);
                         ready!(Pin::new(&mut this.io).poll_read(cx, &mut sub))?;
                         let n = sub.filled().len();
+                        this.heard = true;
                         if n == 0 {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,

@@ -57,6 +57,17 @@ pub struct WsStream<S> {
     /// An error met after a read had already filled bytes: those bytes are returned first,
     /// the error on the next read (a read that fails must not also deliver data).
     pub(super) read_err: Option<io::Error>,
+    /// Whether anything arrived since the keepalive last looked.
+    pub(super) heard: bool,
+    /// Pings every interval (`-ping`); boxed, so a stream without them stays small.
+    keepalive: Option<Box<Keepalive>>,
+}
+
+/// Pings sent every `every`; a peer silent for two intervals in a row is taken as gone.
+struct Keepalive {
+    every: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    missed: u8,
 }
 
 impl<S: Io> WsStream<S> {
@@ -78,7 +89,55 @@ impl<S: Io> WsStream<S> {
             pong: None,
             masks: Masks::default(),
             read_err: None,
+            heard: false,
+            keepalive: None,
         }
+    }
+
+    /// Sends a ping every `every` (keeping proxies with idle timers from closing a quiet
+    /// connection) and ends the stream with an error once nothing at all has arrived for two
+    /// intervals in a row (a peer that vanished). Pings go out while the stream is read,
+    /// which a relay always does.
+    pub fn keepalive(mut self, every: Option<std::time::Duration>) -> Self {
+        self.keepalive = every.map(|every| {
+            Box::new(Keepalive {
+                every,
+                timer: Box::pin(tokio::time::sleep(every)),
+                missed: 0,
+            })
+        });
+        self
+    }
+
+    /// Sends the pings due; an error when the peer has been silent too long.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(k) = self.keepalive.as_mut() else {
+            return Ok(());
+        };
+        let mut due = false;
+        while k.timer.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut self.heard) {
+                k.missed = 0;
+            } else {
+                k.missed += 1;
+            }
+            if k.missed >= 2 {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the peer did not answer WebSocket pings for {:?}",
+                        k.every * 2
+                    ),
+                ));
+            }
+            let next = tokio::time::Instant::now() + k.every;
+            k.timer.as_mut().reset(next);
+            due = true;
+        }
+        if due && !self.close_sent {
+            self.queue(super::frame::OP_PING, b"mtt")?;
+        }
+        Ok(())
     }
 
     pub(super) fn mask(&mut self) -> io::Result<Option<[u8; 4]>> {
@@ -174,6 +233,7 @@ impl<S: Io> WsStream<S> {
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
         let n = rb.filled().len();
         self.rend += n;
+        self.heard |= n > 0;
         Poll::Ready(Ok(n))
     }
 }
@@ -185,8 +245,11 @@ impl<S: Io> AsyncRead for WsStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Owed pongs go out whenever the stream is polled; waiting for them is not a reason
-        // to stop reading.
+        if let Err(e) = this.poll_keepalive(cx) {
+            return Poll::Ready(Err(e));
+        }
+        // Owed pongs (and pings) go out whenever the stream is polled; waiting for them is
+        // not a reason to stop reading.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
@@ -368,5 +431,42 @@ mod tests {
         let held = server.wend - server.wpos;
         assert!(held <= 2 + 125, "{held} bytes of pongs held");
         drop(writer.await.expect("writer"));
+    }
+
+    /// With keepalive, a quiet stream pings every interval and a peer that answers keeps it
+    /// open for as long as it likes; a peer that answers nothing ends it after two intervals.
+    #[tokio::test(start_paused = true)]
+    async fn keepalive_pings_and_gives_up_on_a_silent_peer() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt;
+        let every = Duration::from_secs(1);
+        let (client_io, server_io) = tokio::io::duplex(1 << 16);
+        let mut client = WsStream::new(client_io, Role::Client, &[]).keepalive(Some(every));
+        let mut server = WsStream::new(server_io, Role::Server, &[]);
+        // The server reads (and so answers pings); the client stays open for 20 intervals.
+        let serving = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let n = server.read(&mut buf).await;
+            (n.map_err(|e| e.kind()), server)
+        });
+        let mut buf = [0u8; 64];
+        let quiet = tokio::time::timeout(every * 20, client.read(&mut buf)).await;
+        assert!(quiet.is_err(), "a peer that answers keeps the stream open");
+        serving.abort();
+
+        // A peer that reads nothing and answers nothing: the stream ends after two intervals.
+        let (client_io, _silent) = tokio::io::duplex(1 << 16);
+        let mut client = WsStream::new(client_io, Role::Client, &[]).keepalive(Some(every));
+        let start = tokio::time::Instant::now();
+        let err = client
+            .read(&mut buf)
+            .await
+            .expect_err("a silent peer ends the stream");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(
+            took >= every * 2 && took <= every * 3,
+            "gave up after {took:?}"
+        );
     }
 }
