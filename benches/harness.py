@@ -43,6 +43,11 @@ CLIENT_ONLY = {
     "smux": ["-mux-proto", "smux"],
     "wss+smux": ["-mux-proto", "smux"],
 }
+# The de-facto SIP003 WebSocket plugin (Debian's shadowsocks-v2ray-plugin), run standalone
+# with SS_* variables, WebSocket over TLS, without and with its multiplexing: the baseline of
+# mtt's wss and wss+mux rows.
+V2RAY = {"v2ray-plugin": "mux=0", "v2ray-plugin+mux": "mux=1"}
+V2RAY_BIN = "ss-v2ray-plugin"
 # The modes of mtt's own multiplexing (and none); smux carries TCP only.
 CORE_MODES = [m for m in MODES if m not in CLIENT_ONLY]
 UDP_MODES = CORE_MODES
@@ -106,6 +111,8 @@ class Tunnel:
             self._stunnel(sp, dest, ctx)
         elif kind == "ss-rust":
             self._ss_rust(sp, dest)
+        elif kind in V2RAY:
+            self._v2ray(sp, dest, ctx, V2RAY[kind])
         else:
             flags = MODES[kind] + (["-udp"] if udp else [])
             server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
@@ -134,8 +141,20 @@ class Tunnel:
         self._start(["sslocal", "-b", f"127.0.0.1:{self.port}", "-s", f"127.0.0.1:{sp}",
                      "--protocol", "tunnel", "-f", dest] + common, self.port, "sslocal")
 
-    def _start(self, cmd, port, what):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def _v2ray(self, sp, dest, ctx, mux):
+        host, port = dest.rsplit(":", 1)
+        tls = f"tls;host=bench.local;cert={ctx.cert}"
+        server = {"SS_REMOTE_HOST": "127.0.0.1", "SS_REMOTE_PORT": str(sp), "SS_LOCAL_HOST": host,
+                  "SS_LOCAL_PORT": port, "SS_PLUGIN_OPTIONS": f"server;{tls};key={ctx.key};{mux}"}
+        client = {"SS_LOCAL_HOST": "127.0.0.1", "SS_LOCAL_PORT": str(self.port),
+                  "SS_REMOTE_HOST": "127.0.0.1", "SS_REMOTE_PORT": str(sp),
+                  "SS_PLUGIN_OPTIONS": f"{tls};{mux}"}
+        self._start([V2RAY_BIN], sp, "v2ray-plugin server", server)
+        self._start([V2RAY_BIN], self.port, "v2ray-plugin client", client)
+
+    def _start(self, cmd, port, what, env=None):
+        full = dict(os.environ, **env) if env else None
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=full)
         self.procs.append(p)
         wait_listening(port, p, what)
 
@@ -382,7 +401,8 @@ def main():
         "kernel": platform.release(),
     }
     log(f"bench: {env}")
-    kinds = ["stunnel"] + list(MODES)
+    v2ray = list(V2RAY) if shutil.which(V2RAY_BIN) else []
+    kinds = ["stunnel"] + v2ray + list(MODES)
     bg = []
     try:
         # Throughput and CPU per GiB.
@@ -526,7 +546,7 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         lines.append(f"| {m['name']} | {m['idle_client']} | {m['idle_server']} "
                      f"| {m['per_client']:.1f} | {m['per_server']:.1f} |")
     mem = {m["name"]: m for m in mem_rows}
-    mtt_mem = [m for n, m in mem.items() if n != "stunnel" and m["main"]]
+    mtt_mem = [m for n, m in mem.items() if n != "stunnel" and n not in V2RAY and m["main"]]
     also_mem = [m for m in mem_rows if not m["main"]]
     targets = [
         ("mtt tls throughput ≥ 1.5× stunnel", single(tls) / single(stunnel), 1.5),
@@ -534,6 +554,15 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         ("mux ≥ 0.8× mtt tls", single(by["mux"]) / single(tls), 0.8),
         ("mtt tls connection rate ≥ 2× stunnel", cby["tls"]["rate"] / cby["stunnel"]["rate"], 2.0),
     ]
+    if "v2ray-plugin" in by:
+        targets += [
+            ("mtt wss throughput ≥ 1× v2ray-plugin", single(by["wss"]) / single(by["v2ray-plugin"]),
+             1.0),
+            ("mtt wss+mux throughput ≥ 1× v2ray-plugin (mux=1)",
+             single(by["wss+mux"]) / single(by["v2ray-plugin+mux"]), 1.0),
+            ("mtt wss connection rate ≥ 1× v2ray-plugin",
+             cby["wss"]["rate"] / cby["v2ray-plugin"]["rate"], 1.0),
+        ]
     lines += ["", "| target | measured | met |", "|---|---:|---|"]
     for name, value, goal in targets:
         lines.append(f"| {name} | {value:.2f}× | {'yes' if value >= goal else 'no'} |")
