@@ -386,9 +386,11 @@ async fn a_proxy_header_from_a_trusted_proxy_names_the_client() {
     .await
 }
 
-/// The mu-server's PROXY v2 header names the user's path in TLV 0xE0.
+/// The mu-server behind nginx (trusted): its PROXY v2 header to a user's destination names
+/// the real client and the user's path (TLV 0xE0), and its per-user view lists the real
+/// client of the live tunnel, not the proxy.
 #[tokio::test]
-async fn the_mu_server_names_the_user_in_its_proxy_header() {
+async fn the_mu_server_names_the_user_and_its_real_client() {
     bounded(async {
         let (dest, mut seen) = proxy_dest().await;
         let dir = tempfile::tempdir().expect("tmp");
@@ -397,28 +399,45 @@ async fn the_mu_server_names_the_user_in_its_proxy_header() {
         let mut mu = Proc::spawn(
             &mtt_bin(),
             &[
-                "mu-server",
-                "-b",
-                "127.0.0.1:0",
-                "-c",
-                "127.0.0.1:0",
-                "-c-token",
-                "t",
-                "-n",
-                "127.0.0.1",
-                "-users-file",
-                &path_str(&users),
-                "-proxy-protocol",
+                "mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-c-token", "t",
+                "-disable-tls", "-users-file", &path_str(&users), "-proxy-protocol",
+                "-trusted-proxy", PROXY_IP,
             ],
         );
-        let pin = mu.pin().await;
-        let data = mu.listening_addr().await.to_string();
-        let mut c = Proc::client(&data, &pin, &["-wss", "-wss-path", "/alice"]);
+        let data = mu.listening_addr().await;
+        let control = mu.addr_after("controller on ").await;
+        let (_certs, cert, key, pin) = self_signed_files("127.0.0.1");
+        let port = free_port();
+        let _nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {}; location / {{ proxy_pass http://{data}; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_bind {PROXY_IP}; }} }}",
+                path_str(&cert),
+                path_str(&key),
+            ),
+            port,
+        )
+        .await;
+        let mut c = Proc::client(
+            &format!("127.0.0.1:{port}"),
+            &pin,
+            &["-wss", "-wss-path", "/alice"],
+        );
         let local = c.listening_addr().await;
-        echo_roundtrip(local, &random_bytes(100_000, 10)).await;
+        let mut live = TcpStream::connect(local).await.expect("connect");
+        let mut b = [0u8; 4];
+        live.write_all(b"ping").await.expect("write");
+        live.read_exact(&mut b).await.expect("echo");
         let (src, path) = seen.recv().await.expect("header");
         assert_eq!(src.ip().to_string(), "127.0.0.1");
         assert_eq!(path.as_deref(), Some("/alice"));
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "-H", "Authorization: Bearer t"])
+            .arg(format!("http://{control}/v1/users"))
+            .bounded_output();
+        let list: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("users JSON");
+        assert_eq!(list[0]["clients"], serde_json::json!(["127.0.0.1"]), "{list}");
+        echo_over(live, &random_bytes(100_000, 10)).await;
     })
     .await
 }

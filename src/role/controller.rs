@@ -304,6 +304,7 @@ impl Controller {
                 serde_json::json!({
                     "path": u.path, "user": user_id(&u.path), "dst": u.dst.to_string(),
                     "connections": live, "bytes_up": up, "bytes_down": down,
+                    "clients": u.clients(),
                 })
             })
             .collect();

@@ -166,7 +166,7 @@ impl MuServer {
             log::warn!("{}: tunnel without a user", tunnel.id);
             return;
         };
-        let _live = user.tunnel();
+        let _live = user.tunnel_from(tunnel.id.client.map(|c| c.ip()));
         log::debug!("{}: user {} → {}", tunnel.id, user.path, user.dst);
         match tunnel.kind {
             Kind::Stream => {

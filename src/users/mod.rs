@@ -31,6 +31,9 @@ pub struct User {
     /// What of `up`/`down` has been added to the fleet's totals (Redis).
     flushed_up: AtomicU64,
     flushed_down: AtomicU64,
+    /// The client addresses of the live tunnels (real ones, behind trusted proxies), with
+    /// how many tunnels each has.
+    clients: std::sync::Mutex<HashMap<std::net::IpAddr, u32>>,
 }
 
 impl User {
@@ -50,6 +53,7 @@ impl User {
             down: AtomicU64::new(0),
             flushed_up: AtomicU64::new(0),
             flushed_down: AtomicU64::new(0),
+            clients: Default::default(),
         })
     }
 
@@ -60,8 +64,27 @@ impl User {
 
     /// Counts a tunnel for as long as the guard lives.
     pub fn tunnel(self: &Arc<Self>) -> LiveGuard {
+        self.tunnel_from(None)
+    }
+
+    /// Counts a tunnel from `client` for as long as the guard lives.
+    pub fn tunnel_from(self: &Arc<Self>, client: Option<std::net::IpAddr>) -> LiveGuard {
         self.live.fetch_add(1, Ordering::Relaxed);
-        LiveGuard(self.clone())
+        if let Some(ip) = client {
+            *self.lock_clients().entry(ip).or_default() += 1;
+        }
+        LiveGuard(self.clone(), client)
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, u32>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The addresses the user's live tunnels come from, sorted.
+    pub fn clients(&self) -> Vec<std::net::IpAddr> {
+        let mut v: Vec<_> = self.lock_clients().keys().copied().collect();
+        v.sort();
+        v
     }
 
     /// Adds bytes the user's tunnels moved (as they move).
@@ -99,11 +122,20 @@ impl User {
 }
 
 /// Keeps a user's live-tunnel count up while it exists.
-pub struct LiveGuard(Arc<User>);
+pub struct LiveGuard(Arc<User>, Option<std::net::IpAddr>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         self.0.live.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.1 {
+            let mut clients = self.0.lock_clients();
+            if let Some(n) = clients.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    clients.remove(&ip);
+                }
+            }
+        }
     }
 }
 
