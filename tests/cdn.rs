@@ -606,3 +606,50 @@ async fn a_vanished_server_is_noticed_within_two_pings() {
     })
     .await
 }
+
+/// Plain TLS multiplexed sessions keep alive with yamux-level keepalive frames: a quiet
+/// tunnel outlives many intervals (also toward a server that sends none, as older mtt
+/// servers); a server that vanishes is noticed within about two intervals and the next
+/// stream goes to a fresh session.
+#[tokio::test]
+async fn plain_multiplexed_sessions_keep_alive_and_notice_a_vanished_server() {
+    bounded(async {
+        let echo = echo_server().await;
+        let quiet = |local: SocketAddr| async move {
+            let mut s = TcpStream::connect(local).await.expect("connect");
+            let mut b = [0u8; 4];
+            s.write_all(b"ping").await.expect("write");
+            s.read_exact(&mut b).await.expect("echo");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            s.write_all(b"pong").await.expect("write after the quiet");
+            s.read_exact(&mut b).await.expect("echo after the quiet");
+            assert_eq!(&b, b"pong");
+        };
+        for server_ping in ["300ms", "0"] {
+            let mut server = Proc::server(&echo.to_string(), &["-mux", "-ping", server_ping]);
+            let pin = server.pin().await;
+            let addr = server.listening_addr().await;
+            let relay = Freezer::to(addr).await;
+            let mut c = Proc::client(
+                &relay.addr.to_string(),
+                &pin,
+                &["-mux", "-ping", "300ms", "-verbose"],
+            );
+            let local = c.listening_addr().await;
+            quiet(local).await;
+            if server_ping == "0" {
+                continue;
+            }
+            relay.freeze();
+            let start = Instant::now();
+            c.wait_line("not even keepalives").await;
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{:?}",
+                start.elapsed()
+            );
+            echo_roundtrip(local, &random_bytes(100_000, 12)).await;
+        }
+    })
+    .await
+}

@@ -163,7 +163,7 @@ fn fallback_dns(v: &Option<String>) -> Result<Option<std::net::SocketAddr>> {
 
 /// Validates `-handshake-timeout` and `-ping` (`0` turns pings off; given without `-wss` it
 /// has nothing to ping with, and says so).
-fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool) -> Result<Timeouts> {
+fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool, mux: bool) -> Result<Timeouts> {
     let mut t = DEFAULT_TIMEOUTS;
     if let Some(s) = v {
         t.handshake = parse_duration("handshake-timeout", s)?;
@@ -180,9 +180,9 @@ fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool) -> Result<Time
             parse_duration("ping", s)?
         };
         t.ping = (!every.is_zero()).then_some(every);
-        if t.ping.is_some() && !wss {
+        if t.ping.is_some() && !wss && !mux {
             log::warn!(
-                "-ping: plain TLS has nothing to ping with; pings are WebSocket frames (-wss). Plain TLS tunnels and sessions rely on TCP keepalive"
+                "-ping: a plain TLS tunnel has nothing to ping with (pings are WebSocket frames with -wss, or yamux keepalive frames with -mux); it relies on TCP keepalive"
             );
         }
     }
@@ -432,7 +432,7 @@ impl ClientConfig {
                 fast_open: a.fast_open,
                 fallback_dns,
                 protect: None,
-                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss)?,
+                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
             },
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
@@ -514,7 +514,7 @@ impl ServerConfig {
                 tls,
                 ws,
                 mux: a.mux,
-                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss)?,
+                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
                 session_idle: timeout,
                 udp: a.udp,
                 trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,

@@ -180,7 +180,7 @@ impl MuServerConfig {
             )?,
             fallback,
             mux: a.mux,
-            timeouts: timeouts(&a.handshake_timeout, &a.ping, true)?,
+            timeouts: timeouts(&a.handshake_timeout, &a.ping, true, a.mux)?,
             fast_open: a.fast_open,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,

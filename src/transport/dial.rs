@@ -160,7 +160,7 @@ impl Dialer {
                 let c = c.clone();
                 Box::pin(async move { c.connect(Kind::Stream).await })
             });
-            mux::MuxPool::new(m.max_streams, m.idle, m.muxing, dial)
+            mux::MuxPool::with_ping(m.max_streams, m.idle, m.muxing, opts.timeouts.ping, dial)
         });
         Ok(Dialer { connector, pool })
     }

@@ -10,22 +10,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// `poll_write_vectored`, so nothing is lost by boxing.
 pub type BoxIo = Box<dyn Io>;
 
-/// Implements `AsyncRead` for a wrapper by forwarding to one of its fields:
-/// `forward_read!(impl[S: Io] Wrapper<S>, inner);`.
-macro_rules! forward_read {
-    (impl[$($g:tt)*] $ty:ty, $field:ident) => {
-        impl<$($g)*> tokio::io::AsyncRead for $ty {
-            fn poll_read(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &mut tokio::io::ReadBuf<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.$field).poll_read(cx, buf)
-            }
-        }
-    };
-}
-
 /// Implements `AsyncWrite` for a wrapper by forwarding every method (vectored writes
 /// included) to one of its fields: `forward_write!(impl[S: Io] Wrapper<S>, inner);`.
 macro_rules! forward_write {
@@ -68,4 +52,4 @@ macro_rules! forward_write {
     };
 }
 
-pub(crate) use {forward_read, forward_write};
+pub(crate) use forward_write;

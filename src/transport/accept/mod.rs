@@ -103,6 +103,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             quiet: Quiet {
                 first: opts.timeouts.handshake,
                 idle: opts.session_idle,
+                ping: opts.timeouts.ping,
             },
             sniff: opts.ws.is_none(),
             udp: opts.udp,

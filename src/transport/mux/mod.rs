@@ -67,8 +67,8 @@ fn config() -> yamux::Config {
 /// separately, and every write to TLS becomes a record and a syscall; [`Coalesce`] joins them.
 type Transport = Compat<Coalesce<BoxIo>>;
 
-fn transport(io: BoxIo, resets: Arc<Resets>) -> Transport {
-    Coalesce::new(io, resets).compat()
+fn transport(io: BoxIo, resets: Arc<Resets>, ping: Option<Duration>) -> Transport {
+    Coalesce::new(io, resets, ping).compat()
 }
 
 /// Largest data frame yamux sends. A new stream's window is 256 KiB and yamux doubles it only
@@ -296,6 +296,7 @@ mod tests {
                 session::Quiet {
                     first: Duration::from_secs(30),
                     idle: Duration::from_secs(30),
+                    ping: None,
                 },
             ),
         )

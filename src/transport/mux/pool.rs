@@ -65,6 +65,8 @@ pub struct MuxPool {
     max_streams: usize,
     idle: Duration,
     muxing: Muxing,
+    /// Keepalive of yamux sessions (`-ping`).
+    ping: Option<Duration>,
     dial: DialFn,
 }
 
@@ -72,11 +74,24 @@ impl MuxPool {
     /// A pool of sessions speaking `muxing` that carry at most `max_streams` streams and
     /// close after `idle` without any; `dial` makes each session's connection.
     pub fn new(max_streams: usize, idle: Duration, muxing: Muxing, dial: DialFn) -> Arc<Self> {
+        Self::with_ping(max_streams, idle, muxing, None, dial)
+    }
+
+    /// [`MuxPool::new`] whose yamux sessions send keepalive frames every `ping` and are given
+    /// up when a pinging server goes silent for two intervals.
+    pub fn with_ping(
+        max_streams: usize,
+        idle: Duration,
+        muxing: Muxing,
+        ping: Option<Duration>,
+        dial: DialFn,
+    ) -> Arc<Self> {
         Arc::new(MuxPool {
             sessions: Mutex::new(Vec::new()),
             max_streams: max_streams.max(1),
             idle,
             muxing,
+            ping,
             dial,
         })
     }
@@ -223,7 +238,7 @@ impl MuxPool {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = ready.send(Some(Ok(Opener::Yamux(tx, v2))));
-        let transport = transport(io, session.resets.clone());
+        let transport = transport(io, session.resets.clone(), self.ping);
         let conn = yamux::Connection::new(transport, config(), yamux::Mode::Client);
         let m = crate::metrics::get();
         m.mux_sessions.inc();

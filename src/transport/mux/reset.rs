@@ -24,6 +24,12 @@ pub(super) fn rst_frame(id: u32) -> [u8; HEADER] {
     f
 }
 
+/// The keepalive frame (`-ping`): a reset of stream 0, which no stream ever has, so every
+/// yamux peer ignores it (an mtt peer notes that its peer pings too).
+pub(super) fn keepalive_frame() -> [u8; HEADER] {
+    rst_frame(0)
+}
+
 /// Where a half-closed stream of ours stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fin {
@@ -129,7 +135,22 @@ impl FrameTracker {
 
     /// Takes `bytes` written after those seen before; calls `fin` with the stream id of every
     /// frame header carrying FIN.
-    pub(super) fn feed(&mut self, mut bytes: &[u8], mut fin: impl FnMut(u32)) {
+    pub(super) fn feed(&mut self, bytes: &[u8], mut fin: impl FnMut(u32)) {
+        self.headers(bytes, |kind, flags, id| {
+            if (kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE) && flags & FLAG_FIN != 0 {
+                fin(id);
+            }
+        });
+    }
+
+    /// Whether the frame header `(kind, flags, id)` is a keepalive ([`keepalive_frame`]).
+    pub(super) fn is_keepalive(kind: u8, flags: u16, id: u32) -> bool {
+        kind == TYPE_DATA && flags & FLAG_RST != 0 && id == 0
+    }
+
+    /// Takes `bytes` following those seen before; calls `header` with (type, flags, stream
+    /// id) of every whole frame header.
+    pub(super) fn headers(&mut self, mut bytes: &[u8], mut header: impl FnMut(u8, u16, u32)) {
         while !bytes.is_empty() {
             if self.body_left > 0 {
                 let skip = self.body_left.min(bytes.len() as u64) as usize;
@@ -153,9 +174,7 @@ impl FrameTracker {
             if kind == TYPE_DATA {
                 self.body_left = u64::from(len);
             }
-            if (kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE) && flags & FLAG_FIN != 0 {
-                fin(id);
-            }
+            header(kind, flags, id);
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Quiet {
     pub first: Duration,
     /// After the last stream ended.
     pub idle: Duration,
+    /// Keepalive frames this often (`-ping`), and a pinging peer silent for two is gone.
+    pub ping: Option<Duration>,
 }
 
 impl MuxSession {
@@ -42,7 +44,7 @@ impl MuxSession {
         let resets = Arc::new(Resets::default());
         MuxSession {
             conn: yamux::Connection::new(
-                transport(io, resets.clone()),
+                transport(io, resets.clone(), quiet.ping),
                 config(),
                 yamux::Mode::Server,
             ),

@@ -726,6 +726,7 @@ mod tests {
         Quiet {
             first: Duration::from_secs(30),
             idle: Duration::from_secs(30),
+            ping: None,
         }
     }
 
