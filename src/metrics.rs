@@ -290,6 +290,7 @@ impl Metrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
+        run_hooks();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -300,11 +301,32 @@ impl Metrics {
     /// The text exposition without its closing `# EOF` line, for a page that goes on with
     /// metrics of its own (the mu-server's per-user series).
     pub fn render_open(&self) -> String {
+        run_hooks();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+}
+
+/// What brings a gauge up to date just before the metrics are rendered.
+type Hook = Box<dyn Fn() + Send + Sync>;
+
+fn hooks() -> &'static std::sync::Mutex<Vec<Hook>> {
+    static HOOKS: OnceLock<std::sync::Mutex<Vec<Hook>>> = OnceLock::new();
+    HOOKS.get_or_init(Default::default)
+}
+
+/// Runs `hook` before every rendering of the metrics (for values that are costly to keep
+/// current, such as a certificate's expiry, which needs the certificate parsed).
+pub fn before_render(hook: Hook) {
+    hooks().lock().unwrap_or_else(|p| p.into_inner()).push(hook);
+}
+
+fn run_hooks() {
+    for h in hooks().lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        h();
     }
 }
 

@@ -105,7 +105,17 @@ pub struct CertStore {
 #[derive(Debug)]
 struct Served {
     key: Arc<rustls::sign::CertifiedKey>,
-    validity: Option<Validity>,
+    /// Read from the certificate when first asked (renewal, a metrics scrape): a server
+    /// that is never asked never pages in the parser.
+    validity: std::sync::OnceLock<Option<Validity>>,
+}
+
+impl Served {
+    fn validity(&self) -> Option<&Validity> {
+        self.validity
+            .get_or_init(|| self.key.cert.first().and_then(|c| Validity::of(c)))
+            .as_ref()
+    }
 }
 
 /// What a certificate says about its life and names.
@@ -202,27 +212,33 @@ impl CertStore {
         Ok(store)
     }
 
-    /// A store with no certificate yet: handshakes fail until one is put in.
+    /// A store with no certificate yet: handshakes fail until one is put in. Its certificate's
+    /// expiry is what `mtt_certificate_expiry_seconds` shows, read when metrics are rendered.
     pub fn empty() -> Arc<Self> {
-        Arc::new(CertStore {
+        let store = Arc::new(CertStore {
             current: RwLock::new(None),
             challenges: RwLock::new(HashMap::new()),
-        })
+        });
+        let weak = Arc::downgrade(&store);
+        crate::metrics::before_render(Box::new(move || {
+            let Some(store) = weak.upgrade() else { return };
+            let secs = store
+                .validity()
+                .and_then(|v| v.not_after.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() as i64);
+            crate::metrics::get().certificate_expiry.set(secs);
+        }));
+        store
     }
 
     /// Presents `ck` from the next handshake on; on error the current one stays.
     pub fn replace(&self, ck: CertKey) -> Result<()> {
-        let validity = ck.chain.first().and_then(|c| Validity::of(c));
         let key = Self::certified(ck)?;
-        if let Some(v) = &validity {
-            let secs = v
-                .not_after
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
-            crate::metrics::get().certificate_expiry.set(secs);
-        }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Served { key, validity });
+        let served = Served {
+            key,
+            validity: std::sync::OnceLock::new(),
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(served);
         Ok(())
     }
 
@@ -242,7 +258,7 @@ impl CertStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|s| s.validity.clone())
+            .and_then(|s| s.validity().cloned())
     }
 
     /// Presents `proof` to TLS-ALPN-01 validation connections for `name`.
