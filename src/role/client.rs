@@ -91,14 +91,13 @@ impl Client {
     async fn handle(&self, mut local: Stream, id: ConnId) {
         let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
-        // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
-        // state should not stay in every idle tunnel's task.
         // Early data: the application's first write (if it comes within EARLY_WAIT) rides
         // the WebSocket upgrade, saving the round trip before the destination hears it.
         let mut first = Vec::new();
         if let Some(max) = self.dialer.early_data() {
             first = vec![0u8; max.max(16 * 1024)];
-            let n = match tokio::time::timeout(EARLY_WAIT, local.read(&mut first)).await {
+            // Boxed: the wait's timer is not part of every tunnel's task.
+            let n = match Box::pin(tokio::time::timeout(EARLY_WAIT, local.read(&mut first))).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => {
                     log::debug!("{id}: closed before its first write: {e}");
@@ -108,6 +107,8 @@ impl Client {
             };
             first.truncate(n);
         }
+        // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
+        // state should not stay in every idle tunnel's task.
         let dialing = async {
             if first.is_empty() {
                 self.dialer.dial(Kind::Stream).await
@@ -115,7 +116,10 @@ impl Client {
                 self.dialer.dial_early(&first).await
             }
         };
-        match Box::pin(dialing).await {
+        let dialed = Box::pin(dialing).await;
+        // Sent: the tunnel does not keep the first write's buffer.
+        drop(first);
+        match dialed {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);

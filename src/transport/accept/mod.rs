@@ -195,7 +195,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
         let layered = if from_proxy {
             let mut conn = conn;
-            match super::origin::read_header(&mut conn, self.handshake).await {
+            // Boxed, as the layers are: its buffers are not part of every tunnel's task.
+            match Box::pin(super::origin::read_header(&mut conn, self.handshake)).await {
                 Ok((client, rest)) => {
                     if let Some(c) = client {
                         id.behind_proxy(c);
