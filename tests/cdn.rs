@@ -442,23 +442,6 @@ async fn the_mu_server_names_the_user_and_its_real_client() {
     .await
 }
 
-/// One tunnel through `client`: says hello, then stays silent for `quiet`, then says bye;
-/// whether the bye came back.
-async fn survives_silence(client: SocketAddr, quiet: Duration) -> bool {
-    let mut s = TcpStream::connect(client).await.expect("connect");
-    let mut b = [0u8; 5];
-    s.write_all(b"hello").await.expect("write");
-    s.read_exact(&mut b).await.expect("hello echoed");
-    tokio::time::sleep(quiet).await;
-    if s.write_all(b"bye!!").await.is_err() {
-        return false;
-    }
-    matches!(
-        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b)).await,
-        Ok(Ok(_)) if &b == b"bye!!"
-    )
-}
-
 /// nginx in front closes WebSocket connections quiet for 2 s (`proxy_read_timeout`): tunnels
 /// and a multiplexed session silent for 5 s survive with `-ping 500ms` on both ends, and are
 /// closed with `-ping 0` (which is what proves the pings did it).
@@ -615,16 +598,6 @@ async fn a_vanished_server_is_noticed_within_two_pings() {
 async fn plain_multiplexed_sessions_keep_alive_and_notice_a_vanished_server() {
     bounded(async {
         let echo = echo_server().await;
-        let quiet = |local: SocketAddr| async move {
-            let mut s = TcpStream::connect(local).await.expect("connect");
-            let mut b = [0u8; 4];
-            s.write_all(b"ping").await.expect("write");
-            s.read_exact(&mut b).await.expect("echo");
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            s.write_all(b"pong").await.expect("write after the quiet");
-            s.read_exact(&mut b).await.expect("echo after the quiet");
-            assert_eq!(&b, b"pong");
-        };
         for server_ping in ["300ms", "0"] {
             let mut server = Proc::server(&echo.to_string(), &["-mux", "-ping", server_ping]);
             let pin = server.pin().await;
@@ -636,7 +609,7 @@ async fn plain_multiplexed_sessions_keep_alive_and_notice_a_vanished_server() {
                 &["-mux", "-ping", "300ms", "-verbose"],
             );
             let local = c.listening_addr().await;
-            quiet(local).await;
+            assert!(survives_silence(local, Duration::from_millis(1500)).await);
             if server_ping == "0" {
                 continue;
             }

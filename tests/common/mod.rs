@@ -801,3 +801,21 @@ pub fn sample_of(text: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// One tunnel through `client` to an echo destination: says hello, stays silent for `quiet`
+/// (the subject of the test, not a wait for something), then says bye; whether the bye came
+/// back.
+pub async fn survives_silence(client: SocketAddr, quiet: Duration) -> bool {
+    let mut s = TcpStream::connect(client).await.expect("connect");
+    let mut b = [0u8; 5];
+    s.write_all(b"hello").await.expect("write");
+    s.read_exact(&mut b).await.expect("hello echoed");
+    tokio::time::sleep(quiet).await;
+    if s.write_all(b"bye!!").await.is_err() {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut b)).await,
+        Ok(Ok(_)) if &b == b"bye!!"
+    )
+}
