@@ -139,11 +139,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<S> {
         let this = self.get_mut();
         if this.keep.is_some() {
             // yamux always reads, so this is where the keepalive's clock is kept; the frame
-            // goes out now if the writer is between frames, else with its next write.
+            // goes out now if the writer is between frames, else with its next write. Only
+            // then is anything written from here: small frames waiting to be joined with the
+            // next write stay where they are.
             this.tick(cx)?;
-            this.queue_resets();
-            if let Poll::Ready(Err(e)) = this.poll_write_pending(cx) {
-                return Poll::Ready(Err(e));
+            if this.keep.as_ref().is_some_and(|k| k.owed) {
+                let before = this.pending.len();
+                this.queue_resets();
+                if this.pending.len() > before
+                    && let Poll::Ready(Err(e)) = this.poll_write_pending(cx)
+                {
+                    return Poll::Ready(Err(e));
+                }
             }
         }
         let start = buf.filled().len();
