@@ -299,7 +299,7 @@ async fn users_are_routed_removed_and_kicked() {
             t.await.expect("transfer");
         }
         // The /hash tunnel's bytes are counted once its relay has finished.
-        let counted = format!(r#""bytes_down":32,"bytes_up":{},"connections":0,"dst":"{replier}","path":"/hash""#, data.len());
+        let counted = format!(r#""bytes_down":32,"bytes_up":{},"clients":[],"connections":0,"dst":"{replier}","path":"/hash""#, data.len());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let (_, users) = http(mu.control, "GET", "/v1/users", "", b"").await;
