@@ -28,6 +28,7 @@ fuzz_target!(|data: &[u8]| {
         let quiet = Quiet {
             first: Duration::from_secs(5),
             idle: Duration::from_secs(5),
+            ping: None,
         };
         let cfg = smux::Config {
             hold: 64 * 1024,
