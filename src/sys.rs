@@ -61,6 +61,41 @@ pub fn set_tcp_fastopen_listener(_fd: &impl AsFd, _queue: i32) -> io::Result<()>
     ))
 }
 
+/// The kernel's smoothed round-trip time of a TCP connection (`TCP_INFO`'s `tcpi_rtt`).
+#[cfg(target_os = "linux")]
+pub fn tcp_rtt(fd: &impl AsFd) -> io::Result<std::time::Duration> {
+    let fd = fd.as_fd().as_raw_fd();
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid open socket borrowed for the call; `info` is live and `len` is
+    // its size, which the kernel never writes beyond.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `tcp_info` is plain integers, for which all zeroes (what the kernel did not
+    // fill in) is a valid value.
+    let info = unsafe { info.assume_init() };
+    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
+/// Elsewhere the round trip is not known.
+#[cfg(not(target_os = "linux"))]
+pub fn tcp_rtt(_fd: &impl AsFd) -> io::Result<std::time::Duration> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "TCP_INFO needs Linux",
+    ))
+}
+
 /// Registers a UDP socket with the runtime for `interest` only (tokio's own `UdpSocket` always
 /// asks for readability and writability both).
 pub fn register_udp(
@@ -71,4 +106,22 @@ pub fn register_udp(
     // returns that same descriptor, until the socket (moved into the `AsyncFd`) is dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The kernel's round trip of a live loopback connection: known, and tiny.
+    #[tokio::test]
+    async fn a_loopback_connection_has_a_round_trip_of_microseconds() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+        let (c, (s, _)) = (c.expect("connect"), s.expect("accept"));
+        for end in [&c, &s] {
+            let rtt = super::tcp_rtt(end).expect("TCP_INFO");
+            assert!(rtt < std::time::Duration::from_millis(50), "{rtt:?}");
+        }
+    }
 }

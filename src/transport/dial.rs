@@ -30,15 +30,15 @@ fn udp_refused(server: &str, why: &str) -> Error {
 
 impl Connector {
     /// One connection for `kind`; with it, whether a multiplexed session on it is of
-    /// version 2 (streams open with a type byte, datagrams allowed).
-    async fn connect(&self, kind: Kind) -> Result<(BoxIo, bool)> {
+    /// version 2 (streams open with a type byte, datagrams allowed), and the round trip.
+    async fn connect(&self, kind: Kind) -> Result<mux::Dialled> {
         self.connect_early(kind, &[]).await
     }
 
     /// [`Connector::connect`] with the application's first bytes: with early data on, they
     /// ride the WebSocket upgrade when they fit, else follow it; otherwise they are written
     /// first. Empty: nothing to send yet.
-    async fn connect_early(&self, kind: Kind, first: &[u8]) -> Result<(BoxIo, bool)> {
+    async fn connect_early(&self, kind: Kind, first: &[u8]) -> Result<mux::Dialled> {
         let server = &self.opts.server;
         let peer = || format!("server {server}");
         let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
@@ -59,11 +59,13 @@ impl Connector {
                 ));
             }
             let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
+            // The kernel's estimate from the handshakes: the path to the server itself.
+            let rtt = crate::sys::tcp_rtt(tls.get_ref().0).ok();
             let mut io: BoxIo = Box::new(tls);
             write_first(&mut io, first)
                 .await
                 .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
-            return Ok((io, v2));
+            return Ok(mux::Dialled { io, v2, rtt });
         };
         let protocol = match (kind, self.opts.mux.as_ref().map(|m| m.muxing)) {
             (Kind::Datagrams, None) => datagram::SUBPROTOCOL_UDP,
@@ -82,6 +84,9 @@ impl Connector {
             protocol
         };
         let upgrade = ws::client(tls, &ws.host, &ws.path, protocol, &ws.headers);
+        // The upgrade's answer comes from the server, through whatever CDN or proxy is in
+        // between: its wait is the whole path's round trip (TCP's own ends at the first hop).
+        let asked = std::time::Instant::now();
         let (stream, chosen) = tokio::time::timeout(self.opts.timeouts.handshake, upgrade)
             .await
             .unwrap_or_else(|_| {
@@ -98,13 +103,14 @@ impl Connector {
             ));
         }
         let v2 = chosen.as_deref() == Some(datagram::SUBPROTOCOL_YAMUX2);
+        let rtt = Some(asked.elapsed());
         let mut io: BoxIo = Box::new(stream.keepalive(self.opts.timeouts.ping));
         if !riding {
             write_first(&mut io, first).await.map_err(|e| {
                 Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e)
             })?;
         }
-        Ok((io, v2))
+        Ok(mux::Dialled { io, v2, rtt })
     }
 }
 
@@ -168,7 +174,7 @@ impl Dialer {
     /// One new tunnel carrying `kind`, ready for application bytes (or datagram frames).
     pub async fn dial(&self, kind: Kind) -> Result<BoxIo> {
         match &self.pool {
-            None => self.connector.connect(kind).await.map(|(io, _)| io),
+            None => self.connector.connect(kind).await.map(|d| d.io),
             Some(pool) => pool.open(kind).await.map(|s| Box::new(s) as BoxIo),
         }
     }
@@ -189,7 +195,7 @@ impl Dialer {
                 .connector
                 .connect_early(Kind::Stream, first)
                 .await
-                .map(|(io, _)| io),
+                .map(|d| d.io),
             Some(_) => {
                 let mut io = self.dial(Kind::Stream).await?;
                 write_first(&mut io, first)

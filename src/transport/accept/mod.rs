@@ -192,6 +192,13 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         // A trusted TLS-passthrough proxy says first who its client is (PROXY v1/v2).
         let from_proxy =
             self.trusted.proxy_protocol && id.client.is_some_and(|c| self.trusted.trusts(c.ip()));
+        // The round trip sizes a session's windows; through a proxy it is not the client's.
+        let rtt = match &conn {
+            tokio_util::either::Either::Left(tcp) if self.mux && !from_proxy => {
+                crate::sys::tcp_rtt(tcp).ok()
+            }
+            _ => None,
+        };
         // Boxed: handshake state is freed once done instead of sizing every tunnel's task.
         let layered = if from_proxy {
             let mut conn = conn;
@@ -227,9 +234,13 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             m.handshake_took(start.elapsed());
         }
         // A trusted HTTP proxy's forwarding headers named the client.
-        if let Some(ip) = up.client {
-            id.behind_proxy(std::net::SocketAddr::new(ip, 0));
-        }
+        let rtt = match up.client {
+            Some(ip) => {
+                id.behind_proxy(std::net::SocketAddr::new(ip, 0));
+                None
+            }
+            None => rtt,
+        };
         match up.carry {
             Carry::Plain => {
                 let io: BoxIo = match self.sniff {
@@ -250,7 +261,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             // Boxed: datagram tunnels and sessions are few, and every connection's task
             // would otherwise be sized for them (a session's state, yamux's included, is far
             // larger than a plain tunnel's).
-            carry => Box::pin(self.other(carry, io, id, up, tasks, shutdown, handle)).await,
+            carry => Box::pin(self.other(carry, io, id, up, rtt, tasks, shutdown, handle)).await,
         }
     }
 

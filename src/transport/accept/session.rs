@@ -26,6 +26,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         io: BoxIo,
         id: ConnId,
         up: Upgrade<O>,
+        rtt: Option<std::time::Duration>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
         handle: H,
@@ -65,7 +66,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             }
         };
         let v2 = v2 && muxing == Muxing::Yamux;
-        self.session(io, id, up, muxing, v2, &tasks, shutdown, handle)
+        self.session(io, id, up, muxing, v2, rtt, &tasks, shutdown, handle)
             .await
     }
 
@@ -79,6 +80,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         up: Upgrade<O>,
         muxing: Muxing,
         v2: bool,
+        rtt: Option<std::time::Duration>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
         handle: H,
@@ -94,7 +96,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 (Muxing::Yamux, false) => "yamux",
             }
         );
-        let mut session = ServerSession::new(io, muxing, self.quiet);
+        let mut session = ServerSession::new(io, muxing, self.quiet, rtt);
         // A session belongs to the owner of its path: revoking the owner closes it.
         let revoked = match (&self.http, &up.owner) {
             (Some(front), Some(owner)) => front.path.revoked(owner),

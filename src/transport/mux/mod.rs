@@ -22,7 +22,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
@@ -30,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 pub use coalesce::Coalesce;
-pub use pool::{DialFn, MuxPool};
+pub use pool::{DialFn, Dialled, MuxPool};
 pub use session::MuxSession;
 
 use super::io::BoxIo;
@@ -46,19 +46,54 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(10);
 const YAMUX_STREAMS: usize = 256;
 /// yamux guarantees each stream a 256 KiB receive window out of the connection's.
 const YAMUX_MIN_WINDOW: usize = 256 * 1024;
-/// What a busy stream's window may grow by (yamux doubles it while the sender uses it up
+/// The most a busy stream's window may grow by (yamux doubles it while the sender uses it up
 /// within two round trips). Without room above the guaranteed windows, every stream stays at
-/// 256 KiB and a fast sender stops for a window update every 256 KiB: measured, that alone
-/// held single-stream throughput to about half of plain TLS.
+/// 256 KiB and a single stream over a long path is held to 256 KiB per round trip.
 const YAMUX_WINDOW_GROWTH: usize = 32 * 1024 * 1024;
 
-/// yamux settings shared by both ends.
-fn config() -> yamux::Config {
+/// The rate, in bytes per second, a stream's window is allowed to grow for: the window may
+/// reach this rate's bandwidth-delay product at the session's round trip (2.5 Gbit/s; 15.6
+/// MB at 50 ms). Past the path's product, a bigger window only lets more of a bulk stream wait
+/// in the session's socket buffers, in front of every sibling's small exchange: on a host
+/// whose CPU is the bottleneck (loopback, a small router), that queue is what a sibling's
+/// round trip costs, and yamux, which sizes windows by how fast the reader takes bytes, grows
+/// them there to megabytes.
+const PATH_RATE: f64 = 2.5e9 / 8.0;
+
+/// Growth allowed however short the path: a busy stream's window may reach 512 KiB. The
+/// window is also what carries a stream over the moments either end is off the CPU; measured
+/// on loopback (2 cores, `benches/latency.py` and iperf3 through mux, medians of 3–4 runs):
+///
+/// | stream window | sibling round trip beside a saturating stream, p50 / p99 | mux ÷ TLS |
+/// |---|---|---|
+/// | 256 KiB (no growth) | 0.56–1.03 / 1.6–3.1 ms | 0.8 |
+/// | 512 KiB | 1.4 / 3.1–4.2 ms | 1.0 |
+/// | 1 MiB | 1.8–2.1 / 4.4–7.9 ms | 1.0 |
+/// | grown by yamux alone (before) | 2.4 / 9.0 ms | 1.0 |
+const SHORT_PATH_GROWTH: usize = 256 * 1024;
+
+/// What the streams' windows may grow by in total on a session whose round trip is `rtt`
+/// (unknown: as much as ever, the path may be long).
+fn window_growth(rtt: Option<Duration>) -> usize {
+    match rtt {
+        Some(rtt) => {
+            ((rtt.as_secs_f64() * PATH_RATE) as usize).clamp(SHORT_PATH_GROWTH, YAMUX_WINDOW_GROWTH)
+        }
+        None => YAMUX_WINDOW_GROWTH,
+    }
+}
+
+/// yamux settings shared by both ends, for a session whose round trip is `rtt`.
+fn config(rtt: Option<Duration>) -> yamux::Config {
+    let growth = window_growth(rtt);
+    log::debug!(
+        "multiplexed session: round trip {}, stream windows may grow by {} KiB",
+        rtt.map_or_else(|| "unknown".into(), |r| format!("{r:?}")),
+        growth / 1024
+    );
     let mut c = yamux::Config::default();
     c.set_max_num_streams(YAMUX_STREAMS);
-    c.set_max_connection_receive_window(Some(
-        YAMUX_STREAMS * YAMUX_MIN_WINDOW + YAMUX_WINDOW_GROWTH,
-    ));
+    c.set_max_connection_receive_window(Some(YAMUX_STREAMS * YAMUX_MIN_WINDOW + growth));
     c.set_split_send_size(SPLIT_SEND);
     c
 }
@@ -99,10 +134,16 @@ pub enum ServerSession {
 
 impl ServerSession {
     /// Starts the server end of a session of `muxing` over an established connection.
-    pub fn new(io: BoxIo, muxing: crate::transport::sniff::Muxing, quiet: session::Quiet) -> Self {
+    /// `rtt`, the round trip to the client where known, sizes a yamux session's windows.
+    pub fn new(
+        io: BoxIo,
+        muxing: crate::transport::sniff::Muxing,
+        quiet: session::Quiet,
+        rtt: Option<Duration>,
+    ) -> Self {
         match muxing {
             crate::transport::sniff::Muxing::Yamux => ServerSession::Yamux(Box::new(
-                MuxSession::server(io, MAX_STREAMS_PER_SESSION, quiet),
+                MuxSession::server(io, MAX_STREAMS_PER_SESSION, quiet, rtt),
             )),
             Muxing::Smux => {
                 ServerSession::Smux(smux::SmuxSession::server(io, smux::DEFAULT, quiet))
@@ -230,7 +271,18 @@ impl tokio::io::AsyncRead for MuxStream {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &mut self.inner {
-            Inner::Yamux(y) => Pin::new(&mut y.inner).poll_read(cx, buf),
+            Inner::Yamux(y) => {
+                let start = buf.filled().len();
+                ready!(Pin::new(&mut y.inner).poll_read(cx, buf))?;
+                if buf.filled().len() > start {
+                    // yamux returns the window for bytes taken only when asked for more,
+                    // which a relay does after it has written these out: the sender would
+                    // stop for that long once per window. An empty read returns it now.
+                    let mut none = tokio::io::ReadBuf::new(&mut []);
+                    let _ = Pin::new(&mut y.inner).poll_read(cx, &mut none);
+                }
+                Poll::Ready(Ok(()))
+            }
             Inner::Smux(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -276,6 +328,24 @@ mod tests {
     use super::*;
     use crate::transport::io::BoxIo;
 
+    /// Windows grow for the path's bandwidth-delay product at 2.5 Gbit/s: the short-path
+    /// allowance on loopback, megabytes over a continent, never past the ceiling; an unknown
+    /// path (a proxy in between) keeps the ceiling.
+    #[test]
+    fn windows_grow_for_the_path_they_cover() {
+        assert_eq!(
+            window_growth(Some(Duration::from_micros(10))),
+            SHORT_PATH_GROWTH
+        );
+        let far = window_growth(Some(Duration::from_millis(50)));
+        assert!((15_000_000..16_000_000).contains(&far), "{far}");
+        assert_eq!(
+            window_growth(Some(Duration::from_secs(1))),
+            YAMUX_WINDOW_GROWTH
+        );
+        assert_eq!(window_growth(None), YAMUX_WINDOW_GROWTH);
+    }
+
     /// A client pool and a server session joined by an in-memory pipe.
     fn pair() -> (Arc<MuxPool>, MuxSession) {
         let (a, b) = tokio::io::duplex(64 * 1024);
@@ -283,8 +353,12 @@ mod tests {
         let dial: DialFn = Box::new(move || {
             let io = a.lock().ok().and_then(|mut a| a.take());
             Box::pin(async move {
-                io.map(|io| (io, false))
-                    .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
+                io.map(|io| Dialled {
+                    io,
+                    v2: false,
+                    rtt: None,
+                })
+                .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
             })
         });
         let pool = MuxPool::new(4, Duration::from_secs(30), Muxing::Yamux, dial);
@@ -298,6 +372,7 @@ mod tests {
                     idle: Duration::from_secs(30),
                     ping: None,
                 },
+                None,
             ),
         )
     }

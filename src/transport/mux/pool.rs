@@ -54,10 +54,19 @@ impl Session {
 }
 
 /// Opens one new tunnel connection for a session.
-/// Opens one new tunnel connection for a session; with it, whether the server agreed to
-/// version 2 (streams open with a type byte; datagrams allowed).
 pub type DialFn =
-    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(BoxIo, bool)>> + Send>> + Send + Sync>;
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Dialled>> + Send>> + Send + Sync>;
+
+/// A connection dialled to the server.
+pub struct Dialled {
+    /// The connection, ready for the layer above.
+    pub io: BoxIo,
+    /// Whether the server agreed to multiplexing version 2 (streams open with a type byte;
+    /// datagrams allowed).
+    pub v2: bool,
+    /// The round trip to the server, where measured (it sizes a session's windows).
+    pub rtt: Option<Duration>,
+}
 
 /// The client's sessions.
 pub struct MuxPool {
@@ -217,7 +226,7 @@ impl MuxPool {
 
     /// Dials the session's connection and drives it until it ends.
     async fn connect(self: Arc<Self>, session: Arc<Session>, ready: watch::Sender<Option<Ready>>) {
-        let (io, v2) = match (self.dial)().await {
+        let Dialled { io, v2, rtt } = match (self.dial)().await {
             Ok(x) => x,
             Err(e) => {
                 session.dead.store(true, Ordering::Release);
@@ -239,7 +248,7 @@ impl MuxPool {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = ready.send(Some(Ok(Opener::Yamux(tx, v2))));
         let transport = transport(io, session.resets.clone(), self.ping);
-        let conn = yamux::Connection::new(transport, config(), yamux::Mode::Client);
+        let conn = yamux::Connection::new(transport, config(rtt), yamux::Mode::Client);
         let m = crate::metrics::get();
         m.mux_sessions.inc();
         let ended = drive(conn, rx, &session, &self).await;

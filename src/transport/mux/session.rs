@@ -38,14 +38,15 @@ pub struct Quiet {
 }
 
 impl MuxSession {
-    /// Starts the server end of a session over an established tunnel connection.
-    pub fn server(io: BoxIo, limit: usize, quiet: Quiet) -> Self {
+    /// Starts the server end of a session over an established tunnel connection whose round
+    /// trip, where known, is `rtt`.
+    pub fn server(io: BoxIo, limit: usize, quiet: Quiet, rtt: Option<Duration>) -> Self {
         crate::metrics::get().mux_sessions.inc();
         let resets = Arc::new(Resets::default());
         MuxSession {
             conn: yamux::Connection::new(
                 transport(io, resets.clone(), quiet.ping),
-                config(),
+                config(rtt),
                 yamux::Mode::Server,
             ),
             count: Arc::default(),
