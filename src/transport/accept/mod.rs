@@ -192,9 +192,12 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         // A trusted TLS-passthrough proxy says first who its client is (PROXY v1/v2).
         let from_proxy =
             self.trusted.proxy_protocol && id.client.is_some_and(|c| self.trusted.trusts(c.ip()));
-        // The round trip sizes a session's windows; through a proxy it is not the client's.
+        // The round trip sizes a session's windows (sessions come with `-mux`, or on a
+        // WebSocket whose client asks); through a proxy it is not the client's.
         let rtt = match &conn {
-            tokio_util::either::Either::Left(tcp) if self.mux && !from_proxy => {
+            tokio_util::either::Either::Left(tcp)
+                if (self.mux || self.http.is_some()) && !from_proxy =>
+            {
                 crate::sys::tcp_rtt(tcp).ok()
             }
             _ => None,
