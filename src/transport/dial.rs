@@ -59,8 +59,12 @@ impl Connector {
                 ));
             }
             let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
-            // The kernel's estimate from the handshakes: the path to the server itself.
-            let rtt = crate::sys::tcp_rtt(tls.get_ref().0).ok();
+            // The kernel's estimate from the handshakes: the path to the server itself (asked
+            // only for a session's connection, whose windows it sizes).
+            let rtt = match self.opts.mux {
+                Some(_) => crate::sys::tcp_rtt(tls.get_ref().0).ok(),
+                None => None,
+            };
             let mut io: BoxIo = Box::new(tls);
             write_first(&mut io, first)
                 .await
