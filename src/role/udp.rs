@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,37 +22,97 @@ use crate::transport::udp::{MAX_SEGMENTS, RecvBatch, Socket};
 
 /// Framed bytes waiting for one association's tunnel (enough to ride out the tunnel's writer
 /// being off the CPU for some milliseconds at 1.5 Gbit/s); datagrams beyond are dropped (and
-/// counted).
+/// counted). Only bytes limit the queue: however many rounds of receiving a stalled writer
+/// misses, it finds what they brought in one buffer and writes it in one go.
 const QUEUE_BYTES: usize = 4 << 20;
 /// Framed bytes waiting for all associations together.
 const TOTAL_QUEUE_BYTES: usize = 64 << 20;
-/// Room a new batch starts with.
+/// Room a round's frames for one association start with.
 const BATCH_ROOM: usize = 96 * 1024;
-/// Batches waiting for one association's tunnel.
-const QUEUE_BATCHES: usize = 256;
 
-/// Bytes framed and handed to one association's task but not yet written, and the same for
-/// all associations together.
-struct Backlog {
+/// The frames waiting for one association's tunnel: appended by the receiving loop once a
+/// round, taken whole by the association's writer.
+struct Queue {
+    inner: Mutex<Waiting>,
+    /// Rung when frames were appended.
+    ready: Notify,
+    /// Bytes waiting here, readable without the lock.
     own: AtomicUsize,
+    /// Bytes waiting for all associations together.
     all: Arc<AtomicUsize>,
 }
 
-impl Backlog {
-    fn add(&self, n: usize) {
-        self.own.fetch_add(n, Ordering::Relaxed);
-        self.all.fetch_add(n, Ordering::Relaxed);
+struct Waiting {
+    frames: BytesMut,
+    /// The association has ended: nothing more is taken.
+    closed: bool,
+}
+
+impl Queue {
+    fn new(all: Arc<AtomicUsize>) -> Self {
+        Queue {
+            inner: Mutex::new(Waiting {
+                frames: BytesMut::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            own: AtomicUsize::new(0),
+            all,
+        }
     }
 
-    fn sub(&self, n: usize) {
-        self.own.fetch_sub(n, Ordering::Relaxed);
-        self.all.fetch_sub(n, Ordering::Relaxed);
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether `more` bytes would overfill either.
+    /// Whether `more` bytes would overfill this queue or all of them together.
     fn full_for(&self, more: usize) -> bool {
         self.own.load(Ordering::Relaxed) + more > QUEUE_BYTES
             || self.all.load(Ordering::Relaxed) + more > TOTAL_QUEUE_BYTES
+    }
+
+    /// Appends `frames` (emptied; it gets back the queue's spare buffer when the queue was
+    /// empty, so buffers are reused, not allocated per round). `Err` if the association has
+    /// ended: the frames stay in `frames`.
+    fn append(&self, frames: &mut BytesMut) -> Result<(), ()> {
+        let len = frames.len();
+        {
+            let mut w = self.lock();
+            if w.closed {
+                return Err(());
+            }
+            if w.frames.is_empty() {
+                std::mem::swap(&mut w.frames, frames);
+            } else {
+                w.frames.extend_from_slice(frames);
+            }
+            frames.clear();
+            self.own.fetch_add(len, Ordering::Relaxed);
+            self.all.fetch_add(len, Ordering::Relaxed);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Everything waiting (empty if nothing).
+    fn take(&self) -> BytesMut {
+        let b = self.lock().frames.split();
+        self.forget(b.len());
+        b
+    }
+
+    /// Takes nothing more; what waits is returned (no longer held against the limits).
+    fn close(&self) -> BytesMut {
+        let mut w = self.lock();
+        w.closed = true;
+        let b = w.frames.split();
+        self.forget(b.len());
+        b
+    }
+
+    fn forget(&self, n: usize) {
+        self.own.fetch_sub(n, Ordering::Relaxed);
+        self.all.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -61,36 +121,27 @@ impl Backlog {
 struct Assoc {
     pending: BytesMut,
     pending_n: u32,
-    tx: mpsc::Sender<BytesMut>,
-    queued: Arc<Backlog>,
+    queue: Arc<Queue>,
     last: Arc<AtomicU64>,
     stop: CancellationToken,
 }
 
 impl Assoc {
-    /// Hands what this round gathered to the association's task.
+    /// Hands what this round gathered to the association's task; `Err` if it has ended (the
+    /// round's datagrams are counted as dropped).
     fn hand_over(&mut self) -> Result<(), ()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let batch = self.pending.split();
         let n = std::mem::take(&mut self.pending_n);
-        let len = batch.len();
-        self.queued.add(len);
-        match self.tx.try_send(batch) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.queued.sub(len);
-                let (why, closed) = match e {
-                    mpsc::error::TrySendError::Full(_) => (UdpDrop::QueueFull, false),
-                    mpsc::error::TrySendError::Closed(_) => (UdpDrop::NoTunnel, true),
-                };
-                for _ in 0..n {
-                    datagram::dropped(why);
-                }
-                if closed { Err(()) } else { Ok(()) }
+        if self.queue.append(&mut self.pending).is_err() {
+            self.pending.clear();
+            for _ in 0..n {
+                datagram::dropped(UdpDrop::NoTunnel);
             }
+            return Err(());
         }
+        Ok(())
     }
 }
 
@@ -171,7 +222,7 @@ impl UdpSide {
         let Some(a) = assocs.get_mut(&src) else {
             return;
         };
-        if a.queued.full_for(a.pending.len() + d.len() + 2) {
+        if a.queue.full_for(a.pending.len() + d.len() + 2) {
             datagram::dropped(UdpDrop::QueueFull);
             return;
         }
@@ -216,11 +267,7 @@ impl UdpSide {
     /// Starts the association of `src`: its tunnel is dialled in its own task, datagrams
     /// queue meanwhile.
     fn associate(&self, src: SocketAddr, start: Instant, stop: CancellationToken) -> Assoc {
-        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        let queued = Arc::new(Backlog {
-            own: AtomicUsize::new(0),
-            all: self.queued.clone(),
-        });
+        let queue = Arc::new(Queue::new(self.queued.clone()));
         let last = Arc::new(AtomicU64::new(start.elapsed().as_millis() as u64));
         let job = Association {
             src,
@@ -228,16 +275,15 @@ impl UdpSide {
             dialer: self.dialer.clone(),
             idle: self.cfg.timeout,
             last: last.clone(),
-            queued: queued.clone(),
+            queue: queue.clone(),
             start,
             stop: stop.clone(),
         };
-        tokio::spawn(job.run(rx));
+        tokio::spawn(job.run());
         Assoc {
             pending: BytesMut::new(),
             pending_n: 0,
-            tx,
-            queued,
+            queue,
             last,
             stop,
         }
@@ -251,13 +297,13 @@ struct Association {
     dialer: Arc<Dialer>,
     idle: std::time::Duration,
     last: Arc<AtomicU64>,
-    queued: Arc<Backlog>,
+    queue: Arc<Queue>,
     start: Instant,
     stop: CancellationToken,
 }
 
 impl Association {
-    async fn run(self, mut rx: mpsc::Receiver<BytesMut>) {
+    async fn run(self) {
         let src = self.src;
         let tunnel = tokio::select! {
             _ = self.stop.cancelled() => return,
@@ -278,7 +324,7 @@ impl Association {
                     _ => warn_rarely(format_args!("UDP from {src}: {e}")),
                 }
                 self.stop.cancel();
-                self.discard(&mut rx);
+                self.discard();
                 return;
             }
         };
@@ -286,19 +332,7 @@ impl Association {
         let _open = crate::metrics::get().association();
         let (r, mut wr) = tokio::io::split(tunnel);
         let mut rd = FrameReader::new(r);
-        let up = async {
-            while let Some(b) = rx.recv().await {
-                self.queued.sub(b.len());
-                wr.write_all(&b).await?;
-                // What is already queued goes into the same flush.
-                while let Ok(b) = rx.try_recv() {
-                    self.queued.sub(b.len());
-                    wr.write_all(&b).await?;
-                }
-                wr.flush().await?;
-            }
-            Ok::<(), std::io::Error>(())
-        };
+        let up = self.send_up(&mut wr);
         let down = async {
             loop {
                 let mut batch: [&[u8]; MAX_SEGMENTS] = [&[]; MAX_SEGMENTS];
@@ -333,7 +367,7 @@ impl Association {
             _ = self.stop.cancelled() => Some("stopped".into()),
         };
         self.stop.cancel();
-        self.discard(&mut rx);
+        self.discard();
         log::debug!(
             "UDP from {src}: association closed{}",
             why.map(|w| format!(": {w}")).unwrap_or_default()
@@ -342,15 +376,29 @@ impl Association {
 }
 
 impl Association {
-    /// Takes no more batches and drops those waiting (counted, and no longer held against the
-    /// queue limits).
-    fn discard(&self, rx: &mut mpsc::Receiver<BytesMut>) {
-        rx.close();
-        while let Ok(b) = rx.try_recv() {
-            self.queued.sub(b.len());
-            for _ in 0..datagram::frames_in(&b) {
-                datagram::dropped(UdpDrop::NoTunnel);
+    /// Writes what the receiving loop queues to the tunnel, each time all that waits; flushes
+    /// once nothing more waits. Ends only by error.
+    async fn send_up<W: tokio::io::AsyncWrite + Unpin>(&self, wr: &mut W) -> std::io::Result<()> {
+        let mut written = false;
+        loop {
+            let b = self.queue.take();
+            if !b.is_empty() {
+                wr.write_all(&b).await?;
+                written = true;
+            } else if std::mem::take(&mut written) {
+                wr.flush().await?;
+            } else {
+                self.queue.ready.notified().await;
             }
+        }
+    }
+
+    /// Takes no more frames and drops those waiting (counted, and no longer held against the
+    /// queue limits).
+    fn discard(&self) {
+        let b = self.queue.close();
+        for _ in 0..datagram::frames_in(&b) {
+            datagram::dropped(UdpDrop::NoTunnel);
         }
     }
 }
@@ -365,5 +413,57 @@ fn warn_rarely(msg: std::fmt::Arguments<'_>) {
         .unwrap_or(0);
     if LAST.swap(now, Ordering::Relaxed) != now {
         log::warn!("{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames a tunnel's writer has not taken yet are limited by bytes only: a thousand rounds
+    /// of one small datagram each wait whole, in order, and come out in one take; the
+    /// association's own limit holds; a closed queue returns what waited and takes no more.
+    #[test]
+    fn a_stalled_writer_finds_every_round_in_one_buffer() {
+        let all = Arc::new(AtomicUsize::new(0));
+        let q = Queue::new(all.clone());
+        let mut round = BytesMut::new();
+        for i in 0..1000u16 {
+            round.put_u16(2);
+            round.put_u16(i);
+            q.append(&mut round).expect("open");
+            assert!(round.is_empty(), "the round's frames were handed over");
+        }
+        assert_eq!(all.load(Ordering::Relaxed), 4000);
+        let b = q.take();
+        assert_eq!(datagram::frames_in(&b), 1000);
+        assert!(
+            b.chunks(4)
+                .enumerate()
+                .all(|(i, f)| f[2..] == (i as u16).to_be_bytes())
+        );
+        assert_eq!(
+            all.load(Ordering::Relaxed),
+            0,
+            "taken bytes no longer count"
+        );
+        assert!(q.take().is_empty());
+
+        assert!(!q.full_for(QUEUE_BYTES));
+        round.put_slice(&vec![0; QUEUE_BYTES - 10]);
+        q.append(&mut round).expect("open");
+        assert!(q.full_for(11), "the association's limit");
+        assert!(!q.full_for(10));
+
+        round.put_slice(&[0, 1, 7]);
+        let left = q.close();
+        assert_eq!(left.len(), QUEUE_BYTES - 10);
+        assert!(q.append(&mut round).is_err(), "closed");
+        assert_eq!(
+            &round[..],
+            &[0, 1, 7],
+            "refused frames stay with the caller"
+        );
+        assert_eq!(all.load(Ordering::Relaxed), 0);
     }
 }
