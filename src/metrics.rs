@@ -273,9 +273,9 @@ impl Metrics {
     }
 
     /// Counts a datagram relayed `up` (towards the destination) or down.
-    pub fn udp_datagram(&self, up: bool, len: u64) {
-        self.datagram_ways.way(up).inc();
-        self.datagram_byte_ways.way(up).inc_by(len);
+    pub fn udp_datagrams(&self, up: bool, n: u64, bytes: u64) {
+        self.datagram_ways.way(up).inc_by(n);
+        self.datagram_byte_ways.way(up).inc_by(bytes);
     }
 
     /// Counts a datagram dropped.

@@ -31,7 +31,9 @@ const TOTAL_QUEUE_BYTES: usize = 64 << 20;
 const BATCH_ROOM: usize = 96 * 1024;
 
 /// The frames waiting for one association's tunnel: appended by the receiving loop once a
-/// round, taken whole by the association's writer.
+/// round, taken all at once by the association's writer. A round's buffer is handed over
+/// whole (no copy) unless the last one waiting has room for it; written buffers come back
+/// for later rounds, so nothing is allocated or copied twice per round.
 struct Queue {
     inner: Mutex<Waiting>,
     /// Rung when frames were appended.
@@ -42,19 +44,22 @@ struct Queue {
     all: Arc<AtomicUsize>,
 }
 
+#[derive(Default)]
 struct Waiting {
-    frames: BytesMut,
+    chunks: Vec<BytesMut>,
+    /// Emptied buffers, for the receiving loop to fill again.
+    spare: Vec<BytesMut>,
     /// The association has ended: nothing more is taken.
     closed: bool,
 }
 
+/// Emptied buffers kept per association.
+const SPARE_BUFFERS: usize = 4;
+
 impl Queue {
     fn new(all: Arc<AtomicUsize>) -> Self {
         Queue {
-            inner: Mutex::new(Waiting {
-                frames: BytesMut::new(),
-                closed: false,
-            }),
+            inner: Mutex::new(Waiting::default()),
             ready: Notify::new(),
             own: AtomicUsize::new(0),
             all,
@@ -71,9 +76,8 @@ impl Queue {
             || self.all.load(Ordering::Relaxed) + more > TOTAL_QUEUE_BYTES
     }
 
-    /// Appends `frames` (emptied; it gets back the queue's spare buffer when the queue was
-    /// empty, so buffers are reused, not allocated per round). `Err` if the association has
-    /// ended: the frames stay in `frames`.
+    /// Appends `frames`, which is left empty (a spare buffer where one is at hand). `Err` if
+    /// the association has ended: the frames stay in `frames`.
     fn append(&self, frames: &mut BytesMut) -> Result<(), ()> {
         let len = frames.len();
         {
@@ -81,12 +85,16 @@ impl Queue {
             if w.closed {
                 return Err(());
             }
-            if w.frames.is_empty() {
-                std::mem::swap(&mut w.frames, frames);
-            } else {
-                w.frames.extend_from_slice(frames);
+            match w.chunks.last_mut() {
+                Some(last) if last.capacity() - last.len() >= len => {
+                    last.extend_from_slice(frames);
+                    frames.clear();
+                }
+                _ => {
+                    let next = w.spare.pop().unwrap_or_default();
+                    w.chunks.push(std::mem::replace(frames, next));
+                }
             }
-            frames.clear();
             self.own.fetch_add(len, Ordering::Relaxed);
             self.all.fetch_add(len, Ordering::Relaxed);
         }
@@ -94,20 +102,36 @@ impl Queue {
         Ok(())
     }
 
-    /// Everything waiting (empty if nothing).
-    fn take(&self) -> BytesMut {
-        let b = self.lock().frames.split();
-        self.forget(b.len());
-        b
+    /// Everything waiting, in order, into `out` (empty if nothing).
+    fn take(&self, out: &mut Vec<BytesMut>) {
+        std::mem::swap(&mut self.lock().chunks, out);
+        self.forget(out.iter().map(|c| c.len()).sum());
+    }
+
+    /// Buffers written out, to be filled again.
+    fn give_back(&self, written: &mut Vec<BytesMut>) {
+        let mut w = self.lock();
+        for mut c in written.drain(..) {
+            if w.spare.len() == SPARE_BUFFERS {
+                break;
+            }
+            c.clear();
+            w.spare.push(c);
+        }
+        written.clear();
     }
 
     /// Takes nothing more; what waits is returned (no longer held against the limits).
-    fn close(&self) -> BytesMut {
-        let mut w = self.lock();
-        w.closed = true;
-        let b = w.frames.split();
-        self.forget(b.len());
-        b
+    fn close(&self) -> Vec<BytesMut> {
+        let mut left = Vec::new();
+        {
+            let mut w = self.lock();
+            w.closed = true;
+            w.spare.clear();
+            std::mem::swap(&mut w.chunks, &mut left);
+        }
+        self.forget(left.iter().map(|c| c.len()).sum());
+        left
     }
 
     fn forget(&self, n: usize) {
@@ -181,9 +205,15 @@ impl UdpSide {
             };
             match got {
                 Ok(_) => {
+                    let now = start.elapsed().as_millis() as u64;
+                    let (mut n, mut bytes) = (0, 0);
                     for (d, src) in batch.iter() {
-                        self.take(&mut assocs, &mut touched, d, src, start);
+                        if self.take(&mut assocs, &mut touched, d, src, start, now) {
+                            n += 1;
+                            bytes += d.len();
+                        }
                     }
+                    datagram::count(true, n, bytes);
                 }
                 Err(e) => log::debug!("UDP receive: {e}"),
             }
@@ -201,7 +231,8 @@ impl UdpSide {
     }
 
     /// Frames one datagram from `src` into its association's batch, starting the association
-    /// if it has none.
+    /// if it has none; `now` is this round's activity stamp. Whether it was taken (else it was
+    /// dropped, and counted so).
     fn take(
         &self,
         assocs: &mut HashMap<SocketAddr, Assoc>,
@@ -209,10 +240,11 @@ impl UdpSide {
         d: &[u8],
         src: SocketAddr,
         start: Instant,
-    ) {
+        now: u64,
+    ) -> bool {
         if d.len() > MAX_DATAGRAM {
             datagram::dropped(UdpDrop::TooLarge);
-            return;
+            return false;
         }
         if assocs.get(&src).is_none_or(|a| a.stop.is_cancelled()) {
             self.make_room(assocs, src);
@@ -220,16 +252,14 @@ impl UdpSide {
             assocs.insert(src, self.associate(src, start, stop));
         }
         let Some(a) = assocs.get_mut(&src) else {
-            return;
+            return false;
         };
         if a.queue.full_for(a.pending.len() + d.len() + 2) {
             datagram::dropped(UdpDrop::QueueFull);
-            return;
+            return false;
         }
-        a.last
-            .store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        datagram::count(true, d.len());
         if a.pending.is_empty() {
+            a.last.store(now, Ordering::Relaxed);
             touched.push(src);
             // Room for a round's worth of typical datagrams at once, not grown by copying.
             a.pending.reserve(BATCH_ROOM.max(d.len() + 2));
@@ -237,6 +267,7 @@ impl UdpSide {
         a.pending.put_u16(d.len() as u16);
         a.pending.put_slice(d);
         a.pending_n += 1;
+        true
     }
 
     /// Below `-udp-max-assoc`: ended associations are forgotten, then the longest idle one
@@ -342,9 +373,7 @@ impl Association {
                 }
                 self.last
                     .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-                for d in &batch[..n] {
-                    datagram::count(false, d.len());
-                }
+                datagram::count_batch(false, &batch[..n]);
                 self.sock.send_all(&batch[..n], Some(src)).await?;
             }
         };
@@ -380,10 +409,14 @@ impl Association {
     /// once nothing more waits. Ends only by error.
     async fn send_up<W: tokio::io::AsyncWrite + Unpin>(&self, wr: &mut W) -> std::io::Result<()> {
         let mut written = false;
+        let mut chunks = Vec::new();
         loop {
-            let b = self.queue.take();
-            if !b.is_empty() {
-                wr.write_all(&b).await?;
+            self.queue.take(&mut chunks);
+            if !chunks.is_empty() {
+                for c in &chunks {
+                    wr.write_all(c).await?;
+                }
+                self.queue.give_back(&mut chunks);
                 written = true;
             } else if std::mem::take(&mut written) {
                 wr.flush().await?;
@@ -396,9 +429,10 @@ impl Association {
     /// Takes no more frames and drops those waiting (counted, and no longer held against the
     /// queue limits).
     fn discard(&self) {
-        let b = self.queue.close();
-        for _ in 0..datagram::frames_in(&b) {
-            datagram::dropped(UdpDrop::NoTunnel);
+        for c in self.queue.close() {
+            for _ in 0..datagram::frames_in(&c) {
+                datagram::dropped(UdpDrop::NoTunnel);
+            }
         }
     }
 }
@@ -429,16 +463,19 @@ mod tests {
         let q = Queue::new(all.clone());
         let mut round = BytesMut::new();
         for i in 0..1000u16 {
+            round.reserve(BATCH_ROOM);
             round.put_u16(2);
             round.put_u16(i);
             q.append(&mut round).expect("open");
             assert!(round.is_empty(), "the round's frames were handed over");
         }
         assert_eq!(all.load(Ordering::Relaxed), 4000);
-        let b = q.take();
-        assert_eq!(datagram::frames_in(&b), 1000);
+        let mut b = Vec::new();
+        q.take(&mut b);
+        assert_eq!(b.len(), 1, "small rounds went into the room of the first");
+        assert_eq!(datagram::frames_in(&b[0]), 1000);
         assert!(
-            b.chunks(4)
+            b[0].chunks(4)
                 .enumerate()
                 .all(|(i, f)| f[2..] == (i as u16).to_be_bytes())
         );
@@ -447,7 +484,9 @@ mod tests {
             0,
             "taken bytes no longer count"
         );
-        assert!(q.take().is_empty());
+        q.give_back(&mut b);
+        q.take(&mut b);
+        assert!(b.is_empty());
 
         assert!(!q.full_for(QUEUE_BYTES));
         round.put_slice(&vec![0; QUEUE_BYTES - 10]);
@@ -457,7 +496,10 @@ mod tests {
 
         round.put_slice(&[0, 1, 7]);
         let left = q.close();
-        assert_eq!(left.len(), QUEUE_BYTES - 10);
+        assert_eq!(
+            left.iter().map(|c| c.len()).sum::<usize>(),
+            QUEUE_BYTES - 10
+        );
         assert!(q.append(&mut round).is_err(), "closed");
         assert_eq!(
             &round[..],

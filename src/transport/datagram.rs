@@ -131,10 +131,14 @@ fn split_frames(buf: &[u8], max: usize) -> io::Result<(usize, usize)> {
     Ok((n, at))
 }
 
-/// Counts a datagram that went `up` (towards the destination) or down.
-pub fn count(up: bool, len: usize) {
-    let m = metrics();
-    m.udp_datagram(up, len as u64);
+/// Counts `datagrams` of `bytes` in all that went `up` (towards the destination) or down.
+pub fn count(up: bool, datagrams: usize, bytes: usize) {
+    metrics().udp_datagrams(up, datagrams as u64, bytes as u64);
+}
+
+/// Counts a batch of datagrams that went `up` or down.
+pub fn count_batch(up: bool, batch: &[&[u8]]) {
+    count(up, batch.len(), batch.iter().map(|d| d.len()).sum());
 }
 
 /// Milliseconds since `start`, for activity stamps shared between the two directions.
@@ -160,9 +164,7 @@ pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Res
                 return Ok::<(), io::Error>(());
             }
             last.store(stamp(start), Ordering::Relaxed);
-            for d in &batch[..n] {
-                count(true, d.len());
-            }
+            count_batch(true, &batch[..n]);
             sock.send_all(&batch[..n], None).await?;
         }
     };
@@ -180,7 +182,7 @@ pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Res
                 dropped(UdpDrop::TooLarge);
                 continue;
             }
-            count(false, n);
+            count(false, 1, n);
             SinkExt::<&[u8]>::feed(&mut wr, &buf[..n]).await?;
             // More already waiting goes into the same flush (one TLS record, one syscall).
             let mut more = 0;
@@ -188,7 +190,7 @@ pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Res
                 match sock.try_recv(&mut buf) {
                     Ok(n) if n > MAX_DATAGRAM => dropped(UdpDrop::TooLarge),
                     Ok(n) => {
-                        count(false, n);
+                        count(false, 1, n);
                         SinkExt::<&[u8]>::feed(&mut wr, &buf[..n]).await?;
                         more += 1;
                     }
