@@ -77,7 +77,7 @@ impl Listener {
             socket.set_only_v6(false)?;
         }
         socket.bind(&addr.into())?;
-        let _ = socket.set_recv_buffer_size(4 << 20);
+        super::udp::widen_receive_buffer(&socket);
         super::udp::Socket::from_std(socket.into())
     }
 }
