@@ -191,14 +191,14 @@ def iperf(port, seconds, reverse=False, parallel=1):
     return recv["bytes"], recv["bits_per_second"] / 8 / (1 << 20)
 
 
-def iperf_udp(port, seconds, rate, length):
-    """iperf3 -u at `rate` with `length`-byte datagrams: (delivered datagrams, lost percent,
-    delivered Mbit/s). Both iperf3 ends get 4 MiB socket buffers (every row alike): with the
+def iperf_udp(port, seconds, rate, length, reverse=False):
+    """iperf3 -u at `rate` with `length`-byte datagrams, towards the destination or with
+    `reverse` from it (-R: a download): (delivered datagrams, lost percent, delivered Mbit/s). Both iperf3 ends get 4 MiB socket buffers (every row alike): with the
     default 208 KiB, about 1 ms at 1.5 Gbit/s, the receiving iperf3 loses datagrams whenever
     it is off the CPU, and on a 2-core machine shared by four busy processes that measures
     the scheduler, not the path."""
     cmd = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-u", "-b", rate, "-l", str(length),
-           "-w", "4M", "-t", str(seconds), "-J"]
+           "-w", "4M", "-t", str(seconds), "-J"] + (["-R"] if reverse else [])
     for _ in range(20):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         data = json.loads(out.stdout)
@@ -214,9 +214,22 @@ def iperf_udp(port, seconds, rate, length):
     return delivered, s["lost_percent"], delivered * length * 8 / seconds / 1e6
 
 
+UDP_LADDER = ["4G", "3G", "2G", "1750M", "1500M", "1250M", "1G", "750M", "500M", "250M", "100M"]
+
+
+def udp_best(port, seconds, reverse):
+    """The highest rung of the ladder delivered at < 1 % loss: (rate, Mbit/s, loss %) or None."""
+    for rate in UDP_LADDER:
+        _, loss, mbits = iperf_udp(port, seconds, rate, 1400, reverse)
+        if loss < 1.0:
+            return rate, mbits, loss
+    return None
+
+
 def udp_rows(ctx, args, kinds):
-    """UDP: for each row, the highest of a ladder of rates delivered at < 1 % loss, and 64-byte
-    datagrams per second unlimited; CPU per datagram of the relaying processes."""
+    """UDP: for each row, the highest of a ladder of rates delivered at < 1 % loss each way
+    (towards the destination, and from it: iperf3 -R), and 64-byte datagrams per second
+    unlimited; CPU per datagram of the relaying processes."""
     iport = free_port()
     srv = subprocess.Popen(["iperf3", "-s", "-p", str(iport)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -226,22 +239,19 @@ def udp_rows(ctx, args, kinds):
         for name in ["direct"] + kinds:
             t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{iport}", ctx, udp=True)
             port = iport if t is None else t.port
-            best = None
-            for rate in ["4G", "3G", "2G", "1750M", "1500M", "1250M", "1G", "750M", "500M",
-                         "250M", "100M"]:
-                _, loss, mbits = iperf_udp(port, args.seconds, rate, 1400)
-                if loss < 1.0:
-                    best = (rate, mbits, loss)
-                    break
+            best = udp_best(port, args.seconds, False)
+            down = udp_best(port, args.seconds, True)
             before = cpu_seconds(t.pids) if t else 0
             pps_n, pps_loss, _ = iperf_udp(port, args.seconds, "0", 64)
             cpu = (cpu_seconds(t.pids) - before) if t else None
             row = {"name": name, "rate": best[0] if best else "–",
                    "mbits": best[1] if best else 0.0, "loss": best[2] if best else 100.0,
+                   "down_mbits": down[1] if down else 0.0, "down_loss": down[2] if down else 100.0,
                    "pps": pps_n / args.seconds, "pps_loss": pps_loss,
                    "us_per_dgram": cpu / max(pps_n, 1) * 1e6 if cpu is not None else None}
             rows.append(row)
-            log(f"udp {name}: {row['mbits']:.0f} Mbit/s at {row['loss']:.2f}% loss; "
+            log(f"udp {name}: {row['mbits']:.0f} Mbit/s at {row['loss']:.2f}% loss, down "
+                f"{row['down_mbits']:.0f} at {row['down_loss']:.2f}%; "
                 f"64 B: {row['pps']:.0f} datagrams/s ({pps_loss:.1f}% lost)")
             if t:
                 t.stop()
@@ -595,18 +605,22 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         ss = uby.get("ss-rust")
         lines[lines.index("| target | measured | met |") - 1:lines.index("| target | measured | met |") - 1] = [
             "",
-            "| UDP (iperf3 -u) | Mbit/s at < 1 % loss (1,400 B) | loss % | 64 B datagrams/s "
+            "| UDP (iperf3 -u) | up Mbit/s at < 1 % loss (1,400 B) | loss % "
+            "| down Mbit/s at < 1 % loss | loss % | 64 B datagrams/s "
             "| CPU µs/datagram | × ss-rust datagrams/s |",
-            "|---|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ] + [
-            f"| {r['name']} | {r['mbits']:.0f} | {r['loss']:.2f} | {r['pps']:.0f} "
+            f"| {r['name']} | {r['mbits']:.0f} | {r['loss']:.2f} "
+            f"| {r['down_mbits']:.0f} | {r['down_loss']:.2f} | {r['pps']:.0f} "
             f"| {'–' if r['us_per_dgram'] is None else format(r['us_per_dgram'], '.1f')} "
             f"| {'–' if not ss else format(r['pps'] / max(ss['pps'], 1), '.2f')} |"
             for r in udp
         ]
-        worst = min((r for r in udp if r["name"] in UDP_MODES), key=lambda r: r["mbits"])
-        lines.append(f"| UDP ≥ 1.5 Gbit/s at < 1 % loss in every mode (worst: {worst['name']}) "
-                     f"| {worst['mbits']:.0f} Mbit/s | {'yes' if worst['mbits'] >= 1500 else 'no'} |")
+        ways = [(r["name"], way, r[key]) for r in udp if r["name"] in UDP_MODES
+                for way, key in (("up", "mbits"), ("down", "down_mbits"))]
+        wname, wway, wmbits = min(ways, key=lambda w: w[2])
+        lines.append(f"| UDP ≥ 1.5 Gbit/s at < 1 % loss in every mode, both ways (worst: {wname} "
+                     f"{wway}) | {wmbits:.0f} Mbit/s | {'yes' if wmbits >= 1500 else 'no'} |")
         if ss and ss["us_per_dgram"]:
             cpu_worst = max((r for r in udp if r["name"] in UDP_MODES), key=lambda r: r["us_per_dgram"])
             ratio = cpu_worst["us_per_dgram"] / ss["us_per_dgram"]
