@@ -586,13 +586,19 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         from latency import table
         at = lines.index("| target | measured | met |") - 1
         lines[at:at] = [""] + table(lat)
-        worst = max((r for r in lat if r["name"] in MODES),
-                    key=lambda r: r["saturated"][0] if r["saturated"] else float("inf"))
-        sat = worst["saturated"]
-        met = sat is not None and sat[0] <= 0.5 and sat[1] <= 3.0
-        shown = f"{sat[0]:.2f} / {sat[1]:.2f} ms" if sat else "stuck"
+        # The worst median and the worst p99 each, whichever modes they come from.
+        mine = [r for r in lat if r["name"] in MODES]
+        stuck = [r["name"] for r in mine if not r["saturated"]]
+        if stuck:
+            shown, met = f"stuck ({', '.join(stuck)})", False
+        else:
+            w50 = max(mine, key=lambda r: r["saturated"][0])
+            w99 = max(mine, key=lambda r: r["saturated"][1])
+            shown = (f"{w50['saturated'][0]:.2f} ({w50['name']}) / "
+                     f"{w99['saturated'][1]:.2f} ms ({w99['name']})")
+            met = w50["saturated"][0] <= 0.5 and w99["saturated"][1] <= 3.0
         lines.append(f"| mux sibling round trip beside a saturating stream ≤ 0.5 ms p50, ≤ 3 ms "
-                     f"p99 (worst: {worst['name']}) | {shown} | {'yes' if met else 'no'} |")
+                     f"p99, worst of each | {shown} | {'yes' if met else 'no'} |")
     if fleet:
         from fleet import table as fleet_table
         at = lines.index("| target | measured | met |") - 1
