@@ -144,22 +144,8 @@ impl Mu {
 
 /// One HTTP/1.1 request to a controller; (status, body).
 async fn api(control: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(control).await.expect("controller");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {control}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("request");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (code, body)
+    let headers = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
+    http_request(control, method, path, &headers, body.as_bytes()).await
 }
 
 /// Whether a tunnel through `client` reaches an echo destination now.

@@ -70,7 +70,8 @@ async fn start_mu(cfg: MuServerConfig) -> Mu {
     }
 }
 
-/// One HTTP/1.1 request; returns (status, body).
+/// One HTTP/1.1 request to the controller, with the test token unless `headers` carry an
+/// Authorization of their own; returns (status, body).
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -78,30 +79,12 @@ async fn http(
     headers: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect controller");
     let headers = if headers.to_ascii_lowercase().contains("authorization:") {
         headers.to_string()
     } else {
         format!("Authorization: Bearer {TEST_TOKEN}\r\n{headers}")
     };
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write");
-    s.write_all(body).await.expect("write body");
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw).await;
-    let mut hs = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut hs);
-    let len = match resp.parse(&raw).expect("HTTP response") {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => panic!("partial response: {}", String::from_utf8_lossy(&raw)),
-    };
-    (
-        resp.code.unwrap_or(0),
-        String::from_utf8_lossy(&raw[len..]).into_owned(),
-    )
+    http_request(addr, method, path, &headers, body).await
 }
 
 async fn post(mu: &Mu, json: &str) -> (u16, String) {

@@ -758,6 +758,36 @@ impl BoundedOutputAsync for tokio::process::Command {
     }
 }
 
+/// One HTTP/1.1 request over plain HTTP, `headers` as lines each ending in CRLF; returns
+/// (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    let mut hs = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut hs);
+    let len = match resp.parse(&raw).expect("HTTP response") {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => panic!("partial response: {}", String::from_utf8_lossy(&raw)),
+    };
+    (
+        resp.code.unwrap_or(0),
+        String::from_utf8_lossy(&raw[len..]).into_owned(),
+    )
+}
+
 /// GET /metrics over plain HTTP.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect metrics");
