@@ -53,8 +53,10 @@ struct Waiting {
     closed: bool,
 }
 
-/// Emptied buffers kept per association.
-const SPARE_BUFFERS: usize = 4;
+/// Emptied buffers kept per association: one is what a writer that keeps up needs (the
+/// receiving loop fills one while the writer writes the other); more would hold memory for
+/// every association that once saw a burst.
+const SPARE_BUFFERS: usize = 1;
 
 impl Queue {
     fn new(all: Arc<AtomicUsize>) -> Self {
