@@ -32,16 +32,25 @@ pub fn set_tcp_fastopen_listener(fd: &impl AsFd, queue: i32) -> io::Result<()> {
 /// Reads back `TCP_FASTOPEN` of a listening socket (for tests and diagnostics).
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub fn tcp_fastopen_listener(fd: &impl AsFd) -> io::Result<i32> {
+    tcp_option(fd, libc::TCP_FASTOPEN, 0 as libc::c_int)
+}
+
+/// Reads TCP option `name` of `fd` into a copy of `zero`. Only for plain-integer types (an
+/// integer, a struct of them), which any bytes the kernel writes leave valid.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn tcp_option<T: Copy>(fd: &impl AsFd, name: libc::c_int, zero: T) -> io::Result<T> {
     let fd = fd.as_fd().as_raw_fd();
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` is a valid open socket; `value` and `len` are live and sized for a c_int.
+    let mut value = zero;
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid open socket borrowed for the call; `value` is live and `len` is
+    // its size, which the kernel never writes beyond; `T` is plain integers, valid whatever
+    // the kernel fills in.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::IPPROTO_TCP,
-            libc::TCP_FASTOPEN,
-            (&mut value as *mut libc::c_int).cast(),
+            name,
+            (&mut value as *mut T).cast(),
             &mut len,
         )
     };
@@ -64,26 +73,9 @@ pub fn set_tcp_fastopen_listener(_fd: &impl AsFd, _queue: i32) -> io::Result<()>
 /// The kernel's smoothed round-trip time of a TCP connection (`TCP_INFO`'s `tcpi_rtt`).
 #[cfg(target_os = "linux")]
 pub fn tcp_rtt(fd: &impl AsFd) -> io::Result<std::time::Duration> {
-    let fd = fd.as_fd().as_raw_fd();
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `fd` is a valid open socket borrowed for the call; `info` is live and `len` is
-    // its size, which the kernel never writes beyond.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `tcp_info` is plain integers, for which all zeroes (what the kernel did not
-    // fill in) is a valid value.
-    let info = unsafe { info.assume_init() };
+    // SAFETY: `tcp_info` is plain integers, for which all zeroes is a valid value.
+    let zero: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let info = tcp_option(fd, libc::TCP_INFO, zero)?;
     Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
 
