@@ -292,6 +292,7 @@ async fn read_loop(
     accept: Option<mpsc::Sender<SmuxStream>>,
 ) -> io::Result<()> {
     let mut head = [0u8; HEADER];
+    let mut refused = Refused::default();
     loop {
         match r.read_exact(&mut head).await {
             Ok(_) => {}
@@ -312,6 +313,7 @@ async fn read_loop(
             Cmd::Syn => {
                 let Some(accept) = accept.as_ref() else {
                     // A client takes no streams from its server.
+                    refused.add(h.sid);
                     shared.control(Cmd::Fin, h.sid).await;
                     continue;
                 };
@@ -323,6 +325,7 @@ async fn read_loop(
                     continue;
                 }
                 if shared.refusing.load(Ordering::Acquire) {
+                    refused.add(h.sid);
                     shared.control(Cmd::Fin, h.sid).await;
                     continue;
                 }
@@ -330,6 +333,7 @@ async fn read_loop(
                     log::info!(
                         "multiplexed stream refused: {open} streams already open in this session (the limit)"
                     );
+                    refused.add(h.sid);
                     shared.control(Cmd::Fin, h.sid).await;
                     continue;
                 }
@@ -340,7 +344,14 @@ async fn read_loop(
             }
             Cmd::Psh => {
                 let rx = shared.streams().get(&h.sid).cloned();
-                let Some(rx) = rx else { continue };
+                let Some(rx) = rx else {
+                    if refused.take(h.sid) {
+                        // Data on a refused stream: its peer missed the first FIN. Say it
+                        // again, now that the peer's stream certainly exists.
+                        shared.control(Cmd::Fin, h.sid).await;
+                    }
+                    continue;
+                };
                 let cfg = shared.cfg;
                 if rx.push(body) > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
                     log::info!(
@@ -362,6 +373,37 @@ async fn read_loop(
                     rx.end(true, None);
                 }
             }
+        }
+    }
+}
+
+/// The streams a session refused lately, whose FIN may have gone unheard: xtaci/smux adds a
+/// stream it opens to its table only after its SYN is written, so a FIN that comes back
+/// quickly enough finds no stream and is dropped, and that stream would wait for ever. The
+/// first data frame on such a stream proves the peer has it now; it gets its FIN again, once.
+#[derive(Default)]
+struct Refused(VecDeque<u32>);
+
+impl Refused {
+    /// Remembered at most; a peer that opens more before sending on them gets no repeat for
+    /// the oldest.
+    const KEEP: usize = 64;
+
+    fn add(&mut self, sid: u32) {
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back(sid);
+    }
+
+    /// Whether `sid` was remembered (and is forgotten now).
+    fn take(&mut self, sid: u32) -> bool {
+        match self.0.iter().position(|&s| s == sid) {
+            Some(i) => {
+                self.0.remove(i);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -929,6 +971,65 @@ mod tests {
 
     /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
     /// of another version ends the session.
+    #[tokio::test]
+    async fn data_on_a_refused_stream_gets_its_fin_again_once() {
+        let cfg = Config {
+            max_streams: 1,
+            ..DEFAULT
+        };
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut server = SmuxSession::server(Box::new(a), cfg, quiet());
+        let frame = |cmd, sid, body: &[u8]| {
+            let len = u16::try_from(body.len()).expect("small");
+            let mut f = Header::new(cmd, sid, len).encode().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let next_header = async |peer: &mut tokio::io::DuplexStream| {
+            let mut head = [0u8; HEADER];
+            tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut head))
+                .await
+                .expect("a frame in time")
+                .expect("read");
+            Header::parse(&head).expect("a valid frame")
+        };
+        peer.write_all(&frame(Cmd::Syn, 3, b""))
+            .await
+            .expect("write");
+        let _first = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("accepted")
+            .expect("a stream");
+        peer.write_all(&frame(Cmd::Syn, 5, b""))
+            .await
+            .expect("write");
+        assert_eq!(next_header(&mut peer).await, Header::new(Cmd::Fin, 5, 0));
+        // As if that FIN had found no stream at the peer: its data comes, and so does the FIN
+        // again; more data after that, or data on a stream never opened, gets nothing.
+        for _ in 0..2 {
+            peer.write_all(&frame(Cmd::Psh, 5, b"ping"))
+                .await
+                .expect("write");
+        }
+        peer.write_all(&frame(Cmd::Psh, 7, b"ping"))
+            .await
+            .expect("write");
+        assert_eq!(next_header(&mut peer).await, Header::new(Cmd::Fin, 5, 0));
+        // Nothing more for 5 or 7 before the session's end.
+        drop(server);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
+            .await
+            .expect("the session ends")
+            .expect("read");
+        let more: Vec<Header> = rest
+            .chunks(HEADER)
+            .filter_map(|h| Header::parse(h.try_into().ok()?).ok())
+            .filter(|h| h.cmd == Cmd::Fin && h.sid != 3)
+            .collect();
+        assert!(more.is_empty(), "FINs repeated beyond one: {more:?}");
+    }
+
     #[tokio::test]
     async fn keepalive_and_bad_frames() {
         let cfg = Config {
