@@ -2,7 +2,8 @@
 """Latency under load: round trips of a small exchange on one stream of a multiplexed session
 while another stream of the same session saturates it (pushes into a sink as fast as it can),
 while another stream is stalled (its destination reads nothing), and quiet. For mtt's mux and
-wss+mux, and for the original's multiplexing (smux version 1, 16 KiB frames) as a Go peer on
+wss+mux; for plain TLS tunnels through the same processes (each exchange in a connection of
+its own: no shared queue, only the shared CPUs); and for the original's multiplexing (smux version 1, 16 KiB frames) as a Go peer on
 xtaci/smux (tests/smux_peer) when Go and the packages are installed.
 
 Every process runs on 127.0.0.1; the destination forks a process per connection, the bulk
@@ -170,8 +171,12 @@ def latency_rows(ctx):
     wait_listening(dport, dest, "latency destination")
     rows = []
     try:
+        # tls: the same exchange and the same bulk transfer, each in a connection of its own
+        # through the same two processes: what the host's CPUs cost a round trip with no
+        # queue shared, the floor for any multiplexing here.
         kinds = [("mux", lambda: Tunnel("mux", f"127.0.0.1:{dport}", ctx)),
-                 ("wss+mux", lambda: Tunnel("wss+mux", f"127.0.0.1:{dport}", ctx))]
+                 ("wss+mux", lambda: Tunnel("wss+mux", f"127.0.0.1:{dport}", ctx)),
+                 ("tls, one connection each", lambda: Tunnel("tls", f"127.0.0.1:{dport}", ctx))]
         peer = go_peer(ctx.tmp)
         if peer:
             kinds.append(("original (smux, Go)",
