@@ -186,6 +186,8 @@ struct Shared {
     refusing: AtomicBool,
     /// Milliseconds since `start` when the last frame arrived.
     last_rx: AtomicU64,
+    /// Streams that ended lately, for a FIN said again.
+    ended: Mutex<Ended>,
     start: Instant,
 }
 
@@ -218,11 +220,25 @@ impl Shared {
     /// Forgets `sid` if it is still `rx`'s; wakes whoever waits for the session to go idle.
     fn forget(&self, sid: u32, rx: &Arc<Rx>) {
         let mut streams = self.streams();
-        if streams.get(&sid).is_some_and(|r| Arc::ptr_eq(r, rx)) {
+        let gone = streams.get(&sid).is_some_and(|r| Arc::ptr_eq(r, rx));
+        if gone {
             streams.remove(&sid);
         }
         drop(streams);
+        if gone {
+            self.ended().add(sid);
+        }
         self.idle.notify_one();
+    }
+
+    fn ended(&self) -> MutexGuard<'_, Ended> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses the peer's stream `sid` (FIN), remembering it.
+    async fn refuse(&self, sid: u32) {
+        self.ended().add(sid);
+        self.control(Cmd::Fin, sid).await;
     }
 
     fn touch(&self) {
@@ -251,6 +267,7 @@ fn start(io: BoxIo, cfg: Config, accept: Option<mpsc::Sender<SmuxStream>>) -> Ar
         last_id: AtomicU32::new(1),
         refusing: AtomicBool::new(false),
         last_rx: AtomicU64::new(0),
+        ended: Mutex::default(),
         start: Instant::now(),
     });
     let m = crate::metrics::get();
@@ -292,7 +309,6 @@ async fn read_loop(
     accept: Option<mpsc::Sender<SmuxStream>>,
 ) -> io::Result<()> {
     let mut head = [0u8; HEADER];
-    let mut refused = Refused::default();
     loop {
         match r.read_exact(&mut head).await {
             Ok(_) => {}
@@ -313,8 +329,7 @@ async fn read_loop(
             Cmd::Syn => {
                 let Some(accept) = accept.as_ref() else {
                     // A client takes no streams from its server.
-                    refused.add(h.sid);
-                    shared.control(Cmd::Fin, h.sid).await;
+                    shared.refuse(h.sid).await;
                     continue;
                 };
                 let (known, open) = {
@@ -325,16 +340,14 @@ async fn read_loop(
                     continue;
                 }
                 if shared.refusing.load(Ordering::Acquire) {
-                    refused.add(h.sid);
-                    shared.control(Cmd::Fin, h.sid).await;
+                    shared.refuse(h.sid).await;
                     continue;
                 }
                 if open >= shared.cfg.max_streams {
                     log::info!(
                         "multiplexed stream refused: {open} streams already open in this session (the limit)"
                     );
-                    refused.add(h.sid);
-                    shared.control(Cmd::Fin, h.sid).await;
+                    shared.refuse(h.sid).await;
                     continue;
                 }
                 let stream = shared.register(h.sid, true);
@@ -345,9 +358,9 @@ async fn read_loop(
             Cmd::Psh => {
                 let rx = shared.streams().get(&h.sid).cloned();
                 let Some(rx) = rx else {
-                    if refused.take(h.sid) {
-                        // Data on a refused stream: its peer missed the first FIN. Say it
-                        // again, now that the peer's stream certainly exists.
+                    if shared.ended().take(h.sid) {
+                        // Data on a stream that ended here: its peer may have missed the
+                        // FIN. Say it again, now that the peer's stream certainly exists.
                         shared.control(Cmd::Fin, h.sid).await;
                     }
                     continue;
@@ -377,16 +390,16 @@ async fn read_loop(
     }
 }
 
-/// The streams a session refused lately, whose FIN may have gone unheard: xtaci/smux adds a
-/// stream it opens to its table only after its SYN is written, so a FIN that comes back
-/// quickly enough finds no stream and is dropped, and that stream would wait for ever. The
-/// first data frame on such a stream proves the peer has it now; it gets its FIN again, once.
+/// The streams of a session that ended lately (refused, or closed here), whose FIN may have
+/// gone unheard: xtaci/smux adds a stream it opens to its table only after its SYN is written,
+/// so a FIN that comes back quickly enough (a refusal, a destination that cannot be reached)
+/// finds no stream and is dropped, and that stream would wait for ever. The first data frame
+/// on such a stream proves the peer has it now; it gets its FIN again, once.
 #[derive(Default)]
-struct Refused(VecDeque<u32>);
+struct Ended(VecDeque<u32>);
 
-impl Refused {
-    /// Remembered at most; a peer that opens more before sending on them gets no repeat for
-    /// the oldest.
+impl Ended {
+    /// Remembered at most; a peer that sends on older ones gets no repeat for them.
     const KEEP: usize = 64;
 
     fn add(&mut self, sid: u32) {
@@ -969,8 +982,8 @@ mod tests {
         srv.abort();
     }
 
-    /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
-    /// of another version ends the session.
+    /// A refused stream's FIN is said again, once, when data comes on it (the peer may have
+    /// missed the first).
     #[tokio::test]
     async fn data_on_a_refused_stream_gets_its_fin_again_once() {
         let cfg = Config {
@@ -1030,6 +1043,46 @@ mod tests {
         assert!(more.is_empty(), "FINs repeated beyond one: {more:?}");
     }
 
+    /// The same for a stream accepted and closed at once (its destination could not be
+    /// reached): data on it after its FIN gets the FIN again, once.
+    #[tokio::test]
+    async fn data_on_a_stream_closed_here_gets_its_fin_again_once() {
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut server = SmuxSession::server(Box::new(a), DEFAULT, quiet());
+        let syn = Header::new(Cmd::Syn, 3, 0).encode();
+        let mut psh = Header::new(Cmd::Psh, 3, 4).encode().to_vec();
+        psh.extend_from_slice(b"ping");
+        let fin = Header::new(Cmd::Fin, 3, 0).encode();
+        peer.write_all(&syn).await.expect("write");
+        let stream = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("accepted")
+            .expect("a stream");
+        drop(stream);
+        let mut head = [0u8; HEADER];
+        for _ in 0..2 {
+            // The FIN of the close, then (after data) the one said again.
+            tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut head))
+                .await
+                .expect("a frame in time")
+                .expect("read");
+            assert_eq!(head, fin);
+            peer.write_all(&psh).await.expect("write");
+        }
+        drop(server);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
+            .await
+            .expect("the session ends")
+            .expect("read");
+        assert!(
+            !rest.chunks(HEADER).any(|h| h == fin),
+            "a FIN repeated beyond one: {rest:?}"
+        );
+    }
+
+    /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
+    /// of another version ends the session.
     #[tokio::test]
     async fn keepalive_and_bad_frames() {
         let cfg = Config {
