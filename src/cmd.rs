@@ -208,7 +208,11 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 cfg.dial.protect = Some(crate::transport::protect::PROTECT_PATH.into());
             }
             let metrics = metrics_addr(&args.metrics)?;
-            runtime()?.block_on(async {
+            let scheduling = match cfg.dial.mux {
+                Some(_) => Scheduling::Multiplexing,
+                None => Scheduling::Default,
+            };
+            runtime_for(scheduling)?.block_on(async {
                 let client = Client::new(cfg.clone())?;
                 crate::shutdown::ignore_hangup()?;
                 let listener =
@@ -320,11 +324,45 @@ async fn serve_metrics(
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+/// What the async runtime of a process is tuned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheduling {
+    /// tokio's defaults.
+    Default,
+    /// A client whose tunnels share multiplexed sessions: a task woken by a session's task
+    /// goes where any worker can take it (see [`runtime`]).
+    Multiplexing,
+}
+
+/// The process's runtime. tokio runs the task a worker wakes next on that worker, in a slot
+/// no other worker can take (its "LIFO slot"). A multiplexing client's session task runs long
+/// (it moves a saturating stream's frames), and the sibling's task it wakes with the answer to
+/// a small exchange waited there for it, although the other worker was idle: measured
+/// (`benches/latency.py`, loopback, 2 cores) 0.8–1.3 ms per round trip beside a saturating
+/// stream, 0.3–0.5 ms with the slot off. Off only there: a plain-TLS client's UDP associations
+/// are woken by its receiving loop, and cost 10 % more CPU per datagram when moved between
+/// workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in .cargo/config.toml);
+/// a build without it keeps the slot.
+pub(crate) fn runtime_for(scheduling: Scheduling) -> Result<tokio::runtime::Runtime> {
+    builder(scheduling)
         .build()
         .map_err(|e| Error::io("start the async runtime", e))
+}
+
+fn builder(scheduling: Scheduling) -> tokio::runtime::Builder {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    #[cfg(tokio_unstable)]
+    if scheduling == Scheduling::Multiplexing {
+        b.disable_lifo_slot();
+    }
+    #[cfg(not(tokio_unstable))]
+    let _ = scheduling;
+    b
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    runtime_for(Scheduling::Default)
 }
 
 /// `mtt cert`: writes NAME.crt and NAME.key (mode 0600) and prints the pin.
@@ -390,5 +428,48 @@ mod tests {
             Dispatch::Help { asked: true }
         );
         assert!(dispatch(&v(&["mtt", "clinet"])).is_err());
+    }
+
+    /// In a multiplexing client's runtime, a task woken by a task that keeps its worker busy
+    /// (as a session's task does while a stream saturates it) is taken by the other worker
+    /// meanwhile; with tokio's LIFO slot it would wait until the busy task yields (here 2 s).
+    #[test]
+    fn a_multiplexing_client_runs_a_woken_task_beside_a_busy_one() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::{Duration, Instant};
+        let rt = builder(Scheduling::Multiplexing)
+            .worker_threads(2)
+            .build()
+            .expect("runtime");
+        let ran = Arc::new(AtomicBool::new(false));
+        let took = rt.block_on(async {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+            let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+            let r = ran.clone();
+            let waiter = tokio::spawn(async move {
+                let _ = ready_tx.send(());
+                let _ = go_rx.await;
+                r.store(true, Ordering::SeqCst);
+            });
+            ready_rx.await.expect("the waiting task started");
+            let r = ran.clone();
+            let busy = tokio::spawn(async move {
+                let start = Instant::now();
+                let _ = go_tx.send(());
+                // Busy without yielding, as long as the woken task has not run.
+                while !r.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(2) {
+                    std::hint::spin_loop();
+                }
+                start.elapsed()
+            });
+            let took = busy.await.expect("busy task");
+            waiter.await.expect("waiting task");
+            took
+        });
+        assert!(
+            took < Duration::from_secs(2),
+            "the woken task waited for the busy one to yield ({took:?})"
+        );
     }
 }
