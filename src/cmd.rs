@@ -209,7 +209,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             }
             let metrics = metrics_addr(&args.metrics)?;
             let scheduling = match cfg.dial.mux {
-                Some(_) => Scheduling::Multiplexing,
+                Some(_) => Scheduling::Sessions,
                 None => Scheduling::Default,
             };
             runtime_for(scheduling)?.block_on(async {
@@ -248,7 +248,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             crate::logging::init(args.verbose);
             let cfg = ServerConfig::from_args(&args)?;
             let metrics = metrics_addr(&args.metrics)?;
-            runtime()?.block_on(async {
+            runtime_for(Scheduling::Sessions)?.block_on(async {
                 let server = Server::new(cfg.clone())?;
                 crate::shutdown::on_hangup(server.reloader())?;
                 crate::watch::on_cert_change(server.reloader());
@@ -265,7 +265,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             let args = parse_or_help!(MuServerArgs, prog, rest);
             crate::logging::init(args.verbose);
             let cfg = crate::config::MuServerConfig::from_args(&args, |k| std::env::var(k).ok())?;
-            runtime()?.block_on(async {
+            runtime_for(Scheduling::Sessions)?.block_on(async {
                 let server = crate::role::mu_server::MuServer::start(cfg.clone()).await?;
                 crate::shutdown::on_hangup(server.reloader())?;
                 crate::watch::on_cert_change(server.reloader());
@@ -326,24 +326,24 @@ async fn serve_metrics(
 
 /// What the async runtime of a process is tuned for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Scheduling {
+enum Scheduling {
     /// tokio's defaults.
     Default,
-    /// A client whose tunnels share multiplexed sessions: a task woken by a session's task
-    /// goes where any worker can take it (see [`runtime`]).
-    Multiplexing,
+    /// A process that carries multiplexed sessions (a client with `-mux`, every server): a
+    /// task woken by a session's task goes where any worker can take it (see [`runtime_for`]).
+    Sessions,
 }
 
 /// The process's runtime. tokio runs the task a worker wakes next on that worker, in a slot
-/// no other worker can take (its "LIFO slot"). A multiplexing client's session task runs long
-/// (it moves a saturating stream's frames), and the sibling's task it wakes with the answer to
-/// a small exchange waited there for it, although the other worker was idle: measured
-/// (`benches/latency.py`, loopback, 2 cores) 0.8–1.3 ms per round trip beside a saturating
-/// stream, 0.3–0.5 ms with the slot off. Off only there: a plain-TLS client's UDP associations
-/// are woken by its receiving loop, and cost 10 % more CPU per datagram when moved between
-/// workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in .cargo/config.toml);
-/// a build without it keeps the slot.
-pub(crate) fn runtime_for(scheduling: Scheduling) -> Result<tokio::runtime::Runtime> {
+/// no other worker can take (its "LIFO slot"). A session's task runs long while a stream
+/// saturates it, and the task it wakes with the answer to a sibling's small exchange waited
+/// there for it to yield, although the other worker was idle: measured (`benches/latency.py`,
+/// loopback, 2 cores) 0.8–1.3 ms per sibling round trip beside a saturating stream, 0.3–0.6
+/// ms with the slot off, at the same throughput. Kept on in a client without `-mux`: its UDP
+/// associations are woken by its receiving loop, and cost about 10 % more CPU per datagram
+/// when moved between workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in
+/// .cargo/config.toml); a build without it keeps the slot.
+fn runtime_for(scheduling: Scheduling) -> Result<tokio::runtime::Runtime> {
     builder(scheduling)
         .build()
         .map_err(|e| Error::io("start the async runtime", e))
@@ -353,7 +353,7 @@ fn builder(scheduling: Scheduling) -> tokio::runtime::Builder {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
     #[cfg(tokio_unstable)]
-    if scheduling == Scheduling::Multiplexing {
+    if scheduling == Scheduling::Sessions {
         b.disable_lifo_slot();
     }
     #[cfg(not(tokio_unstable))]
@@ -430,15 +430,15 @@ mod tests {
         assert!(dispatch(&v(&["mtt", "clinet"])).is_err());
     }
 
-    /// In a multiplexing client's runtime, a task woken by a task that keeps its worker busy
+    /// In the runtime of a process that carries sessions, a task woken by a task that keeps its worker busy
     /// (as a session's task does while a stream saturates it) is taken by the other worker
     /// meanwhile; with tokio's LIFO slot it would wait until the busy task yields (here 2 s).
     #[test]
-    fn a_multiplexing_client_runs_a_woken_task_beside_a_busy_one() {
+    fn a_session_carrier_runs_a_woken_task_beside_a_busy_one() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::time::{Duration, Instant};
-        let rt = builder(Scheduling::Multiplexing)
+        let rt = builder(Scheduling::Sessions)
             .worker_threads(2)
             .build()
             .expect("runtime");
