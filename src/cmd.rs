@@ -340,7 +340,7 @@ enum Scheduling {
 /// there for it to yield, although the other worker was idle: measured (`benches/latency.py`,
 /// loopback, 2 cores) 0.8–1.3 ms per sibling round trip beside a saturating stream, 0.3–0.6
 /// ms with the slot off, at the same throughput. Kept on in a client without `-mux`: its UDP
-/// associations are woken by its receiving loop, and cost about 10 % more CPU per datagram
+/// associations are woken by its receiving loop, and cost 10–30 % more CPU per datagram
 /// when moved between workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in
 /// .cargo/config.toml); a build without it keeps the slot.
 fn runtime_for(scheduling: Scheduling) -> Result<tokio::runtime::Runtime> {
