@@ -430,9 +430,10 @@ mod tests {
         assert!(dispatch(&v(&["mtt", "clinet"])).is_err());
     }
 
-    /// In the runtime of a process that carries sessions, a task woken by a task that keeps its worker busy
-    /// (as a session's task does while a stream saturates it) is taken by the other worker
-    /// meanwhile; with tokio's LIFO slot it would wait until the busy task yields (here 2 s).
+    /// In the runtime of a process that carries sessions, a task woken by a task that keeps
+    /// its worker busy (as a session's task does while a stream saturates it) is taken by the
+    /// other worker meanwhile; with tokio's LIFO slot it would wait until the busy task yields
+    /// (here 2 s).
     #[test]
     fn a_session_carrier_runs_a_woken_task_beside_a_busy_one() {
         use std::sync::Arc;
