@@ -982,6 +982,17 @@ mod tests {
         srv.abort();
     }
 
+    /// What the session still writes once `server` is dropped, up to its end.
+    async fn rest_after_end(server: SmuxSession, peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        drop(server);
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
+            .await
+            .expect("the session ends")
+            .expect("read");
+        rest
+    }
+
     /// A refused stream's FIN is said again, once, when data comes on it (the peer may have
     /// missed the first).
     #[tokio::test]
@@ -1029,12 +1040,7 @@ mod tests {
             .expect("write");
         assert_eq!(next_header(&mut peer).await, Header::new(Cmd::Fin, 5, 0));
         // Nothing more for 5 or 7 before the session's end.
-        drop(server);
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
-            .await
-            .expect("the session ends")
-            .expect("read");
+        let rest = rest_after_end(server, &mut peer).await;
         let more: Vec<Header> = rest
             .chunks(HEADER)
             .filter_map(|h| Header::parse(h.try_into().ok()?).ok())
@@ -1069,12 +1075,7 @@ mod tests {
             assert_eq!(head, fin);
             peer.write_all(&psh).await.expect("write");
         }
-        drop(server);
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut rest))
-            .await
-            .expect("the session ends")
-            .expect("read");
+        let rest = rest_after_end(server, &mut peer).await;
         assert!(
             !rest.chunks(HEADER).any(|h| h == fin),
             "a FIN repeated beyond one: {rest:?}"
