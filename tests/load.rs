@@ -9,17 +9,35 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Waits (bounded) until `pid` has at most `baseline` descriptors open.
-async fn back_to(pid: u32, baseline: usize, who: &str, within: Duration) {
+/// The descriptors a process had before the load: how many, and what they were.
+struct Baseline {
+    count: usize,
+    seen: String,
+}
+
+impl Baseline {
+    fn of(pid: u32) -> Self {
+        Baseline {
+            count: open_fds(pid),
+            seen: describe_fds(pid),
+        }
+    }
+}
+
+/// Waits (bounded) until `pid` has at most the baseline's descriptors open.
+async fn back_to(pid: u32, base: &Baseline, who: &str, within: Duration) {
     let start = Instant::now();
     loop {
         let now = open_fds(pid);
-        if now <= baseline {
+        if now <= base.count {
             return;
         }
         assert!(
             start.elapsed() < within,
-            "{who}: {now} descriptors open, baseline {baseline}"
+            "{who}: {now} descriptors open, baseline {}:\n{}\nat the baseline:\n{}",
+            base.count,
+            describe_fds(pid),
+            base.seen
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -78,7 +96,7 @@ async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
                 server.child.id().expect("pid"),
                 client.child.id().expect("pid"),
             );
-            let (sbase, cbase) = (open_fds(spid), open_fds(cpid));
+            let (sbase, cbase) = (Baseline::of(spid), Baseline::of(cpid));
             let start = Instant::now();
             let mut tasks = Vec::with_capacity(tunnels);
             for i in 0..tunnels {
@@ -92,8 +110,8 @@ async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
             eprintln!("{mode}: {tunnels} tunnels in {:?}", start.elapsed());
             // Multiplexed sessions are kept 1 s (-mux-idle) after their last stream, then closed.
             let within = Duration::from_secs(20);
-            back_to(cpid, cbase, &format!("{mode} client"), within).await;
-            back_to(spid, sbase, &format!("{mode} server"), within).await;
+            back_to(cpid, &cbase, &format!("{mode} client"), within).await;
+            back_to(spid, &sbase, &format!("{mode} server"), within).await;
             client.signal("TERM");
             server.signal("TERM");
             assert_eq!(client.exit().await.code(), Some(0));

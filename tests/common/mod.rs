@@ -651,6 +651,41 @@ pub fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// What process `pid`'s descriptors are, one per line, for a failure's message: the target,
+/// and for a TCP socket its local and remote address and state (from `/proc/<pid>/net/tcp*`).
+pub fn describe_fds(pid: u32) -> String {
+    let mut tcp = std::collections::HashMap::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 {
+                let state = format!("local {} remote {} state {}", f[1], f[2], f[3]);
+                tcp.insert(f[9].to_string(), state);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            let target = std::fs::read_link(e.path())
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|e| format!("? ({e})"));
+            let inode = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|i| tcp.get(i));
+            let name = e.file_name().to_string_lossy().into_owned();
+            match inode {
+                Some(state) => out.push(format!("{name} -> {target} ({state})")),
+                None => out.push(format!("{name} -> {target}")),
+            }
+        }
+    }
+    out.sort();
+    out.join("\n")
+}
+
 /// How long a helper program may run before it is killed and the test fails.
 pub const CHILD_LIMIT: Duration = Duration::from_secs(30);
 

@@ -348,6 +348,11 @@ mod tests {
 
     /// A client pool and a server session joined by an in-memory pipe.
     fn pair() -> (Arc<MuxPool>, MuxSession) {
+        pair_idle(Duration::from_secs(30))
+    }
+
+    /// [`pair`] whose client closes a session `idle` after its last stream.
+    fn pair_idle(idle: Duration) -> (Arc<MuxPool>, MuxSession) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let a = Mutex::new(Some(Box::new(a) as BoxIo));
         let dial: DialFn = Box::new(move || {
@@ -361,7 +366,7 @@ mod tests {
                 .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
             })
         });
-        let pool = MuxPool::new(4, Duration::from_secs(30), Muxing::Yamux, dial);
+        let pool = MuxPool::new(4, idle, Muxing::Yamux, dial);
         (
             pool,
             MuxSession::server(
@@ -416,6 +421,45 @@ mod tests {
             "{e}"
         );
         server.abort();
+    }
+
+    /// The last stream's slot is freed after its yamux stream has gone and the connection has
+    /// fallen quiet (as when the stream's drop and the session's task run on two threads): the
+    /// client still closes the idle session on time, rather than when the server gives up on it.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_whose_last_slot_goes_last_still_closes_when_idle() {
+        let idle = Duration::from_secs(1);
+        let (pool, mut session) = pair_idle(idle);
+        let server = tokio::spawn(async move {
+            while let Some(Ok(mut s)) = session.next().await {
+                let _ = s.shutdown().await;
+            }
+            tokio::time::Instant::now()
+        });
+        let mut c = pool
+            .open(crate::transport::datagram::Kind::Stream)
+            .await
+            .expect("open");
+        c.shutdown().await.expect("FIN");
+        let mut back = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut c, &mut back)
+            .await
+            .expect("EOF");
+        let MuxStream { inner, _slot } = c;
+        drop(inner);
+        // Everything the stream's end sends and answers goes by; the session's task sleeps.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let freed = tokio::time::Instant::now();
+        drop(_slot);
+        let closed = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the idle session was never closed by the client")
+            .expect("server task");
+        let after = closed - freed;
+        assert!(
+            after >= idle && after < idle + Duration::from_millis(100),
+            "closed {after:?} after the last slot was freed"
+        );
     }
 
     /// A stream closed both ways, or one dropped while still open (yamux resets those itself),

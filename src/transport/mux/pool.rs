@@ -315,6 +315,10 @@ async fn drive(
     tokio::pin!(idle);
     let mut idle_armed = false;
     loop {
+        // Lives for the whole wait, so the last stream's end wakes this task even when nothing
+        // else happens on the connection (a stream's yamux part may go before its slot does).
+        let notified = session.count.idle.notified();
+        tokio::pin!(notified);
         let event = poll_fn(|cx| {
             while let Poll::Ready(Some(r)) = requests.poll_recv(cx) {
                 waiting.push_back(r);
@@ -346,9 +350,7 @@ async fn drive(
                 }
                 Poll::Pending => {}
             }
-            let notified = session.count.idle.notified();
-            tokio::pin!(notified);
-            if notified.poll(cx).is_ready()
+            if notified.as_mut().poll(cx).is_ready()
                 || (!idle_armed && session.count.open.load(Ordering::Acquire) == 0)
             {
                 return Poll::Ready(Ok(true));
