@@ -62,7 +62,7 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             let fp = server.pin().await;
             let addr = server.listening_addr().await;
             let pid = server.child.id().expect("pid");
-            let baseline = open_fds(pid);
+            let baseline = Baseline::of(pid);
             let mut cfg = client_config(
                 addr,
                 "127.0.0.1",
@@ -136,15 +136,13 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             assert!(start.elapsed() < Duration::from_secs(5));
             echo_roundtrip(client.addr, &random_bytes(256 * 1024, 1)).await;
             drop(live);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while open_fds(pid) > baseline {
-                assert!(
-                    Instant::now() < deadline,
-                    "{flags:?}: {} fds, baseline {baseline}",
-                    open_fds(pid)
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            back_to(
+                pid,
+                &baseline,
+                &format!("{flags:?}"),
+                Duration::from_secs(20),
+            )
+            .await;
             server.signal("TERM");
             assert_eq!(server.exit().await.code(), Some(0), "{flags:?}");
         }

@@ -9,40 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The descriptors a process had before the load: how many, and what they were.
-struct Baseline {
-    count: usize,
-    seen: String,
-}
-
-impl Baseline {
-    fn of(pid: u32) -> Self {
-        Baseline {
-            count: open_fds(pid),
-            seen: describe_fds(pid),
-        }
-    }
-}
-
-/// Waits (bounded) until `pid` has at most the baseline's descriptors open.
-async fn back_to(pid: u32, base: &Baseline, who: &str, within: Duration) {
-    let start = Instant::now();
-    loop {
-        let now = open_fds(pid);
-        if now <= base.count {
-            return;
-        }
-        assert!(
-            start.elapsed() < within,
-            "{who}: {now} descriptors open, baseline {}:\n{}\nat the baseline:\n{}",
-            base.count,
-            describe_fds(pid),
-            base.seen
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {
     let tunnels: usize = std::env::var("MTT_LOAD_TUNNELS")

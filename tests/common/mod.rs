@@ -686,6 +686,40 @@ pub fn describe_fds(pid: u32) -> String {
     out.join("\n")
 }
 
+/// The descriptors a process had before a test's load: how many, and what they were.
+pub struct Baseline {
+    count: usize,
+    seen: String,
+}
+
+impl Baseline {
+    pub fn of(pid: u32) -> Self {
+        Baseline {
+            count: open_fds(pid),
+            seen: describe_fds(pid),
+        }
+    }
+}
+
+/// Waits (bounded) until `pid` has at most the baseline's descriptors open.
+pub async fn back_to(pid: u32, base: &Baseline, who: &str, within: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let now = open_fds(pid);
+        if now <= base.count {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "{who}: {now} descriptors open, baseline {}:\n{}\nat the baseline:\n{}",
+            base.count,
+            describe_fds(pid),
+            base.seen
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How long a helper program may run before it is killed and the test fails.
 pub const CHILD_LIMIT: Duration = Duration::from_secs(30);
 
