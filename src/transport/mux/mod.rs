@@ -447,7 +447,9 @@ mod tests {
             .expect("EOF");
         let MuxStream { inner, _slot } = c;
         drop(inner);
-        // Everything the stream's end sends and answers goes by; the session's task sleeps.
+        // With the clock paused, this returns only once every task is idle (time moves only
+        // then): whatever the stream's end sent has been answered and the session's task is
+        // asleep. It waits for that state, not for an amount of time.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let freed = tokio::time::Instant::now();
         drop(_slot);
