@@ -438,6 +438,27 @@ struct RustPair {
     _local: tokio::process::Child,
     /// sslocal's listening address (SOCKS5, or the tunnel with `forward`).
     local: SocketAddr,
+    /// What ssserver and sslocal (and the plugins they start) printed.
+    logs: tempfile::TempDir,
+}
+
+impl RustPair {
+    /// Both hosts' output so far, for a failure's message.
+    fn logs(&self) -> String {
+        ["ssserver", "sslocal"]
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(self.logs.path().join(n)).unwrap_or_default();
+                format!("--- {n} (with its plugin):\n{text}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A file for a host's output in `dir`.
+fn log_file(dir: &tempfile::TempDir, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.path().join(name)).expect("log file")
 }
 
 fn rust_pair(
@@ -456,6 +477,7 @@ fn rust_pair(
     } else {
         &[]
     };
+    let logs = tempfile::tempdir().expect("tempdir");
     let mut server = tokio::process::Command::new("ssserver");
     server
         .args(["-s", &ss])
@@ -467,8 +489,9 @@ fn rust_pair(
             server_opts,
         ])
         .args(mode)
+        .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log_file(&logs, "ssserver"))
         .kill_on_drop(true);
     let server = server
         .spawn()
@@ -484,8 +507,9 @@ fn rust_pair(
             client_opts,
         ])
         .args(mode)
+        .env("RUST_LOG", "debug")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log_file(&logs, "sslocal"))
         .kill_on_drop(true);
     if let Some(f) = forward {
         sslocal.args(["--protocol", "tunnel", "-f", &f.to_string()]);
@@ -495,6 +519,7 @@ fn rust_pair(
         _server: server,
         _local: local_child,
         local,
+        logs,
     }
 }
 
@@ -548,12 +573,13 @@ async fn udp_echo() -> SocketAddr {
 }
 
 /// Sends `data` to `to` until it comes back (the plugins say nothing when they are ready,
-/// and UDP may lose a datagram), checking what returns.
+/// and UDP may lose a datagram), checking what returns; `pair`'s output is the failure's.
 async fn udp_until_echoed(
     sock: &tokio::net::UdpSocket,
     to: SocketAddr,
     data: &[u8],
     expect: &[u8],
+    pair: &RustPair,
 ) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut buf = vec![0u8; 65_536];
@@ -571,8 +597,9 @@ async fn udp_until_echoed(
         }
         assert!(
             Instant::now() < deadline,
-            "no echo of {} bytes through {to}",
-            data.len()
+            "no echo of {} bytes through {to}\n{}",
+            data.len(),
+            pair.logs()
         );
     }
 }
@@ -603,7 +630,7 @@ async fn shadowsocks_rust_carries_udp_through_mtt() {
                 .expect("bind");
             for (i, n) in [1usize, 100, 1400, 8000, 30_000].into_iter().enumerate() {
                 let data = random_bytes(n, 90 + i as u64);
-                udp_until_echoed(&sock, pair.local, &data, &data).await;
+                udp_until_echoed(&sock, pair.local, &data, &data, &pair).await;
             }
             drop(pair);
             // SOCKS5 UDP ASSOCIATE, as applications use it.
@@ -661,7 +688,7 @@ async fn shadowsocks_rust_carries_udp_through_mtt() {
                 let data = random_bytes(n, 95 + i as u64);
                 packet.extend_from_slice(&data);
                 // The answer comes back with the same SOCKS5 header.
-                udp_until_echoed(&sock, relay, &packet, &packet).await;
+                udp_until_echoed(&sock, relay, &packet, &packet, &pair).await;
             }
             drop(ctl);
         }
