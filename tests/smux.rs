@@ -342,22 +342,23 @@ async fn toward_an_original_server_a_refused_stream_ends_at_once() {
 #[tokio::test]
 async fn toward_an_original_server_a_stalled_application_does_not_stop_the_others() {
     bounded(async {
-        // The first connection to the destination pours data out; the others echo.
-        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let dest = serve_dest(move |mut s| {
-            let pour = first.swap(false, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if pour {
-                    let chunk = vec![9u8; 256 * 1024];
-                    for _ in 0..128 {
-                        s.write_all(&chunk).await?;
-                    }
-                    return Ok(());
+        // A connection that opens with "go" gets data poured out; any other is echoed, its
+        // first two bytes included. Chosen by what arrives, not by the order of arrival: the
+        // streams' tasks race to open their streams, and the server dials for each in turn.
+        let dest = serve_dest(move |mut s| async move {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await?;
+            if &head == b"go" {
+                let chunk = vec![9u8; 256 * 1024];
+                for _ in 0..128 {
+                    s.write_all(&chunk).await?;
                 }
-                let (mut r, mut w) = s.split();
-                tokio::io::copy(&mut r, &mut w).await?;
-                Ok(())
+                return Ok(());
             }
+            s.write_all(&head).await?;
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+            Ok(())
         })
         .await;
         let (_server, addr, pin, _dir) = go_server(dest, None).await;
@@ -371,6 +372,11 @@ async fn toward_an_original_server_a_stalled_application_does_not_stop_the_other
         let mut stalled = TcpStream::connect(local).await.expect("connect");
         stalled.write_all(b"go").await.expect("write");
         let data = random_bytes(2 * 1024 * 1024, 6);
+        assert_ne!(
+            &data[..2],
+            b"go",
+            "the echoed data must not look like the stalled one"
+        );
         let s = TcpStream::connect(local).await.expect("connect");
         tokio::time::timeout(Duration::from_secs(20), echo_exact(s, &data))
             .await
