@@ -164,20 +164,21 @@ async fn an_unreachable_destination_closes_its_stream_at_once() {
 #[tokio::test]
 async fn a_stalled_destination_does_not_stop_the_other_streams() {
     bounded(async {
-        // The first connection to the destination is never read; the others echo.
-        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let dest = serve_dest(move |mut s| {
-            let stall = first.swap(false, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                if stall {
-                    // Holds the connection open and reads nothing, for as long as the test runs.
-                    let _held = &mut s;
-                    std::future::pending::<()>().await;
-                }
-                let (mut r, mut w) = s.split();
-                tokio::io::copy(&mut r, &mut w).await?;
-                Ok(())
+        // The connection that opens with the pushed bytes (7, 7) is read no further; any other
+        // is echoed, its first two bytes included. Chosen by what arrives, not by the order of
+        // arrival: the server dials for each stream in a task of its own.
+        let dest = serve_dest(move |mut s| async move {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await?;
+            if head == [7, 7] {
+                // Holds the connection open and reads nothing, for as long as the test runs.
+                let _held = &mut s;
+                std::future::pending::<()>().await;
             }
+            s.write_all(&head).await?;
+            let (mut r, mut w) = s.split();
+            tokio::io::copy(&mut r, &mut w).await?;
+            Ok(())
         })
         .await;
         let (mut server, addr) = mtt_server(dest, &["-mux"]).await;
@@ -195,6 +196,11 @@ async fn a_stalled_destination_does_not_stop_the_other_streams() {
         });
         // Meanwhile, and after, another stream of the same session echoes.
         let data = random_bytes(2 * 1024 * 1024, 5);
+        assert_ne!(
+            data[..2],
+            [7, 7],
+            "the echoed data must not look like the pushed one"
+        );
         let s = TcpStream::connect(local).await.expect("connect");
         tokio::time::timeout(Duration::from_secs(20), echo_exact(s, &data))
             .await
