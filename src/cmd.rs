@@ -339,7 +339,10 @@ enum Scheduling {
 /// saturates it, and the task it wakes with the answer to a sibling's small exchange waited
 /// there for it to yield, although the other worker was idle: measured (`benches/latency.py`,
 /// loopback, 2 cores) 0.8–1.3 ms per sibling round trip beside a saturating stream, 0.3–0.6
-/// ms with the slot off, at the same throughput. Kept on in a client without `-mux`: its UDP
+/// ms with the slot off, at the same throughput but not the same CPU: one multiplexed
+/// stream (iperf3, 3 rounds) took 2.1–2.2 CPU seconds per GiB in client and server together,
+/// against 1.6–1.9 with the slot on, as each task woken now waits in the run queue and often
+/// wakes the other worker's thread to take it. Kept on in a client without `-mux`: its UDP
 /// associations are woken by its receiving loop, and cost 10–30 % more CPU per datagram
 /// when moved between workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in
 /// .cargo/config.toml); a build without it keeps the slot.
