@@ -8,7 +8,9 @@ xtaci/smux (tests/smux_peer) when Go and the packages are installed.
 
 Every process runs on 127.0.0.1; the destination forks a process per connection, the bulk
 sender is a process of its own, so no interpreter lock sits between them and the measured
-round trips. Called by benches/harness.py; runs alone too:
+round trips. Each kind is measured three times (`--rounds`), every kind in turn within a round,
+200 round trips per case; a row holds the medians of the runs' p50 and p99. Called by
+benches/harness.py; runs alone too:
 
     python3 benches/latency.py --mtt target/release/mtt
 """
@@ -164,8 +166,21 @@ def go_peer(tmp):
     return out
 
 
-def latency_rows(ctx):
-    """One row per kind: mux, wss+mux, and the original's smux (Go) when it builds."""
+ROUNDS = 3
+
+
+def combine(runs):
+    """One case over several runs: the median of the runs' p50s and of their p99s; None
+    (stuck) if any run got stuck."""
+    if not runs or any(r is None for r in runs):
+        return None
+    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+
+
+def latency_rows(ctx, rounds=ROUNDS):
+    """One row per kind: mux, wss+mux, and the original's smux (Go) when it builds. Each
+    kind is measured `rounds` times, every kind in turn within a round (a slow spell of the
+    host falls on all alike); a row holds the medians over the rounds."""
     dport = free_port()
     dest = subprocess.Popen([sys.executable, "-c", DEST, str(dport)], start_new_session=True)
     wait_listening(dport, dest, "latency destination")
@@ -181,16 +196,21 @@ def latency_rows(ctx):
         if peer:
             kinds.append(("original (smux, Go)",
                           lambda: GoTunnel(peer, f"127.0.0.1:{dport}", ctx)))
-        for name, make in kinds:
-            t = make()
-            try:
-                row = {"name": name, **measure(t.port)}
-            finally:
-                t.stop()
-            rows.append(row)
-            log(f"latency {name}: " + ", ".join(
-                f"{k} " + (f"p50 {v[0]:.2f} ms p99 {v[1]:.2f} ms" if v else "stuck")
-                for k, v in row.items() if k != "name"))
+        runs = {name: [] for name, _ in kinds}
+        for rnd in range(rounds):
+            for name, make in kinds:
+                t = make()
+                try:
+                    run = measure(t.port)
+                finally:
+                    t.stop()
+                runs[name].append(run)
+                log(f"latency {name} (round {rnd + 1}/{rounds}): " + ", ".join(
+                    f"{k} " + (f"p50 {v[0]:.2f} ms p99 {v[1]:.2f} ms" if v else "stuck")
+                    for k, v in run.items()))
+        for name, _ in kinds:
+            rows.append({"name": name, **{case: combine([r[case] for r in runs[name]])
+                                          for case in ("quiet", "saturated", "stalled")}})
     finally:
         # The destination and every connection's process it forked.
         os.killpg(dest.pid, signal.SIGKILL)
@@ -211,6 +231,8 @@ def table(rows):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mtt", default="target/release/mtt")
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help="runs of every kind, taken in turn; the table shows their medians")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ctx = argparse.Namespace(mtt=os.path.abspath(args.mtt), tmp=tmp)
@@ -219,7 +241,7 @@ def main():
         ctx.cert = os.path.join(tmp, "bench.local.crt")
         ctx.key = os.path.join(tmp, "bench.local.key")
         ctx.pin = out.split("SHA-256: ")[1].split()[0]
-        print("\n".join(table(latency_rows(ctx))))
+        print("\n".join(table(latency_rows(ctx, args.rounds))))
 
 
 if __name__ == "__main__":
