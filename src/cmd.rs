@@ -342,7 +342,9 @@ enum Scheduling {
 /// ms with the slot off, at the same throughput but not the same CPU: one multiplexed
 /// stream (iperf3, 3 rounds) took 2.1–2.2 CPU seconds per GiB in client and server together,
 /// against 1.6–1.9 with the slot on, as each task woken now waits in the run queue and often
-/// wakes the other worker's thread to take it. Kept on in a client without `-mux`: its UDP
+/// wakes the other worker's thread to take it. Off in servers too: with it on in the server
+/// only, the sibling's median stayed the same and CPU per GiB fell by 5–8 %, but the p99 rose
+/// from 3.0 to 3.6–3.8 ms (5 rounds each). Kept on in a client without `-mux`: its UDP
 /// associations are woken by its receiving loop, and cost 10–30 % more CPU per datagram
 /// when moved between workers. The switch is tokio's, behind `--cfg tokio_unstable` (set in
 /// .cargo/config.toml); a build without it keeps the slot.
