@@ -389,3 +389,114 @@ async fn an_oversized_head_is_logged_once_without_a_doubled_prefix() {
     })
     .await;
 }
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After the command's name in parentheses: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+/// One smux version 1 frame.
+fn smux_frame(cmd: mtt::transport::mux::smux::frame::Cmd, sid: u32, body: &[u8]) -> Vec<u8> {
+    use mtt::transport::mux::smux::frame::Header;
+    let mut f = Header::new(cmd, sid, body.len() as u16).encode().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// One unauthenticated connection to a `-mux` server opens 16 smux streams and sends one byte
+/// per data frame (and empty frames between) to destinations that do not read: the server holds
+/// what it received in bytes of memory, not a buffer per byte (before the fix, 640,000 such
+/// frames grew it by about 35 MiB); once the peer goes, every stream delivers what it got and
+/// ends promptly, and the server's CPU goes quiet.
+#[tokio::test]
+async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
+    use mtt::transport::mux::smux::frame::Cmd;
+    bounded(async {
+        const STREAMS: u32 = 16;
+        const FRAMES: usize = 40_000;
+        let (go_tx, go) = tokio::sync::watch::channel(false);
+        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dest = {
+            let go = go.clone();
+            serve_dest(move |mut s| {
+                let (go, got_tx) = (go.clone(), got_tx.clone());
+                async move {
+                    let mut go = go;
+                    let _ = go.wait_for(|&go| go).await;
+                    let mut all = Vec::new();
+                    let r = s.read_to_end(&mut all).await;
+                    let _ = got_tx.send((all, r.is_ok()));
+                    Ok(())
+                }
+            })
+            .await
+        };
+        let mut server = Proc::server(&dest.to_string(), &["-mux"]);
+        let addr = server.listening_addr().await;
+        let pid = server.child.id().expect("pid");
+        let mut s = tls_to(addr).await;
+        let sid = |i: u32| 3 + 2 * i;
+        let mut wire = Vec::new();
+        for i in 0..STREAMS {
+            wire.extend(smux_frame(Cmd::Syn, sid(i), b""));
+        }
+        s.write_all(&wire).await.expect("SYNs");
+        let before = mem_kib(pid, "VmRSS:");
+        let (mut round, mut plain) = (Vec::new(), Vec::new());
+        for i in 0..STREAMS {
+            plain.extend(smux_frame(Cmd::Psh, sid(i), &[i as u8]));
+            round.extend(smux_frame(Cmd::Psh, sid(i), &[i as u8]));
+            round.extend(smux_frame(Cmd::Psh, sid(i), b""));
+        }
+        // Empty frames are ignored but counted against the session: a few, in the first
+        // rounds only.
+        for n in 0..FRAMES {
+            let r = if n < 16 { &round } else { &plain };
+            s.write_all(r).await.expect("the server keeps reading");
+        }
+        // A 17th stream is refused (FIN) when the server reads its SYN, so that FIN says the
+        // server has read every frame before it.
+        let probe = sid(STREAMS);
+        s.write_all(&smux_frame(Cmd::Syn, probe, b"")).await.expect("SYN");
+        s.flush().await.expect("flush");
+        let mut head = [0u8; 8];
+        loop {
+            s.read_exact(&mut head).await.expect("frames from the server");
+            let h = mtt::transport::mux::smux::frame::Header::parse(&head).expect("a frame");
+            if h.cmd == Cmd::Fin && h.sid == probe {
+                break;
+            }
+            let mut body = vec![0u8; usize::from(h.len)];
+            s.read_exact(&mut body).await.expect("body");
+        }
+        let grew = mem_kib(pid, "VmHWM:").saturating_sub(before);
+        assert!(
+            grew < 8 * 1024,
+            "server RSS peaked {grew} KiB higher for {} KiB of one-byte frames",
+            FRAMES * STREAMS as usize / 1024
+        );
+        drop(s);
+        go_tx.send(true).expect("destinations wait");
+        for _ in 0..STREAMS {
+            let (all, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+                .await
+                .expect("every stream ends promptly once its peer has gone")
+                .expect("a destination");
+            let first = all.first().copied().expect("data arrived");
+            assert_eq!(all.len(), FRAMES, "stream {first} delivered what it got");
+            assert!(all.iter().all(|&b| b == first), "stream {first} mixed");
+        }
+        // Nothing left to do: the server's CPU time stands (almost) still.
+        let t0 = cpu_ticks(pid);
+        tokio::time::sleep(Duration::from_millis(500)).await; // a measurement window
+        let used = cpu_ticks(pid) - t0;
+        assert!(used <= 5, "{used} ticks of CPU in 0.5 s after the peer went");
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}

@@ -11,16 +11,17 @@
 //! sends what the streams queue (several frames per write), and the keepalive.
 
 pub mod frame;
+mod rx;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -29,6 +30,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use super::session::Quiet;
 use crate::transport::io::BoxIo;
 use frame::{Cmd, HEADER, Header, MAX_FRAME};
+use rx::Rx;
 
 /// Keepalive and limits of a session.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +66,8 @@ pub const STALL: Duration = Duration::from_secs(2);
 const WRITE_BATCH: usize = 256 * 1024;
 /// Frames waiting for the writer; a stream's write waits while the queue is full.
 const QUEUE: usize = 64;
+/// Empty data frames a session may send before it is closed: a real peer sends none.
+const EMPTY_FRAMES: u32 = 1024;
 
 /// One frame to send.
 struct Frame {
@@ -83,91 +87,6 @@ impl Frame {
         Frame {
             head: Header::new(Cmd::Psh, sid, body.len() as u16).encode(),
             body,
-        }
-    }
-}
-
-/// A stream's receiving side, shared by the session's reader and the stream.
-#[derive(Default)]
-struct Rx {
-    state: Mutex<RxState>,
-    /// Our FIN for this stream has been queued (by the stream, or by the reader on overflow).
-    fin_sent: AtomicBool,
-    /// The stream's reader took it down to `drain_at` (or the stream went away).
-    drained: Notify,
-}
-
-#[derive(Default)]
-struct RxState {
-    queue: VecDeque<Bytes>,
-    held: usize,
-    /// The peer sent FIN: after the queue, end of stream.
-    fin: bool,
-    /// Why the stream can no longer be used (closed on overflow, or the session ended).
-    broken: Option<&'static str>,
-    waker: Option<Waker>,
-    /// The session waits until the reader has brought `held` down to this.
-    drain_at: Option<usize>,
-}
-
-impl Rx {
-    fn lock(&self) -> MutexGuard<'_, RxState> {
-        // Nothing panics while holding it; a poisoned lock still has consistent state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues `data`; returns the bytes now held.
-    fn push(&self, data: Bytes) -> usize {
-        let mut st = self.lock();
-        st.held += data.len();
-        st.queue.push_back(data);
-        if let Some(w) = st.waker.take() {
-            w.wake();
-        }
-        st.held
-    }
-
-    /// Waits until the reader has taken the stream down to `limit` bytes, or the stream is
-    /// gone; `false` if `within` passed first.
-    async fn drain_to(&self, limit: usize, within: Duration) -> bool {
-        let wait = async {
-            loop {
-                let notified = self.drained.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let mut st = self.lock();
-                    if st.held <= limit || st.broken.is_some() {
-                        st.drain_at = None;
-                        return;
-                    }
-                    st.drain_at = Some(limit);
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(within, wait).await.is_ok()
-    }
-
-    /// Drops what is queued and makes the stream unusable.
-    fn kill(&self, why: &'static str) {
-        let mut st = self.lock();
-        st.queue.clear();
-        st.held = 0;
-        st.broken.get_or_insert(why);
-        if let Some(w) = st.waker.take() {
-            w.wake();
-        }
-    }
-
-    fn end(&self, fin: bool, broken: Option<&'static str>) {
-        let mut st = self.lock();
-        st.fin |= fin;
-        if st.broken.is_none() {
-            st.broken = broken;
-        }
-        if let Some(w) = st.waker.take() {
-            w.wake();
         }
     }
 }
@@ -309,6 +228,8 @@ async fn read_loop(
     accept: Option<mpsc::Sender<SmuxStream>>,
 ) -> io::Result<()> {
     let mut head = [0u8; HEADER];
+    let mut small = [0u8; rx::SMALL];
+    let mut empty = 0u32;
     loop {
         match r.read_exact(&mut head).await {
             Ok(_) => {}
@@ -316,12 +237,16 @@ async fn read_loop(
             Err(e) => return Err(e),
         }
         let h = Header::parse(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let body = if h.len > 0 {
-            let mut b = BytesMut::zeroed(usize::from(h.len));
+        let len = usize::from(h.len);
+        // A short body is read into `small` and copied where it is queued; a long one into a
+        // buffer of its own, which is queued as it is.
+        let body = if len >= rx::SMALL {
+            let mut b = BytesMut::zeroed(len);
             r.read_exact(&mut b).await?;
-            b.freeze()
+            Some(b)
         } else {
-            Bytes::new()
+            r.read_exact(&mut small[..len]).await?;
+            None
         };
         shared.touch();
         match h.cmd {
@@ -355,6 +280,17 @@ async fn read_loop(
                     return Ok(());
                 }
             }
+            Cmd::Psh if len == 0 => {
+                // xtaci/smux never sends one and ignores those it gets; so do we, up to a
+                // point: a flood of them is a peer wasting our time.
+                empty += 1;
+                if empty > EMPTY_FRAMES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("more than {EMPTY_FRAMES} empty data frames (no smux peer sends them)"),
+                    ));
+                }
+            }
             Cmd::Psh => {
                 let rx = shared.streams().get(&h.sid).cloned();
                 let Some(rx) = rx else {
@@ -366,7 +302,11 @@ async fn read_loop(
                     continue;
                 };
                 let cfg = shared.cfg;
-                if rx.push(body) > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
+                let held = match body {
+                    Some(b) => rx.push_owned(b),
+                    None => rx.push_copy(&small[..len]),
+                };
+                if held > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
                     log::info!(
                         "multiplexed stream {}: closed: {} KiB waiting and nothing taken for {:?} (smux has no per-stream flow control; the other streams go on)",
                         h.sid,
@@ -515,7 +455,7 @@ impl SmuxStream {
     }
 
     fn broken(&self) -> Option<io::Error> {
-        if let Some(why) = self.rx.lock().broken {
+        if let Some(why) = self.rx.broken() {
             return Some(io::Error::new(io::ErrorKind::ConnectionReset, why));
         }
         if self.shared.closed.is_cancelled() {
@@ -534,29 +474,7 @@ impl AsyncRead for SmuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut st = self.rx.lock();
-        if let Some(front) = st.queue.front_mut() {
-            let n = front.len().min(buf.remaining());
-            buf.put_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                st.queue.pop_front();
-            }
-            st.held -= n;
-            if st.drain_at.is_some_and(|at| st.held <= at) {
-                st.drain_at = None;
-                self.rx.drained.notify_one();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        if st.fin {
-            return Poll::Ready(Ok(()));
-        }
-        if let Some(why) = st.broken {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, why)));
-        }
-        st.waker = Some(cx.waker().clone());
-        Poll::Pending
+        self.rx.poll_read(cx, buf)
     }
 }
 
@@ -1080,6 +998,53 @@ mod tests {
             !rest.chunks(HEADER).any(|h| h == fin),
             "a FIN repeated beyond one: {rest:?}"
         );
+    }
+
+    /// An empty data frame is nothing (as xtaci/smux takes it): the data after it arrives,
+    /// and the stream ends only at the peer's FIN. A flood of them closes the session.
+    #[tokio::test]
+    async fn empty_data_frames_are_ignored_and_a_flood_of_them_ends_the_session() {
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut server = SmuxSession::server(Box::new(a), DEFAULT, quiet());
+        let frame = |cmd, body: &[u8]| {
+            let mut f = Header::new(cmd, 3, body.len() as u16).encode().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let mut wire = frame(Cmd::Syn, b"");
+        for body in [&b"abc"[..], b"", b"def", b""] {
+            wire.extend(frame(Cmd::Psh, body));
+        }
+        wire.extend(frame(Cmd::Fin, b""));
+        peer.write_all(&wire).await.expect("write");
+        let mut s = tokio::time::timeout(Duration::from_secs(5), server.next())
+            .await
+            .expect("accepted")
+            .expect("a stream")
+            .expect("ok");
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .expect("FIN in time")
+            .expect("read");
+        assert_eq!(got, b"abcdef");
+
+        let (a, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut server = SmuxSession::server(Box::new(a), DEFAULT, quiet());
+        let mut wire = frame(Cmd::Syn, b"");
+        for _ in 0..=EMPTY_FRAMES {
+            wire.extend(frame(Cmd::Psh, b""));
+        }
+        let _ = tokio::spawn(async move {
+            let _ = peer.write_all(&wire).await;
+            let mut sink = Vec::new();
+            let _ = peer.read_to_end(&mut sink).await;
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = server.next().await {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the session outlived a flood of empty frames");
     }
 
     /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
