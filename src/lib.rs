@@ -27,6 +27,7 @@ pub mod goflag;
 pub mod logging;
 pub mod metrics;
 pub mod platform;
+pub mod random;
 pub mod role;
 pub mod shutdown;
 pub mod sip003;

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -98,10 +97,7 @@ pub fn self_signed(name: Option<&str>) -> Result<SelfSigned> {
 
 /// A random host name that looks like an ordinary site (`kavoleti.com`).
 pub fn random_name() -> Result<String> {
-    let mut bytes = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| Error::Runtime("no system randomness".into()))?;
+    let bytes = crate::random::bytes::<8>()?;
     const CONSONANTS: &[u8] = b"bcdfghklmnprstvz";
     const VOWELS: &[u8] = b"aeiou";
     const TLDS: [&str; 4] = ["com", "net", "org", "io"];

@@ -132,9 +132,7 @@ impl Store {
         .await
         .map_err(|_| unreachable_at(&opts.url, "no answer"))?
         .map_err(|e| unreachable_at(&opts.url, &e.to_string()))?;
-        let mut id = [0u8; 6];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-            .map_err(|_| Error::Runtime("no system randomness".into()))?;
+        let id = crate::random::bytes::<6>()?;
         Ok(Store {
             opts,
             client,
@@ -429,9 +427,7 @@ impl Users {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), cfg)
             .map_err(|e| unreachable_at(&opts.url, &e.to_string()))?;
-        let mut id = [0u8; 6];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-            .map_err(|_| Error::Runtime("no system randomness".into()))?;
+        let id = crate::random::bytes::<6>()?;
         let age = std::fs::metadata(&snap)
             .and_then(|m| m.modified())
             .ok()

@@ -3,7 +3,6 @@
 
 use std::io;
 
-use ring::rand::{SecureRandom, SystemRandom};
 
 use super::Role;
 
@@ -176,9 +175,7 @@ impl Masks {
     pub(super) fn next(&mut self) -> io::Result<[u8; 4]> {
         if self.pool.len() < 4 {
             self.pool.resize(256, 0);
-            SystemRandom::new()
-                .fill(&mut self.pool)
-                .map_err(|_| io::Error::other("no system randomness"))?;
+            crate::random::fill(&mut self.pool)?;
         }
         let at = self.pool.len() - 4;
         let m = [

@@ -5,7 +5,6 @@ use std::io;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Role, WsStream};
@@ -61,9 +60,7 @@ pub fn upgrade_request(
 /// A fresh random `Sec-WebSocket-Key`.
 pub fn new_key() -> io::Result<String> {
     let mut raw = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut raw)
-        .map_err(|_| io::Error::other("no system randomness"))?;
+    crate::random::fill(&mut raw)?;
     Ok(BASE64.encode(raw))
 }
 
