@@ -26,3 +26,96 @@ pub fn init_quiet() {
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("error"))
         .try_init();
 }
+
+/// One kind of log line that peers can cause (a failed handshake, a refused stream): said at
+/// most once a second, with how many like it were folded into it since, so that a flood of
+/// them shows in the log without filling it. Used through [`crate::rarely!`], one per call
+/// site.
+pub struct Rarely {
+    /// Milliseconds since [`epoch`] of the last line said, plus one (0: never said).
+    last: std::sync::atomic::AtomicU64,
+    /// Lines folded since the last one said.
+    folded: std::sync::atomic::AtomicU64,
+}
+
+impl Rarely {
+    /// A kind of line never said yet.
+    pub const fn new() -> Self {
+        Rarely {
+            last: std::sync::atomic::AtomicU64::new(0),
+            folded: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Says `msg` at `level` if nothing of this kind was said in the last second (with the
+    /// count of those folded since); otherwise counts it. Returns whether it was said.
+    pub fn log(&self, level: log::Level, msg: std::fmt::Arguments<'_>) -> bool {
+        if !log::log_enabled!(level) {
+            return false;
+        }
+        match self.due(epoch().elapsed().as_millis() as u64) {
+            None => false,
+            Some(0) => {
+                log::log!(level, "{msg}");
+                true
+            }
+            Some(n) => {
+                log::log!(level, "{msg} (and {n} more like it since the last such line)");
+                true
+            }
+        }
+    }
+
+    /// Whether a line is due at `now` (milliseconds since [`epoch`]): `Some(folded)` with the
+    /// count of lines folded since the last one said, or `None` (and this one is counted).
+    fn due(&self, now: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now + 1;
+        let last = self.last.load(Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= 1000;
+        if !due || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            self.folded.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.folded.swap(0, Relaxed))
+    }
+}
+
+impl Default for Rarely {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The instant [`Rarely`] counts from: the first time it is asked.
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// Logs at a level at most once a second for this call site, with a count of the lines folded
+/// in: `rarely!(Warn, "{id}: {e}")`. For lines a peer can cause once per connection.
+#[macro_export]
+macro_rules! rarely {
+    ($level:ident, $($arg:tt)+) => {{
+        static RARELY: $crate::logging::Rarely = $crate::logging::Rarely::new();
+        RARELY.log(log::Level::$level, format_args!($($arg)+))
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of lines within a second is said once; the next one said, a second later,
+    /// carries the count of those folded in.
+    #[test]
+    fn a_burst_is_said_once_with_its_count() {
+        let r = Rarely::new();
+        let said: Vec<u64> = (0..200).filter_map(|i| r.due(5000 + i * 4)).collect();
+        assert_eq!(said, vec![0], "one line for 200 events within 0.8 s");
+        assert_eq!(r.due(5999), None, "still within the second");
+        assert_eq!(r.due(6000), Some(200), "the next line carries the count");
+        assert_eq!(r.due(6001), None);
+    }
+}
