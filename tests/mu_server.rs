@@ -817,3 +817,64 @@ async fn a_change_that_cannot_be_stored_is_a_server_error() {
     })
     .await;
 }
+
+/// Without -c-token, the made token is kept in `$STATE_DIRECTORY`, else beside the users
+/// file, else in `$XDG_STATE_HOME/mtt` (made 0700), never in the working directory; the file
+/// used is named at the default log level; a token file others may read is refused.
+#[tokio::test]
+async fn the_made_token_is_kept_out_of_the_working_directory_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let cwd = tempfile::tempdir().expect("tmp");
+        let state = tempfile::tempdir().expect("tmp");
+        let xdg = path_str(state.path());
+        let args = ["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0"];
+        let env = [("XDG_STATE_HOME", xdg.as_str())];
+        let file = state.path().join("mtt").join("controller.token");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        // Made: said at the default level, naming the file.
+        let mut p = Proc::spawn_opts(&mtt_bin(), &args, &env, Some(cwd.path()));
+        let line = p.wait_line("controller's token is in").await;
+        assert!(line.contains(&path_str(&file)), "{line}");
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(file.parent().expect("dir")), 0o700);
+        assert!(!cwd.path().join("controller.token").exists(), "a token in the working directory");
+        p.addr_after("controller on ").await;
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+        // Read again on the next start, and said so.
+        let mut p = Proc::spawn_opts(&mtt_bin(), &args, &env, Some(cwd.path()));
+        let line = p.wait_line("controller token from").await;
+        assert!(line.contains(&path_str(&file)), "{line}");
+        p.addr_after("controller on ").await;
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+        // Readable by others: refused, with the fix.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let out = tokio::process::Command::new(mtt_bin())
+            .args(args)
+            .current_dir(cwd.path())
+            .env("XDG_STATE_HOME", &xdg)
+            .env_remove("STATE_DIRECTORY")
+            .bounded_output()
+            .await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("chmod 600") && err.contains(&path_str(&file)), "{err}");
+        // systemd's state directory comes before the users file's.
+        let units = tempfile::tempdir().expect("tmp");
+        let users = cwd.path().join("users.json");
+        let mut with_users = args.to_vec();
+        with_users.extend(["-users-file", users.to_str().expect("utf-8")]);
+        let sd = path_str(units.path());
+        let env = [("STATE_DIRECTORY", sd.as_str())];
+        let mut p = Proc::spawn_opts(&mtt_bin(), &with_users, &env, Some(cwd.path()));
+        let line = p.wait_line("controller's token is in").await;
+        assert!(line.contains(&path_str(&units.path().join("controller.token"))), "{line}");
+        assert!(!cwd.path().join("controller.token").exists());
+        p.addr_after("controller on ").await;
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+    })
+    .await;
+}

@@ -31,8 +31,7 @@ pub struct MuServerConfig {
     pub controller: HostPort,
     /// Bearer token of the controller, when given (`-c-token`, `MTT_CONTROLLER_TOKEN`).
     pub token: Option<String>,
-    /// Where a generated token is kept when none is given: beside the users file, else in
-    /// systemd's `$STATE_DIRECTORY`, else in the working directory.
+    /// Where a generated token is kept when none is given (see [`token_file`]).
     pub token_file: PathBuf,
     /// Where users are kept.
     pub users_file: Option<PathBuf>,
@@ -62,6 +61,34 @@ pub struct MuServerConfig {
     pub trusted: Trusted,
     /// Send destinations a PROXY v2 header with the client and the user's path.
     pub proxy_protocol: bool,
+}
+
+/// Where the controller's token is kept when none is given: systemd's `$STATE_DIRECTORY`,
+/// else beside the users file, else `$XDG_STATE_HOME/mtt` (`~/.local/state/mtt`); never the
+/// working directory, where a checkout or a shared folder could hand it to others.
+pub fn token_file(
+    users_file: Option<&std::path::Path>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<PathBuf> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty());
+    // systemd may list several directories, separated by ':'.
+    if let Some(dirs) = set("STATE_DIRECTORY") {
+        return Ok(PathBuf::from(dirs.split(':').next().unwrap_or(&dirs)).join(TOKEN_FILE));
+    }
+    if let Some(f) = users_file {
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        return Ok(dir.unwrap_or(std::path::Path::new(".")).join(TOKEN_FILE));
+    }
+    let state = match (set("XDG_STATE_HOME"), set("HOME")) {
+        (Some(x), _) => PathBuf::from(x),
+        (None, Some(h)) => PathBuf::from(h).join(".local/state"),
+        (None, None) => {
+            return Err(Error::usage(
+                "no -c-token, and nowhere to keep a made one (no $STATE_DIRECTORY, -users-file, $XDG_STATE_HOME or $HOME): give -c-token (or MTT_CONTROLLER_TOKEN)",
+            ));
+        }
+    };
+    Ok(state.join("mtt").join(TOKEN_FILE))
 }
 
 fn is_loopback(h: &HostPort) -> bool {
@@ -146,18 +173,7 @@ impl MuServerConfig {
                 })
             }
         };
-        let token_file = match (&users_file, env("STATE_DIRECTORY")) {
-            (Some(f), _) => f
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."))
-                .join(TOKEN_FILE),
-            // systemd may list several directories, separated by ':'.
-            (None, Some(dirs)) if !dirs.is_empty() => {
-                PathBuf::from(dirs.split(':').next().unwrap_or(".")).join(TOKEN_FILE)
-            }
-            _ => PathBuf::from(TOKEN_FILE),
-        };
+        let token_file = token_file(users_file.as_deref(), &env)?;
         Ok(MuServerConfig {
             listen,
             controller,

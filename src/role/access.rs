@@ -27,13 +27,28 @@ pub(super) fn host_allowed(host: &str, name: Option<&str>) -> bool {
 }
 
 /// Reads the controller token kept in `path`, or makes one there (32 random bytes as hex,
-/// file mode 0600, created exclusively). Returns it, and whether it was made now.
+/// file mode 0600, created exclusively, in a directory made 0700 if missing). A token file
+/// that others may read is refused: its token is no secret any more. Returns the token, and
+/// whether it was made now.
 pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool)> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     let ctx = || format!("controller token file {}", path.display());
     match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_string(), false)),
+        Ok(t) if !t.trim().is_empty() => {
+            let mode = std::fs::metadata(path)
+                .map_err(|e| crate::Error::io(ctx(), e))?
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(crate::Error::usage(format!(
+                    "{} may be read by others (mode {:o}): its token is no secret; run 'chmod 600 {}' (and change the token if others had it), or give -c-token",
+                    ctx(),
+                    mode & 0o777,
+                    path.display()
+                )));
+            }
+            return Ok((t.trim().to_string(), false));
+        }
         Ok(_) => {
             return Err(crate::Error::usage(format!(
                 "{} is empty: delete it to have a new token made, or give -c-token",
@@ -43,10 +58,14 @@ pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(crate::Error::io(ctx(), e)),
     }
-    let mut raw = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut raw)
-        .map_err(|_| crate::Error::Runtime("no system randomness".into()))?;
-    let token = hex::encode(raw);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| crate::Error::io(format!("directory {} for the controller token", dir.display()), e))?;
+    }
+    let token = hex::encode(crate::random::bytes::<32>()?);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

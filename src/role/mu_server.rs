@@ -57,7 +57,7 @@ impl MuServer {
                         path.display()
                     );
                 } else {
-                    log::info!("controller token from {}", path.display());
+                    log::info!(target: crate::logging::NOTICE, "controller token from {}", path.display());
                 }
                 token
             }
