@@ -176,9 +176,12 @@ pub struct ServerArgs {
     /// a UDP association with no datagram either way for this long is closed (default 60s)
     #[argh(option)]
     pub udp_timeout: Option<String>,
-    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: Forwarded, X-Forwarded-For, X-Real-IP, or a PROXY header with -accept-proxy-protocol
+    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: in the header of -trusted-proxy-header, or a PROXY header with -accept-proxy-protocol
     #[argh(option, arg_name = "cidr[,cidr]")]
     pub trusted_proxy: Option<String>,
+    /// the one header a -trusted-proxy writes the client into: X-Forwarded-For (default), X-Real-IP or Forwarded; others are ignored
+    #[argh(option, arg_name = "name")]
+    pub trusted_proxy_header: Option<String>,
     /// connections from -trusted-proxy addresses start with a PROXY v1/v2 header (haproxy send-proxy, load balancers)
     #[argh(switch)]
     pub accept_proxy_protocol: bool,
@@ -284,9 +287,12 @@ pub struct MuServerArgs {
     /// a UDP association with no datagram either way for this long is closed (default 60s)
     #[argh(option)]
     pub udp_timeout: Option<String>,
-    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: Forwarded, X-Forwarded-For, X-Real-IP, or a PROXY header with -accept-proxy-protocol
+    /// believe these proxies (CIDR[,CIDR…]) about the client behind them: in the header of -trusted-proxy-header, or a PROXY header with -accept-proxy-protocol
     #[argh(option, arg_name = "cidr[,cidr]")]
     pub trusted_proxy: Option<String>,
+    /// the one header a -trusted-proxy writes the client into: X-Forwarded-For (default), X-Real-IP or Forwarded; others are ignored
+    #[argh(option, arg_name = "name")]
+    pub trusted_proxy_header: Option<String>,
     /// connections from -trusted-proxy addresses start with a PROXY v1/v2 header (haproxy send-proxy, load balancers)
     #[argh(switch)]
     pub accept_proxy_protocol: bool,

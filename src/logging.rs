@@ -60,7 +60,10 @@ impl Rarely {
                 true
             }
             Some(n) => {
-                log::log!(level, "{msg} (and {n} more like it since the last such line)");
+                log::log!(
+                    level,
+                    "{msg} (and {n} more like it since the last such line)"
+                );
                 true
             }
         }
@@ -73,7 +76,12 @@ impl Rarely {
         let now = now + 1;
         let last = self.last.load(Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= 1000;
-        if !due || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+        if !due
+            || self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
             self.folded.fetch_add(1, Relaxed);
             return None;
         }

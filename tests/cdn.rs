@@ -269,7 +269,8 @@ const PROXY_IP: &str = "127.0.0.3";
 /// nginx in front (TLS ended there, `X-Forwarded-For` appended, connecting from 127.0.0.3):
 /// a server trusting 127.0.0.3 logs the client's own address and hands it to the destination
 /// in a PROXY v2 header; one that does not trust it sees nginx; a client's forged
-/// `X-Forwarded-For` is never believed.
+/// `X-Forwarded-For` is never believed, nor its own `Forwarded` or `X-Real-IP` (nginx passes
+/// them on untouched: only the header it writes is read).
 #[tokio::test]
 async fn forwarding_headers_of_a_trusted_proxy_name_the_client() {
     bounded(async {
@@ -311,19 +312,21 @@ async fn forwarding_headers_of_a_trusted_proxy_name_the_client() {
         .await;
         let nginx = format!("127.0.0.1:{port}");
         for (path, want, forged) in [
-            ("/trusting", "127.0.0.1", false),
-            ("/other", PROXY_IP, false),
-            ("/trusting", "127.0.0.1", true),
+            ("/trusting", "127.0.0.1", None),
+            ("/other", PROXY_IP, None),
+            ("/trusting", "127.0.0.1", Some("X-Forwarded-For: 198.51.100.1")),
+            ("/trusting", "127.0.0.1", Some("Forwarded: for=6.6.6.6")),
+            ("/trusting", "127.0.0.1", Some("X-Real-IP: 6.6.6.7")),
         ] {
             let mut extra = vec!["-wss", "-wss-path", path];
-            if forged {
-                extra.extend_from_slice(&["-wss-header", "X-Forwarded-For: 198.51.100.1"]);
+            if let Some(h) = forged {
+                extra.extend_from_slice(&["-wss-header", h]);
             }
             let mut c = Proc::client(&nginx, &pin, &extra);
             let local = c.listening_addr().await;
             echo_roundtrip(local, &random_bytes(100_000, 7)).await;
             let (src, path_tlv) = seen.recv().await.expect("a header");
-            assert_eq!(src.ip().to_string(), want, "{path} forged={forged}");
+            assert_eq!(src.ip().to_string(), want, "{path} forged {forged:?}");
             assert_eq!(path_tlv, None, "the server sends no user path");
         }
         let line = trusting.wait_line("127.0.0.1 via 127.0.0.3:").await;

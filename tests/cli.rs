@@ -115,6 +115,20 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
         ),
         (
             vec![
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                "a:1",
+                "-trusted-proxy",
+                "10.0.0.1",
+                "-trusted-proxy-header",
+                "Via",
+            ],
+            "-trusted-proxy-header: 'Via' is not X-Forwarded-For, X-Real-IP or Forwarded",
+        ),
+        (
+            vec![
                 "client",
                 "-b",
                 "127.0.0.1:0",

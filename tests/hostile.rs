@@ -461,11 +461,15 @@ async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
         // A 17th stream is refused (FIN) when the server reads its SYN, so that FIN says the
         // server has read every frame before it.
         let probe = sid(STREAMS);
-        s.write_all(&smux_frame(Cmd::Syn, probe, b"")).await.expect("SYN");
+        s.write_all(&smux_frame(Cmd::Syn, probe, b""))
+            .await
+            .expect("SYN");
         s.flush().await.expect("flush");
         let mut head = [0u8; 8];
         loop {
-            s.read_exact(&mut head).await.expect("frames from the server");
+            s.read_exact(&mut head)
+                .await
+                .expect("frames from the server");
             let h = mtt::transport::mux::smux::frame::Header::parse(&head).expect("a frame");
             if h.cmd == Cmd::Fin && h.sid == probe {
                 break;
@@ -494,7 +498,10 @@ async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
         let t0 = cpu_ticks(pid);
         tokio::time::sleep(Duration::from_millis(500)).await; // a measurement window
         let used = cpu_ticks(pid) - t0;
-        assert!(used <= 5, "{used} ticks of CPU in 0.5 s after the peer went");
+        assert!(
+            used <= 5,
+            "{used} ticks of CPU in 0.5 s after the peer went"
+        );
         server.signal("KILL");
         server.exit().await;
     })

@@ -831,14 +831,18 @@ async fn the_made_token_is_kept_out_of_the_working_directory_and_private() {
         let args = ["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0"];
         let env = [("XDG_STATE_HOME", xdg.as_str())];
         let file = state.path().join("mtt").join("controller.token");
-        let mode = |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
         // Made: said at the default level, naming the file.
         let mut p = Proc::spawn_opts(&mtt_bin(), &args, &env, Some(cwd.path()));
         let line = p.wait_line("controller's token is in").await;
         assert!(line.contains(&path_str(&file)), "{line}");
         assert_eq!(mode(&file), 0o600);
         assert_eq!(mode(file.parent().expect("dir")), 0o700);
-        assert!(!cwd.path().join("controller.token").exists(), "a token in the working directory");
+        assert!(
+            !cwd.path().join("controller.token").exists(),
+            "a token in the working directory"
+        );
         p.addr_after("controller on ").await;
         p.signal("TERM");
         assert_eq!(p.exit().await.code(), Some(0));
@@ -860,7 +864,10 @@ async fn the_made_token_is_kept_out_of_the_working_directory_and_private() {
             .await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(err.contains("chmod 600") && err.contains(&path_str(&file)), "{err}");
+        assert!(
+            err.contains("chmod 600") && err.contains(&path_str(&file)),
+            "{err}"
+        );
         // systemd's state directory comes before the users file's.
         let units = tempfile::tempdir().expect("tmp");
         let users = cwd.path().join("users.json");
@@ -870,7 +877,10 @@ async fn the_made_token_is_kept_out_of_the_working_directory_and_private() {
         let env = [("STATE_DIRECTORY", sd.as_str())];
         let mut p = Proc::spawn_opts(&mtt_bin(), &with_users, &env, Some(cwd.path()));
         let line = p.wait_line("controller's token is in").await;
-        assert!(line.contains(&path_str(&units.path().join("controller.token"))), "{line}");
+        assert!(
+            line.contains(&path_str(&units.path().join("controller.token"))),
+            "{line}"
+        );
         assert!(!cwd.path().join("controller.token").exists());
         p.addr_after("controller on ").await;
         p.signal("TERM");

@@ -13,7 +13,7 @@ use crate::transport::options::{
     Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
     normalize_path,
 };
-use crate::transport::origin::Trusted;
+use crate::transport::origin::{ForwardHeader, Trusted};
 use crate::transport::{fingerprint, mux};
 use crate::{Error, Result};
 
@@ -109,7 +109,11 @@ pub struct ServerConfig {
 }
 
 /// `-trusted-proxy` and `-accept-proxy-protocol`.
-pub(crate) fn trusted(list: &Option<String>, accept_header: bool) -> Result<Trusted> {
+pub(crate) fn trusted(
+    list: &Option<String>,
+    header: &Option<String>,
+    accept_header: bool,
+) -> Result<Trusted> {
     let nets = match list.as_deref().filter(|s| !s.is_empty()) {
         None => Vec::new(),
         Some(l) => Trusted::parse(l).map_err(|e| Error::usage(format!("-trusted-proxy: {e}")))?,
@@ -119,8 +123,22 @@ pub(crate) fn trusted(list: &Option<String>, accept_header: bool) -> Result<Trus
             "-accept-proxy-protocol needs -trusted-proxy: a PROXY header is believed only from the proxies named there (e.g. -trusted-proxy 10.0.0.5)",
         ));
     }
+    let header = match header.as_deref().filter(|s| !s.is_empty()) {
+        None => ForwardHeader::default(),
+        Some(_) if nets.is_empty() => {
+            return Err(Error::usage(
+                "-trusted-proxy-header needs -trusted-proxy: the header is believed only from the proxies named there",
+            ));
+        }
+        Some(h) => ForwardHeader::parse(h).ok_or_else(|| {
+            Error::usage(format!(
+                "-trusted-proxy-header: '{h}' is not X-Forwarded-For, X-Real-IP or Forwarded (name the one your proxy writes)"
+            ))
+        })?,
+    };
     Ok(Trusted {
         nets,
+        header,
         proxy_protocol: accept_header,
     })
 }
@@ -517,7 +535,11 @@ impl ServerConfig {
                 timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
                 session_idle: timeout,
                 udp: a.udp,
-                trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,
+                trusted: trusted(
+                    &a.trusted_proxy,
+                    &a.trusted_proxy_header,
+                    a.accept_proxy_protocol,
+                )?,
             },
             fast_open: a.fast_open,
             fallback_dns: fallback_dns(&a.fallback_dns)?,

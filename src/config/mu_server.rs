@@ -203,7 +203,11 @@ impl MuServerConfig {
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,
             udp: a.udp,
             udp_timeout: udp_timeout(&a.udp_timeout, a.udp)?,
-            trusted: trusted(&a.trusted_proxy, a.accept_proxy_protocol)?,
+            trusted: trusted(
+                &a.trusted_proxy,
+                &a.trusted_proxy_header,
+                a.accept_proxy_protocol,
+            )?,
             proxy_protocol: a.proxy_protocol,
         })
     }

@@ -63,7 +63,12 @@ pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| crate::Error::io(format!("directory {} for the controller token", dir.display()), e))?;
+            .map_err(|e| {
+                crate::Error::io(
+                    format!("directory {} for the controller token", dir.display()),
+                    e,
+                )
+            })?;
     }
     let token = hex::encode(crate::random::bytes::<32>()?);
     let mut f = std::fs::OpenOptions::new()

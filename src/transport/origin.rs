@@ -1,8 +1,8 @@
 //! Who a tunnel's client really is behind trusted proxies: the PROXY v1/v2 header a
-//! TLS-passthrough proxy sends first (`-accept-proxy-protocol`), the forwarding headers of an
-//! HTTP proxy's upgrade request (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`), both believed
-//! only from `-trusted-proxy` addresses; and the PROXY v2 header a server sends to its
-//! destination (`-proxy-protocol`).
+//! TLS-passthrough proxy sends first (`-accept-proxy-protocol`), the one forwarding header an
+//! HTTP proxy writes into its upgrade requests (`-trusted-proxy-header`), both believed only
+//! from `-trusted-proxy` addresses; and the PROXY v2 header a server sends to its destination
+//! (`-proxy-protocol`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,11 +18,46 @@ pub const TLV_USER_PATH: u8 = 0xE0;
 /// The largest PROXY header read (v2 with TLVs from a load balancer; v1 is at most 107).
 const MAX_HEADER: usize = 4096;
 
+/// The header a trusted HTTP proxy names its client in (`-trusted-proxy-header`). Only that
+/// one is read: a client may send any of them itself, and a proxy rewrites only the one it
+/// is configured for, so believing another would let the client choose its own address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx's `$proxy_add_x_forwarded_for`, haproxy's
+    /// `option forwardfor`).
+    #[default]
+    XForwardedFor,
+    /// `X-Real-IP: client` (nginx's `$remote_addr`).
+    XRealIp,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardHeader {
+    /// The header named `name` (any case), if it is one of the three.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::XForwardedFor, Self::XRealIp, Self::Forwarded]
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The header's name, as written.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "X-Forwarded-For",
+            Self::XRealIp => "X-Real-IP",
+            Self::Forwarded => "Forwarded",
+        }
+    }
+}
+
 /// Which peers are believed about the client behind them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trusted {
     /// `-trusted-proxy`.
     pub nets: Vec<ipnet::IpNet>,
+    /// `-trusted-proxy-header`.
+    pub header: ForwardHeader,
     /// `-accept-proxy-protocol`: trusted peers start with a PROXY header.
     pub proxy_protocol: bool,
 }
@@ -102,46 +137,32 @@ pub async fn read_header<S: AsyncRead + Unpin>(
     })
 }
 
-/// The client behind `peer` according to the upgrade request's forwarding headers, walking
-/// back from the nearest hop while the hop is a trusted proxy: `Forwarded` first, then
-/// `X-Forwarded-For`, then `X-Real-IP`. `peer` itself when it is not trusted or they say
-/// nothing usable.
+/// The client behind `peer` according to the one forwarding header its proxy writes
+/// ([`Trusted::header`]): the rightmost address in it that is not itself a trusted proxy
+/// (the hops a client wrote itself stand left of the ones the proxies appended). `peer`
+/// itself when it is not trusted or the header says nothing usable.
 pub fn from_headers(h: &HeaderMap, peer: IpAddr, trusted: &Trusted) -> IpAddr {
     if !trusted.trusts(peer) {
         return peer;
     }
-    let values = |name: &str| -> Vec<String> {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    let forwarded: Vec<IpAddr> = values("forwarded")
+    let values = h
+        .get_all(trusted.header.name())
         .iter()
-        .filter_map(|elem| {
-            elem.split(';').find_map(|pair| {
-                let (k, v) = pair.trim().split_once('=')?;
-                k.eq_ignore_ascii_case("for").then(|| forwarded_ip(v))?
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let hops: Vec<IpAddr> = match trusted.header {
+        ForwardHeader::Forwarded => values
+            .filter_map(|elem| {
+                elem.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    k.eq_ignore_ascii_case("for").then(|| forwarded_ip(v))?
+                })
             })
-        })
-        .collect();
-    let hops = if !forwarded.is_empty() {
-        forwarded
-    } else {
-        let xff: Vec<IpAddr> = values("x-forwarded-for")
-            .iter()
-            .filter_map(|s| parse_ip(s))
-            .collect();
-        if !xff.is_empty() {
-            xff
-        } else {
-            values("x-real-ip")
-                .iter()
-                .filter_map(|s| parse_ip(s))
-                .collect()
+            .collect(),
+        ForwardHeader::XForwardedFor | ForwardHeader::XRealIp => {
+            values.filter_map(parse_ip).collect()
         }
     };
     let mut client = peer;
@@ -213,9 +234,10 @@ pub fn v2_local() -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn trusted(list: &str) -> Trusted {
+    fn trusted(list: &str, header: ForwardHeader) -> Trusted {
         Trusted {
             nets: Trusted::parse(list).expect("list"),
+            header,
             proxy_protocol: false,
         }
     }
@@ -231,16 +253,17 @@ mod tests {
         h
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
     #[test]
     fn headers_are_believed_from_trusted_proxies_only() {
-        let t = trusted("10.0.0.0/8, 192.168.1.1");
-        let proxy: IpAddr = "10.1.2.3".parse().expect("ip");
-        let stranger: IpAddr = "203.0.113.9".parse().expect("ip");
+        let t = trusted("10.0.0.0/8, 192.168.1.1", ForwardHeader::XForwardedFor);
+        let proxy = ip("10.1.2.3");
+        let stranger = ip("203.0.113.9");
         let xff = headers(&[("x-forwarded-for", "198.51.100.7, 10.9.9.9")]);
-        assert_eq!(
-            from_headers(&xff, proxy, &t),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(from_headers(&xff, proxy, &t), ip("198.51.100.7"));
         assert_eq!(
             from_headers(&xff, stranger, &t),
             stranger,
@@ -248,28 +271,39 @@ mod tests {
         );
         // A client's own forged entry left of an untrusted hop is not believed.
         let forged = headers(&[("x-forwarded-for", "1.2.3.4, 198.51.100.7")]);
-        assert_eq!(
-            from_headers(&forged, proxy, &t),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        let fwd = headers(&[
-            ("forwarded", r#"for="[2001:db8::1]:4711";proto=https"#),
-            ("x-forwarded-for", "198.51.100.7"),
-        ]);
-        assert_eq!(
-            from_headers(&fwd, proxy, &t),
-            "2001:db8::1".parse::<IpAddr>().unwrap()
-        );
-        let real = headers(&[("x-real-ip", "198.51.100.8")]);
-        assert_eq!(
-            from_headers(&real, proxy, &t),
-            "198.51.100.8".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(from_headers(&forged, proxy, &t), ip("198.51.100.7"));
         let junk = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(from_headers(&junk, proxy, &t), proxy);
         let mapped: IpAddr = "::ffff:10.1.2.3".parse().expect("ip");
         assert!(t.trusts(mapped));
         assert!(Trusted::parse("10.0.0.0/33").is_err());
+    }
+
+    /// Only the header the proxy writes is read: a client's own `Forwarded` or `X-Real-IP`
+    /// beside the proxy's `X-Forwarded-For` changes nothing, and the other way round.
+    #[test]
+    fn only_the_named_header_is_believed() {
+        let proxy = ip("10.1.2.3");
+        let sent = headers(&[
+            ("forwarded", r#"for="[2001:db8::1]:4711";proto=https"#),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        let by = |h| from_headers(&sent, proxy, &trusted("10.0.0.0/8", h));
+        assert_eq!(by(ForwardHeader::XForwardedFor), ip("198.51.100.7"));
+        assert_eq!(by(ForwardHeader::Forwarded), ip("2001:db8::1"));
+        assert_eq!(by(ForwardHeader::XRealIp), ip("6.6.6.6"));
+        let walk = headers(&[("forwarded", "for=6.6.6.6, for=198.51.100.9, for=10.0.0.7")]);
+        let t = trusted("10.0.0.0/8", ForwardHeader::Forwarded);
+        assert_eq!(from_headers(&walk, proxy, &t), ip("198.51.100.9"));
+        let only_forwarded = headers(&[("forwarded", "for=6.6.6.6")]);
+        let t = trusted("10.0.0.0/8", ForwardHeader::XForwardedFor);
+        assert_eq!(from_headers(&only_forwarded, proxy, &t), proxy);
+        assert_eq!(
+            ForwardHeader::parse("x-real-ip"),
+            Some(ForwardHeader::XRealIp)
+        );
+        assert_eq!(ForwardHeader::parse("Via"), None);
     }
 
     #[tokio::test]

@@ -334,11 +334,19 @@ impl Proc {
     }
 
     /// [`Proc::spawn`] with these variables added, in the working directory `dir` if given.
-    pub fn spawn_opts(program: &Path, args: &[&str], env: &[(&str, &str)], dir: Option<&Path>) -> Proc {
+    pub fn spawn_opts(
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: Option<&Path>,
+    ) -> Proc {
         let mut cmd = tokio::process::Command::new(program);
         // Whatever a process keeps in its state directory (a mu-server's made token) stays
         // in the build's scratch space, unless the test says where.
-        cmd.env("XDG_STATE_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"));
+        cmd.env(
+            "XDG_STATE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("state"),
+        );
         cmd.envs(env.iter().copied());
         if let Some(dir) = dir {
             cmd.current_dir(dir);

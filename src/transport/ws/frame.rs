@@ -3,7 +3,6 @@
 
 use std::io;
 
-
 use super::Role;
 
 /// Frames announcing more than this are refused before anything is read of them.

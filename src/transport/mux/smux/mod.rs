@@ -287,7 +287,9 @@ async fn read_loop(
                 if empty > EMPTY_FRAMES {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("more than {EMPTY_FRAMES} empty data frames (no smux peer sends them)"),
+                        format!(
+                            "more than {EMPTY_FRAMES} empty data frames (no smux peer sends them)"
+                        ),
                     ));
                 }
             }
@@ -1044,7 +1046,10 @@ mod tests {
             while let Some(Ok(_)) = server.next().await {}
         })
         .await;
-        assert!(ended.is_ok(), "the session outlived a flood of empty frames");
+        assert!(
+            ended.is_ok(),
+            "the session outlived a flood of empty frames"
+        );
     }
 
     /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame

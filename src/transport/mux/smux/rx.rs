@@ -156,7 +156,11 @@ impl Rx {
 
     /// Fills `buf` from as many queued pieces as it takes; end of stream after the peer's
     /// FIN; the stream's break once nothing is left to read.
-    pub(super) fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    pub(super) fn poll_read(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let mut st = self.lock();
         if !st.queue.is_empty() {
             let mut freed = 0;
@@ -198,9 +202,7 @@ mod tests {
     async fn read(rx: &Rx, n: usize) -> Vec<u8> {
         let mut b = vec![0u8; n];
         let mut rb = ReadBuf::new(&mut b);
-        poll_fn(|cx| rx.poll_read(cx, &mut rb))
-            .await
-            .expect("read");
+        poll_fn(|cx| rx.poll_read(cx, &mut rb)).await.expect("read");
         let k = rb.filled().len();
         b.truncate(k);
         b
