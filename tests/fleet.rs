@@ -561,6 +561,91 @@ async fn bad_urls_and_corrupt_entries_are_refused_cleanly() {
     .await
 }
 
+/// Sends one command to Redis as raw RESP (bytes that are not UTF-8 included); its reply.
+async fn redis_raw(port: u16, args: &[&[u8]]) -> Vec<u8> {
+    let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        cmd.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        cmd.extend_from_slice(a);
+        cmd.extend_from_slice(b"\r\n");
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("redis");
+    s.write_all(&cmd).await.expect("write");
+    let mut reply = vec![0u8; 256];
+    let n = s.read(&mut reply).await.expect("reply");
+    reply.truncate(n);
+    reply
+}
+
+/// Connections Redis has accepted so far (`INFO stats`).
+fn connections_received(redis: &Redis) -> u64 {
+    let info = redis.cli(&["INFO", "stats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// One bad value in Redis (a version that is not a number, a user whose value or path is not
+/// UTF-8, an unreadable announcement) is skipped with one line and costs no reconnect storm:
+/// the server stays up and routes the good users, and the next change sets the version right.
+#[tokio::test]
+async fn one_bad_value_in_redis_does_not_storm_the_fleet() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let redis = Redis::start(dir.path(), free_port()).await;
+        let echo = echo_server().await;
+        let dst = format!(r#"{{"dst":"{echo}"}}"#);
+        redis.cli(&["HSET", "mtt:users", "/fine", &dst]);
+        let mut a = mu(&redis.url(), &["-users-redis-resync", "200ms"]).await;
+        let (_c, via) = a.client("/fine").await;
+        assert!(tunnel_works(via).await);
+        let p = redis.port;
+        for cmd in [
+            &[&b"SET"[..], b"mtt:version", b"abc"][..],
+            &[
+                b"HSET",
+                b"mtt:users",
+                b"/latin1",
+                b"{\"dst\":\"caf\xe9:1\"}",
+            ],
+            &[b"HSET", b"mtt:users", b"/\xff\xfe", dst.as_bytes()],
+            &[b"PUBLISH", b"mtt:changes", b"not an announcement"],
+        ] {
+            let reply = redis_raw(p, cmd).await;
+            assert!(
+                !reply.starts_with(b"-"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+        a.proc.wait_line("not a number").await;
+        // Ten resync intervals: each may read the table, none may reconnect in a loop (before
+        // the fix: thousands of connections a second).
+        let before = connections_received(&redis);
+        tokio::time::sleep(Duration::from_secs(2)).await; // the window measured
+        let opened = connections_received(&redis) - before;
+        assert!(opened <= 3, "{opened} new Redis connections in 2 s");
+        assert_eq!(a.status().await["store"]["state"], "up");
+        assert!(tunnel_works(via).await, "the good user still routes");
+        a.proc.wait_line("'/latin1'").await;
+        // A change through the controller writes a number again, and is followed.
+        let other = echo_server().await;
+        let (code, body) = a.put("other", other).await;
+        assert_eq!(code, 200, "{body}");
+        let v = redis.cli(&["GET", "mtt:version"]);
+        assert!(v.trim().parse::<u64>().is_ok(), "version now '{v}'");
+        let (_c2, via2) = a.client("/other").await;
+        until(Duration::from_secs(5), "the new user routes", || {
+            tunnel_works(via2)
+        })
+        .await;
+    })
+    .await
+}
+
 /// With Redis down at start, a server that keeps a snapshot starts from it and routes its
 /// users; one without refuses to start (see above).
 #[tokio::test]

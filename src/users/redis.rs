@@ -35,6 +35,11 @@ const LIVE_TTL_SECS: i64 = 5;
 const RESPONSE_LIMIT: Duration = Duration::from_secs(2);
 /// How long connecting may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(2);
+/// The first pause after a failed attempt to follow Redis; it doubles with each failure in a
+/// row up to [`RETRY_MAX`], and starts again once a session has lasted that long.
+const RETRY_MIN: Duration = Duration::from_millis(200);
+/// The longest pause between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What `-users-redis` and its flags ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +112,8 @@ struct Entry {
 /// Writes a change, bumps the version and announces it, all at once (a script runs
 /// atomically): returns the new version.
 const WRITE: &str = r"
+local cur = redis.call('GET', KEYS[2])
+if cur and not tonumber(cur) then redis.call('SET', KEYS[2], '0') end
 local v = redis.call('INCR', KEYS[2])
 local op = ARGV[2]
 if op == 'reset' then redis.call('DEL', KEYS[1]) end
@@ -234,10 +241,11 @@ impl Store {
     }
 
     /// The whole table and its version, read at one instant; unusable entries are left out
-    /// (each reported once).
+    /// (each reported once), and an unreadable version is taken as 0 (every server then
+    /// follows the table itself, and the next write repairs the version).
     async fn fetch(&self) -> redis::RedisResult<(u64, Vec<(String, HostPort)>)> {
         let mut conn = self.conn.clone();
-        let (version, raw): (Option<u64>, HashMap<String, String>) = redis::pipe()
+        let (version, raw): (Option<Vec<u8>>, HashMap<Vec<u8>, Vec<u8>>) = redis::pipe()
             .atomic()
             .get(self.key("version"))
             .hgetall(self.key("users"))
@@ -245,15 +253,22 @@ impl Store {
             .await?;
         let mut users = Vec::with_capacity(raw.len());
         for (path, text) in raw {
-            let parsed = serde_json::from_str::<Entry>(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|e| check(&path, &e.dst).map_err(|e| e.to_string()));
+            let path = String::from_utf8_lossy(&path);
+            let parsed = std::str::from_utf8(&text)
+                .map_err(|_| "not UTF-8".to_string())
+                .and_then(|t| serde_json::from_str::<Entry>(t).map_err(|e| e.to_string()))
+                .and_then(|e| {
+                    if matches!(path, std::borrow::Cow::Owned(_)) {
+                        return Err("its path is not UTF-8".to_string());
+                    }
+                    check(&path, &e.dst).map_err(|e| e.to_string())
+                });
             match parsed {
-                Ok(dst) => users.push((path, dst)),
-                Err(why) => self.report(&path, &text, &why),
+                Ok(dst) => users.push((path.into_owned(), dst)),
+                Err(why) => self.report(&path, &String::from_utf8_lossy(&text), &why),
             }
         }
-        Ok((version.unwrap_or(0), users))
+        Ok((self.read_version(version).unwrap_or(0), users))
     }
 
     fn report(&self, path: &str, text: &str, why: &str) {
@@ -267,10 +282,33 @@ impl Store {
         }
     }
 
-    async fn version(&self) -> redis::RedisResult<u64> {
+    /// The table's version from its raw value: 0 when there is none yet, `None` (said once
+    /// per value) when it is not a number.
+    fn read_version(&self, raw: Option<Vec<u8>>) -> Option<u64> {
+        let Some(raw) = raw else { return Some(0) };
+        let v = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        if v.is_none() {
+            let text = String::from_utf8_lossy(&raw);
+            let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.insert(format!("version\n{text}")) {
+                log::warn!(
+                    "users: {} is '{}', not a number; following the table itself (the next change through any controller sets it right)",
+                    self.key("version"),
+                    text.escape_debug()
+                );
+            }
+        }
+        v
+    }
+
+    /// The table's version in Redis; `None` when it is unreadable (then only a resync tells
+    /// whether the local copy is current).
+    async fn version(&self) -> redis::RedisResult<Option<u64>> {
         let mut conn = self.conn.clone();
-        let v: Option<u64> = conn.get(self.key("version")).await?;
-        Ok(v.unwrap_or(0))
+        let v: Option<Vec<u8>> = conn.get(self.key("version")).await?;
+        Ok(self.read_version(v))
     }
 
     /// Adds what every user's tunnels moved since the last flush to the fleet's totals, and
@@ -541,28 +579,34 @@ impl Users {
         let Some(store) = self.redis.clone() else {
             return;
         };
-        let mut pause = Duration::from_millis(200);
+        // Every failure waits before the next try, longer each time in a row, so that no
+        // fault (Redis away, or a value that cannot be read) makes a storm of connections.
+        let mut pause = RETRY_MIN;
+        let mut failed = false;
         loop {
+            if failed {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            failed = true;
             let mut pubsub = match self.subscribe(&store).await {
                 Ok(p) => p,
                 Err(e) => {
-                    store.mark(false, &e.to_string());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
                     // Counters wait; bytes are kept until a flush succeeds.
+                    store.mark(false, &e.to_string());
                     continue;
                 }
             };
-            pause = Duration::from_millis(200);
             // Subscribed first, then fetched: nothing announced in between is lost.
             if let Err(e) = self.resync(&store).await {
                 store.mark(false, &e.to_string());
                 continue;
             }
             store.mark(true, "");
+            let since = Instant::now();
             let mut messages = pubsub.on_message();
             let mut flush = tokio::time::interval(FLUSH_EVERY);
             let mut check = tokio::time::interval(store.opts.resync);
@@ -584,7 +628,10 @@ impl Users {
                                     break e.to_string();
                                 }
                             }
-                            None => log::warn!("users: unreadable change announced on {}; resyncing", store.key("changes")),
+                            None => {
+                                crate::rarely!(Warn, "users: unreadable change announced on {}; the next check resyncs", store.key("changes"));
+                                check.reset_immediately();
+                            }
                         }
                     }
                     _ = flush.tick() => {
@@ -599,7 +646,7 @@ impl Users {
                             self.snapshot(&store, local);
                         }
                         match store.version().await {
-                            Ok(v) if v == local => store.mark_synced(),
+                            Ok(Some(v)) if v == local => store.mark_synced(),
                             Ok(_) => {
                                 if let Err(e) = self.resync(&store).await {
                                     break e.to_string();
@@ -616,6 +663,9 @@ impl Users {
                 }
             };
             store.mark(false, &lost);
+            if since.elapsed() >= RETRY_MAX {
+                pause = RETRY_MIN;
+            }
         }
     }
 
