@@ -655,6 +655,20 @@ async fn the_users_file_keeps_its_mode_and_follows_no_planted_link() {
         let saved: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
         assert_eq!(saved.as_array().expect("array").len(), 2);
+        // The users file as a link to a world-readable, set-id file: what is written takes
+        // neither mode (the link is replaced by a private file).
+        let target = dir.path().join("elsewhere.json");
+        std::fs::rename(&file, &target).expect("move");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o4666)).expect("chmod");
+        std::os::unix::fs::symlink(&target, &file).expect("link");
+        assert_eq!(post(&mu, &add("/c")).await.1, r#"{"res":1}"#);
+        let meta = std::fs::symlink_metadata(&file).expect("stat");
+        assert!(meta.file_type().is_file());
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o600,
+            "not the link target's mode"
+        );
     })
     .await;
 }

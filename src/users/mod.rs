@@ -420,9 +420,12 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        let mode = match std::fs::metadata(file) {
-            Ok(m) => m.permissions().mode() & 0o7777,
-            Err(_) => 0o600,
+        // The mode the operator gave the file itself (without set-id or sticky bits); a
+        // symbolic link's target says nothing about who may read what is written here (the
+        // link is replaced by the file), so then, as for a new file, 0600.
+        let mode = match std::fs::symlink_metadata(file) {
+            Ok(m) if m.file_type().is_file() => m.permissions().mode() & 0o777,
+            _ => 0o600,
         };
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))?;
