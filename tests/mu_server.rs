@@ -303,6 +303,14 @@ async fn users_are_routed_removed_and_kicked() {
         live.read_exact(&mut b).await.expect("the live tunnel survives removal");
         assert_eq!(&b, b"pong");
         closed_promptly(echo_client.addr).await;
+        // A kick of the removed path still ends its live tunnel (the compatible API's
+        // removal does not kick); a path that never was, or whose tunnels are gone, is 404.
+        let start = std::time::Instant::now();
+        assert_eq!(http(mu.control, "DELETE", "/v1/users/echo?kick=true", "", b"").await.0, 200);
+        drain(&mut live).await;
+        assert!(start.elapsed() < Duration::from_secs(2), "kick took {:?}", start.elapsed());
+        assert_eq!(http(mu.control, "DELETE", "/v1/users/echo?kick=true", "", b"").await.0, 404);
+        assert_eq!(http(mu.control, "DELETE", "/v1/users/never?kick=true", "", b"").await.0, 404);
         // Removal with kick: the live tunnel is closed at once.
         let kick_client = start_client(user_client(&mu, "/kick", false)).await;
         let mut kicked = TcpStream::connect(kick_client.addr).await.expect("connect");

@@ -349,7 +349,11 @@ impl Controller {
     }
 
     async fn delete(&self, path: String, kick: bool) -> Response<Full<Bytes>> {
-        if self.users.get(&path).is_none() {
+        let known = match kick {
+            true => self.users.kickable(&path),
+            false => self.users.get(&path).is_some(),
+        };
+        if !known {
             return error(StatusCode::NOT_FOUND, format!("no user with path {path}"));
         }
         match self

@@ -165,6 +165,10 @@ pub struct Users {
     /// Changes happen one at a time, so each file written is a state that was acknowledged;
     /// with Redis it holds the version of the shared table the local copy is at.
     writer: tokio::sync::Mutex<u64>,
+    /// Users removed without kick whose tunnels may still run, by path: a kick of the path
+    /// later still ends them, and a user added again under it takes them over. Held weakly:
+    /// an entry lives as long as one of its tunnels does.
+    gone: std::sync::Mutex<HashMap<String, std::sync::Weak<User>>>,
 }
 
 /// A change to the table, checked: what the next table is and which users leave it (and
@@ -253,6 +257,7 @@ impl Users {
             file,
             redis: None,
             writer: tokio::sync::Mutex::new(0),
+            gone: Default::default(),
         }))
     }
 
@@ -320,7 +325,8 @@ impl Users {
                     checked.push((path, hp));
                 }
                 for (path, dst) in checked {
-                    let user = User::replacing(path.clone(), dst, next.get(path));
+                    let before = next.get(path).cloned().or_else(|| self.gone_user(path));
+                    let user = User::replacing(path.clone(), dst, before.as_ref());
                     if let Some(old) = next.insert(path.clone(), user) {
                         retired.push((old, false));
                     }
@@ -328,8 +334,11 @@ impl Users {
             }
             Change::Remove(paths, kick) => {
                 for p in paths {
-                    if let Some(old) = next.remove(p) {
-                        retired.push((old, *kick));
+                    match next.remove(p) {
+                        Some(old) => retired.push((old, *kick)),
+                        // Removed earlier without kick: its tunnels may be kicked now.
+                        None if *kick => retired.extend(self.gone_user(p).map(|u| (u, true))),
+                        None => {}
                     }
                 }
             }
@@ -338,14 +347,64 @@ impl Users {
         Ok(Next { map: next, retired })
     }
 
-    /// Makes `next` the table; kicked users' tunnels end.
+    /// Makes `next` the table; kicked users' tunnels end; users removed without kick are
+    /// remembered while their tunnels live.
     fn install(&self, next: Next) {
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next.map;
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        *map = next.map;
+        let mut gone = self.lock_gone();
+        gone.retain(|path, u| u.strong_count() > 0 && !map.contains_key(path));
         for (user, kick) in next.retired {
             if kick {
                 user.kick.cancel();
+                gone.remove(&user.path);
+            } else if !map.contains_key(&user.path) {
+                gone.insert(user.path.clone(), Arc::downgrade(&user));
             }
         }
+    }
+
+    /// Takes `entries` as the whole table; returns how many users it has. Users whose
+    /// destination is unchanged keep their counters and live tunnels; replaced ones hand
+    /// their tunnels' kick to their successor; removed ones open nothing new.
+    fn take_whole(&self, entries: Vec<(String, HostPort)>) -> usize {
+        let mut next = HashMap::with_capacity(entries.len());
+        let retired = {
+            let current = self.read();
+            for (path, dst) in entries {
+                let user = match current.get(&path) {
+                    Some(old) if old.dst == dst => old.clone(),
+                    Some(old) => User::replacing(path.clone(), dst, Some(old)),
+                    None => User::replacing(path.clone(), dst, self.gone_user(&path).as_ref()),
+                };
+                next.insert(path, user);
+            }
+            current
+                .iter()
+                .filter(|(path, _)| !next.contains_key(*path))
+                .map(|(_, u)| (u.clone(), false))
+                .collect()
+        };
+        let n = next.len();
+        self.install(Next { map: next, retired });
+        n
+    }
+
+    fn lock_gone(&self) -> std::sync::MutexGuard<'_, HashMap<String, std::sync::Weak<User>>> {
+        self.gone.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The user last removed from `path` without kick, while one of its tunnels lives.
+    fn gone_user(&self, path: &str) -> Option<Arc<User>> {
+        self.lock_gone()
+            .get(path)
+            .and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Whether `path` names a user now, or one removed without kick whose tunnels live on
+    /// (a kick of it still means something).
+    pub fn kickable(&self, path: &str) -> bool {
+        self.get(path).is_some() || self.gone_user(path).is_some()
     }
 }
 
@@ -363,24 +422,12 @@ impl Users {
         };
         let _one_at_a_time = self.writer.lock().await;
         let fresh = Users::load(Some(file.clone()))?;
-        let loaded = fresh.read().clone();
-        let mut next = HashMap::with_capacity(loaded.len());
-        {
-            let current = self.read();
-            for (path, user) in loaded {
-                match current.get(&path) {
-                    Some(old) if old.dst == user.dst => next.insert(path, old.clone()),
-                    Some(old) => {
-                        let replaced = User::replacing(path.clone(), user.dst.clone(), Some(old));
-                        next.insert(path, replaced)
-                    }
-                    None => next.insert(path, user),
-                };
-            }
-        }
-        let n = next.len();
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
-        Ok(Some(n))
+        let loaded = fresh
+            .list()
+            .iter()
+            .map(|u| (u.path.clone(), u.dst.clone()))
+            .collect();
+        Ok(Some(self.take_whole(loaded)))
     }
 }
 

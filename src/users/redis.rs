@@ -442,6 +442,7 @@ impl Users {
             file: None,
             redis: Some(store),
             writer: tokio::sync::Mutex::new(0),
+            gone: Default::default(),
         })
     }
 
@@ -497,18 +498,7 @@ impl Users {
     /// keep their counters and live tunnels; removed ones open nothing new.
     async fn replace_all(&self, version: u64, entries: Vec<(String, HostPort)>) {
         let mut at = self.writer.lock().await;
-        let mut next = HashMap::with_capacity(entries.len());
-        {
-            let current = self.read();
-            for (path, dst) in entries {
-                let user = match current.get(&path) {
-                    Some(old) if old.dst == dst => old.clone(),
-                    old => User::replacing(path.clone(), dst, old),
-                };
-                next.insert(path, user);
-            }
-        }
-        *self.map.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.take_whole(entries);
         *at = version;
     }
 
