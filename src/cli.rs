@@ -164,6 +164,9 @@ pub struct ServerArgs {
     /// with -wss: send requests that are not tunnels to this web server instead of a 404
     #[argh(option, arg_name = "host:port")]
     pub fallback: Option<String>,
+    /// how long the -fallback site may take to answer before the visitor gets 504 (default -handshake-timeout plus 5s)
+    #[argh(option)]
+    pub fallback_timeout: Option<String>,
     /// resolve the host name of -d through this DNS server
     #[argh(option, arg_name = "ip:port")]
     pub fallback_dns: Option<String>,
@@ -257,6 +260,9 @@ pub struct MuServerArgs {
     /// send requests that are not tunnels to this web server instead of a 404
     #[argh(option, arg_name = "host:port")]
     pub fallback: Option<String>,
+    /// how long the -fallback site may take to answer before the visitor gets 504 (default -handshake-timeout plus 5s)
+    #[argh(option)]
+    pub fallback_timeout: Option<String>,
     /// bearer token the controller requires (or MTT_CONTROLLER_TOKEN)
     #[argh(option)]
     pub c_token: Option<String>,

@@ -364,6 +364,87 @@ async fn the_fallback_site_sees_the_real_visitor_and_no_hop_by_hop_headers() {
     .await;
 }
 
+/// A fallback site that never answers holds nothing for long: each visitor gets 504 after
+/// `-fallback-timeout`, and the server's descriptors return to where they were; a request
+/// whose `Connection` names `Host` still reaches the site with its Host.
+#[tokio::test]
+async fn a_silent_fallback_site_is_answered_504_and_host_is_kept() {
+    bounded(async {
+        // Takes requests and never answers; or, for /host, answers with the head it got.
+        let site = serve_dest(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await?;
+                head.push(b[0]);
+            }
+            if !head.starts_with(b"GET /host ") {
+                std::future::pending::<()>().await;
+            }
+            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", head.len());
+            s.write_all(reply.as_bytes()).await?;
+            s.write_all(&head).await
+        })
+        .await
+        .to_string();
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(
+            &echo,
+            &[
+                "-wss",
+                "-wss-path",
+                "/t",
+                "-fallback",
+                &site,
+                "-fallback-timeout",
+                "300ms",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        let pid = server.child.id().expect("pid");
+        let base = Baseline::of(pid);
+        let start = Instant::now();
+        let mut visitors = Vec::new();
+        for i in 0..20 {
+            visitors.push(tokio::spawn(async move {
+                let mut s = tls_to(addr).await;
+                let req = format!(
+                    "GET /page{i} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.expect("request");
+                let mut raw = Vec::new();
+                let _ = s.read_to_end(&mut raw).await;
+                String::from_utf8_lossy(&raw).into_owned()
+            }));
+        }
+        for v in visitors {
+            let raw = v.await.expect("visitor");
+            assert!(raw.starts_with("HTTP/1.1 504"), "{raw}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        back_to(pid, &base, "server", Duration::from_secs(5)).await;
+        let mut s = tls_to(addr).await;
+        s.write_all(b"GET /host HTTP/1.1\r\nHost: example.com\r\nConnection: close, host\r\n\r\n")
+            .await
+            .expect("request");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw).await;
+        let raw = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+        assert!(raw.starts_with("http/1.1 200"), "{raw}");
+        assert!(
+            raw.contains("\r\nhost: example.com\r\n"),
+            "the site got no Host: {raw}"
+        );
+        server.signal("TERM");
+        server.exit().await;
+    })
+    .await;
+}
+
 /// A request head over the limit is answered 431 and logged once, in plain words, without a
 /// doubled prefix.
 #[tokio::test]

@@ -207,6 +207,23 @@ fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool, mux: bool) -> 
     Ok(t)
 }
 
+/// Adds `-fallback-timeout` (default: the handshake timeout and 5 s) to `t`.
+fn fallback_timeout(mut t: Timeouts, v: &Option<String>, fallback: bool) -> Result<Timeouts> {
+    t.fallback = t.handshake + crate::transport::options::FALLBACK_AFTER_HANDSHAKE;
+    if let Some(s) = v.as_deref().filter(|s| !s.is_empty()) {
+        if !fallback {
+            log::warn!("-fallback-timeout is not used without -fallback");
+        }
+        t.fallback = parse_duration("fallback-timeout", s)?;
+        if t.fallback.is_zero() {
+            return Err(Error::usage(format!(
+                "-fallback-timeout must be greater than zero, got '{s}'"
+            )));
+        }
+    }
+    Ok(t)
+}
+
 /// Validates a `-wss-path` value and adds the leading `/` users may leave out.
 fn ws_path(v: &Option<String>, wss: bool) -> Result<String> {
     let raw = v.as_deref().unwrap_or("/");
@@ -532,7 +549,11 @@ impl ServerConfig {
                 tls,
                 ws,
                 mux: a.mux,
-                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
+                timeouts: fallback_timeout(
+                    timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
+                    &a.fallback_timeout,
+                    a.fallback.as_deref().is_some_and(|f| !f.is_empty()),
+                )?,
                 session_idle: timeout,
                 udp: a.udp,
                 trusted: trusted(

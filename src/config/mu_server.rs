@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    AcmeFlags, Listen, cert_source, drain, max_conns, server_listen, timeout, timeouts, trusted,
-    udp_timeout,
+    AcmeFlags, Listen, cert_source, drain, fallback_timeout, max_conns, server_listen, timeout,
+    timeouts, trusted, udp_timeout,
 };
 use crate::addr::HostPort;
 use crate::cli::MuServerArgs;
@@ -196,7 +196,11 @@ impl MuServerConfig {
             )?,
             fallback,
             mux: a.mux,
-            timeouts: timeouts(&a.handshake_timeout, &a.ping, true, a.mux)?,
+            timeouts: fallback_timeout(
+                timeouts(&a.handshake_timeout, &a.ping, true, a.mux)?,
+                &a.fallback_timeout,
+                a.fallback.as_deref().is_some_and(|f| !f.is_empty()),
+            )?,
             fast_open: a.fast_open,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,

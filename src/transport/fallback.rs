@@ -15,6 +15,7 @@ use hyper::header::{CONNECTION, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
+use super::options::Timeouts;
 use super::tcp;
 use crate::addr::HostPort;
 
@@ -22,27 +23,39 @@ use crate::addr::HostPort;
 pub type Body = Either<Full<Bytes>, Incoming>;
 
 const NOT_FOUND_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>404 Not Found</title></head>\n<body>\n<h1>Not Found</h1>\n<p>The requested URL was not found on this server.</p>\n</body>\n</html>\n";
+const GATEWAY_TIMEOUT_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>504 Gateway Time-out</title></head>\n<body>\n<h1>Gateway Time-out</h1>\n</body>\n</html>\n";
 const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n</body>\n</html>\n";
 
-/// Answers a request that is not a tunnel: through `fallback` if there is one, else 404.
+/// Answers a request that is not a tunnel: through `fallback` if there is one (504 when it
+/// has not answered within `timeouts.fallback`), else 404.
 pub async fn respond(
     req: Request<Incoming>,
     fallback: Option<&HostPort>,
-    connect: Duration,
+    timeouts: &Timeouts,
     id: &str,
     peer: Option<IpAddr>,
 ) -> Response<Body> {
     match fallback {
-        Some(site) => match proxy(req, site, connect, peer).await {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                resp.map(Either::Right)
+        Some(site) => {
+            let wait = timeouts.fallback;
+            match tokio::time::timeout(wait, proxy(req, site, timeouts.connect, peer)).await {
+                Ok(Ok(mut resp)) => {
+                    strip_hop_by_hop(resp.headers_mut());
+                    resp.map(Either::Right)
+                }
+                Ok(Err(e)) => {
+                    crate::rarely!(Warn, "{id}: fallback site {site}: {e}");
+                    page(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE)
+                }
+                Err(_) => {
+                    crate::rarely!(
+                        Warn,
+                        "{id}: fallback site {site}: no response within {wait:?} (-fallback-timeout); answered 504"
+                    );
+                    page(StatusCode::GATEWAY_TIMEOUT, GATEWAY_TIMEOUT_PAGE)
+                }
             }
-            Err(e) => {
-                log::warn!("{id}: fallback site {site}: {e}");
-                page(StatusCode::BAD_GATEWAY, BAD_GATEWAY_PAGE)
-            }
-        },
+        }
         None => {
             log::info!(
                 "{id}: {} {}: 404 (not a tunnel request)",
@@ -102,7 +115,11 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
-/// Removes the hop-by-hop headers, and every header `Connection` names.
+/// Headers `Connection` may not name away: the site needs them to route the request and to
+/// find its end.
+const END_TO_END: [&str; 2] = ["host", "content-length"];
+
+/// Removes the hop-by-hop headers, and every header `Connection` names (but [`END_TO_END`]).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<String> = h
         .get_all(CONNECTION)
@@ -110,7 +127,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter(|t| !t.is_empty() && !END_TO_END.contains(&t.as_str()))
         .collect();
     for name in named.iter().map(String::as_str).chain(HOP_BY_HOP) {
         h.remove(name);

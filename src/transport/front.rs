@@ -195,8 +195,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                 Err(resp) => resp,
             };
         }
-        let connect = self.timeouts.connect;
-        fallback::respond(req, self.fallback.as_ref(), connect, id, peer).await
+        fallback::respond(req, self.fallback.as_ref(), &self.timeouts, id, peer).await
     }
 
     /// Checks an upgrade request on the tunnel path and builds the 101 response.

@@ -21,6 +21,9 @@ pub struct Timeouts {
     /// WebSocket keepalive (`-ping`): a ping this often; a peer silent for two intervals is
     /// gone. `None`: no pings.
     pub ping: Option<Duration>,
+    /// How long the `-fallback` site may take to answer with its response head
+    /// (`-fallback-timeout`); then the visitor gets 504.
+    pub fallback: Duration,
 }
 
 /// The original's 10 s for connects and handshakes.
@@ -28,7 +31,11 @@ pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(10),
     handshake: Duration::from_secs(10),
     ping: Some(DEFAULT_PING),
+    fallback: Duration::from_secs(10 + FALLBACK_AFTER_HANDSHAKE.as_secs()),
 };
+
+/// The default `-fallback-timeout` is this much more than `-handshake-timeout`.
+pub const FALLBACK_AFTER_HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// The default `-ping` of WebSocket tunnels: well inside the idle timers of CDNs and proxies
 /// (Cloudflare about 100 s, nginx's `proxy_read_timeout` 60 s, AWS NLB 350 s).
