@@ -86,6 +86,9 @@ pub struct ClientArgs {
     /// UDP associations at once; beyond, the longest idle is dropped (default 1024)
     #[argh(option)]
     pub udp_max_assoc: Option<String>,
+    /// new UDP associations per second (each dials a tunnel); datagrams from new sources beyond it are dropped (default 200, 0: no limit)
+    #[argh(option)]
+    pub udp_assoc_rate: Option<String>,
     /// resolve host names through this DNS server
     #[argh(option, arg_name = "ip:port")]
     pub fallback_dns: Option<String>,

@@ -52,6 +52,8 @@ pub enum UdpDrop {
     QueueFull,
     /// No association could be made for it (its tunnel failed).
     NoTunnel,
+    /// It would have started an association beyond `-udp-assoc-rate`.
+    RateLimited,
 }
 
 impl EncodeLabelValue for UdpDrop {
@@ -62,6 +64,7 @@ impl EncodeLabelValue for UdpDrop {
                 UdpDrop::TooLarge => "too_large",
                 UdpDrop::QueueFull => "queue_full",
                 UdpDrop::NoTunnel => "no_tunnel",
+                UdpDrop::RateLimited => "rate_limited",
             },
         )
     }

@@ -141,6 +141,7 @@ async fn datagrams_of_every_size_in_every_transport() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 64,
+                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
@@ -229,6 +230,85 @@ async fn idle_associations_expire_and_the_oldest_is_dropped_at_the_limit() {
     .await;
 }
 
+/// A flood of datagrams from new source addresses dials tunnels at `-udp-assoc-rate` only:
+/// the rest are dropped and counted, and said at WARN rarely, not once each.
+#[tokio::test]
+async fn new_associations_are_rate_limited() {
+    bounded(async {
+        // The destination learns of each association by its source address.
+        let dest = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let dest_addr = dest.local_addr().expect("addr").to_string();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = dest.recv_from(&mut buf).await {
+                let _ = seen_tx.send(from);
+            }
+        });
+        let mut server = Proc::server(&dest_addr, &["-udp"]);
+        let fp = server.pin().await;
+        let saddr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(
+            &saddr,
+            &fp,
+            &["-udp", "-udp-assoc-rate", "20", "-metrics", "127.0.0.1:0"],
+        );
+        let caddr = client.listening_addr().await;
+        let metrics = client.addr_after("metrics at http://").await;
+        const SOURCES: u64 = 300;
+        let start = std::time::Instant::now();
+        let mut socks = Vec::new();
+        for _ in 0..SOURCES {
+            let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            s.send_to(b"x", caddr).await.expect("send");
+            socks.push(s);
+        }
+        let text = scrape_until(
+            metrics,
+            Duration::from_secs(10),
+            "every datagram taken or dropped",
+            |t| {
+                sample_of(t, "mtt_udp_datagrams_total{direction=\"up\"}")
+                    + sample_of(t, "mtt_udp_dropped_total{reason=\"rate_limited\"}")
+                    == SOURCES
+            },
+        )
+        .await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let taken = sample_of(&text, "mtt_udp_datagrams_total{direction=\"up\"}");
+        // The burst the bucket holds, and what it earned meanwhile.
+        let allowed = 20 + (20.0 * elapsed).ceil() as u64;
+        assert!(
+            taken >= 20 && taken <= allowed,
+            "{taken} associations in {elapsed:.2} s (at most {allowed})"
+        );
+        let mut sources = std::collections::HashSet::new();
+        while (sources.len() as u64) < taken {
+            let from = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+                .await
+                .expect("each taken datagram arrives")
+                .expect("destination");
+            sources.insert(from);
+        }
+        let line = client.wait_line("-udp-assoc-rate").await;
+        assert!(
+            line.contains("WARN") && line.contains("loopback or a trusted network"),
+            "{line}"
+        );
+        let said = client
+            .seen
+            .iter()
+            .filter(|l| l.contains("-udp-assoc-rate"))
+            .count();
+        assert!(said <= 1 + elapsed.ceil() as usize, "{said} lines");
+        client.signal("TERM");
+        client.exit().await;
+        server.signal("TERM");
+        server.exit().await;
+    })
+    .await;
+}
+
 /// A server without -udp refuses UDP tunnels (saying so once) and carries TCP as before, in
 /// plain TLS and in a multiplexed session.
 #[tokio::test]
@@ -257,6 +337,7 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
                 UdpConfig {
                     timeout: T,
                     max_assoc: 8,
+                    assoc_rate: mtt::config::UDP_ASSOC_RATE,
                 },
             )
             .await;
@@ -315,6 +396,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 8,
+                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
@@ -338,6 +420,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 8,
+                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
@@ -406,7 +489,7 @@ async fn mu_server_users_carry_udp_to_their_destination() {
             if mux {
                 ccfg.dial.mux = Some(MuxClientOptions { muxing: mtt::transport::mux::Muxing::Yamux, max_streams: 4, idle: Duration::from_secs(10) });
             }
-            let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8 }).await;
+            let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8, assoc_rate: mtt::config::UDP_ASSOC_RATE }).await;
             let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
             for n in [1usize, 1400, 65_507] {
                 round_trip(&sock, client.addr, &random_bytes(n, n as u64)).await;
@@ -467,6 +550,7 @@ async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
             UdpConfig {
                 timeout: T,
                 max_assoc: 8,
+                assoc_rate: mtt::config::UDP_ASSOC_RATE,
             },
         )
         .await;

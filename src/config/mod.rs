@@ -50,12 +50,17 @@ pub struct UdpConfig {
     pub timeout: Duration,
     /// Associations at once (`-udp-max-assoc`); beyond, the longest idle is dropped.
     pub max_assoc: usize,
+    /// New associations a second (`-udp-assoc-rate`), each a tunnel dialled; 0: no limit.
+    pub assoc_rate: u32,
 }
 
 /// Default `-udp-timeout`.
 pub const UDP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `-udp-max-assoc`.
 pub const UDP_MAX_ASSOC: usize = 1024;
+/// Default `-udp-assoc-rate`: far above what one user's applications start (a DNS client
+/// that uses a new port per query, a browser's QUIC connections), far below a flood.
+pub const UDP_ASSOC_RATE: u32 = 200;
 
 /// Validates `-udp-timeout` (and says when it has no use).
 fn udp_timeout(v: &Option<String>, udp: bool) -> Result<Duration> {
@@ -477,7 +482,7 @@ impl ClientConfig {
     }
 }
 
-/// `-udp`, `-udp-timeout`, `-udp-max-assoc` of the client.
+/// `-udp`, `-udp-timeout`, `-udp-max-assoc`, `-udp-assoc-rate` of the client.
 fn udp_client(a: &ClientArgs) -> Result<Option<UdpConfig>> {
     let timeout = udp_timeout(&a.udp_timeout, a.udp)?;
     let max_assoc = match &a.udp_max_assoc {
@@ -493,7 +498,25 @@ fn udp_client(a: &ClientArgs) -> Result<Option<UdpConfig>> {
                 .ok_or_else(|| Error::usage(format!("-udp-max-assoc must be 1 or more, got {v}")))?
         }
     };
-    Ok(a.udp.then_some(UdpConfig { timeout, max_assoc }))
+    let assoc_rate = match &a.udp_assoc_rate {
+        None => UDP_ASSOC_RATE,
+        Some(v) => {
+            if !a.udp {
+                log::warn!("-udp-assoc-rate is not used without -udp");
+            }
+            let n = parse_int("udp-assoc-rate", v)?;
+            u32::try_from(n).map_err(|_| {
+                Error::usage(format!(
+                    "-udp-assoc-rate must be 0 (no limit) or a number of associations a second, got {v}"
+                ))
+            })?
+        }
+    };
+    Ok(a.udp.then_some(UdpConfig {
+        timeout,
+        max_assoc,
+        assoc_rate,
+    }))
 }
 
 /// `-b` of the servers: a TCP address, or with `-bind-unix` a socket path.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -27,8 +27,10 @@ use crate::transport::udp::{MAX_SEGMENTS, RecvBatch, Socket};
 const QUEUE_BYTES: usize = 4 << 20;
 /// Framed bytes waiting for all associations together.
 const TOTAL_QUEUE_BYTES: usize = 64 << 20;
-/// Room a round's frames for one association start with.
+/// Room a round's frames for one association start with, at most.
 const BATCH_ROOM: usize = 96 * 1024;
+/// And at first.
+const FIRST_ROOM: usize = 2 * 1024;
 
 /// The frames waiting for one association's tunnel: appended by the receiving loop once a
 /// round, taken all at once by the association's writer. A round's buffer is handed over
@@ -142,11 +144,49 @@ impl Queue {
     }
 }
 
+/// A token bucket: `rate` a second, as many at once; a rate of 0 allows everything.
+struct Bucket {
+    rate: u32,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Bucket {
+            rate,
+            tokens: f64::from(rate),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is there.
+    fn take(&mut self) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let rate = f64::from(self.rate);
+        let earned = now.duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// One association: the frames gathered for it in this round of receiving, where they go,
 /// when it last moved, and its stop switch.
 struct Assoc {
     pending: BytesMut,
     pending_n: u32,
+    /// Room a round's frames start with: small for an association of a few datagrams
+    /// (DNS), growing to [`BATCH_ROOM`] with the rounds it sees.
+    room: usize,
     queue: Arc<Queue>,
     last: Arc<AtomicU64>,
     stop: CancellationToken,
@@ -160,6 +200,11 @@ impl Assoc {
             return Ok(());
         }
         let n = std::mem::take(&mut self.pending_n);
+        // Rounds as large as this one get room for it from the start.
+        self.room = self
+            .room
+            .max(self.pending.len().next_power_of_two())
+            .min(BATCH_ROOM);
         if self.queue.append(&mut self.pending).is_err() {
             self.pending.clear();
             for _ in 0..n {
@@ -178,6 +223,8 @@ pub struct UdpSide {
     cfg: UdpConfig,
     /// Bytes waiting for all associations' tunnels.
     queued: Arc<AtomicUsize>,
+    /// New associations allowed (`-udp-assoc-rate`).
+    new_assocs: Mutex<Bucket>,
 }
 
 impl UdpSide {
@@ -186,6 +233,7 @@ impl UdpSide {
         UdpSide {
             sock: Arc::new(sock),
             dialer,
+            new_assocs: Mutex::new(Bucket::new(cfg.assoc_rate)),
             cfg,
             queued: Arc::new(AtomicUsize::new(0)),
         }
@@ -249,6 +297,20 @@ impl UdpSide {
             return false;
         }
         if assocs.get(&src).is_none_or(|a| a.stop.is_cancelled()) {
+            if !self
+                .new_assocs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                datagram::dropped(UdpDrop::RateLimited);
+                crate::rarely!(
+                    Warn,
+                    "UDP: more than {} new associations a second (-udp-assoc-rate): datagrams from new sources such as {src} dropped; the -b of a -udp client belongs on loopback or a trusted network",
+                    self.cfg.assoc_rate
+                );
+                return false;
+            }
             self.make_room(assocs, src);
             let stop = CancellationToken::new();
             assocs.insert(src, self.associate(src, start, stop));
@@ -263,11 +325,10 @@ impl UdpSide {
         if a.pending.is_empty() {
             a.last.store(now, Ordering::Relaxed);
             touched.push(src);
-            // Room for a round's worth of typical datagrams at once, not grown by copying.
-            a.pending.reserve(BATCH_ROOM.max(d.len() + 2));
+            // Room for what this association's rounds bring, not grown by copying.
+            a.pending.reserve(a.room.max(d.len() + 2));
         }
-        a.pending.put_u16(d.len() as u16);
-        a.pending.put_slice(d);
+        datagram::frame_into(&mut a.pending, d);
         a.pending_n += 1;
         true
     }
@@ -290,7 +351,8 @@ impl UdpSide {
             && let Some(a) = assocs.remove(&k)
         {
             a.stop.cancel();
-            log::info!(
+            crate::rarely!(
+                Warn,
                 "UDP: -udp-max-assoc {} reached: dropped the association of {k}, the longest idle, for {for_src}",
                 self.cfg.max_assoc
             );
@@ -316,6 +378,7 @@ impl UdpSide {
         Assoc {
             pending: BytesMut::new(),
             pending_n: 0,
+            room: FIRST_ROOM,
             queue,
             last,
             stop,
@@ -455,6 +518,32 @@ fn warn_rarely(msg: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BufMut;
+
+    /// The bucket allows its rate at once, then its rate a second; 0 is no limit.
+    #[tokio::test(start_paused = true)]
+    async fn new_associations_are_allowed_at_the_rate() {
+        let mut b = Bucket::new(10);
+        assert_eq!(
+            (0..100).filter(|_| b.take()).count(),
+            10,
+            "a burst of the rate"
+        );
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        assert_eq!(
+            (0..100).filter(|_| b.take()).count(),
+            5,
+            "half a second: half the rate"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        assert_eq!(
+            (0..100).filter(|_| b.take()).count(),
+            10,
+            "never more than the rate saved"
+        );
+        let mut free = Bucket::new(0);
+        assert!((0..10_000).all(|_| free.take()));
+    }
 
     /// Frames a tunnel's writer has not taken yet are limited by bytes only: a thousand rounds
     /// of one small datagram each wait whole, in order, and come out in one take; the

@@ -7,9 +7,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::SinkExt;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tokio_util::codec::{FramedWrite, LengthDelimitedCodec};
 
 use super::io::BoxIo;
 use super::udp::{MAX_SEGMENTS, Socket};
@@ -40,16 +40,14 @@ pub enum Kind {
     Datagrams,
 }
 
-/// The codec of datagram frames.
-pub fn codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(2)
-        .max_frame_length(MAX_DATAGRAM)
-        .new_codec()
+/// Appends `d` to `out` as one frame: its length (big-endian u16), then its bytes. The one
+/// place frames are made, on both ends. `d` is at most [`MAX_DATAGRAM`] bytes.
+pub fn frame_into(out: &mut bytes::BytesMut, d: &[u8]) {
+    use bytes::BufMut;
+    debug_assert!(d.len() <= MAX_DATAGRAM);
+    out.put_u16(d.len() as u16);
+    out.put_slice(d);
 }
-
-/// Writes datagrams to a tunnel as frames.
-pub type Writer<W> = FramedWrite<W, LengthDelimitedCodec>;
 
 /// Reads datagram frames from a tunnel in batches: every frame that one read completed, so
 /// that they can go on in one call.
@@ -58,18 +56,30 @@ pub struct FrameReader<R> {
     buf: bytes::BytesMut,
     /// Bytes at the front of `buf` that the last batch handed out.
     used: usize,
+    /// Room asked of `buf` before the next read.
+    room: usize,
 }
 
-/// Room asked of the buffer before each read.
+/// Room asked of the buffer before a read, at first: a tunnel that carries a few small
+/// datagrams (DNS) never holds more.
+const FIRST_ROOM: usize = 2 * 1024;
+/// The most asked before a read: reached by doubling while reads fill all they are given.
 const READ_ROOM: usize = 64 * 1024;
 
 impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
+    /// A reader that allocates nothing until the first read.
     pub fn new(io: R) -> Self {
         FrameReader {
             io,
-            buf: bytes::BytesMut::with_capacity(READ_ROOM),
+            buf: bytes::BytesMut::new(),
             used: 0,
+            room: FIRST_ROOM,
         }
+    }
+
+    /// The memory its buffer holds now.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Up to `out.len()` datagrams, in order, once at least one is complete; `Ok(0)` when the
@@ -91,8 +101,14 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
                 }
                 return Ok(n);
             }
-            self.buf.reserve(READ_ROOM);
-            if self.io.read_buf(&mut self.buf).await? == 0 {
+            self.buf.reserve(self.room);
+            let room = self.buf.capacity() - self.buf.len();
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == room {
+                // Data comes faster than this reads: ask for more next time.
+                self.room = (self.room * 2).min(READ_ROOM);
+            }
+            if n == 0 {
                 return if self.buf.is_empty() {
                     Ok(0)
                 } else {
@@ -151,9 +167,8 @@ fn stamp(start: Instant) -> u64 {
 /// destination (ICMP port unreachable) ends nothing: later datagrams may reach it.
 pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Result<()> {
     let _open = metrics().association();
-    let (r, w) = tokio::io::split(io);
+    let (r, mut w) = tokio::io::split(io);
     let mut rd = FrameReader::new(r);
-    let mut wr = FramedWrite::new(w, codec());
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let up = async {
@@ -169,35 +184,25 @@ pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Res
         }
     };
     let down = async {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        // Frames for the tunnel, made from what waits on the socket; allocated when the
+        // first datagram comes, and let go after a burst that made it large.
+        let mut out = BytesMut::new();
         loop {
-            let n = match sock.recv(&mut buf).await {
-                Ok(n) => n,
-                // The destination's port was closed (ICMP): the association lives on.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
-                Err(e) => return Err(e),
-            };
-            last.store(stamp(start), Ordering::Relaxed);
-            if n > MAX_DATAGRAM {
-                dropped(UdpDrop::TooLarge);
+            sock.readable().await?;
+            let (n, bytes) = take_waiting(&sock, &mut out)?;
+            if n == 0 {
                 continue;
             }
-            count(false, 1, n);
-            SinkExt::<&[u8]>::feed(&mut wr, &buf[..n]).await?;
-            // More already waiting goes into the same flush (one TLS record, one syscall).
-            let mut more = 0;
-            while more < 64 {
-                match sock.try_recv(&mut buf) {
-                    Ok(n) if n > MAX_DATAGRAM => dropped(UdpDrop::TooLarge),
-                    Ok(n) => {
-                        count(false, 1, n);
-                        SinkExt::<&[u8]>::feed(&mut wr, &buf[..n]).await?;
-                        more += 1;
-                    }
-                    Err(_) => break,
-                }
+            last.store(stamp(start), Ordering::Relaxed);
+            count(false, n, bytes);
+            // One TLS record, one syscall for all of them.
+            w.write_all(&out).await?;
+            w.flush().await?;
+            if out.capacity() > KEEP_OUT {
+                out = BytesMut::new();
+            } else {
+                out.clear();
             }
-            SinkExt::<&[u8]>::flush(&mut wr).await?;
         }
     };
     let quiet = async {
@@ -217,6 +222,40 @@ pub async fn relay_to_socket(io: BoxIo, sock: Socket, idle: Duration) -> io::Res
     }
 }
 
+/// Frames kept for the next round of a relay's downward direction; a burst's larger buffer
+/// is let go.
+const KEEP_OUT: usize = 64 * 1024;
+
+thread_local! {
+    /// Where datagrams from destinations are received, one worker thread's for all its
+    /// associations: a datagram's room (64 KiB) is needed only while it is taken.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_DATAGRAM + 1]);
+}
+
+/// Takes the datagrams waiting on `sock` (up to [`MAX_SEGMENTS`]) into `out` as frames;
+/// (datagrams, bytes). A port the destination closed (ICMP) ends nothing; an oversized
+/// datagram is dropped and counted.
+fn take_waiting(sock: &Socket, out: &mut BytesMut) -> io::Result<(usize, usize)> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let (mut n, mut bytes) = (0, 0);
+        while n < MAX_SEGMENTS {
+            match sock.try_recv(&mut buf) {
+                Ok(k) if k > MAX_DATAGRAM => dropped(UdpDrop::TooLarge),
+                Ok(k) => {
+                    frame_into(out, &buf[..k]);
+                    n += 1;
+                    bytes += k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((n, bytes))
+    })
+}
+
 /// Logs `msg` at WARN the first time only (per flag): a misconfiguration said once, not per
 /// datagram or association.
 pub fn warn_once(flag: &AtomicBool, msg: std::fmt::Arguments<'_>) {
@@ -233,21 +272,20 @@ pub fn dropped(why: UdpDrop) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use tokio::io::AsyncWriteExt;
 
     /// Frames keep datagram boundaries and order, many come in one batch, the largest
     /// datagram fits, a longer frame and a frame cut short by the end are refused.
     #[tokio::test]
     async fn frames_keep_boundaries_and_refuse_oversize() {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let mut wr = FramedWrite::new(a, codec());
+        let (mut a, b) = tokio::io::duplex(1 << 20);
         let mut rd = FrameReader::new(b);
+        assert_eq!(rd.capacity(), 0, "nothing allocated before the first read");
         let sizes = [1usize, 0, 1400, 1400, MAX_DATAGRAM];
+        let mut wire = BytesMut::new();
         for (i, n) in sizes.iter().enumerate() {
-            wr.feed(Bytes::from(vec![i as u8; *n])).await.expect("feed");
+            frame_into(&mut wire, &vec![i as u8; *n]);
         }
-        SinkExt::<Bytes>::flush(&mut wr).await.expect("flush");
+        a.write_all(&wire).await.expect("write");
         let mut seen = 0;
         let mut batches = 0;
         while seen < sizes.len() {
@@ -263,8 +301,7 @@ mod tests {
         }
         assert!(batches < sizes.len(), "frames came one per batch");
 
-        let mut raw = wr.into_inner();
-        raw.write_all(&[0xff, 0xff]).await.expect("write");
+        a.write_all(&[0xff, 0xff]).await.expect("write");
         let mut out: [&[u8]; 64] = [&[]; 64];
         let e = rd
             .next_batch(&mut out)
@@ -284,5 +321,37 @@ mod tests {
         drop(a);
         let mut rd = FrameReader::new(b);
         assert_eq!(rd.next_batch(&mut out).await.expect("clean end"), 0);
+    }
+
+    /// A tunnel of a few small datagrams holds a small buffer; one that streams grows its
+    /// reads up to their limit.
+    #[tokio::test]
+    async fn the_read_buffer_grows_only_with_the_traffic() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let mut rd = FrameReader::new(b);
+        let mut wire = BytesMut::new();
+        frame_into(&mut wire, &[7; 60]);
+        a.write_all(&wire).await.expect("write");
+        {
+            let mut out: [&[u8]; 64] = [&[]; 64];
+            assert_eq!(rd.next_batch(&mut out).await.expect("batch"), 1);
+        }
+        assert!(rd.capacity() <= FIRST_ROOM, "{}", rd.capacity());
+        wire.clear();
+        for _ in 0..400 {
+            frame_into(&mut wire, &[1; 1400]);
+        }
+        a.write_all(&wire).await.expect("write");
+        let mut seen = 0;
+        while seen < 400 {
+            let mut out: [&[u8]; 64] = [&[]; 64];
+            seen += rd.next_batch(&mut out).await.expect("batch");
+        }
+        assert!(rd.capacity() > FIRST_ROOM, "the reads grew with the stream");
+        assert!(
+            rd.capacity() <= 2 * READ_ROOM + MAX_DATAGRAM,
+            "{}",
+            rd.capacity()
+        );
     }
 }

@@ -74,6 +74,11 @@ impl Socket {
         self.fd.async_io(Interest::READABLE, |s| s.recv(buf)).await
     }
 
+    /// Waits until a datagram (or an error) waits to be taken with [`Socket::try_recv`].
+    pub async fn readable(&self) -> io::Result<()> {
+        self.fd.readable().await.map(|_| ())
+    }
+
     /// A datagram already waiting, if any (`WouldBlock` if none).
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.fd.try_io(Interest::READABLE, |s| s.recv(buf))

@@ -35,6 +35,8 @@ const LIVE_TTL_SECS: i64 = 5;
 const RESPONSE_LIMIT: Duration = Duration::from_secs(2);
 /// How long connecting may take.
 const CONNECT_LIMIT: Duration = Duration::from_secs(2);
+/// The users' hash as Redis holds it: paths and entries as bytes, decoded one by one.
+type RawTable = HashMap<Vec<u8>, Vec<u8>>;
 /// The first pause after a failed attempt to follow Redis; it doubles with each failure in a
 /// row up to [`RETRY_MAX`], and starts again once a session has lasted that long.
 const RETRY_MIN: Duration = Duration::from_millis(200);
@@ -245,7 +247,7 @@ impl Store {
     /// follows the table itself, and the next write repairs the version).
     async fn fetch(&self) -> redis::RedisResult<(u64, Vec<(String, HostPort)>)> {
         let mut conn = self.conn.clone();
-        let (version, raw): (Option<Vec<u8>>, HashMap<Vec<u8>, Vec<u8>>) = redis::pipe()
+        let (version, raw): (Option<Vec<u8>>, RawTable) = redis::pipe()
             .atomic()
             .get(self.key("version"))
             .hgetall(self.key("users"))

@@ -1037,7 +1037,7 @@ mod tests {
         for _ in 0..=EMPTY_FRAMES {
             wire.extend(frame(Cmd::Psh, b""));
         }
-        let _ = tokio::spawn(async move {
+        let feeder = tokio::spawn(async move {
             let _ = peer.write_all(&wire).await;
             let mut sink = Vec::new();
             let _ = peer.read_to_end(&mut sink).await;
@@ -1050,6 +1050,7 @@ mod tests {
             ended.is_ok(),
             "the session outlived a flood of empty frames"
         );
+        feeder.abort();
     }
 
     /// A peer that never speaks is given up after `dead_after`; NOPs go out meanwhile; a frame
