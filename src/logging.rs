@@ -7,10 +7,12 @@ pub const NOTICE: &str = "mtt::notice";
 
 /// Initialises `env_logger` once; later calls are ignored.
 pub fn init(verbose: bool) {
+    // yamux logs a peer's malformed frames at ERROR, one line each: a hostile peer could
+    // fill the log. They end the session, which mtt reports itself.
     let default = if verbose {
-        "mtt=debug,warn"
+        "mtt=debug,warn,yamux=off"
     } else {
-        "warn,mtt::notice=info"
+        "warn,mtt::notice=info,yamux=off"
     };
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));

@@ -445,6 +445,52 @@ async fn a_silent_fallback_site_is_answered_504_and_host_is_kept() {
     .await;
 }
 
+/// 200 probes that connect and close, and 20 that speak plain HTTP to the TLS port, fail
+/// their handshakes; at the default level the server says so about once a second with a
+/// count, not once each (before: 202 WARN lines).
+#[tokio::test]
+async fn failed_handshakes_are_logged_rarely_with_a_count() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-metrics", "127.0.0.1:0"]);
+        let addr = server.listening_addr().await;
+        let metrics = server.addr_after("metrics at http://").await;
+        let start = Instant::now();
+        for i in 0..220 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            if i >= 200 {
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            }
+            drop(s);
+        }
+        scrape_until(
+            metrics,
+            Duration::from_secs(20),
+            "220 failed handshakes",
+            |t| sample_of(t, "mtt_connections_failed_total{reason=\"handshake\"}") == 220,
+        )
+        .await;
+        let elapsed = start.elapsed();
+        server.signal("TERM");
+        server.exit().await;
+        while let Some(l) = server.next_line().await {
+            server.seen.push(l);
+        }
+        let warned: Vec<&String> = server
+            .seen
+            .iter()
+            .filter(|l| l.contains("WARN") && !l.contains("self-signed"))
+            .collect();
+        let most = 1 + elapsed.as_secs() as usize + 1;
+        assert!(
+            !warned.is_empty() && warned.len() <= most,
+            "{} WARN lines for 220 failed handshakes in {elapsed:?}: {warned:#?}",
+            warned.len()
+        );
+    })
+    .await;
+}
+
 /// A request head over the limit is answered 431 and logged once, in plain words, without a
 /// doubled prefix.
 #[tokio::test]

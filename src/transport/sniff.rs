@@ -68,7 +68,8 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
     if let Some(Some(muxing)) = looks_like_mux(&first[..n]) {
         return Some((Box::new(Rewind::new(io, &first[..n])), muxing));
     }
-    log::warn!(
+    crate::rarely!(
+        Warn,
         "{id}: the client does not multiplex, but this server runs with -mux: add -mux to the client, or remove it here (-mux must be on both ends of a plain-TLS tunnel)"
     );
     None
@@ -109,7 +110,8 @@ impl AsyncRead for RefuseYamux {
         self.checked = true;
         if let Some(Some(_)) = looks_like_mux(&buf.filled()[start..]) {
             buf.set_filled(start);
-            log::warn!(
+            crate::rarely!(
+                Warn,
                 "#{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
                 self.id
             );

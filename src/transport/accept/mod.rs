@@ -216,7 +216,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 }
                 Err(e) => {
                     m.fail(Failure::Handshake);
-                    log::warn!("{id}: {e}");
+                    crate::rarely!(Warn, "{id}: {e}");
                     return;
                 }
             }
@@ -229,7 +229,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             Ok(None) => return,
             Err(e) => {
                 m.fail(Failure::Handshake);
-                log::warn!("{id}: {e}");
+                crate::rarely!(Warn, "{id}: {e}");
                 return;
             }
         };
