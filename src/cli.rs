@@ -167,6 +167,9 @@ pub struct ServerArgs {
     /// with -wss: send requests that are not tunnels to this web server instead of a 404
     #[argh(option, arg_name = "host:port")]
     pub fallback: Option<String>,
+    /// with -wss: take a client's first bytes riding its upgrade request (early data, ?ed=): on (default) or off
+    #[argh(option, arg_name = "on|off")]
+    pub early_data: Option<String>,
     /// how long the -fallback site may take to answer before the visitor gets 504 (default -handshake-timeout plus 5s)
     #[argh(option)]
     pub fallback_timeout: Option<String>,
@@ -263,6 +266,9 @@ pub struct MuServerArgs {
     /// send requests that are not tunnels to this web server instead of a 404
     #[argh(option, arg_name = "host:port")]
     pub fallback: Option<String>,
+    /// take a client's first bytes riding its upgrade request (early data, ?ed=): on (default) or off
+    #[argh(option, arg_name = "on|off")]
+    pub early_data: Option<String>,
     /// how long the -fallback site may take to answer before the visitor gets 504 (default -handshake-timeout plus 5s)
     #[argh(option)]
     pub fallback_timeout: Option<String>,

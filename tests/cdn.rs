@@ -123,7 +123,8 @@ async fn the_upgrade_carries_the_host_and_headers_asked_for() {
 }
 
 /// With `?ed=2048` a first write of up to 2048 bytes rides the upgrade, base64url without
-/// padding in `Sec-WebSocket-Protocol`, and `?ed=` itself is not sent.
+/// padding in `Sec-WebSocket-Protocol`, and the path says so (`?ed=2048`, as given: an mtt
+/// server takes early data only from requests that say so, or where its operator does).
 #[tokio::test]
 async fn early_data_rides_the_upgrade_request() {
     bounded(async {
@@ -137,7 +138,7 @@ async fn early_data_rides_the_upgrade_request() {
         use base64::Engine;
         let want = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&first);
         assert!(
-            seen.head.starts_with("GET /ws HTTP/1.1\r\n"),
+            seen.head.starts_with("GET /ws?ed=2048 HTTP/1.1\r\n"),
             "{}",
             seen.head
         );
@@ -147,7 +148,96 @@ async fn early_data_rides_the_upgrade_request() {
             "{}",
             seen.head
         );
-        assert!(!seen.head.contains("ed="));
+    })
+    .await
+}
+
+/// Sends an upgrade request for `path` offering the single subprotocol `protocol` to a
+/// `-disable-tls` server; the status code, and what the tunnel then brings back within 2 s.
+async fn upgrade_with(addr: SocketAddr, path: &str, protocol: &str) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("request");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).await.expect("response head");
+        head.push(b[0]);
+    }
+    let code = String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("status");
+    let mut back = Vec::new();
+    if code == 101 {
+        // The echo of the early data comes back as one unmasked binary frame.
+        let mut h = [0u8; 2];
+        if tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut h))
+            .await
+            .is_ok()
+        {
+            back = vec![0u8; usize::from(h[1] & 0x7f)];
+            s.read_exact(&mut back).await.expect("payload");
+        }
+    }
+    (code, back)
+}
+
+/// Early data is taken only where someone said so: from a request whose path carries `?ed=`
+/// (mtt's clients), or at a server whose own `-wss-path` has `?ed=N` (its operator says its
+/// Xray clients send it unmarked); otherwise a lone base64 subprotocol (`chat` decodes) is
+/// refused, never guessed into the stream; `-early-data off` refuses it all; 8,192 bytes
+/// are the most.
+#[tokio::test]
+async fn early_data_is_taken_only_where_it_was_said() {
+    bounded(async {
+        use base64::Engine;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d);
+        let echo = echo_server().await.to_string();
+        let start = |extra: &'static [&'static str]| {
+            let echo = echo.clone();
+            async move {
+                let mut args = vec!["-wss", "-disable-tls"];
+                args.extend_from_slice(extra);
+                let mut p = Proc::server(&echo, &args);
+                let a = p.listening_addr().await;
+                (p, a)
+            }
+        };
+        let (_plain, plain) = start(&["-wss-path", "/ws"]).await;
+        let (_xray, xray) = start(&["-wss-path", "/ws?ed=64"]).await;
+        let (_off, off) = start(&["-wss-path", "/ws", "-early-data", "off"]).await;
+        let hello = b64(b"hello");
+        assert_eq!(upgrade_with(plain, "/ws", "chat").await.0, 400, "unmarked");
+        assert_eq!(upgrade_with(plain, "/ws", &hello).await.0, 400, "unmarked");
+        assert_eq!(
+            upgrade_with(plain, "/ws?ed=2048", &hello).await,
+            (101, b"hello".to_vec())
+        );
+        assert_eq!(
+            upgrade_with(xray, "/ws", &hello).await,
+            (101, b"hello".to_vec())
+        );
+        assert_eq!(
+            upgrade_with(xray, "/ws", &b64(&[1; 65])).await.0,
+            400,
+            "over ?ed=64"
+        );
+        assert_eq!(
+            upgrade_with(off, "/ws?ed=2048", &hello).await.0,
+            400,
+            "-early-data off"
+        );
+        // Not base64 at all: an unknown subprotocol, a plain stream as before.
+        assert_eq!(upgrade_with(plain, "/ws", "v10.stomp").await.0, 101);
+        assert_eq!(
+            upgrade_with(plain, "/ws?ed=9000", &b64(&[2; 8193])).await.0,
+            400,
+            "over 8192"
+        );
+        let (code, back) = upgrade_with(plain, "/ws?ed=8192", &b64(&[3; 100])).await;
+        assert_eq!((code, back.len()), (101, 100));
     })
     .await
 }

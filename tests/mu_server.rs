@@ -38,6 +38,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         proxy_protocol: false,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
+        early_data: true,
         mux: false,
         timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
         udp: false,

@@ -53,10 +53,7 @@ fn mux_server(dest: SocketAddr, ws: bool) -> mtt::config::ServerConfig {
     );
     c.accept.mux = true;
     if ws {
-        c.accept.ws = Some(WsServerOptions {
-            path: PathMatch::new("/m"),
-            fallback: None,
-        });
+        c.accept.ws = Some(WsServerOptions::new(PathMatch::new("/m"), None));
     }
     c
 }

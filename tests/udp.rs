@@ -118,10 +118,7 @@ async fn datagrams_of_every_size_in_every_transport() {
                 scfg.accept.udp = true;
                 scfg.accept.mux = mux;
                 if ws {
-                    scfg.accept.ws = Some(WsServerOptions {
-                        path: PathMatch::new("/u"),
-                        fallback: None,
-                    });
+                    scfg.accept.ws = Some(WsServerOptions::new(PathMatch::new("/u"), None));
                 }
                 let server = start_server(scfg).await;
                 let mut ccfg = if ws {
@@ -512,6 +509,7 @@ fn mu_config() -> mtt::config::MuServerConfig {
         proxy_protocol: false,
         tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         fallback: None,
+        early_data: true,
         mux: false,
         timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
         fast_open: false,

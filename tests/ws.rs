@@ -486,10 +486,7 @@ fn wss_server_config(
         tls.then(|| CertSource::SelfSigned(Some("127.0.0.1".into()))),
         T,
     );
-    c.accept.ws = Some(WsServerOptions {
-        path: PathMatch::new(path),
-        fallback: fallback.map(hp),
-    });
+    c.accept.ws = Some(WsServerOptions::new(PathMatch::new(path), fallback.map(hp)));
     c
 }
 
@@ -617,10 +614,7 @@ async fn oversized_and_slow_request_heads_are_cut() {
         );
         let head_limit = Duration::from_millis(400);
         scfg.accept.timeouts.handshake = head_limit;
-        scfg.accept.ws = Some(WsServerOptions {
-            path: PathMatch::new("/t"),
-            fallback: None,
-        });
+        scfg.accept.ws = Some(WsServerOptions::new(PathMatch::new("/t"), None));
         let server = start_server(scfg).await;
         let client = start_client(wss_client_config(server.addr, pin_of(&server), "/t", T)).await;
         // A 20 KiB header: 431, connection closed.

@@ -195,10 +195,7 @@ async fn start_tunnel(
         accept: AcceptOptions {
             trusted: Default::default(),
             tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
-            ws: ws.then(|| WsServerOptions {
-                path: PathMatch::new("/bench"),
-                fallback: None,
-            }),
+            ws: ws.then(|| WsServerOptions::new(PathMatch::new("/bench"), None)),
             mux: mode.mux(),
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: Duration::from_secs(60),

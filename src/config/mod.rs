@@ -9,8 +9,8 @@ use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
 use crate::transport::acme::{AcmeOptions, LETS_ENCRYPT};
 use crate::transport::options::{
-    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
-    Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
+    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, EarlyData, MuxClientOptions,
+    PathMatch, Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
     normalize_path,
 };
 use crate::transport::origin::{ForwardHeader, Trusted};
@@ -243,7 +243,10 @@ fn ws_path(v: &Option<String>, wss: bool) -> Result<String> {
     Ok(normalize_path(raw))
 }
 
-/// `/ws?ed=2048` → (`/ws`, Some(2048)): Xray's early-data parameter, which is not sent.
+/// `/ws?ed=2048` → (`/ws`, Some(2048)): the early-data parameter. A client sends it as it is
+/// given (so an mtt server knows the request carries early data; Xray's and v2ray's servers
+/// match the path alone); a server's says its clients send early data unmarked, as Xray's
+/// clients do.
 fn early_data(path: &str, wss: bool) -> Result<(String, Option<usize>)> {
     let Some((base, query)) = path.split_once('?') else {
         return Ok((path.to_string(), None));
@@ -272,6 +275,17 @@ fn early_data(path: &str, wss: bool) -> Result<(String, Option<usize>)> {
         format!("{base}?{}", rest.join("&"))
     };
     Ok((path, ed))
+}
+
+/// `-early-data on|off` of the servers.
+pub(crate) fn early_data_switch(v: &Option<String>) -> Result<bool> {
+    match v.as_deref() {
+        None | Some("") | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(Error::usage(format!(
+            "-early-data takes on or off, got '{other}'"
+        ))),
+    }
 }
 
 /// The largest early data a client sends in its upgrade request (it becomes about 4/3 as
@@ -543,7 +557,7 @@ impl ServerConfig {
             false,
         )?;
         let timeout = timeout(&a.timeout, DEFAULT_TIMEOUT)?;
-        let path = ws_path(&a.wss_path, a.wss)?;
+        let (path, unmarked) = early_data(&ws_path(&a.wss_path, a.wss)?, a.wss)?;
         let fallback = match a.fallback.as_deref() {
             None | Some("") => None,
             Some(_) if !a.wss => {
@@ -553,9 +567,14 @@ impl ServerConfig {
             }
             Some(f) => Some(HostPort::parse("fallback", f, false)?),
         };
+        let early_data = EarlyData {
+            on: early_data_switch(&a.early_data)?,
+            unmarked,
+        };
         let ws = a.wss.then(|| WsServerOptions {
             path: PathMatch::new(&path),
             fallback,
+            early_data,
         });
         let acme = AcmeFlags {
             names: &a.acme,

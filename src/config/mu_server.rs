@@ -41,6 +41,8 @@ pub struct MuServerConfig {
     pub tls: Option<CertSource>,
     /// Web server for requests that are not tunnels.
     pub fallback: Option<HostPort>,
+    /// Whether upgrade requests marked `?ed=` may carry early data (`-early-data`).
+    pub early_data: bool,
     /// Default for clients that name no subprotocol.
     pub mux: bool,
     /// Handshake and connect limits.
@@ -195,6 +197,7 @@ impl MuServerConfig {
                 },
             )?,
             fallback,
+            early_data: super::early_data_switch(&a.early_data)?,
             mux: a.mux,
             timeouts: fallback_timeout(
                 timeouts(&a.handshake_timeout, &a.ping, true, a.mux)?,

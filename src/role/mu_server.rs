@@ -11,7 +11,7 @@ use super::controller::Controller;
 use crate::Result;
 use crate::config::MuServerConfig;
 use crate::transport::datagram::Kind;
-use crate::transport::options::{AcceptOptions, PathMatch, WsServerOptions};
+use crate::transport::options::{AcceptOptions, EarlyData, PathMatch, WsServerOptions};
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, tcp};
 use crate::users::{User, Users};
 
@@ -65,8 +65,11 @@ impl MuServer {
         let acceptor = Acceptor::new(&AcceptOptions {
             tls: cfg.tls.clone(),
             ws: Some(WsServerOptions {
-                path: PathMatch::Route(users.clone()),
-                fallback: cfg.fallback.clone(),
+                early_data: EarlyData {
+                    on: cfg.early_data,
+                    unmarked: None,
+                },
+                ..WsServerOptions::new(PathMatch::Route(users.clone()), cfg.fallback.clone())
             }),
             mux: cfg.mux,
             timeouts: cfg.timeouts,

@@ -87,7 +87,18 @@ impl Connector {
         } else {
             protocol
         };
-        let upgrade = ws::client(tls, &ws.host, &ws.path, protocol, &ws.headers);
+        // A request with early data says so in its path (`ed=N`, as the client was given):
+        // an mtt server then takes it; Xray's and v2ray's servers match the path alone.
+        let marked;
+        let path = match ws.early_data {
+            Some(max) if riding => {
+                let sep = if ws.path.contains('?') { '&' } else { '?' };
+                marked = format!("{}{sep}ed={max}", ws.path);
+                marked.as_str()
+            }
+            _ => ws.path.as_str(),
+        };
+        let upgrade = ws::client(tls, &ws.host, path, protocol, &ws.headers);
         // The upgrade's answer comes from the server, through whatever CDN or proxy is in
         // between: its wait is the whole path's round trip (TCP's own ends at the first hop).
         let asked = std::time::Instant::now();

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use super::datagram::{self, SUBPROTOCOL_UDP, SUBPROTOCOL_YAMUX2};
 use super::fallback::{self, Body};
 use super::io::{BoxIo, Io};
-use super::options::{PathMatch, Timeouts};
+use super::options::{EarlyData, PathMatch, Timeouts};
 use super::ws::{self, Role, WsStream};
 use crate::addr::HostPort;
 
@@ -60,6 +60,8 @@ pub struct HttpServer<O> {
     pub path: PathMatch<O>,
     /// Where requests that are not tunnels go; `None` answers 404.
     pub fallback: Option<HostPort>,
+    /// Which upgrade requests may carry early data.
+    pub early_data: EarlyData,
     /// What clients that name no subprotocol get (the server's `-mux`).
     pub default_mux: bool,
     /// The request-head timeout, and the fallback site's connect.
@@ -92,7 +94,8 @@ pub struct Upgrade<O> {
 const MAX_EARLY: usize = 8192;
 
 /// Early data a client sent in `Sec-WebSocket-Protocol` (base64, URL-safe or standard, with or
-/// without padding), as Xray clients with `?ed=` do: `None` if the value is not that.
+/// without padding), as Xray clients with `?ed=` do: `None` if the value is not that. Its
+/// encoded length is bounded here; its limit ([`MAX_EARLY`] at most) is the caller's.
 fn early_data(offered: &[String]) -> Option<Vec<u8>> {
     use base64::Engine;
     use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
@@ -106,6 +109,13 @@ fn early_data(offered: &[String]) -> Option<Vec<u8>> {
         .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
         .ok()
         .filter(|b| !b.is_empty())
+}
+
+/// Whether the request's path says it carries early data (`?ed=N`, as the client was given).
+fn marked_early(req: &Request<Incoming>) -> bool {
+    req.uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("ed=")))
 }
 
 impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
@@ -259,8 +269,37 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
             (Carry::Smux, Some(SMUX_ON))
         } else if let Some(bytes) = early_data(&offered) {
             // Early data (Xray's `?ed=`): the first bytes of a plain stream rode the request;
-            // the header is echoed, as Xray's server does.
-            early = bytes;
+            // the header is echoed, as Xray's server does. Taken only where the client or
+            // the operator said so, else refused whole: never guessed into the stream.
+            let limit = match marked_early(req) {
+                true => Some(MAX_EARLY),
+                false => self.early_data.unmarked,
+            };
+            match limit {
+                _ if !self.early_data.on => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "early data is refused here (-early-data off)",
+                    ));
+                }
+                Some(max) if bytes.len() <= max => early = bytes,
+                Some(max) => {
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        &format!("{} bytes of early data, more than {max}", bytes.len()),
+                    ));
+                }
+                None => {
+                    crate::rarely!(
+                        Warn,
+                        "{id}: a client sent what looks like early data (one base64 subprotocol) on a path without ?ed=: refused; if your clients use Xray's ?ed=, give this server -wss-path PATH?ed=2048"
+                    );
+                    return Err(refuse(
+                        StatusCode::BAD_REQUEST,
+                        "unknown subprotocol (early data is taken with ?ed= in the path)",
+                    ));
+                }
+            }
             (Carry::Plain, None)
         } else if self.default_mux {
             // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides,

@@ -226,6 +226,40 @@ pub struct WsServerOptions<O> {
     pub path: PathMatch<O>,
     /// Web server for requests that are not tunnels.
     pub fallback: Option<HostPort>,
+    /// Which upgrade requests may carry early data.
+    pub early_data: EarlyData,
+}
+
+impl<O> WsServerOptions<O> {
+    /// Tunnels on `path`, other requests to `fallback`, early data as by default.
+    pub fn new(path: PathMatch<O>, fallback: Option<HostPort>) -> Self {
+        WsServerOptions {
+            path,
+            fallback,
+            early_data: EarlyData::default(),
+        }
+    }
+}
+
+/// Which upgrade requests a server takes early data from (a client's first bytes, base64 in
+/// `Sec-WebSocket-Protocol`, as Xray sends them with `?ed=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyData {
+    /// `-early-data off`: from none (such requests are refused).
+    pub on: bool,
+    /// From requests that do not say so in their path (Xray's clients strip `?ed=`), up to
+    /// this many bytes: the server's own `-wss-path …?ed=N`. Requests whose path carries
+    /// `ed=` (mtt's clients) are always taken, up to the 8 KiB any client sends.
+    pub unmarked: Option<usize>,
+}
+
+impl Default for EarlyData {
+    fn default() -> Self {
+        EarlyData {
+            on: true,
+            unmarked: None,
+        }
+    }
 }
 
 /// Everything the [`super::Acceptor`] needs to end tunnels.

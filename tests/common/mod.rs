@@ -466,10 +466,7 @@ pub async fn wss_tunnel_to(
         Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
         timeout,
     );
-    scfg.accept.ws = Some(WsServerOptions {
-        path: PathMatch::new(server_path),
-        fallback: None,
-    });
+    scfg.accept.ws = Some(WsServerOptions::new(PathMatch::new(server_path), None));
     let server = start_server(scfg).await;
     let client = start_client(wss_client_config(
         server.addr,

@@ -70,6 +70,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             Arc::new(HttpServer {
                 path: ws.path.clone(),
                 fallback: ws.fallback.clone(),
+                early_data: ws.early_data,
                 default_mux: opts.mux,
                 timeouts: opts.timeouts,
                 udp: opts.udp,
