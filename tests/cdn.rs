@@ -43,14 +43,7 @@ async fn capture() -> (SocketAddr, String, tokio::sync::oneshot::Receiver<Seen>)
         let (tcp, _) = l.accept().await.expect("accept");
         let mut tls = acceptor.accept(tcp).await.expect("tls");
         let sni = tls.get_ref().1.server_name().map(str::to_string);
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if tls.read_exact(&mut b).await.is_err() {
-                break;
-            }
-            head.push(b[0]);
-        }
+        let (head, _) = read_head(&mut tls).await;
         let at = Instant::now();
         let _ = tls
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
@@ -160,12 +153,8 @@ async fn upgrade_with(addr: SocketAddr, path: &str, protocol: &str) -> (u16, Vec
         "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.expect("request");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).await.expect("response head");
-        head.push(b[0]);
-    }
+    let (head, read) = read_head(&mut s).await;
+    read.expect("response head");
     let code = String::from_utf8_lossy(&head[9..12])
         .parse()
         .expect("status");

@@ -866,6 +866,22 @@ pub async fn http_request(
     )
 }
 
+/// Reads an HTTP message head, byte by byte (nothing after it is taken), through its blank
+/// line: what came, with the error if the stream failed or ended first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+) -> (Vec<u8>, std::io::Result<()>) {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if let Err(e) = s.read_exact(&mut b).await {
+            return (head, Err(e));
+        }
+        head.push(b[0]);
+    }
+    (head, Ok(()))
+}
+
 /// GET /metrics over plain HTTP.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).await.expect("connect metrics");
