@@ -7,13 +7,14 @@ use std::path::Path;
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
 
+use crate::certs::pem as cert;
 use crate::cli::{BenchArgs, CertArgs, ClientArgs, MuServerArgs, ServerArgs, Top};
 use crate::config::{ClientConfig, Listen, ServerConfig};
 use crate::goflag::{self, Parsed};
 use crate::role::client::Client;
 use crate::role::server::Server;
 use crate::sip003;
-use crate::transport::{Listener, cert, tcp, unix};
+use crate::transport::{Listener, tcp, unix};
 use crate::{Error, Result, VERSION};
 
 /// What argv asks for.

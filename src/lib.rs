@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod admin;
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod cmd;
 pub mod config;

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use mtt::transport::options::{CertSource, Verify};
+use mtt::certs::CertSource;
+use mtt::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use mtt::certs::CertSource;
 use mtt::config::{Listen, MuServerConfig};
 use mtt::role::mu_server::MuServer;
 use mtt::transport::Listener;
-use mtt::transport::options::{CertSource, Verify};
+use mtt::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use mtt::transport::options::{CertSource, MuxClientOptions, PathMatch, Verify, WsServerOptions};
+use mtt::certs::CertSource;
+use mtt::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mtt::transport::options::{CertSource, Verify};
+use mtt::certs::CertSource;
+use mtt::transport::options::Verify;
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);

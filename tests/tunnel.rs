@@ -6,8 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mtt::certs::CertSource;
 use mtt::transport::Dialer;
-use mtt::transport::options::{CertSource, Verify};
+use mtt::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

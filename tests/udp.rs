@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mtt::certs::CertSource;
 use mtt::config::UdpConfig;
 use mtt::transport::Listener;
-use mtt::transport::options::{CertSource, MuxClientOptions, PathMatch, Verify, WsServerOptions};
+use mtt::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 

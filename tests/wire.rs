@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mtt::addr::HostPort;
-use mtt::transport::options::{CertSource, Verify};
+use mtt::certs::CertSource;
+use mtt::transport::options::Verify;
 use mtt::transport::{Dialer, Listener, tcp};
 use tokio::net::{TcpListener, TcpStream};
 

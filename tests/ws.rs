@@ -8,8 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
+use mtt::certs::CertSource;
 use mtt::transport::options::PathMatch;
-use mtt::transport::options::{CertSource, TlsClientOptions, Verify, WsServerOptions};
+use mtt::transport::options::{TlsClientOptions, Verify, WsServerOptions};
 use mtt::transport::tls::TlsClient;
 use mtt::transport::ws::{self, Role, encode_header, parse_header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -352,9 +353,9 @@ async fn fake_ws_server(
     String,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
-    let ss = mtt::transport::cert::self_signed(Some("127.0.0.1")).expect("cert");
+    let ss = mtt::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
     let fp = ss.cert_key.fingerprint();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(mtt::transport::tls::provider())
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mtt::certs::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()

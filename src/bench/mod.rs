@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::HostPort;
+use crate::certs::CertSource;
 use crate::cli::BenchArgs;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::error::IoContext;
@@ -20,8 +21,8 @@ use crate::role::client::Client;
 use crate::role::server::Server;
 use crate::transport::Listener;
 use crate::transport::options::{
-    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch,
-    TlsClientOptions, Verify, WsClientOptions, WsServerOptions,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch, TlsClientOptions,
+    Verify, WsClientOptions, WsServerOptions,
 };
 use crate::{Error, Result};
 use traffic::{destination, pattern, transfer};

@@ -5,16 +5,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::addr::HostPort;
+use crate::certs::CertSource;
+use crate::certs::acme::{AcmeOptions, LETS_ENCRYPT};
+use crate::certs::fingerprint;
 use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
-use crate::transport::acme::{AcmeOptions, LETS_ENCRYPT};
+use crate::transport::mux;
 use crate::transport::options::{
-    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, EarlyData, MuxClientOptions,
-    PathMatch, Timeouts, TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path,
-    normalize_path,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, EarlyData, MuxClientOptions, PathMatch, Timeouts,
+    TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path, normalize_path,
 };
 use crate::transport::origin::{ForwardHeader, Trusted};
-use crate::transport::{fingerprint, mux};
 use crate::{Error, Result};
 
 mod mu_server;

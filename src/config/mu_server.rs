@@ -9,8 +9,9 @@ use super::{
     timeouts, trusted, udp_timeout,
 };
 use crate::addr::HostPort;
+use crate::certs::CertSource;
 use crate::cli::MuServerArgs;
-use crate::transport::options::{CertSource, Timeouts};
+use crate::transport::options::Timeouts;
 use crate::transport::origin::Trusted;
 use crate::users::redis::RedisOptions;
 use crate::{Error, Result};

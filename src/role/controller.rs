@@ -131,7 +131,7 @@ struct UserLabel {
 
 /// A stable name for a user that does not reveal its path.
 pub fn user_id(path: &str) -> String {
-    crate::transport::fingerprint::of(path.as_bytes())[..16].to_string()
+    crate::certs::fingerprint::of(path.as_bytes())[..16].to_string()
 }
 
 impl Controller {

@@ -15,7 +15,10 @@ use std::time::Duration;
 use crate::addr::HostPort;
 use crate::metrics::Failure;
 use crate::transport::relay::Tally;
-use crate::transport::{Acceptor, BoxIo, ConnId, Transferred, relay, tcp};
+use tokio_util::sync::CancellationToken;
+
+use crate::certs::Certs;
+use crate::transport::{BoxIo, ConnId, Transferred, relay, tcp};
 
 /// Where a server's tunnels go, and how it dials there.
 pub(crate) struct Destinations {
@@ -133,35 +136,19 @@ impl Destinations {
 /// What SIGHUP re-reads: the certificate files, and the mu-server's users file.
 #[derive(Clone)]
 pub struct Reloader {
-    pub(crate) certs: Arc<dyn CertReload>,
+    pub(crate) certs: Option<Arc<Certs>>,
     pub(crate) users: Option<Arc<crate::users::Users>>,
-}
-
-/// An acceptor whose certificate can be re-read, whatever its tunnels' owners.
-pub(crate) trait CertReload: Send + Sync {
-    fn reload(&self) -> crate::Result<Option<String>>;
-    fn cert_files(&self) -> Option<[std::path::PathBuf; 2]>;
-}
-
-impl<O: Clone + Send + Sync + 'static> CertReload for Acceptor<O> {
-    fn reload(&self) -> crate::Result<Option<String>> {
-        Acceptor::reload(self)
-    }
-
-    fn cert_files(&self) -> Option<[std::path::PathBuf; 2]> {
-        Acceptor::cert_files(self)
-    }
 }
 
 impl Reloader {
     /// The certificate files worth watching for changes, if there are any.
     pub fn cert_files(&self) -> Option<[std::path::PathBuf; 2]> {
-        self.certs.cert_files()
+        self.certs.as_ref().and_then(|c| c.files())
     }
 
     /// Re-reads only `-cert`/`-key` (what a change on disk calls for).
     pub fn reload_cert(&self) {
-        match self.certs.reload() {
+        match self.certs.as_ref().map_or(Ok(None), |c| c.reload()) {
             Ok(Some(fp)) => log::info!(
                 target: crate::logging::NOTICE,
                 "reloaded -cert/-key: new handshakes present SHA-256 {fp}"
@@ -182,6 +169,31 @@ impl Reloader {
                 Ok(None) => {}
                 Err(e) => log::error!("reload: {e}; keeping the current users"),
             }
+        }
+    }
+}
+
+/// Runs `serving` while the certificate is obtained and renewed (ACME), if it comes from an
+/// ACME CA: an error only if the first certificate cannot be had (no tunnel is carried
+/// without one; `serving` then still drains).
+pub(crate) async fn with_certs(
+    certs: Option<Arc<Certs>>,
+    shutdown: CancellationToken,
+    serving: impl std::future::Future<Output = ()>,
+) -> crate::Result<()> {
+    let Some(acme) = certs.and_then(|c| c.acme()) else {
+        serving.await;
+        return Ok(());
+    };
+    tokio::pin!(serving);
+    let certifying = acme.run(shutdown);
+    tokio::pin!(certifying);
+    tokio::select! {
+        _ = &mut serving => Ok(()),
+        r = &mut certifying => {
+            r?;
+            serving.await;
+            Ok(())
         }
     }
 }

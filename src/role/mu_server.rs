@@ -95,7 +95,7 @@ impl MuServer {
     /// The handle SIGHUP uses to re-read the certificate and the users file.
     pub fn reloader(&self) -> super::Reloader {
         super::Reloader {
-            certs: self.acceptor.clone(),
+            certs: self.acceptor.certs(),
             users: Some(self.users.clone()),
         }
     }
@@ -107,7 +107,7 @@ impl MuServer {
 
     /// SHA-256 of the served certificate, if TLS is on.
     pub fn fingerprint(&self) -> Option<String> {
-        self.acceptor.fingerprint()
+        self.acceptor.certs().map(|c| c.fingerprint())
     }
 
     /// Serves tunnels on `data` and the controller on `control` until `shutdown`; an error
@@ -143,17 +143,16 @@ impl MuServer {
         };
         let acceptor = self.acceptor.clone();
         let this = Arc::new(self);
-        let served = acceptor
-            .serve(
-                data,
-                shutdown.clone(),
-                limits,
-                move |tunnel: Tunnel<Arc<User>>| {
-                    let this = this.clone();
-                    async move { this.handle(tunnel).await }
-                },
-            )
-            .await;
+        let serving = acceptor.clone().serve(
+            data,
+            shutdown.clone(),
+            limits,
+            move |tunnel: Tunnel<Arc<User>>| {
+                let this = this.clone();
+                async move { this.handle(tunnel).await }
+            },
+        );
+        let served = super::with_certs(acceptor.certs(), shutdown.clone(), serving).await;
         if served.is_err() {
             shutdown.cancel();
         }

@@ -45,14 +45,14 @@ impl Server {
     /// The handle SIGHUP uses to re-read the certificate.
     pub fn reloader(&self) -> super::Reloader {
         super::Reloader {
-            certs: self.acceptor.clone(),
+            certs: self.acceptor.certs(),
             users: None,
         }
     }
 
     /// SHA-256 of the served certificate (what clients pin), if TLS is on.
     pub fn fingerprint(&self) -> Option<String> {
-        self.acceptor.fingerprint()
+        self.acceptor.certs().map(|c| c.fingerprint())
     }
 
     /// Serves `listener` until `shutdown`, then drains; an error only if the certificate
@@ -70,7 +70,9 @@ impl Server {
         };
         let acceptor = self.acceptor.clone();
         let this = Arc::new(self);
-        acceptor
+        let stop = shutdown.clone();
+        let serving = acceptor
+            .clone()
             .serve(listener, shutdown, limits, move |tunnel: Tunnel| {
                 let this = this.clone();
                 async move {
@@ -89,7 +91,7 @@ impl Server {
                         }
                     }
                 }
-            })
-            .await
+            });
+        super::with_certs(acceptor.certs(), stop, serving).await
     }
 }

@@ -4,14 +4,10 @@
 //! types of [`options`].
 
 pub mod accept;
-pub mod acme;
-pub mod cert;
-pub mod certs;
 pub mod datagram;
 pub mod dial;
 pub mod dns;
 pub mod fallback;
-pub mod fingerprint;
 pub mod front;
 pub mod io;
 pub mod listen;

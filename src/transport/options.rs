@@ -114,22 +114,6 @@ pub struct DialOptions {
     pub timeouts: Timeouts,
 }
 
-/// Where the server's certificate comes from.
-#[derive(Debug, Clone)]
-pub enum CertSource {
-    /// PEM files given with `-cert` and `-key`.
-    Files {
-        /// Certificate chain, leaf first.
-        cert: PathBuf,
-        /// Private key.
-        key: PathBuf,
-    },
-    /// Made at start-up for this name (a random plausible one when `None`).
-    SelfSigned(Option<String>),
-    /// Obtained and renewed through ACME (`-acme`).
-    Acme(super::acme::AcmeOptions),
-}
-
 /// Maps request paths to the owners of their tunnels (the mu-server's users).
 pub trait Router: Send + Sync {
     /// Who a tunnel on a path belongs to.
@@ -266,7 +250,7 @@ impl Default for EarlyData {
 #[derive(Debug, Clone)]
 pub struct AcceptOptions<O> {
     /// The certificate; `None` with `-disable-tls`.
-    pub tls: Option<CertSource>,
+    pub tls: Option<crate::certs::CertSource>,
     /// HTTP + WebSocket in front of the tunnels (`-wss`).
     pub ws: Option<WsServerOptions<O>>,
     /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for

@@ -6,25 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::{TlsConnector, client, server};
 
-use super::cert;
-use super::certs::CertStore;
-use super::fingerprint;
 use super::io::Io;
 use super::options::{TlsClientOptions, Verify};
 use super::relay::RELAY_BUFFER;
+use crate::certs::{CertStore, fingerprint, pem, provider};
 use crate::error::CertError;
 use crate::{Error, Result};
-
-/// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
-/// Android without cmake). Passed explicitly so two compiled-in providers can never clash.
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// The dialling side of TLS.
 #[derive(Clone)]
@@ -57,7 +49,7 @@ impl TlsClient {
             Verify::Ca(path) => {
                 let mut roots = RootCertStore::empty();
                 let (added, _ignored) =
-                    roots.add_parsable_certificates(cert::load_certs("-ca", path)?);
+                    roots.add_parsable_certificates(pem::load_certs("-ca", path)?);
                 if added == 0 {
                     return Err(Error::cert("-ca", path, CertError::NoUsableCa));
                 }
@@ -310,7 +302,7 @@ mod tests {
     /// the rest for the layer above to copy aside and write again); every byte arrives.
     #[tokio::test]
     async fn a_relay_write_is_taken_whole() {
-        let made = cert::self_signed(Some("localhost")).expect("certificate");
+        let made = pem::self_signed(Some("localhost")).expect("certificate");
         let pin = made.cert_key.fingerprint();
         let limit = Duration::from_secs(10);
         let server = TlsServer::new(CertStore::new(made.cert_key).expect("store"), &[], limit)

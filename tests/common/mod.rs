@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mtt::addr::HostPort;
+pub use mtt::certs::CertSource;
 use mtt::config::{ClientConfig, Listen, ServerConfig};
 use mtt::role::client::Client;
 use mtt::role::server::Server;
 use mtt::transport::Listener;
 use mtt::transport::options::{
-    AcceptOptions, CertSource, DEFAULT_TIMEOUTS, DialOptions, PathMatch, TlsClientOptions, Verify,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, PathMatch, TlsClientOptions, Verify,
     WsClientOptions, WsServerOptions, normalize_path,
 };
 use rand::{RngCore, SeedableRng};
@@ -32,7 +33,7 @@ pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    mtt::transport::fingerprint::sha256(data)
+    mtt::certs::fingerprint::sha256(data)
 }
 
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -526,7 +527,7 @@ pub fn dead_addr() -> SocketAddr {
 /// A self-signed certificate for `name` written to PEM files: (dir, cert, key, SHA-256).
 pub fn self_signed_files(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
     let dir = tempfile::tempdir().expect("tmp");
-    let ss = mtt::transport::cert::self_signed(Some(name)).expect("cert");
+    let ss = mtt::certs::pem::self_signed(Some(name)).expect("cert");
     let cert = dir.path().join("c.pem");
     let key = dir.path().join("k.pem");
     std::fs::write(&cert, &ss.cert_pem).expect("write cert");

@@ -4,14 +4,12 @@
 //! that drain waits for.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::certs::Certs;
 use super::datagram::{self, Kind};
 use super::front::{Carry, HttpServer, Upgrade};
 use super::io::{BoxIo, Io};
@@ -19,7 +17,8 @@ use super::listen::{Listener, Stream};
 use super::mux::session::Quiet;
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
-use super::{ALPN_HTTP1, acme, sniff, tls};
+use super::{ALPN_HTTP1, sniff, tls};
+use crate::certs::{Certs, acme};
 use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
@@ -46,7 +45,7 @@ pub struct Tunnel<O = ()> {
 /// HTTP front and WebSocket, then (with `-mux` or the client's choice) multiplexing.
 pub struct Acceptor<O = ()> {
     tls: Option<tls::TlsServer>,
-    certs: Option<Certs>,
+    certs: Option<Arc<Certs>>,
     http: Option<Arc<HttpServer<O>>>,
     mux: bool,
     quiet: Quiet,
@@ -87,7 +86,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         if http.is_none() && opts.udp && !opts.mux {
             extra.push(datagram::ALPN_UDP);
         }
-        let certs = opts.tls.as_ref().map(Certs::new).transpose()?;
+        let certs = opts.tls.as_ref().map(Certs::new).transpose()?.map(Arc::new);
         // With ACME, validation connections (RFC 8737) are answered on this port too.
         if certs.as_ref().is_some_and(|c| c.acme().is_some()) {
             extra.push(acme::ALPN_ACME);
@@ -113,66 +112,33 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         })
     }
 
-    /// SHA-256 of the certificate served, if TLS is on.
-    pub fn fingerprint(&self) -> Option<String> {
-        self.certs.as_ref().map(Certs::fingerprint)
-    }
-
-    /// Re-reads `-cert`/`-key` (see [`Certs::reload`]); `None` when there are no files.
-    pub fn reload(&self) -> Result<Option<String>> {
-        self.certs.as_ref().map_or(Ok(None), Certs::reload)
-    }
-
-    /// The `-cert`/`-key` files that [`Acceptor::reload`] re-reads.
-    pub fn cert_files(&self) -> Option<[PathBuf; 2]> {
-        self.certs.as_ref().and_then(Certs::files)
+    /// The certificate served, if TLS is on: what reloads and ACME act on.
+    pub fn certs(&self) -> Option<Arc<Certs>> {
+        self.certs.clone()
     }
 
     /// Serves `listener` until `shutdown`: every tunnel of every accepted connection goes to
     /// `handle` in a task of its own; then drains them all (see [`accept_loop`]). Multiplexed
     /// sessions stop taking streams at shutdown and close once their last stream has ended.
-    /// With ACME the certificate is obtained and renewed meanwhile; an error only if the
-    /// first certificate cannot be had (no tunnel was carried without one).
     pub async fn serve<H, Fut>(
         self: Arc<Self>,
         listener: Listener,
         shutdown: CancellationToken,
         limits: Limits,
         handle: H,
-    ) -> Result<()>
-    where
+    ) where
         H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let stop = shutdown.clone();
-        let acme = self.certs.as_ref().and_then(Certs::acme);
         let this = self.clone();
-        let accepting = accept_loop(
-            listener,
-            shutdown.clone(),
-            limits,
-            move |conn, id, tasks| {
-                let this = this.clone();
-                let handle = handle.clone();
-                let stop = stop.clone();
-                async move { this.connection(conn, id, tasks, stop, handle).await }
-            },
-        );
-        let Some(acme) = acme else {
-            accepting.await;
-            return Ok(());
-        };
-        tokio::pin!(accepting);
-        let certifying = acme.run(shutdown);
-        tokio::pin!(certifying);
-        tokio::select! {
-            _ = &mut accepting => Ok(()),
-            r = &mut certifying => {
-                r?;
-                accepting.await;
-                Ok(())
-            }
-        }
+        accept_loop(listener, shutdown, limits, move |conn, id, tasks| {
+            let this = this.clone();
+            let handle = handle.clone();
+            let stop = stop.clone();
+            async move { this.connection(conn, id, tasks, stop, handle).await }
+        })
+        .await;
     }
 
     async fn connection<H, Fut>(

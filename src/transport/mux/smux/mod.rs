@@ -695,7 +695,7 @@ impl Drop for SmuxClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::fingerprint::sha256;
+    use crate::certs::fingerprint::sha256;
 
     fn quiet() -> Quiet {
         Quiet {

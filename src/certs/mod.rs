@@ -1,18 +1,44 @@
-//! The certificate a server presents: loaded from `-cert`/`-key`, made self-signed at start or
-//! obtained through ACME, held in a resolver that handshakes read, and replaced in place when
-//! the files change or ACME renews it.
+//! Certificates, apart from the transport that presents them: the one a server presents
+//! (loaded from `-cert`/`-key`, made self-signed at start or obtained through ACME), held in
+//! a resolver that handshakes read and replaced in place when the files change or ACME renews
+//! it; PEM files ([`pem`]), fingerprints and pins ([`fingerprint`]), ACME ([`acme`]), and the
+//! process's one crypto provider ([`provider`]).
+
+pub mod acme;
+pub mod fingerprint;
+pub mod pem;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::acme::Acme;
-use super::cert::{self, CertKey};
-use super::options::CertSource;
-use super::tls::provider;
 use crate::error::CertError;
 use crate::{Error, Result};
+use acme::Acme;
+use pem::CertKey;
+
+/// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
+/// Android without cmake). Passed explicitly so two compiled-in providers can never clash.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Where a server's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// PEM files given with `-cert` and `-key`.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// Made at start-up for this name (a random plausible one when `None`).
+    SelfSigned(Option<String>),
+    /// Obtained and renewed through ACME (`-acme`).
+    Acme(acme::AcmeOptions),
+}
 
 /// A server's certificate and where it came from.
 pub struct Certs {
@@ -27,10 +53,10 @@ impl Certs {
     pub fn new(source: &CertSource) -> Result<Self> {
         let (ck, files) = match source {
             CertSource::Files { cert, key } => {
-                (cert::load(cert, key)?, Some([cert.clone(), key.clone()]))
+                (pem::load(cert, key)?, Some([cert.clone(), key.clone()]))
             }
             CertSource::SelfSigned(name) => {
-                let ss = cert::self_signed(name.as_deref())?;
+                let ss = pem::self_signed(name.as_deref())?;
                 log::warn!(
                     "no -cert/-key: using a self-signed certificate for '{}'; clients can pin it with -cert-sha256 {}",
                     ss.name,
@@ -83,7 +109,7 @@ impl Certs {
         let Some([cert, key]) = &self.files else {
             return Ok(None);
         };
-        let ck = cert::load(cert, key)?;
+        let ck = pem::load(cert, key)?;
         let fp = ck.fingerprint();
         self.store
             .replace(ck)
@@ -248,7 +274,7 @@ impl CertStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|s| s.key.cert.first().map(|c| super::fingerprint::of(c)))
+            .and_then(|s| s.key.cert.first().map(|c| fingerprint::of(c)))
             .unwrap_or_default()
     }
 
@@ -296,7 +322,7 @@ impl rustls::server::ResolvesServerCert for CertStore {
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let validating = hello
             .alpn()
-            .is_some_and(|mut ps| ps.any(|p| p == super::acme::ALPN_ACME));
+            .is_some_and(|mut ps| ps.any(|p| p == acme::ALPN_ACME));
         if validating {
             let name = hello.server_name()?.to_ascii_lowercase();
             return self

@@ -22,9 +22,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_util::sync::CancellationToken;
 
-use super::cert::{self, CertKey};
-use super::certs::{CertStore, Validity};
-use super::tls::provider;
+use super::pem::{self, CertKey};
+use super::{CertStore, Validity, provider};
 use crate::error::CertError;
 use crate::{Error, Result};
 
@@ -170,7 +169,7 @@ impl Acme {
         if !cert.exists() || !key.exists() {
             return Ok(None);
         }
-        let ck = cert::load(&cert, &key)?;
+        let ck = pem::load(&cert, &key)?;
         let leaf =
             ck.chain
                 .first()
@@ -425,7 +424,7 @@ impl Acme {
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             Some(path) => {
                 let (added, _) =
-                    roots.add_parsable_certificates(cert::load_certs("-acme-ca", path)?);
+                    roots.add_parsable_certificates(pem::load_certs("-acme-ca", path)?);
                 if added == 0 {
                     return Err(Error::cert("-acme-ca", path, CertError::NoUsableCa));
                 }
