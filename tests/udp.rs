@@ -54,8 +54,18 @@ async fn udp_echo() -> SocketAddr {
 async fn start_udp_client(mut cfg: mtt::config::ClientConfig, udp: UdpConfig) -> Running {
     cfg.udp = Some(udp);
     let client = mtt::role::client::Client::new(cfg).expect("client");
-    let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    let sock = l.bind_udp_beside().expect("udp beside");
+    // A TCP port whose UDP twin is free too (other tests hold UDP ports of their own).
+    let mut tries = 0;
+    let (l, sock) = loop {
+        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        match l.bind_udp_beside() {
+            Ok(sock) => break (l, sock),
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 20, "no port free for both TCP and UDP: {e}");
+            }
+        }
+    };
     let addr = sock.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
     let done = tokio::spawn(client.serve(l, Some(sock), shutdown.clone()));

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mtt::transport::mux::session::Quiet;
+use mtt::transport::mux::Quiet;
 use mtt::transport::mux::smux::{self, SmuxSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -402,13 +402,12 @@ impl ClientConfig {
             log::warn!("-mux-idle is not used without -mux");
         }
         let muxing = match a.mux_proto.as_deref() {
-            None | Some("yamux") => mux::Muxing::Yamux,
-            Some("smux") => mux::Muxing::Smux,
-            Some(other) => {
-                return Err(Error::usage(format!(
-                    "-mux-proto must be yamux (mtt servers) or smux (mos-tls-tunnel servers), got {other}"
-                )));
-            }
+            None => mux::Muxing::Yamux,
+            Some(name) => mux::Muxing::parse(name).ok_or_else(|| {
+                Error::usage(format!(
+                    "-mux-proto must be yamux (mtt servers) or smux (mos-tls-tunnel servers), got {name}"
+                ))
+            })?,
         };
         if a.mux_proto.is_some() && !a.mux {
             log::warn!("-mux-proto is not used without -mux");

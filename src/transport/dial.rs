@@ -72,9 +72,8 @@ impl Connector {
             return Ok(mux::Dialled { io, v2, rtt });
         };
         let protocol = match (kind, self.opts.mux.as_ref().map(|m| m.muxing)) {
+            (_, Some(muxing)) => muxing.subprotocols(),
             (Kind::Datagrams, None) => datagram::SUBPROTOCOL_UDP,
-            (_, Some(mux::Muxing::Yamux)) => "yamux2, yamux",
-            (_, Some(mux::Muxing::Smux)) => front::SMUX_ON,
             (Kind::Stream, None) => front::SMUX_OFF,
         };
         // Early data (`?ed=`) takes the place of the subprotocol, as Xray's clients send it.
@@ -152,8 +151,8 @@ impl Dialer {
         // A plain-mode smux client offers no ALPN, as the original.
         let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.as_ref().map(|m| m.muxing)) {
             (true, _) => ALPN_HTTP1,
-            (false, Some(mux::Muxing::Yamux)) => &[datagram::ALPN_MUX2],
-            (false, _) => &[],
+            (false, Some(muxing)) => muxing.alpn(),
+            (false, None) => &[],
         };
         let handshake = opts.timeouts.handshake;
         if opts.tls.verify == super::options::Verify::Insecure {

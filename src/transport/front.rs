@@ -14,9 +14,10 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use super::datagram::{self, SUBPROTOCOL_UDP, SUBPROTOCOL_YAMUX2};
+use super::datagram::{self, SUBPROTOCOL_UDP};
 use super::fallback::{self, Body};
 use super::io::{BoxIo, Io};
+use super::mux::Muxing;
 use super::options::{EarlyData, PathMatch, Timeouts};
 use super::ws::{self, Role, WsStream};
 use crate::addr::HostPort;
@@ -26,10 +27,6 @@ pub const MAX_HEAD: usize = 16 * 1024;
 
 /// The subprotocol an original client sends without multiplexing.
 pub const SMUX_OFF: &str = "smux_off";
-/// The subprotocol an original client sends with smux multiplexing.
-pub const SMUX_ON: &str = "smux_on";
-/// The subprotocol of mtt clients that multiplex (with yamux).
-pub const YAMUX: &str = "yamux";
 
 /// Set once a refused UDP tunnel has been logged.
 static UDP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -39,16 +36,15 @@ static UDP_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 pub enum Carry {
     /// One byte stream (`smux_off`, or no subprotocol and no `-mux`).
     Plain,
-    /// A yamux session (`yamux`; on plain TLS, `-mux`); `v2` (`yamux2`, ALPN `mtt-mux2`): its
-    /// streams open with a type byte.
-    Mux {
+    /// A multiplexed session: of the multiplexing the client named (`yamux2`, `yamux`,
+    /// `smux_on`; on plain TLS, ALPN `mtt-mux2`), or (`None`: no subprotocol, `-mux`) of
+    /// whichever its first bytes show; `v2`: its streams open with a type byte.
+    Session {
+        /// The multiplexing named, if any.
+        muxing: Option<Muxing>,
         /// Version 2.
         v2: bool,
     },
-    /// An smux version 1 session (`smux_on`: an original client with `-mux`).
-    Smux,
-    /// A session of whichever multiplexing its first bytes show (no subprotocol, `-mux`).
-    AnyMux,
     /// Datagrams (`mtt-udp`).
     Datagrams,
 }
@@ -259,14 +255,16 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                 ));
             }
             (Carry::Datagrams, Some(SUBPROTOCOL_UDP))
-        } else if offered.iter().any(|p| p == SUBPROTOCOL_YAMUX2) {
-            (Carry::Mux { v2: true }, Some(SUBPROTOCOL_YAMUX2))
-        } else if offered.iter().any(|p| p == YAMUX) {
-            (Carry::Mux { v2: false }, Some(YAMUX))
+        } else if let Some((muxing, v2, chosen)) = Muxing::named(&offered) {
+            (
+                Carry::Session {
+                    muxing: Some(muxing),
+                    v2,
+                },
+                Some(chosen),
+            )
         } else if offered.iter().any(|p| p == SMUX_OFF) {
             (Carry::Plain, Some(SMUX_OFF))
-        } else if offered.iter().any(|p| p == SMUX_ON) {
-            (Carry::Smux, Some(SMUX_ON))
         } else if let Some(bytes) = early_data(&offered) {
             // Early data (Xray's `?ed=`): the first bytes of a plain stream rode the request;
             // the header is echoed, as Xray's server does. Taken only where the client or
@@ -304,7 +302,13 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         } else if self.default_mux {
             // No known subprotocol (clients older than mos-tls-tunnel 0.5.4): `-mux` decides,
             // and the first bytes which multiplexing.
-            (Carry::AnyMux, None)
+            (
+                Carry::Session {
+                    muxing: None,
+                    v2: false,
+                },
+                None,
+            )
         } else {
             (Carry::Plain, None)
         };

@@ -15,30 +15,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use super::io::{BoxIo, Io, forward_write};
 pub use super::mux::Muxing;
 
-/// Whether `b` begins like a yamux client's first frame: version 0, flags SYN, and a ping on
-/// stream 0 (yamux measures the round trip first) or a data or window-update frame opening
-/// stream 1. `None` while fewer than 8 bytes are known.
-pub fn looks_like_yamux(b: &[u8]) -> Option<bool> {
-    let h = b.get(..8)?;
-    let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    let syn = h[2] == 0 && h[3] & 0x01 != 0;
-    let opening = match h[1] {
-        0 | 1 => id == 1,
-        2 => id == 0,
-        _ => false,
-    };
-    Some(h[0] == 0 && syn && opening)
-}
-
-/// Whether `b` begins like a multiplexing client's first frame, and of which kind. `None`
-/// while fewer than 8 bytes are known.
-pub fn looks_like_mux(b: &[u8]) -> Option<Option<Muxing>> {
-    if looks_like_yamux(b)? {
-        return Some(Some(Muxing::Yamux));
-    }
-    Some(super::mux::smux::frame::looks_like_smux(b)?.then_some(Muxing::Smux))
-}
-
 /// For a `-mux` server: reads the client's first bytes (waiting at most `limit`) and gives
 /// the stream back with them unread, with the multiplexing they begin; otherwise logs the
 /// mismatch once and returns `None`.
@@ -65,7 +41,7 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
             return None;
         }
     }
-    if let Some(Some(muxing)) = looks_like_mux(&first[..n]) {
+    if let Some(Some(muxing)) = Muxing::detect(&first[..n]) {
         return Some((Box::new(Rewind::new(io, &first[..n])), muxing));
     }
     crate::rarely!(
@@ -108,7 +84,7 @@ impl AsyncRead for RefuseYamux {
         let start = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.checked = true;
-        if let Some(Some(_)) = looks_like_mux(&buf.filled()[start..]) {
+        if let Some(Some(_)) = Muxing::detect(&buf.filled()[start..]) {
             buf.set_filled(start);
             crate::rarely!(
                 Warn,
@@ -175,16 +151,31 @@ mod tests {
     fn a_yamux_opening_is_told_from_application_bytes() {
         // What an mtt client sends first: a window update with SYN for stream 1.
         let syn = [0, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0];
-        assert_eq!(looks_like_yamux(&syn), Some(true));
+        assert_eq!(
+            crate::transport::mux::yamux::looks_like_yamux(&syn),
+            Some(true)
+        );
         let ping = [0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 7];
-        assert_eq!(looks_like_yamux(&ping), Some(true));
-        assert_eq!(looks_like_yamux(b"GET / HTTP/1.1\r\n"), Some(false));
-        assert_eq!(looks_like_yamux(b"SSH-2.0-"), Some(false));
-        assert_eq!(looks_like_yamux(&syn[..5]), None);
-        assert_eq!(looks_like_mux(&syn), Some(Some(Muxing::Yamux)));
+        assert_eq!(
+            crate::transport::mux::yamux::looks_like_yamux(&ping),
+            Some(true)
+        );
+        assert_eq!(
+            crate::transport::mux::yamux::looks_like_yamux(b"GET / HTTP/1.1\r\n"),
+            Some(false)
+        );
+        assert_eq!(
+            crate::transport::mux::yamux::looks_like_yamux(b"SSH-2.0-"),
+            Some(false)
+        );
+        assert_eq!(
+            crate::transport::mux::yamux::looks_like_yamux(&syn[..5]),
+            None
+        );
+        assert_eq!(Muxing::detect(&syn), Some(Some(Muxing::Yamux)));
         let smux = [1, 0, 0, 0, 3, 0, 0, 0];
-        assert_eq!(looks_like_mux(&smux), Some(Some(Muxing::Smux)));
-        assert_eq!(looks_like_mux(b"SSH-2.0-"), Some(None));
+        assert_eq!(Muxing::detect(&smux), Some(Some(Muxing::Smux)));
+        assert_eq!(Muxing::detect(b"SSH-2.0-"), Some(None));
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use super::datagram::{self, Kind};
 use super::front::{Carry, HttpServer, Upgrade};
 use super::io::{BoxIo, Io};
 use super::listen::{Listener, Stream};
-use super::mux::session::Quiet;
+use super::mux::{Muxing, Quiet};
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
 use super::{ALPN_HTTP1, sniff, tls};
@@ -283,10 +283,15 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         alpn: Option<Vec<u8>>,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
         let Some(front) = &self.http else {
+            // Plain TLS names a multiplexing by ALPN only for version 2; else the first bytes
+            // tell which (with `-mux`).
+            let named = alpn.as_deref().and_then(Muxing::by_alpn);
             let carry = match alpn.as_deref() {
                 Some(p) if p == datagram::ALPN_UDP => Carry::Datagrams,
-                Some(p) if self.mux && p == datagram::ALPN_MUX2 => Carry::Mux { v2: true },
-                _ if self.mux => Carry::AnyMux,
+                _ if self.mux => Carry::Session {
+                    muxing: named,
+                    v2: named.is_some(),
+                },
                 _ => Carry::Plain,
             };
             let up = Upgrade {

@@ -12,7 +12,6 @@ use super::{Acceptor, Tunnel, UDP_REFUSED};
 use crate::transport::datagram::{self, Kind};
 use crate::transport::front::{Carry, Upgrade};
 use crate::transport::io::BoxIo;
-use crate::transport::mux::ServerSession;
 use crate::transport::serve::ConnId;
 use crate::transport::sniff::{self, Muxing};
 
@@ -35,9 +34,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let (named, v2) = match carry {
-            Carry::Mux { v2 } => (Some(Muxing::Yamux), v2),
-            Carry::Smux => (Some(Muxing::Smux), false),
-            Carry::AnyMux => (None, false),
+            Carry::Session { muxing, v2 } => (muxing, v2),
             Carry::Plain | Carry::Datagrams => {
                 let owner = up.owner;
                 let tunnel = Tunnel {
@@ -65,7 +62,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 }
             }
         };
-        let v2 = v2 && muxing == Muxing::Yamux;
+        let v2 = v2 && muxing.has_v2();
         self.session(io, id, up, muxing, v2, rtt, &tasks, shutdown, handle)
             .await
     }
@@ -88,15 +85,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         H: Fn(Tunnel<O>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        log::debug!(
-            "{id}: multiplexed session ({})",
-            match (muxing, v2) {
-                (Muxing::Smux, _) => "smux version 1",
-                (Muxing::Yamux, true) => "yamux, version 2",
-                (Muxing::Yamux, false) => "yamux",
-            }
-        );
-        let mut session = ServerSession::new(io, muxing, self.quiet, rtt);
+        log::debug!("{id}: multiplexed session ({})", muxing.describe(v2));
+        let mut session = muxing.server(io, self.quiet, rtt);
         // A session belongs to the owner of its path: revoking the owner closes it.
         let revoked = match (&self.http, &up.owner) {
             (Some(front), Some(owner)) => front.path.revoked(owner),

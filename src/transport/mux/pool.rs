@@ -1,49 +1,34 @@
-//! The client's pool of sessions (yamux, or smux for the original's servers): a new tunnel
-//! takes a stream on a session with room,
-//! reserving its slot under one lock, so concurrent arrivals neither overfill a session nor
-//! dial a session each; a session that is still being dialled takes reservations too. An
-//! idle session is kept for a while to save the next handshake, then closed. A session whose
-//! connection failed is dead at once and never given new streams. Each yamux connection is
-//! driven by exactly one task, as yamux requires.
+//! The client's pool of sessions, of whichever multiplexer: a new tunnel takes a stream on a
+//! session with room, reserving its slot under one lock, so concurrent arrivals neither
+//! overfill a session nor dial a session each; a session that is still being dialled takes
+//! reservations too. An idle session is kept for a while to save the next handshake, then
+//! closed. A session whose connection failed is dead at once and never given new streams.
+//! One watch loop per session, the same for every multiplexer.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::Duration;
 
-use super::reset::Resets;
-use super::smux::{self, SmuxClient};
-use super::{Counter, MuxStream, Muxing, Slot, Transport, config, mux_err, transport};
+use tokio::sync::{Notify, watch};
+
+use super::{ClientSession, Counter, MuxStream, Muxing, Slot};
 use crate::error::Step;
-use crate::transport::datagram::{self, Kind};
+use crate::transport::datagram::Kind;
 use crate::transport::io::BoxIo;
 use crate::{Error, Result};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-type OpenReply = oneshot::Sender<io::Result<yamux::Stream>>;
-/// How streams are opened on a session that is up, or why it failed.
-type Ready = Result<Opener, Arc<Error>>;
+/// The session once it is up, or why it failed.
+type Ready = Result<Arc<dyn ClientSession>, Arc<Error>>;
 
-/// How to open a stream on a session.
-#[derive(Clone)]
-enum Opener {
-    /// Ask the yamux driver; whether the session is of version 2.
-    Yamux(mpsc::UnboundedSender<OpenReply>, bool),
-    /// Open it directly.
-    Smux(Arc<SmuxClient>),
-}
-
-/// A client session: its driver task owns the yamux connection.
+/// A client session, as the pool keeps it.
 struct Session {
-    /// Becomes `Some` once the connection is up (the driver's request channel) or failed.
+    /// Becomes `Some` once the connection is up (the session) or failed.
     ready: watch::Receiver<Option<Ready>>,
     /// Streams open or reserved; changed under the pool lock when reserving.
     count: Arc<Counter>,
-    /// Resets the session's writer owes for dropped streams.
-    resets: Arc<Resets>,
     dead: AtomicBool,
 }
 
@@ -74,7 +59,7 @@ pub struct MuxPool {
     max_streams: usize,
     idle: Duration,
     muxing: Muxing,
-    /// Keepalive of yamux sessions (`-ping`).
+    /// Keepalive of sessions that have one (`-ping`).
     ping: Option<Duration>,
     dial: DialFn,
 }
@@ -148,7 +133,6 @@ impl MuxPool {
                             open: AtomicUsize::new(1),
                             idle: Notify::new(),
                         }),
-                        resets: Arc::default(),
                         dead: AtomicBool::new(false),
                     });
                     list.push(s.clone());
@@ -169,64 +153,37 @@ impl MuxPool {
             .await
             .map(|v| v.clone())
             .unwrap_or(None);
-        let closed = || {
-            let e = io::Error::new(io::ErrorKind::ConnectionAborted, "session closed");
-            Error::tunnel(Step::Mux, "server", e)
-        };
-        let (tx, v2) = match state {
-            Some(Ok(Opener::Yamux(tx, v2))) => (tx, v2),
-            Some(Ok(Opener::Smux(client))) => {
-                if kind == Kind::Datagrams {
-                    let e = io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "smux (-mux-proto smux, the original's multiplexing) carries no UDP",
-                    );
-                    return Err(Error::tunnel(Step::Udp, "server", e));
-                }
-                let stream = client.open().await.map_err(|e| {
-                    session.dead.store(true, Ordering::Release);
-                    Error::tunnel(Step::Mux, "server", e)
-                })?;
-                return Ok(MuxStream::smux(stream, slot));
-            }
+        let client = match state {
+            Some(Ok(client)) => client,
             Some(Err(e)) => return Err(Error::Shared(e)),
-            None => return Err(closed()),
-        };
-        let (reply, answer) = oneshot::channel();
-        if tx.send(reply).is_err() {
-            session.dead.store(true, Ordering::Release);
-            return Err(closed());
-        }
-        let stream = answer
-            .await
-            .map_err(|_| closed())?
-            .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
-        let mut stream = MuxStream::new(stream, session.resets.clone(), slot);
-        // yamux announces a stream with its first frame; this first write sends that frame
-        // now, so the server dials the destination even if the application waits for it to
-        // speak first (SMTP, SSH banners). In a version-2 session it is the stream's type.
-        let first: &[u8] = match (v2, kind) {
-            (true, Kind::Stream) => &[datagram::STREAM_TCP],
-            (true, Kind::Datagrams) => &[datagram::STREAM_UDP],
-            (false, Kind::Stream) => &[],
-            (false, Kind::Datagrams) => {
-                let e = io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "its multiplexing is of an older mtt (version 1), which carries no UDP",
-                );
-                return Err(Error::tunnel(Step::Udp, "server", e));
+            None => {
+                let e = io::Error::new(io::ErrorKind::ConnectionAborted, "session closed");
+                return Err(Error::tunnel(Step::Mux, "server", e));
             }
         };
-        stream
-            .announce(first)
-            .await
-            .map_err(|e| Error::tunnel(Step::Mux, "server", e))?;
-        Ok(stream)
+        match client.open(kind).await {
+            Ok(io) => Ok(MuxStream::new(io, slot)),
+            Err(e) => {
+                // A session that cannot open a stream takes no more (a refusal of UDP by its
+                // kind of multiplexing is no fault of the session's).
+                if !matches!(
+                    &e,
+                    Error::Tunnel {
+                        step: Step::Udp,
+                        ..
+                    }
+                ) {
+                    session.dead.store(true, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Dials the session's connection and drives it until it ends.
+    /// Dials the session's connection, starts the session, and watches it until it ends:
+    /// closes it after the idle period, or notes that the server closed it.
     async fn connect(self: Arc<Self>, session: Arc<Session>, ready: watch::Sender<Option<Ready>>) {
-        let Dialled { io, v2, rtt } = match (self.dial)().await {
+        let dialled = match (self.dial)().await {
             Ok(x) => x,
             Err(e) => {
                 session.dead.store(true, Ordering::Release);
@@ -234,29 +191,12 @@ impl MuxPool {
                 return;
             }
         };
-        if self.muxing == Muxing::Smux {
-            let client = Arc::new(SmuxClient::new(io, smux::DEFAULT));
-            let _ = ready.send(Some(Ok(Opener::Smux(client.clone()))));
-            let ended = drive_smux(&client, &session, &self).await;
-            session.dead.store(true, Ordering::Release);
-            match ended {
-                Ok(()) => log::debug!("smux session closed after {:?} idle", self.idle),
-                Err(e) => log::debug!("smux session ended: {e}"),
-            }
-            return;
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = ready.send(Some(Ok(Opener::Yamux(tx, v2))));
-        let transport = transport(io, session.resets.clone(), self.ping);
-        let conn = yamux::Connection::new(transport, config(rtt), yamux::Mode::Client);
-        let m = crate::metrics::get();
-        m.mux_sessions.inc();
-        let ended = drive(conn, rx, &session, &self).await;
-        m.mux_sessions.dec();
+        let client = self.muxing.client(dialled, self.ping);
+        let _ = ready.send(Some(Ok(client.clone())));
+        let idle = watch_idle(client.as_ref(), &session, &self).await;
         session.dead.store(true, Ordering::Release);
-        match ended {
-            Ok(()) => log::debug!("multiplexed session closed after {:?} idle", self.idle),
-            Err(e) => log::debug!("multiplexed session ended: {e}"),
+        if idle {
+            log::debug!("multiplexed session closed after {:?} idle", self.idle);
         }
     }
 
@@ -272,19 +212,19 @@ impl MuxPool {
     }
 }
 
-/// Watches a client smux session: closes it after the idle period, or notes that the server
-/// closed it.
-async fn drive_smux(client: &SmuxClient, session: &Session, pool: &MuxPool) -> io::Result<()> {
+/// Watches a client session: closes it after the idle period (`true`), or returns when it
+/// has ended otherwise (`false`).
+async fn watch_idle(client: &dyn ClientSession, session: &Session, pool: &MuxPool) -> bool {
     let mut idle_at: Option<tokio::time::Instant> = None;
+    let closed = client.closed();
+    tokio::pin!(closed);
     loop {
         if idle_at.is_none() && session.count.open.load(Ordering::Acquire) == 0 {
             idle_at = Some(tokio::time::Instant::now() + pool.idle);
         }
         let far = tokio::time::Instant::now() + Duration::from_secs(86400);
         tokio::select! {
-            _ = client.closed() => {
-                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server"));
-            }
+            _ = &mut closed => return false,
             // The last stream went away: the idle period starts (at the top of the loop).
             _ = session.count.idle.notified() => {
                 if session.count.open.load(Ordering::Acquire) > 0 {
@@ -294,94 +234,9 @@ async fn drive_smux(client: &SmuxClient, session: &Session, pool: &MuxPool) -> i
             _ = tokio::time::sleep_until(idle_at.unwrap_or(far)), if idle_at.is_some() => {
                 if pool.retire_if_idle(session) {
                     client.close();
-                    return Ok(());
+                    return true;
                 }
                 idle_at = None;
-            }
-        }
-    }
-}
-
-/// The single task that owns a client connection: opens requested streams, keeps the
-/// connection moving, and closes it after the idle period.
-async fn drive(
-    mut conn: yamux::Connection<Transport>,
-    mut requests: mpsc::UnboundedReceiver<OpenReply>,
-    session: &Session,
-    pool: &MuxPool,
-) -> io::Result<()> {
-    let mut waiting: std::collections::VecDeque<OpenReply> = Default::default();
-    let idle = tokio::time::sleep(pool.idle);
-    tokio::pin!(idle);
-    let mut idle_armed = false;
-    loop {
-        // Lives for the whole wait, so the last stream's end wakes this task even when nothing
-        // else happens on the connection (a stream's yamux part may go before its slot does).
-        let notified = session.count.idle.notified();
-        tokio::pin!(notified);
-        let event = poll_fn(|cx| {
-            while let Poll::Ready(Some(r)) = requests.poll_recv(cx) {
-                waiting.push_back(r);
-            }
-            while !waiting.is_empty() {
-                match conn.poll_new_outbound(cx) {
-                    Poll::Ready(Ok(s)) => {
-                        if let Some(r) = waiting.pop_front() {
-                            let _ = r.send(Ok(s));
-                        }
-                    }
-                    Poll::Ready(Err(yamux::ConnectionError::TooManyStreams)) => {
-                        if let Some(r) = waiting.pop_front() {
-                            let _ = r.send(Err(io::Error::other("multiplexing: too many streams")));
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(mux_err(e))),
-                    Poll::Pending => break,
-                }
-            }
-            match conn.poll_next_inbound(cx) {
-                // A client accepts no streams: dropping resets it.
-                Poll::Ready(Some(Ok(_))) => cx.waker().wake_by_ref(),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(mux_err(e))),
-                Poll::Ready(None) => {
-                    let closed =
-                        io::Error::new(io::ErrorKind::ConnectionAborted, "closed by the server");
-                    return Poll::Ready(Err(closed));
-                }
-                Poll::Pending => {}
-            }
-            if notified.as_mut().poll(cx).is_ready()
-                || (!idle_armed && session.count.open.load(Ordering::Acquire) == 0)
-            {
-                return Poll::Ready(Ok(true));
-            }
-            if idle_armed && idle.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(false));
-            }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Err(why) => {
-                // Each waiter gets the same kind and words; io::Error itself cannot be shared.
-                for r in waiting.drain(..) {
-                    let _ = r.send(Err(io::Error::new(why.kind(), why.to_string())));
-                }
-                return Err(why);
-            }
-            // The last stream went away (or none came yet): start the idle period.
-            Ok(true) => {
-                if session.count.open.load(Ordering::Acquire) == 0 {
-                    idle.as_mut().reset(tokio::time::Instant::now() + pool.idle);
-                    idle_armed = true;
-                }
-            }
-            Ok(false) => {
-                if pool.retire_if_idle(session) {
-                    let _ = poll_fn(|cx| conn.poll_close(cx)).await;
-                    return Ok(());
-                }
-                idle_armed = false;
             }
         }
     }

@@ -12,25 +12,30 @@
 
 pub mod frame;
 mod rx;
+mod session;
+mod stream;
+
+pub use session::{SmuxClient, SmuxSession};
+pub use stream::SmuxStream;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSender};
 
-use super::session::Quiet;
 use crate::transport::io::BoxIo;
-use frame::{Cmd, HEADER, Header, MAX_FRAME};
+use frame::{Cmd, HEADER, Header};
 use rx::Rx;
+
+/// The WebSocket subprotocol of an original client that multiplexes.
+pub const SUBPROTOCOL: &str = "smux_on";
 
 /// Keepalive and limits of a session.
 #[derive(Debug, Clone, Copy)]
@@ -440,262 +445,12 @@ async fn keepalive(shared: Arc<Shared>) {
     }
 }
 
-/// One stream of an smux session, as a tokio byte stream. Shutting it down sends FIN (the
-/// peer may go on sending: half-close); dropping it sends FIN if that has not been done.
-pub struct SmuxStream {
-    sid: u32,
-    rx: Arc<Rx>,
-    shared: Arc<Shared>,
-    out: PollSender<Frame>,
-    counted: bool,
-}
-
-impl SmuxStream {
-    /// The stream's id in its session.
-    pub fn id(&self) -> u32 {
-        self.sid
-    }
-
-    fn broken(&self) -> Option<io::Error> {
-        if let Some(why) = self.rx.broken() {
-            return Some(io::Error::new(io::ErrorKind::ConnectionReset, why));
-        }
-        if self.shared.closed.is_cancelled() {
-            return Some(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the multiplexed session ended",
-            ));
-        }
-        None
-    }
-}
-
-impl AsyncRead for SmuxStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.rx.poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SmuxStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        if self.rx.fin_sent.load(Ordering::Acquire) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after shutdown",
-            )));
-        }
-        if let Some(e) = self.broken() {
-            return Poll::Ready(Err(e));
-        }
-        let gone = || io::Error::new(io::ErrorKind::BrokenPipe, "the multiplexed session ended");
-        if ready!(self.out.poll_reserve(cx)).is_err() {
-            return Poll::Ready(Err(gone()));
-        }
-        let n = buf.len().min(MAX_FRAME);
-        let sid = self.sid;
-        let frame = Frame::data(sid, Bytes::copy_from_slice(&buf[..n]));
-        if self.out.send_item(frame).is_err() {
-            return Poll::Ready(Err(gone()));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The session's writer sends what is queued as soon as it can.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.rx.fin_sent.load(Ordering::Acquire) || self.broken().is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        if ready!(self.out.poll_reserve(cx)).is_err() {
-            return Poll::Ready(Ok(()));
-        }
-        let fin = Frame::control(Cmd::Fin, self.sid);
-        let _ = self.out.send_item(fin);
-        self.rx.fin_sent.store(true, Ordering::Release);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for SmuxStream {
-    fn drop(&mut self) {
-        if self.counted {
-            crate::metrics::get().mux_streams.dec();
-        }
-        self.rx.kill("the stream was dropped");
-        self.rx.drained.notify_one();
-        self.shared.forget(self.sid, &self.rx);
-        if self.rx.fin_sent.swap(true, Ordering::AcqRel) || self.shared.closed.is_cancelled() {
-            return;
-        }
-        let fin = Frame::control(Cmd::Fin, self.sid);
-        if let Err(mpsc::error::TrySendError::Full(fin)) = self.shared.out.try_send(fin) {
-            // The queue is full: the FIN goes when there is room, without holding anyone up.
-            let shared = self.shared.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    tokio::select! {
-                        _ = shared.out.send(fin) => {}
-                        _ = shared.closed.cancelled() => {}
-                    }
-                });
-            }
-        }
-    }
-}
-
-/// The server end of an smux session: yields the client's streams, refusing those beyond the
-/// limit alone; closes a session that carries no stream for too long; winds down on shutdown.
-pub struct SmuxSession {
-    shared: Arc<Shared>,
-    accept: mpsc::Receiver<SmuxStream>,
-    quiet: Quiet,
-    carried: u64,
-}
-
-impl SmuxSession {
-    /// Starts the server end over an established tunnel connection.
-    pub fn server(io: BoxIo, cfg: Config, quiet: Quiet) -> Self {
-        let (tx, accept) = mpsc::channel(cfg.max_streams.max(1));
-        SmuxSession {
-            shared: start(io, cfg, Some(tx)),
-            accept,
-            quiet,
-            carried: 0,
-        }
-    }
-
-    /// The next stream; `None` when the session has ended or stayed without streams for
-    /// longer than [`Quiet`] allows (then it is closed).
-    pub async fn next(&mut self) -> Option<io::Result<SmuxStream>> {
-        loop {
-            let quiet = if self.carried == 0 {
-                self.quiet.first
-            } else {
-                self.quiet.idle
-            };
-            let idle = self.shared.open_streams() == 0;
-            tokio::select! {
-                s = self.accept.recv() => match s {
-                    Some(s) => {
-                        self.carried += 1;
-                        return Some(Ok(s));
-                    }
-                    None => return None,
-                },
-                _ = self.shared.closed.cancelled() => return None,
-                // A stream ended: look again whether the session is idle.
-                _ = self.shared.idle.notified() => continue,
-                _ = tokio::time::sleep(quiet), if idle => {
-                    if self.shared.open_streams() > 0 {
-                        continue;
-                    }
-                    log::debug!("smux session closed: no stream for {quiet:?}");
-                    self.shared.closed.cancel();
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// For shutdown: refuses new streams, lets the open ones finish, then closes the session.
-    pub async fn finish(mut self) {
-        self.shared.refusing.store(true, Ordering::Release);
-        self.accept.close();
-        while let Ok(s) = self.accept.try_recv() {
-            drop(s);
-        }
-        while self.shared.open_streams() > 0 {
-            tokio::select! {
-                _ = self.shared.idle.notified() => {}
-                _ = self.shared.closed.cancelled() => return,
-            }
-        }
-        self.shared.closed.cancel();
-    }
-}
-
-impl Drop for SmuxSession {
-    fn drop(&mut self) {
-        self.shared.closed.cancel();
-    }
-}
-
-/// The client end of an smux session: opens streams (ids 3, 5, 7, …, as the original's).
-pub struct SmuxClient {
-    shared: Arc<Shared>,
-}
-
-impl SmuxClient {
-    /// Starts the client end over an established tunnel connection.
-    pub fn new(io: BoxIo, cfg: Config) -> Self {
-        SmuxClient {
-            shared: start(io, cfg, None),
-        }
-    }
-
-    /// Opens a stream: its SYN is queued before this returns.
-    pub async fn open(&self) -> io::Result<SmuxStream> {
-        let sid = self.shared.last_id.fetch_add(2, Ordering::AcqRel) + 2;
-        let stream = self.shared.register(sid, false);
-        if !self.shared.control(Cmd::Syn, sid).await {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the multiplexed session ended",
-            ));
-        }
-        Ok(stream)
-    }
-
-    /// Streams open now.
-    pub fn open_streams(&self) -> usize {
-        self.shared.open_streams()
-    }
-
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
-    }
-
-    /// Waits until the session has ended.
-    pub async fn closed(&self) {
-        self.shared.closed.cancelled().await
-    }
-
-    /// Waits until a stream ends (the session may be idle now).
-    pub async fn stream_ended(&self) {
-        self.shared.idle.notified().await
-    }
-
-    /// Closes the session (what is queued is still sent).
-    pub fn close(&self) {
-        self.shared.closed.cancel();
-    }
-}
-
-impl Drop for SmuxClient {
-    fn drop(&mut self) {
-        self.shared.closed.cancel();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::certs::fingerprint::sha256;
+    use crate::transport::mux::Quiet;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn quiet() -> Quiet {
         Quiet {

@@ -1,6 +1,7 @@
 //! The server end of a yamux session: yields the client's streams, refusing (resetting) those
 //! beyond the per-session limit without harming the others; closes a session that carries
-//! no stream for too long; winds down on shutdown.
+//! no stream for too long; winds down on shutdown. Each yamux connection is driven by the one
+//! task that takes its streams, as yamux requires.
 
 use std::future::poll_fn;
 use std::io;
@@ -11,11 +12,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::reset::Resets;
-use super::{Counter, MuxStream, Slot, Transport, config, mux_err, transport};
+use super::{Transport, YamuxStream, config, mux_err, transport};
 use crate::transport::io::BoxIo;
+use crate::transport::mux::{BoxFuture, Counter, MuxStream, Quiet, ServerSession, Slot};
 
 /// A server-side session: yields the client's streams.
-pub struct MuxSession {
+pub struct YamuxSession {
     conn: yamux::Connection<Transport>,
     count: Arc<Counter>,
     pub(super) resets: Arc<Resets>,
@@ -25,25 +27,13 @@ pub struct MuxSession {
     carried: u64,
 }
 
-/// How long a session may carry no stream: before its first (the rest of the handshake),
-/// and between streams (the idle timeout); then it is closed.
-#[derive(Debug, Clone, Copy)]
-pub struct Quiet {
-    /// Until the first stream.
-    pub first: Duration,
-    /// After the last stream ended.
-    pub idle: Duration,
-    /// Keepalive frames this often (`-ping`), and a pinging peer silent for two is gone.
-    pub ping: Option<Duration>,
-}
-
-impl MuxSession {
+impl YamuxSession {
     /// Starts the server end of a session over an established tunnel connection whose round
     /// trip, where known, is `rtt`.
     pub fn server(io: BoxIo, limit: usize, quiet: Quiet, rtt: Option<Duration>) -> Self {
         crate::metrics::get().mux_sessions.inc();
         let resets = Arc::new(Resets::default());
-        MuxSession {
+        YamuxSession {
             conn: yamux::Connection::new(
                 transport(io, resets.clone(), quiet.ping),
                 config(rtt),
@@ -58,10 +48,10 @@ impl MuxSession {
     }
 
     /// The next stream within the limit; `None` when the session has ended. Keep calling it
-    /// (or [`MuxSession::finish`]) while streams are open: this is what moves every stream's
+    /// (or [`YamuxSession::finish`]) while streams are open: this is what moves every stream's
     /// bytes.
     /// A session quiet for longer than [`Quiet`] allows is closed and ends (`None`).
-    pub async fn next(&mut self) -> Option<io::Result<MuxStream>> {
+    pub async fn next(&mut self) -> Option<io::Result<MuxStream<YamuxStream>>> {
         let mut deadline: Option<Instant> = None;
         loop {
             if self.count.open.load(Ordering::Acquire) == 0 {
@@ -107,7 +97,8 @@ impl MuxSession {
             self.count.open.fetch_add(1, Ordering::AcqRel);
             self.carried += 1;
             let slot = Slot::new(self.count.clone());
-            return Some(Ok(MuxStream::new(stream, self.resets.clone(), slot)));
+            let stream = YamuxStream::new(stream, self.resets.clone());
+            return Some(Ok(MuxStream::new(stream, slot)));
         }
     }
 
@@ -132,8 +123,24 @@ impl MuxSession {
     }
 }
 
-impl Drop for MuxSession {
+impl Drop for YamuxSession {
     fn drop(&mut self) {
         crate::metrics::get().mux_sessions.dec();
+    }
+}
+
+impl ServerSession for YamuxSession {
+    fn next(&mut self) -> BoxFuture<'_, Option<io::Result<BoxIo>>> {
+        Box::pin(async move {
+            Some(
+                YamuxSession::next(self)
+                    .await?
+                    .map(|s| Box::new(s) as BoxIo),
+            )
+        })
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(YamuxSession::finish(*self))
     }
 }
