@@ -2,14 +2,12 @@
 //! WebSocket), half-close per stream, fairness between streams, warm-session reuse, idle
 //! close, a killed server replaced, and the server's per-session stream limit.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

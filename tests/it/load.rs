@@ -3,11 +3,9 @@
 //! descriptors. 200 tunnels per mode by default (CI); set MTT_LOAD_TUNNELS=2000 for the full
 //! run.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn concurrent_tunnels_in_every_mode_leave_no_descriptor_behind() {

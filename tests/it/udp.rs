@@ -2,12 +2,10 @@
 //! every size from 1 to 65,507 bytes echoed intact to its own sender; idle expiry,
 //! `-udp-max-assoc` eviction, and a server without `-udp` refusing UDP while TCP goes on.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::config::UdpConfig;
 use mtt::transport::Listener;

@@ -2,12 +2,10 @@
 //! timeout, path rules, the byte-exact upgrade request, subprotocols, frames from a raw peer,
 //! the 404 page and `-fallback`, and nginx in front both ways.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::transport::options::PathMatch;
 use mtt::transport::options::{TlsClientOptions, Verify, WsServerOptions};
@@ -552,7 +550,7 @@ async fn fallback_forwards_other_requests_to_a_real_web_server() {
 #[tokio::test]
 async fn behind_nginx_both_ways() {
     bounded(async {
-        let pki = common::pki();
+        let pki = crate::common::pki();
         let dest = reply_after_eof_server().await;
         let echo = echo_server().await;
         for upstream_tls in [false, true] {

@@ -2,12 +2,10 @@
 //! `mtt server`, `openssl s_server` as the server of `mtt client`. The application bytes must
 //! pass verbatim, nothing added.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

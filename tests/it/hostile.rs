@@ -5,11 +5,9 @@
 //! review: a WebSocket ping flood, multiplexed sessions that open no stream, and what the
 //! fallback site is told about its visitors.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::transport::options::{TlsClientOptions, Verify};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

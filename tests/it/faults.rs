@@ -3,13 +3,11 @@
 //! link in a network namespace this test makes (tc netem where the kernel has it, otherwise a
 //! token-bucket queue plus nftables' random drop), where every byte must still arrive intact.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -4,8 +4,6 @@
 //! Redis going away changes nothing for tunnels (writes answer 503), a missed announcement is
 //! repaired, and bad URLs and corrupt entries are refused cleanly.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use common::*;
+use crate::common::*;
 use mtt::transport::options::Verify;
 
 const TOKEN: &str = "fleet-token";

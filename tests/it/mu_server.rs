@@ -2,12 +2,10 @@
 //! tunnels routed per user (plain and multiplexed), removal with and without kick, 404s, and
 //! the users file surviving kill -9.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::config::{Listen, MuServerConfig};
 use mtt::role::mu_server::MuServer;

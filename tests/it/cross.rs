@@ -3,12 +3,10 @@
 //! cross-built binary, so plain `cargo test` lists them as ignored; `packaging/test-cross
 //! TARGET` builds it and runs them with `MTT_CROSS="qemu-aarch64 path/to/mtt"`.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The emulator and the cross-built binary, from `MTT_CROSS`.
 fn cross() -> (PathBuf, PathBuf) {

@@ -2,14 +2,12 @@
 //! write: a small Go program on Debian's xtaci/smux and gorilla/websocket (tests/smux_peer),
 //! configured as mos-tls-tunnel is. The mtt server and client run as processes.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,8 +3,6 @@
 //! real TLS-ALPN-01 validations of mtt's own port, verified by clients against pebble's root,
 //! cached across restarts and renewed under a live tunnel.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::*;
+use crate::common::*;
 
 const NAME: &str = "mtt.test";
 

@@ -1,11 +1,9 @@
 //! What goes on the wire and how ends that misbehave are handled: SNI and ALPN in the
 //! ClientHello, IPv6 and host-name addresses, and handshakes that never finish.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::addr::HostPort;
 use mtt::certs::CertSource;
 use mtt::transport::options::Verify;

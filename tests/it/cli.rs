@@ -2,12 +2,10 @@
 //! errors that name the flag, end-to-end tunnels between real processes, `mtt cert`,
 //! Unix-socket listening, and SIGTERM.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Runs mtt to completion, bounded (see [`BoundedOutput`]).
 fn run(args: &[&str]) -> (i32, String, String) {

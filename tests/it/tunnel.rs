@@ -1,11 +1,9 @@
 //! Plain TLS mode end to end, in process, on real loopback sockets: hashed data both ways,
 //! half-close, idle timeout, unreachable server, certificate policies, graceful shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::transport::Dialer;
 use mtt::transport::options::Verify;
@@ -165,7 +163,7 @@ async fn certificate_policies() {
         );
 
         // A server with a CA-signed certificate from files.
-        let pki = common::pki();
+        let pki = crate::common::pki();
         let ca_signed = start_server(server_config(
             echo,
             Some(CertSource::Files {
@@ -190,7 +188,7 @@ async fn certificate_policies() {
             .expect("name mismatch must be refused");
         assert!(err.to_lowercase().contains("certificate"), "{err}");
         // -ca with another CA refuses.
-        let other = common::pki();
+        let other = crate::common::pki();
         let err = dial_err(client_config(
             ca_signed.addr,
             "localhost",

@@ -1,11 +1,9 @@
 //! Operations: hot reload of certificates (and the mu-server's users file) on SIGHUP without
 //! touching live tunnels, and a bad new file keeping the old one.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use mtt::certs::CertSource;
 use mtt::transport::options::Verify;
 use tokio::net::TcpStream;

@@ -2,8 +2,6 @@
 //! `-wss-header`), and early data (`-wss-path …?ed=N`, as Xray sends it) captured byte for
 //! byte and carried end to end through an mtt server.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::*;
+use crate::common::*;
 
 /// What a capturing WebSocket server saw: the SNI and the request head.
 struct Seen {

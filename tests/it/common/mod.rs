@@ -1,0 +1,97 @@
+//! Test helpers, by job: certificates, destinations, in-process mtt, processes, nginx,
+//! descriptors, HTTP; here, what every test uses (deadlines, data, addresses).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mtt::addr::HostPort;
+pub use mtt::certs::CertSource;
+use mtt::config::{ClientConfig, Listen, ServerConfig};
+use mtt::role::client::Client;
+use mtt::role::server::Server;
+use mtt::transport::Listener;
+use mtt::transport::options::{
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, PathMatch, TlsClientOptions, Verify,
+    WsClientOptions, WsServerOptions, normalize_path,
+};
+use rand::{RngCore, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+mod certs;
+mod dest;
+mod fds;
+mod http;
+mod inproc;
+mod nginx;
+mod process;
+
+pub use certs::*;
+pub use dest::*;
+pub use fds::*;
+pub use http::*;
+pub use inproc::*;
+pub use nginx::*;
+pub use process::*;
+
+/// Every test body runs under this bound.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `fut` with [`LIMIT`], failing the test when it is exceeded.
+pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    mtt::certs::fingerprint::sha256(data)
+}
+
+pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+pub fn hp(s: impl ToString) -> HostPort {
+    HostPort::parse("test", &s.to_string(), true).expect("address")
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// Connects once `addr` accepts, retrying for up to 10 s (for servers that cannot say when
+/// they are ready, such as nginx).
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A free loopback port, bound and released: only for programs that must be told a port
+/// (nginx, dnsmasq, openssl, shadowsocks hosts' SS_* ports). mtt itself is started on port 0
+/// and asked what it bound ([`Proc::listening_addr`], [`Proc::addr_after`]).
+pub fn free_port() -> u16 {
+    dead_addr().port()
+}
+
+/// A loopback address nobody listens on (bound, noted, released).
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}

@@ -1,0 +1,24 @@
+//! The integration tests, one binary (one link step): each module is a capability, tested
+//! through real sockets, real TLS and the real peers users meet; `common` holds what they
+//! share.
+
+mod common;
+
+mod acme;
+mod cdn;
+mod cli;
+mod cross;
+mod faults;
+mod fleet;
+mod hostile;
+mod interop;
+mod load;
+mod mu_server;
+mod mux;
+mod ops;
+mod sip003;
+mod smux;
+mod tunnel;
+mod udp;
+mod wire;
+mod ws;
