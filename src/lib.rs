@@ -1,17 +1,6 @@
 //! mtt: a TLS tunnel whose roles (client, server, multi-user server, SIP003 plugin) stack the
-//! same layered stream adapters.
-//!
-//! ```text
-//! app ──TCP──▶ mtt client ══ TCP → TLS → [WebSocket] → [yamux] ══▶ mtt server ──TCP──▶ destination
-//! ```
-//!
-//! * [`transport`] holds the pipeline, one module per layer in wire order (`tcp`, `tls`, `ws`,
-//!   `mux`), the HTTP front of WebSocket servers, certificates, DNS, Android protection and the
-//!   byte relay. It is the only place that knows the order.
-//! * [`role`] holds the roles; they only choose layers through [`transport::Dialer`] and
-//!   [`transport::Acceptor`] and never touch rustls, hyper or yamux types.
-//! * [`cli`], [`goflag`], [`config`] and [`sip003`] turn Go-style command lines and plugin
-//!   environments into validated configurations; [`cmd`] dispatches.
+//! same layered stream adapters: TCP → TLS → optional WebSocket → optional multiplexing. The
+//! module map, and which way dependencies point, is in `ARCHITECTURE.md`.
 // No unsafe code, except in `sys`, the one module that calls the C library for socket options
 // no safe crate offers.
 #![deny(unsafe_code)]

@@ -51,8 +51,8 @@ impl Rarely {
 
     /// Says `msg` at `level` if nothing of this kind was said in the last second (with the
     /// count of those folded since); otherwise counts it. Returns whether it was said.
-    pub fn log(&self, level: log::Level, msg: std::fmt::Arguments<'_>) -> bool {
-        if !log::log_enabled!(level) {
+    pub fn log(&self, target: &str, level: log::Level, msg: std::fmt::Arguments<'_>) -> bool {
+        if !log::log_enabled!(target: target, level) {
             return false;
         }
         match self.due(epoch().elapsed().as_millis() as u64) {
@@ -109,7 +109,7 @@ fn epoch() -> std::time::Instant {
 macro_rules! rarely {
     ($level:ident, $($arg:tt)+) => {{
         static RARELY: $crate::logging::Rarely = $crate::logging::Rarely::new();
-        RARELY.log(log::Level::$level, format_args!($($arg)+))
+        RARELY.log(module_path!(), log::Level::$level, format_args!($($arg)+))
     }};
 }
 
