@@ -1,6 +1,6 @@
 //! The client role: each accepted local connection gets a new tunnel from the [`Dialer`] and
 //! is relayed through it; with `-udp`, datagrams to the same address are carried too
-//! ([`super::udp`]).
+//! ([`crate::transport::udp`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::transport::datagram::Kind;
 use crate::transport::serve::accept_loop;
 use crate::transport::{ConnId, Dialer, Limits, Listener, Stream, relay};
 
-use super::udp::UdpSide;
+use crate::transport::udp::UdpSide;
 
 /// How long a tunnel with early data waits for the application's first write before it
 /// upgrades without it (a server-speaks-first protocol writes nothing).

@@ -6,7 +6,6 @@ pub mod client;
 pub mod controller;
 pub mod mu_server;
 pub mod server;
-pub mod udp;
 
 use std::io;
 use std::sync::Arc;
@@ -100,16 +99,7 @@ impl Destinations {
         idle: Duration,
         stop: &tokio_util::sync::CancellationToken,
     ) {
-        let sock = async {
-            let addr = match &self.dial.dns {
-                Some(dns) => dns.resolve(dest).await?,
-                None => dest.resolve().await?,
-            }
-            .into_iter()
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-            crate::transport::udp::Socket::connected(addr)
-        };
+        let sock = crate::transport::udp::connect_dest(dest, self.dial.dns.as_deref());
         let sock = match sock.await {
             Ok(s) => s,
             Err(e) => {
@@ -119,7 +109,7 @@ impl Destinations {
             }
         };
         log::debug!("{id}: UDP association to {dest}");
-        let relay = crate::transport::datagram::relay_to_socket(tunnel, sock, idle);
+        let relay = crate::transport::udp::relay_to_socket(tunnel, sock, idle);
         tokio::select! {
             res = relay => match res {
                 Ok(()) => log::debug!("{id}: UDP association closed"),
