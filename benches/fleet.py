@@ -25,7 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from harness import free_port, log, wait_listening  # noqa: E402
+from tunnels import free_port, log, wait_listening  # noqa: E402
 
 TOKEN = "bench-token"
 TICK = os.sysconf("SC_CLK_TCK")

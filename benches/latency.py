@@ -28,7 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from harness import MODES, Tunnel, free_port, log, wait_listening  # noqa: E402
+from tunnels import Tunnel, free_port, log, wait_listening  # noqa: E402
 
 # The destination: the first byte of a connection says what it is. E echoes, S is a sink,
 # T takes nothing (stalled).
