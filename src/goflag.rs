@@ -29,6 +29,10 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
     let mut previous_switch: Option<String> = None;
     while let Some(arg) = it.next() {
         let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            // `mtt client help`, as `mtt help` works.
+            if arg == "help" {
+                return Ok(vec!["--help".to_string()]);
+            }
             let hint = match (&previous_switch, parse_bool(arg)) {
                 (Some(flag), Some(_)) => format!(": write -{flag}={arg}, not -{flag} {arg}"),
                 _ => String::new(),
@@ -77,6 +81,13 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
             FlagInfoKind::Option { .. } => match inline {
                 Some(v) => Some(v),
                 None => match it.next() {
+                    // `-b -s host:port`: the next flag is no value (negative numbers and
+                    // values that merely start with '-' are taken: only a known flag is not).
+                    Some(v) if is_flag(&info, v) => {
+                        return Err(Error::usage(format!(
+                            "-{name} is missing its value ('{v}' after it is a flag of its own)"
+                        )));
+                    }
                     Some(v) => Some(v.clone()),
                     None => {
                         return Err(Error::usage(format!("-{name} needs a value")));
@@ -107,6 +118,21 @@ pub fn normalize<T: ArgsInfo>(prog: &str, args: &[String]) -> Result<Vec<String>
         }
     }
     Ok(out)
+}
+
+/// Whether `arg` is one of the flags of `info` (single- or double-dash, with or without a
+/// value after `=`), or asks for help.
+fn is_flag(info: &argh::CommandInfoWithArgs, arg: &str) -> bool {
+    let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+        return false;
+    };
+    let name = body.split_once('=').map_or(body, |(n, _)| n);
+    name == "h"
+        || name == "help"
+        || info
+            .flags
+            .iter()
+            .any(|f| f.long.strip_prefix("--") == Some(name))
 }
 
 /// Parses `args` (Go style) into `T`. Help goes to the caller as [`Parsed::Help`] with the
@@ -302,6 +328,11 @@ mod tests {
         assert_eq!(norm(&["-mux", "-mux=false"]).unwrap(), Vec::<String>::new());
         assert_eq!(norm(&["-b", "a:1", "-b", "b:2"]).unwrap(), ["--b", "b:2"]);
         assert_eq!(norm(&["-h"]).unwrap(), ["--help"]);
+        assert_eq!(norm(&["help"]).unwrap(), ["--help"]);
+        let e = norm(&["-b", "-s", "127.0.0.1:1"]).unwrap_err().to_string();
+        assert!(e.contains("-b is missing its value"), "{e}");
+        // A value that only starts with '-' is still a value.
+        assert_eq!(norm(&["-wss-path", "-x"]).unwrap(), ["--wss-path", "-x"]);
         assert_eq!(norm(&["-b", "a:1", "--help"]).unwrap(), ["--help"]);
     }
 

@@ -63,6 +63,11 @@ fn subcommands_help_and_version() {
     for role in ["client", "server", "mu-server", "cert", "bench"] {
         let (code, out, _) = run(&[role, "-h"]);
         assert_eq!(code, 0, "{role} -h");
+        assert_eq!(
+            run(&[role, "help"]),
+            (0, out.clone(), String::new()),
+            "{role} help"
+        );
         assert!(out.starts_with(&format!("Usage: mtt {role}")), "{out}");
         // Flags are shown the way the original's users type them.
         assert!(
@@ -88,6 +93,10 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "unknown flag -foo",
         ),
         (vec!["client", "-s", "a:1"], "missing -b"),
+        (
+            vec!["client", "-b", "-s", "127.0.0.1:1"],
+            "-b is missing its value",
+        ),
         (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
         (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
         (
