@@ -31,8 +31,6 @@ use crate::{Error, Result};
 pub const ALPN_ACME: &[u8] = b"acme-tls/1";
 /// Let's Encrypt, the default `-acme-directory`.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Let's Encrypt's staging CA (untrusted certificates, generous rate limits), for trials.
-pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// How long obtaining the first certificate may take before the server gives up.
 const FIRST_LIMIT: Duration = Duration::from_secs(120);

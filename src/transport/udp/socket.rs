@@ -91,11 +91,6 @@ impl Socket {
             .await
     }
 
-    /// A datagram from anyone already waiting, if any (`WouldBlock` if none).
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.fd.try_io(Interest::READABLE, |s| s.recv_from(buf))
-    }
-
     /// Waits for datagrams from anyone and takes as many as are waiting, up to the batch's
     /// room, in one call where the system allows (`recvmmsg`).
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {

@@ -118,25 +118,11 @@ impl SmuxClient {
         Ok(stream)
     }
 
-    /// Streams open now.
-    pub fn open_streams(&self) -> usize {
-        self.shared.open_streams()
-    }
-
-    /// Whether the session has ended.
-    pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
-    }
-
     /// Waits until the session has ended.
     pub async fn closed(&self) {
         self.shared.closed.cancelled().await
     }
 
-    /// Waits until a stream ends (the session may be idle now).
-    pub async fn stream_ended(&self) {
-        self.shared.idle.notified().await
-    }
 
     /// Closes the session (what is queued is still sent).
     pub fn close(&self) {
