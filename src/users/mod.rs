@@ -159,9 +159,8 @@ struct Saved {
 /// The table.
 pub struct Users {
     map: RwLock<HashMap<String, Arc<User>>>,
-    file: Option<PathBuf>,
-    /// The fleet's shared table, when the users live in Redis.
-    redis: Option<Arc<redis::Store>>,
+    /// Where the table is kept.
+    backend: Backend,
     /// Changes happen one at a time, so each file written is a state that was acknowledged;
     /// with Redis it holds the version of the shared table the local copy is at.
     writer: tokio::sync::Mutex<u64>,
@@ -169,6 +168,16 @@ pub struct Users {
     /// later still ends them, and a user added again under it takes them over. Held weakly:
     /// an entry lives as long as one of its tunnels does.
     gone: std::sync::Mutex<HashMap<String, std::sync::Weak<User>>>,
+}
+
+/// Where a table is kept.
+enum Backend {
+    /// Nowhere: a restart starts empty (no `-users-file`).
+    Memory,
+    /// `-users-file`: every change written before it is acknowledged.
+    File(PathBuf),
+    /// `-users-redis`: the fleet's shared table.
+    Redis(Arc<redis::Store>),
 }
 
 /// A change to the table, checked: what the next table is and which users leave it (and
@@ -252,13 +261,21 @@ impl Users {
                 Err(e) => return Err(Error::io(format!("-users-file {}", f.display()), e)),
             }
         }
-        Ok(Arc::new(Users {
+        let backend = match file {
+            Some(f) => Backend::File(f),
+            None => Backend::Memory,
+        };
+        Ok(Users::with(backend, map))
+    }
+
+    /// A table kept in `backend`, starting as `map`.
+    fn with(backend: Backend, map: HashMap<String, Arc<User>>) -> Arc<Self> {
+        Arc::new(Users {
             map: RwLock::new(map),
-            file,
-            redis: None,
+            backend,
             writer: tokio::sync::Mutex::new(0),
             gone: Default::default(),
-        }))
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<User>>> {
@@ -294,7 +311,7 @@ impl Users {
     pub async fn apply(&self, change: Change) -> Result<()> {
         let mut version = self.writer.lock().await;
         let next = self.next(&change)?;
-        if let Some(store) = &self.redis {
+        if let Backend::Redis(store) = &self.backend {
             let v = store.write(&change).await?;
             // Visible here at once; the other servers take it from the announcement.
             self.install(next);
@@ -306,7 +323,7 @@ impl Users {
             }
             return Ok(());
         }
-        if let Some(f) = &self.file {
+        if let Backend::File(f) = &self.backend {
             save(f, &next.map)?;
         }
         self.install(next);
@@ -413,12 +430,13 @@ impl Users {
     /// unchanged keep their counters and live tunnels; removed ones open nothing new. Returns
     /// the number of users, or `None` without a file; a bad file changes nothing.
     pub async fn reload_file(&self) -> Result<Option<usize>> {
-        if let Some(store) = &self.redis {
-            store.wake_resync();
-            return Ok(Some(self.len()));
-        }
-        let Some(file) = &self.file else {
-            return Ok(None);
+        let file = match &self.backend {
+            Backend::Redis(store) => {
+                store.wake_resync();
+                return Ok(Some(self.len()));
+            }
+            Backend::Memory => return Ok(None),
+            Backend::File(f) => f,
         };
         let _one_at_a_time = self.writer.lock().await;
         let fresh = Users::load(Some(file.clone()))?;

@@ -123,7 +123,6 @@ impl SmuxClient {
         self.shared.closed.cancelled().await
     }
 
-
     /// Closes the session (what is queued is still sent).
     pub fn close(&self) {
         self.shared.closed.cancel();
