@@ -12,7 +12,6 @@
 //! - `live:<server>`: hash, path → tunnels open on that server; expires unless refreshed
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,6 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 mod follow;
+mod options;
+
+pub use options::{RedisOptions, redacted};
+use options::{client, manager_config, unreachable_at};
 
 use super::{Change, User, check};
 use crate::addr::HostPort;
@@ -43,52 +46,6 @@ type RawTable = HashMap<Vec<u8>, Vec<u8>>;
 const RETRY_MIN: Duration = Duration::from_millis(200);
 /// The longest pause between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// What `-users-redis` and its flags ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisOptions {
-    /// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS).
-    pub url: String,
-    /// Prefix of every key and of the channel.
-    pub prefix: String,
-    /// How often the local copy is compared with Redis (and fetched whole if it differs).
-    pub resync: Duration,
-    /// A copy of the table kept on disk, to start from while Redis cannot be reached.
-    pub snapshot: Option<PathBuf>,
-    /// Trust this PEM root for `rediss://` instead of the public roots.
-    pub ca: Option<PathBuf>,
-}
-
-/// How the connection to Redis is kept: bounded connects and answers, one retry.
-fn manager_config() -> redis::aio::ConnectionManagerConfig {
-    redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_LIMIT))
-        .set_response_timeout(Some(RESPONSE_LIMIT))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2))
-}
-
-/// The client for `opts.url` (with `-users-redis-ca`, trusting that root for TLS).
-fn client(opts: &RedisOptions) -> Result<redis::Client> {
-    let bad = |e: redis::RedisError| {
-        Error::usage(format!(
-            "-users-redis: '{}' is not a Redis URL ({e}); e.g. redis://127.0.0.1:6379/0",
-            redacted(&opts.url)
-        ))
-    };
-    match &opts.ca {
-        None => redis::Client::open(opts.url.as_str()).map_err(bad),
-        Some(ca) => {
-            let pem = std::fs::read(ca)
-                .map_err(|e| Error::io(format!("-users-redis-ca {}", ca.display()), e))?;
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(pem),
-            };
-            redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(bad)
-        }
-    }
-}
 
 /// The connection to the fleet's Redis and the state of the local copy.
 pub struct Store {
@@ -415,27 +372,6 @@ impl Store {
 /// Where the entry of a user is kept, as JSON.
 fn entry_json(dst: &str) -> String {
     serde_json::json!({ "dst": dst }).to_string()
-}
-
-fn unreachable_at(url: &str, why: &str) -> Error {
-    Error::Runtime(format!(
-        "-users-redis {}: Redis cannot be reached ({why}); start it, check the URL, or give -users-redis-snapshot to start from the last table",
-        redacted(url)
-    ))
-}
-
-/// A Redis URL without its password, for logs.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let cred = &url[s + 3..at];
-            match cred.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// `<version> <json>` → the change.
