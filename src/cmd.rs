@@ -115,7 +115,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let (cmd, prog, rest) = match dispatch(&argv) {
         Ok(Dispatch::Run(c, p, r)) => (c, p, r),
         Ok(Dispatch::Help { asked: true }) => {
-            print!("{}", top_help());
+            crate::say!("{}", top_help().trim_end());
             return 0;
         }
         Ok(Dispatch::Help { asked: false }) => {
@@ -123,7 +123,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 2;
         }
         Ok(Dispatch::Version) => {
-            println!("mtt {VERSION}");
+            crate::say!("mtt {VERSION}");
             return 0;
         }
         Err(e) => {
@@ -145,7 +145,7 @@ macro_rules! parse_or_help {
         match goflag::parse::<$ty>($prog, $rest)? {
             Parsed::Args(a) => a,
             Parsed::Help(h) => {
-                print!("{h}");
+                crate::say!("{}", h.trim_end());
                 return Ok(());
             }
         }
@@ -383,14 +383,14 @@ fn write_cert(args: &CertArgs) -> Result<()> {
     };
     let dir = Path::new(args.out.as_deref().unwrap_or("."));
     let (cert_path, key_path, fp) = cert::write_self_signed(name, dir)?;
-    println!("wrote {} and {}", cert_path.display(), key_path.display());
-    println!("SHA-256: {fp}");
-    println!(
+    crate::say!("wrote {} and {}", cert_path.display(), key_path.display());
+    crate::say!("SHA-256: {fp}");
+    crate::say!(
         "server: mtt server -cert {} -key {} ...",
         cert_path.display(),
         key_path.display()
     );
-    println!("client: mtt client -n {name} -cert-sha256 {fp} ...");
+    crate::say!("client: mtt client -n {name} -cert-sha256 {fp} ...");
     Ok(())
 }
 

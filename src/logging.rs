@@ -129,3 +129,32 @@ mod tests {
         assert_eq!(r.due(6001), None);
     }
 }
+
+/// Writes one line of a command's own output (a table, a pin, help) to stdout. A reader that
+/// went away (`mtt cert … | head -1`) ends the command quietly, with exit code 0, as the
+/// output was taken as far as it was wanted; any other failure to write is said on stderr
+/// and ends it with 1.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let wrote = out
+        .write_fmt(line)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush());
+    match wrote {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "mtt: writing to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// [`say`] with `format!` arguments: one line of a command's output.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::logging::say(format_args!($($arg)*))
+    };
+}

@@ -166,7 +166,7 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
         paths.push((mode.name(), addr));
     }
 
-    println!(
+    crate::say!(
         "mtt bench: {} MiB each way per single stream, {} streams in the aggregate, {} new connections, loopback",
         opts.size >> 20,
         opts.streams,
@@ -304,7 +304,7 @@ fn rate(bytes: u64, d: Duration) -> f64 {
 }
 
 fn print_table(rows: &[Row]) {
-    println!(
+    crate::say!(
         "{:<8} {:>10} {:>10} {:>16} {:>12} {:>12} {:>10} {:>8} {:>10} {:>12}",
         "mode",
         "up MiB/s",
@@ -336,7 +336,7 @@ fn print_table(rows: &[Row]) {
             (Some(c), Some(d)) if r.mode != "direct" => format!("{:.2}", (c - d).max(0.0)),
             _ => "-".into(),
         };
-        println!(
+        crate::say!(
             "{:<8} {:>10.0} {:>10.0} {:>16.0} {:>12} {:>12} {:>10} {:>8} {:>10} {:>12}",
             r.mode,
             r.up,
@@ -350,5 +350,5 @@ fn print_table(rows: &[Row]) {
             tunnel_cpu
         );
     }
-    println!("all transfers verified (xxh3 of every byte, both directions)");
+    crate::say!("all transfers verified (xxh3 of every byte, both directions)");
 }

@@ -34,7 +34,8 @@ pub struct MuServerConfig {
     pub token: Option<String>,
     /// Where a generated token is kept when none is given (see [`token_file`]).
     pub token_file: PathBuf,
-    /// Where users are kept.
+    /// Where users are kept: `-users-file`, else (without `-users-redis`) `users.json` in
+    /// systemd's `$STATE_DIRECTORY`, else nowhere (memory only).
     pub users_file: Option<PathBuf>,
     /// Or: the fleet's Redis (`-users-redis`).
     pub users_redis: Option<RedisOptions>,
@@ -176,6 +177,15 @@ impl MuServerConfig {
                 })
             }
         };
+        // Under systemd (`StateDirectory=`), users are kept there unless the command line says
+        // where: the unit passes nothing, so that `-users-redis` can be given instead.
+        let users_file = match (users_file, &users_redis, env("STATE_DIRECTORY")) {
+            (None, None, Some(dirs)) if !dirs.is_empty() => {
+                let dir = dirs.split(':').next().unwrap_or(&dirs);
+                Some(PathBuf::from(dir).join("users.json"))
+            }
+            (file, _, _) => file,
+        };
         let token_file = token_file(users_file.as_deref(), &env)?;
         Ok(MuServerConfig {
             listen,
@@ -218,5 +228,46 @@ impl MuServerConfig {
             )?,
             proxy_protocol: a.proxy_protocol,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argh::FromArgs;
+
+    fn parse(args: &[&str], state: Option<&str>) -> Result<MuServerConfig> {
+        let a = MuServerArgs::from_args(&["mu-server"], args).expect("args");
+        let state = state.map(str::to_string);
+        MuServerConfig::from_args(&a, |k| match k {
+            "STATE_DIRECTORY" => state.clone(),
+            "HOME" => Some("/home/u".into()),
+            _ => None,
+        })
+    }
+
+    /// Under systemd the users file defaults to the state directory, and `-users-redis`
+    /// (the fleet) or `-users-file` take its place without a conflict.
+    #[test]
+    fn the_state_directory_keeps_users_unless_told_otherwise() {
+        let b = ["--b", "127.0.0.1:0"];
+        let cfg = parse(&b, Some("/var/lib/mtt-mu-server")).expect("config");
+        assert_eq!(
+            cfg.users_file,
+            Some("/var/lib/mtt-mu-server/users.json".into())
+        );
+        let redis = [
+            "--b",
+            "127.0.0.1:0",
+            "--users-redis",
+            "redis://127.0.0.1:6379/0",
+        ];
+        let cfg = parse(&redis, Some("/var/lib/mtt-mu-server")).expect("the fleet under systemd");
+        assert_eq!(cfg.users_file, None);
+        assert!(cfg.users_redis.is_some());
+        let file = ["--b", "127.0.0.1:0", "--users-file", "/srv/u.json"];
+        let cfg = parse(&file, Some("/var/lib/mtt-mu-server")).expect("config");
+        assert_eq!(cfg.users_file, Some("/srv/u.json".into()));
+        assert_eq!(parse(&b, None).expect("config").users_file, None);
     }
 }

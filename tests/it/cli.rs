@@ -1079,3 +1079,35 @@ fn install_script_finds_its_tree_from_anywhere() {
     );
     assert!(root.path().join("opt/mtt/bin/mtt").exists());
 }
+
+/// Output to a reader that has gone (`mtt cert … | head -1`) ends the command quietly, exit 0,
+/// never with a panic; the files are written all the same.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for args in [
+        vec![
+            "cert",
+            "-n",
+            "h.example",
+            "-out",
+            dir.path().to_str().expect("utf-8"),
+        ],
+        vec!["--help"],
+        vec!["client", "-h"],
+    ] {
+        let mut child = Command::new(mtt_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader goes before the first line is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert!(dir.path().join("h.example.key").exists());
+}
