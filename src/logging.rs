@@ -113,23 +113,6 @@ macro_rules! rarely {
     }};
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A burst of lines within a second is said once; the next one said, a second later,
-    /// carries the count of those folded in.
-    #[test]
-    fn a_burst_is_said_once_with_its_count() {
-        let r = Rarely::new();
-        let said: Vec<u64> = (0..200).filter_map(|i| r.due(5000 + i * 4)).collect();
-        assert_eq!(said, vec![0], "one line for 200 events within 0.8 s");
-        assert_eq!(r.due(5999), None, "still within the second");
-        assert_eq!(r.due(6000), Some(200), "the next line carries the count");
-        assert_eq!(r.due(6001), None);
-    }
-}
-
 /// Writes one line of a command's own output (a table, a pin, help) to stdout. A reader that
 /// went away (`mtt cert … | head -1`) ends the command quietly, with exit code 0, as the
 /// output was taken as far as it was wanted; any other failure to write is said on stderr
@@ -157,4 +140,21 @@ macro_rules! say {
     ($($arg:tt)*) => {
         $crate::logging::say(format_args!($($arg)*))
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of lines within a second is said once; the next one said, a second later,
+    /// carries the count of those folded in.
+    #[test]
+    fn a_burst_is_said_once_with_its_count() {
+        let r = Rarely::new();
+        let said: Vec<u64> = (0..200).filter_map(|i| r.due(5000 + i * 4)).collect();
+        assert_eq!(said, vec![0], "one line for 200 events within 0.8 s");
+        assert_eq!(r.due(5999), None, "still within the second");
+        assert_eq!(r.due(6000), Some(200), "the next line carries the count");
+        assert_eq!(r.due(6001), None);
+    }
 }
