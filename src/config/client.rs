@@ -142,6 +142,11 @@ impl ClientConfig {
         if a.mux_proto.is_some() && !a.mux {
             log::warn!("-mux-proto is not used without -mux");
         }
+        if a.mux && a.udp && muxing == mux::Muxing::Smux {
+            return Err(Error::usage(
+                "-udp and -mux-proto smux exclude each other: smux (the original's multiplexing) carries no UDP; for UDP, drop -mux-proto smux (mtt servers multiplex UDP with yamux), or drop -udp",
+            ));
+        }
         let mux = a.mux.then_some(MuxClientOptions {
             max_streams,
             idle,

@@ -93,6 +93,13 @@ impl Users {
     /// takes new files), then loads it.
     pub fn open(file: Option<PathBuf>) -> Result<Arc<Self>> {
         if let Some(f) = &file {
+            if f.is_dir() {
+                return Err(Error::usage(format!(
+                    "-users-file {}: is a directory; name a file in it, e.g. {}",
+                    f.display(),
+                    f.join("users.json").display()
+                )));
+            }
             let dir = f
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -123,10 +130,12 @@ impl Users {
         let mut map = HashMap::new();
         if let Some(f) = &file {
             match std::fs::read(f) {
+                // An empty file (`touch users.json`) is an empty table.
+                Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {}
                 Ok(bytes) => {
                     let saved: Vec<Saved> = serde_json::from_slice(&bytes).map_err(|e| {
                         Error::usage(format!(
-                            "-users-file {}: not a users file: {e}",
+                            "-users-file {}: not a users file, which is a JSON list like [{{\"path\":\"/alice\",\"dst\":\"127.0.0.1:8388\"}}] ({e}); fix it, or move it away to start empty",
                             f.display()
                         ))
                     })?;

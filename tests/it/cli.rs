@@ -97,6 +97,12 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             vec!["client", "-b", "-s", "127.0.0.1:1"],
             "-b is missing its value",
         ),
+        (
+            vec![
+                "client", "-b", "127.0.0.1:0", "-s", "a:1", "-mux", "-mux-proto", "smux", "-udp",
+            ],
+            "-udp and -mux-proto smux exclude each other",
+        ),
         (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
         (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
         (

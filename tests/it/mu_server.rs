@@ -807,6 +807,66 @@ async fn a_users_file_where_none_can_be_saved_is_refused_at_start() {
     .await;
 }
 
+/// A users file that is a directory is refused like every bad value (exit 2, with the fix);
+/// an empty file is an empty table; a file that is no users file says what one looks like.
+#[tokio::test]
+async fn users_files_that_are_directories_empty_or_not_json() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let run = |file: std::path::PathBuf| async move {
+            tokio::process::Command::new(mtt_bin())
+                .args([
+                    "mu-server",
+                    "-b",
+                    "127.0.0.1:0",
+                    "-c",
+                    "127.0.0.1:0",
+                    "-c-token",
+                    "t",
+                ])
+                .arg("-users-file")
+                .arg(&file)
+                .bounded_output()
+                .await
+        };
+        let out = run(dir.path().to_path_buf()).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("is a directory") && err.contains("users.json"),
+            "{err}"
+        );
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").expect("write");
+        let out = run(bad).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("a JSON list like"), "{err}");
+        // An empty file: the server starts with no users.
+        let empty = dir.path().join("users.json");
+        std::fs::write(&empty, "").expect("touch");
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                "t",
+                "-users-file",
+                &path_str(&empty),
+            ],
+        );
+        let line = p.wait_line("mu-server listening on").await;
+        assert!(line.contains("0 user(s)"), "{line}");
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
 /// A change that cannot be stored (its directory is gone) is answered with a 5xx, and the
 /// table does not change.
 #[tokio::test]
