@@ -40,6 +40,18 @@ pub enum CertSource {
     Acme(acme::AcmeOptions),
 }
 
+/// How long `left` is, as a person says it: days (with hours under three days), hours,
+/// minutes or seconds.
+fn in_words(left: Duration) -> String {
+    let s = left.as_secs();
+    match s {
+        0..=119 => format!("{s} seconds"),
+        120..=7199 => format!("{} minutes", s / 60),
+        7200..=259_199 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86_400),
+    }
+}
+
 /// A server's certificate and where it came from.
 pub struct Certs {
     store: Arc<CertStore>,
@@ -210,7 +222,7 @@ impl Validity {
     /// When it expires, as written, and how far off that is.
     pub fn until(&self) -> String {
         match self.not_after.duration_since(SystemTime::now()) {
-            Ok(left) => format!("{} (in {}s)", self.not_after_text, left.as_secs()),
+            Ok(left) => format!("{} (in {})", self.not_after_text, in_words(left)),
             Err(_) => format!("{} (expired)", self.not_after_text),
         }
     }
@@ -337,5 +349,19 @@ impl rustls::server::ResolvesServerCert for CertStore {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .map(|s| s.key.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_reads_as_a_person_says_it() {
+        assert_eq!(in_words(Duration::from_secs(157_766_398)), "1825 days");
+        assert_eq!(in_words(Duration::from_secs(3 * 86_400)), "3 days");
+        assert_eq!(in_words(Duration::from_secs(50 * 3600)), "50 hours");
+        assert_eq!(in_words(Duration::from_secs(300)), "5 minutes");
+        assert_eq!(in_words(Duration::from_secs(59)), "59 seconds");
     }
 }

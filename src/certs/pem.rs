@@ -112,22 +112,27 @@ pub fn random_name() -> Result<String> {
     Ok(name)
 }
 
+/// Refuses `-n` values no client would accept a certificate for (the client's own check):
+/// a certificate for such a name is useless.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.contains('/')
+        || name.starts_with('.')
+        || rustls::pki_types::ServerName::try_from(name).is_err()
+    {
+        return Err(Error::usage(format!(
+            "-n: '{name}' is neither a DNS name nor an IP address (e.g. tunnel.example or 203.0.113.7)"
+        )));
+    }
+    Ok(())
+}
+
 /// `mtt cert`: writes `NAME.crt` and `NAME.key` (mode 0600, never over existing files) into
 /// `dir` for a self-signed certificate; returns their paths and the fingerprint.
 pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
 
-    // The same check as the client's -n: a certificate for a name no client accepts is
-    // useless.
-    if name.contains('/')
-        || name.starts_with('.')
-        || rustls::pki_types::ServerName::try_from(name).is_err()
-    {
-        return Err(Error::usage(format!(
-            "-n: '{name}' is neither a DNS name nor an IP address"
-        )));
-    }
+    check_name(name)?;
     if !dir.exists() {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -145,7 +150,13 @@ pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, St
             .create_new(true)
             .mode(mode)
             .open(path)
-            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Error::usage(format!(
+                    "{} exists and is not overwritten: remove it, or choose another -out",
+                    path.display()
+                )),
+                _ => Error::io(format!("write {}", path.display()), e),
+            })?;
         f.write_all(data.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(format!("write {}", path.display()), e))

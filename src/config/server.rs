@@ -215,11 +215,13 @@ pub(crate) fn cert_source(
             cert: c.into(),
             key: k.into(),
         })),
-        (None, None) => Ok(Some(CertSource::SelfSigned(
-            name.as_deref()
-                .filter(|s| !s.is_empty())
-                .map(str::to_string),
-        ))),
+        (None, None) => {
+            let name = name.as_deref().filter(|s| !s.is_empty());
+            if let Some(n) = name {
+                crate::certs::pem::check_name(n)?;
+            }
+            Ok(Some(CertSource::SelfSigned(name.map(str::to_string))))
+        }
         (Some(_), None) => Err(Error::usage(
             "-cert was given without -key: give both, or neither for a self-signed certificate",
         )),

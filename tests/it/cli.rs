@@ -98,8 +98,24 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-b is missing its value",
         ),
         (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-n", "bad name"],
+            "-n: 'bad name' is neither a DNS name nor an IP address",
+        ),
+        (
+            vec!["mu-server", "-b", "127.0.0.1:0", "-n", "bad name"],
+            "-n: 'bad name' is neither a DNS name nor an IP address",
+        ),
+        (
             vec![
-                "client", "-b", "127.0.0.1:0", "-s", "a:1", "-mux", "-mux-proto", "smux", "-udp",
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-mux",
+                "-mux-proto",
+                "smux",
+                "-udp",
             ],
             "-udp and -mux-proto smux exclude each other",
         ),
@@ -1048,6 +1064,18 @@ fn cert_makes_its_directory_and_checks_the_name() {
         "{stderr}"
     );
     assert!(!out.join("bad name!.crt").exists());
+    // A second run does not overwrite the pair, and says what to do.
+    let key = std::fs::read(out.join("tunnel.example.key")).expect("key");
+    let (code, _, stderr) = run(&["cert", "-n", "tunnel.example", "-out", &path_str(&out)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("exists and is not overwritten: remove it, or choose another -out"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("tunnel.example.key")).expect("key"),
+        key
+    );
 }
 
 /// `packaging/install.sh` run from another directory finds the binary of its own source tree
