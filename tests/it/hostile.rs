@@ -246,6 +246,26 @@ async fn a_websocket_ping_flood_does_not_grow_memory() {
     .await;
 }
 
+/// A WebSocket peer that stops answering pings is given up after two intervals, and the
+/// server says so at the default level (it was a DEBUG line).
+#[tokio::test]
+async fn a_tunnel_closed_for_unanswered_pings_is_said() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-wss", "-ping", "200ms"]);
+        let addr = server.listening_addr().await;
+        let mut s = tls_to(addr).await;
+        upgrade(&mut s).await;
+        // Never read: no pong goes back.
+        let line = server.wait_line("did not answer WebSocket pings").await;
+        assert!(line.contains("WARN") && line.contains("-ping"), "{line}");
+        drop(s);
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
+
 /// Multiplexed sessions cost nothing for long without streams: one that never opens a
 /// stream is closed after the handshake timeout, one whose streams have ended after
 /// `-timeout`.

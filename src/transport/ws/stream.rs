@@ -122,13 +122,15 @@ impl<S: Io> WsStream<S> {
                 k.missed += 1;
             }
             if k.missed >= 2 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the peer did not answer WebSocket pings for {:?}",
-                        k.every * 2
-                    ),
-                ));
+                let why = format!(
+                    "the peer did not answer WebSocket pings for {:?}",
+                    k.every * 2
+                );
+                crate::rarely!(
+                    Warn,
+                    "WebSocket tunnel closed: {why} (-ping; the peer is gone, or something between drops pings)"
+                );
+                return Err(io::Error::new(io::ErrorKind::TimedOut, why));
             }
             let next = tokio::time::Instant::now() + k.every;
             k.timer.as_mut().reset(next);

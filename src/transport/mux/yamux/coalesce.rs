@@ -95,13 +95,15 @@ impl<S> Coalesce<S> {
                 k.missed = k.missed.saturating_add(1);
             }
             if k.peer_pings && k.missed >= 2 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "the peer sent nothing, not even keepalives, for {:?}",
-                        k.every * 2
-                    ),
-                ));
+                let why = format!(
+                    "the peer sent nothing, not even keepalives, for {:?}",
+                    k.every * 2
+                );
+                crate::rarely!(
+                    Warn,
+                    "multiplexed session closed: {why} (-ping; the peer is gone, or something between drops its frames)"
+                );
+                return Err(io::Error::new(io::ErrorKind::TimedOut, why));
             }
             let next = tokio::time::Instant::now() + k.every;
             k.timer.as_mut().reset(next);
