@@ -55,17 +55,27 @@ impl Rarely {
         if !log::log_enabled!(target: target, level) {
             return false;
         }
+        let line = |args: std::fmt::Arguments<'_>| {
+            // As the call site's own line: its module is the target and the shown path.
+            log::logger().log(
+                &log::Record::builder()
+                    .args(args)
+                    .level(level)
+                    .target(target)
+                    .module_path(Some(target))
+                    .build(),
+            );
+        };
         match self.due(epoch().elapsed().as_millis() as u64) {
             None => false,
             Some(0) => {
-                log::log!(level, "{msg}");
+                line(format_args!("{msg}"));
                 true
             }
             Some(n) => {
-                log::log!(
-                    level,
+                line(format_args!(
                     "{msg} (and {n} more like it since the last such line)"
-                );
+                ));
                 true
             }
         }

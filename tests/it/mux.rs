@@ -584,3 +584,39 @@ async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
     })
     .await;
 }
+
+/// A `-mux` client at a server without `-mux` says so itself, once, naming the flag (it said
+/// nothing at the default level, and the application only saw its connection end).
+#[tokio::test]
+async fn a_multiplexing_client_at_a_plain_server_says_which_flag() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &[]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &["-mux"]);
+        let local = client.listening_addr().await;
+        let mut app = TcpStream::connect(local).await.expect("connect");
+        let _ = app.write_all(b"hello").await;
+        let mut back = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut back)).await;
+        assert!(ended.is_ok(), "the application's connection was left open");
+        assert!(back.is_empty(), "{back:?}");
+        let line = client.wait_line("may run without -mux").await;
+        assert!(
+            line.contains("WARN") && line.contains("both ends"),
+            "{line}"
+        );
+        assert!(
+            line.contains("mtt::transport::mux"),
+            "said as its module's line: {line}"
+        );
+        // The application is done too (its half of the connection stayed open).
+        drop(app);
+        client.signal("TERM");
+        client.exit().await;
+        server.signal("TERM");
+        server.exit().await;
+    })
+    .await;
+}

@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
 
 use super::reset::Resets;
@@ -46,8 +47,12 @@ impl YamuxClient {
             closing: CancellationToken::new(),
             ended: CancellationToken::new(),
         });
+        let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conn = yamux::Connection::new(
-            transport(io, resets, ping),
+            transport(io, resets, ping)
+                .into_inner()
+                .with_answered(answered.clone())
+                .compat(),
             config(rtt),
             yamux::Mode::Client,
         );
@@ -60,6 +65,14 @@ impl YamuxClient {
             ended.cancel();
             match why {
                 Ok(()) => log::debug!("multiplexed session closed"),
+                Err(e) if !answered.load(std::sync::atomic::Ordering::Relaxed) => {
+                    // A server that does not multiplex closes the connection at its first
+                    // frame; one that does always answers something first.
+                    crate::rarely!(
+                        Warn,
+                        "the server closed the multiplexed session without a word ({e}): it may run without -mux, which must be on both ends of a plain-TLS tunnel (or it speaks another -mux-proto)"
+                    );
+                }
                 Err(e) => log::debug!("multiplexed session ended: {e}"),
             }
         });

@@ -23,6 +23,9 @@ pub struct Coalesce<S> {
     resets: Arc<Resets>,
     /// `-ping`; boxed, so a session without it stays small.
     keep: Option<Box<Keepalive>>,
+    /// Set once the peer has sent anything at all (a client tells a server that does not
+    /// multiplex by its silence).
+    answered: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A keepalive frame every `every`, whatever else is sent (proxies with idle timers see the
@@ -61,7 +64,14 @@ impl<S> Coalesce<S> {
                     inbound: FrameTracker::default(),
                 })
             }),
+            answered: None,
         }
+    }
+
+    /// Sets `flag` once the peer has sent anything.
+    pub(super) fn with_answered(mut self, flag: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.answered = Some(flag);
+        self
     }
 
     /// Queues the RST frames that are due, and a keepalive frame owed, if the bytes so far end
@@ -157,6 +167,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<S> {
         }
         let start = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(a) = &this.answered
+            && buf.filled().len() > start
+        {
+            a.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(k) = this.keep.as_mut() {
             let new = &buf.filled()[start..];
             if !new.is_empty() {
