@@ -224,15 +224,35 @@ impl std::fmt::Display for PinMismatch {
 /// A handshake error in plain words: rustls shows our own verifier's errors with `Debug`
 /// (`invalid peer certificate: Other(OtherError(PinMismatch(…)))`).
 fn plain_words(e: io::Error) -> io::Error {
-    let pin = e
+    use rustls::CertificateError as C;
+    let said = e
         .get_ref()
-        .and_then(|inner| match inner.downcast_ref::<rustls::Error>() {
-            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(o))) => {
+        .and_then(|inner| match inner.downcast_ref::<rustls::Error>()? {
+            rustls::Error::InvalidCertificate(C::Other(o)) => {
                 o.0.downcast_ref::<PinMismatch>().map(ToString::to_string)
+            }
+            // The most common first mistake: a self-signed server, a client without a pin.
+            rustls::Error::InvalidCertificate(C::UnknownIssuer) => Some(
+                "invalid peer certificate: UnknownIssuer: the server's certificate is not from a CA this client trusts (self-signed?): use -ca FILE, or -cert-sha256 PIN (printed by mtt cert, or logged by a server that made its own)".into(),
+            ),
+            rustls::Error::InvalidCertificate(C::NotValidForNameContext { expected, presented }) => {
+                let expected = match expected {
+                    ServerName::DnsName(d) => d.as_ref().to_string(),
+                    ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+                    other => format!("{other:?}"),
+                };
+                Some(format!(
+                    "invalid peer certificate: the certificate is for {}, -n is {expected} (by default the host of -s): give -n one of the certificate's names",
+                    presented
+                        .iter()
+                        .map(|p| p.trim_start_matches("DnsName(\"").trim_end_matches("\")"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
             }
             _ => None,
         });
-    match pin {
+    match said {
         Some(msg) => io::Error::new(io::ErrorKind::InvalidData, msg),
         None => e,
     }

@@ -796,6 +796,10 @@ async fn self_signed_server_prints_its_pin_once() {
         assert_eq!(drain(&mut s).await.0, 0);
         let why = refusing.wait_line("TLS handshake with server").await;
         assert!(why.contains("UnknownIssuer"), "{why}");
+        assert!(
+            why.contains("use -ca FILE, or -cert-sha256 PIN"),
+            "the first mistake gets its fix: {why}"
+        );
         let mut client = Proc::spawn(
             &mtt_bin(),
             &[
@@ -1144,4 +1148,58 @@ fn output_to_a_closed_pipe_ends_quietly() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     assert!(dir.path().join("h.example.key").exists());
+}
+
+/// A client whose -n is not a name of the server's certificate is told the certificate's
+/// names and its own -n, in words.
+#[tokio::test]
+async fn a_wrong_name_is_said_in_names() {
+    bounded(async {
+        let (_dir, cert, key, _pin) = self_signed_files("tunnel.test");
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+            ],
+        );
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &addr,
+                "-n",
+                "wrong.test",
+                "-ca",
+                &path_str(&cert),
+            ],
+        );
+        let local = client.listening_addr().await;
+        let mut s = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        assert_eq!(drain(&mut s).await.0, 0);
+        let why = client.wait_line("TLS handshake with server").await;
+        assert!(
+            why.contains("the certificate is for tunnel.test, -n is wrong.test"),
+            "{why}"
+        );
+        client.signal("KILL");
+        client.exit().await;
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
 }
