@@ -487,6 +487,12 @@ async fn failed_handshakes_are_logged_rarely_with_a_count() {
             .iter()
             .filter(|l| l.contains("WARN") && !l.contains("self-signed"))
             .collect();
+        // Probes that close before TLS (health checks) are no news at the default level;
+        // plain HTTP to the TLS port is said as such.
+        assert!(
+            warned.iter().all(|l| l.contains("speaks no TLS")),
+            "{warned:#?}"
+        );
         let most = 1 + elapsed.as_secs() as usize + 1;
         assert!(
             !warned.is_empty() && warned.len() <= most,
@@ -636,6 +642,30 @@ async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
             used <= 5,
             "{used} ticks of CPU in 0.5 s after the peer went"
         );
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
+
+/// A client without `-wss` at a `-wss` server: the server says what is likely wrong, naming
+/// the flag, rather than the HTTP parser's words alone.
+#[tokio::test]
+async fn a_plain_client_at_a_websocket_server_is_named() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-wss"]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &[]);
+        let local = client.listening_addr().await;
+        let mut app = TcpStream::connect(local).await.expect("connect");
+        app.write_all(b"hello there\r\n\r\n").await.expect("write");
+        let line = server.wait_line("the client sent no HTTP request").await;
+        assert!(line.contains("without -wss"), "{line}");
+        drop(app);
+        client.signal("KILL");
+        client.exit().await;
         server.signal("KILL");
         server.exit().await;
     })

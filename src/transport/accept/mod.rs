@@ -196,7 +196,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             Ok(None) => return,
             Err(e) => {
                 m.fail(Failure::Handshake);
-                crate::rarely!(Warn, "{id}: {e}");
+                say_failed_handshake(&id, &e);
                 return;
             }
         };
@@ -307,5 +307,43 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             .serve(io, &id.to_string(), peer)
             .await
             .map_err(|e| Error::tunnel(Step::Http, "client", e))
+    }
+}
+
+/// Says why a connection's handshake failed, in the words of what happened rather than of
+/// the library that noticed: a peer that closes before TLS is done (a health check, a port
+/// scan) is no news at the default level; a peer that speaks no TLS, or no HTTP to a `-wss`
+/// server, is told apart from a broken handshake. At most once a second per kind.
+fn say_failed_handshake(id: &ConnId, e: &Error) {
+    let Error::Tunnel { step, source, .. } = e else {
+        crate::rarely!(Warn, "{id}: {e}");
+        return;
+    };
+    let text = source.to_string();
+    match step {
+        crate::error::Step::Tls if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            log::debug!(
+                "{id}: closed before the TLS handshake was done (a health check, or a scan)"
+            );
+        }
+        crate::error::Step::Tls
+            if text.contains("InvalidContentType") || text.contains("corrupt message") =>
+        {
+            crate::rarely!(
+                Warn,
+                "{id}: the client speaks no TLS (plain HTTP, or another protocol, to this TLS port): point it at the right port, or give it TLS"
+            );
+        }
+        crate::error::Step::Http
+            if text.starts_with("invalid") || text.contains("before message completed") =>
+        {
+            crate::rarely!(
+                Warn,
+                "{id}: the client sent no HTTP request ({text}): a client without -wss at this -wss server? (-wss must be on both ends)"
+            );
+        }
+        _ => {
+            crate::rarely!(Warn, "{id}: {e}");
+        }
     }
 }
