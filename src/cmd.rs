@@ -7,6 +7,7 @@ use std::path::Path;
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
 
+use crate::addr::HostPort;
 use crate::certs::pem as cert;
 use crate::cli::{BenchArgs, CertArgs, ClientArgs, MuServerArgs, ServerArgs, Top};
 use crate::config::{ClientConfig, Listen, ServerConfig};
@@ -140,6 +141,30 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
+/// A client whose server (`-s`) is its own listener (`-b`) would dial itself for every
+/// connection, each dial a connection more, until it runs out of descriptors: refused at
+/// start. Only what needs no name resolution is compared (an IP literal, `localhost`).
+fn refuse_dialling_itself(server: &HostPort, listening: String) -> Result<()> {
+    let Ok(local) = listening.parse::<std::net::SocketAddr>() else {
+        return Ok(());
+    };
+    let ip = match server.ip() {
+        Some(ip) => ip,
+        None if server.host.eq_ignore_ascii_case("localhost") => {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        }
+        None => return Ok(()),
+    };
+    let same_ip = ip == local.ip()
+        || (local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
+    if same_ip && server.port == local.port() {
+        return Err(Error::usage(format!(
+            "-s {server} is this client's own -b ({local}): every connection would dial the client again; give -s the server's address"
+        )));
+    }
+    Ok(())
+}
+
 macro_rules! parse_or_help {
     ($ty:ty, $prog:expr, $rest:expr) => {
         match goflag::parse::<$ty>($prog, $rest)? {
@@ -218,6 +243,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 crate::shutdown::ignore_hangup()?;
                 let listener =
                     Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
+                refuse_dialling_itself(&cfg.dial.server, listener.local_addr())?;
                 let udp = match cfg.udp {
                     None => None,
                     Some(_) => Some(listener.bind_udp_beside().map_err(|e| {

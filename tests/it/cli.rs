@@ -1203,3 +1203,18 @@ async fn a_wrong_name_is_said_in_names() {
     })
     .await;
 }
+
+/// A client whose -s is its own -b is refused at start (it dialled itself on the first
+/// connection until it ran out of descriptors).
+#[test]
+fn a_client_that_would_dial_itself_is_refused() {
+    let port = free_port().to_string();
+    for (b, s) in [
+        (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+        (format!("127.0.0.1:{port}"), format!("localhost:{port}")),
+    ] {
+        let (code, _, err) = run(&["client", "-b", &b, "-s", &s, "-sv"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("is this client's own -b"), "{err}");
+    }
+}
