@@ -216,10 +216,12 @@ impl Controller {
                             .any(|kv| kv == "kick=true" || kv == "kick=1" || kv == "kick");
                         self.delete(user_path, kick).await
                     }
-                    _ => error(StatusCode::METHOD_NOT_ALLOWED, "use PUT or DELETE"),
+                    _ => not_allowed("PUT, DELETE"),
                 }
             }
-            (_, p) if p.starts_with("/v1/") || p == "/metrics" => {
+            // Known endpoints asked with another method: 405 and what they take.
+            (_, "/v1/users" | "/v1/status" | "/metrics") => not_allowed("GET"),
+            (_, p) if p.starts_with("/v1/") => {
                 error(StatusCode::NOT_FOUND, format!("no such endpoint: {p}"))
             }
             (Method::POST, _) => self.compat(req).await,
@@ -279,8 +281,11 @@ impl Controller {
             }
             _ => return compat_err(StatusCode::OK, "invalid opt"),
         };
-        match self.users.apply(change).await {
-            Ok(()) => compat(StatusCode::OK, ok),
+        match self.users.apply(change.clone()).await {
+            Ok(()) => {
+                audit(&change);
+                compat(StatusCode::OK, ok)
+            }
             // Bad input is answered as the original did; a failure to store it is ours.
             Err(e @ crate::Error::Usage(_)) => compat_err(StatusCode::OK, e.to_string()),
             Err(e @ crate::Error::Unavailable(_)) => {
@@ -325,18 +330,18 @@ impl Controller {
                 );
             }
         };
-        match self
-            .users
-            .apply(Change::Add(vec![(path.clone(), put.dst)]))
-            .await
-        {
-            Ok(()) => match self.users.get(&path) {
-                Some(u) => json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "path": u.path, "dst": u.dst.to_string() }),
-                ),
-                None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
-            },
+        let change = Change::Add(vec![(path.clone(), put.dst)]);
+        match self.users.apply(change.clone()).await {
+            Ok(()) => {
+                audit(&change);
+                match self.users.get(&path) {
+                    Some(u) => json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "path": u.path, "dst": u.dst.to_string() }),
+                    ),
+                    None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
+                }
+            }
             Err(e @ crate::Error::Usage(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
             Err(e @ crate::Error::Unavailable(_)) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -356,15 +361,15 @@ impl Controller {
         if !known {
             return error(StatusCode::NOT_FOUND, format!("no user with path {path}"));
         }
-        match self
-            .users
-            .apply(Change::Remove(vec![path.clone()], kick))
-            .await
-        {
-            Ok(()) => json(
-                StatusCode::OK,
-                &serde_json::json!({ "path": path, "removed": true, "kicked": kick }),
-            ),
+        let change = Change::Remove(vec![path.clone()], kick);
+        match self.users.apply(change.clone()).await {
+            Ok(()) => {
+                audit(&change);
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": path, "removed": true, "kicked": kick }),
+                )
+            }
             Err(e @ crate::Error::Unavailable(_)) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -447,4 +452,36 @@ impl Controller {
         }
         body(StatusCode::OK, crate::admin::OPENMETRICS, out)
     }
+}
+
+/// The audit line of a change the operator made, at the default level: users by their
+/// label ([`user_id`]), never by their path, which is their credential.
+fn audit(change: &Change) {
+    let ids = |paths: &mut dyn Iterator<Item = &String>| {
+        paths.map(|p| user_id(p)).collect::<Vec<_>>().join(", ")
+    };
+    let line = match change {
+        Change::Add(items) => format!(
+            "added or replaced user(s) {}",
+            ids(&mut items.iter().map(|(p, _)| p))
+        ),
+        Change::Remove(paths, false) => format!("removed user(s) {}", ids(&mut paths.iter())),
+        Change::Remove(paths, true) => format!(
+            "removed user(s) {} and closed their tunnels (kick)",
+            ids(&mut paths.iter())
+        ),
+        Change::Reset => "removed every user".to_string(),
+    };
+    log::info!(target: crate::logging::NOTICE, "controller: {line}");
+}
+
+/// 405 with the methods `path` takes, in `Allow` as RFC 9110 asks.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this endpoint takes {allow}"),
+    );
+    r.headers_mut()
+        .insert("Allow", HeaderValue::from_static(allow));
+    r
 }

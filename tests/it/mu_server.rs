@@ -970,3 +970,38 @@ async fn the_made_token_is_kept_out_of_the_working_directory_and_private() {
     })
     .await;
 }
+
+/// The operator's changes are said at the default level (an audit line per change, users by
+/// their label, never their path), and a known endpoint asked with the wrong method answers
+/// 405 with what it takes in `Allow`.
+#[tokio::test]
+async fn changes_are_audited_and_wrong_methods_are_405() {
+    bounded(async {
+        let mut p = Proc::spawn(
+            &mtt_bin(),
+            &["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0", "-c-token", "t"],
+        );
+        let control = p.addr_after("controller on ").await;
+        let auth = "Authorization: Bearer t\r\nContent-Type: application/json\r\n";
+        let (code, _) = http(control, "PUT", "/v1/users/secret-path", auth, br#"{"dst":"127.0.0.1:1"}"#).await;
+        assert_eq!(code, 200);
+        let id = mtt::role::controller::user_id("/secret-path");
+        let line = p.wait_line("controller: added or replaced").await;
+        assert!(line.contains(&id) && !line.contains("secret-path"), "{line}");
+        let (code, _) = http(control, "DELETE", "/v1/users/secret-path?kick=true", auth, b"").await;
+        assert_eq!(code, 200);
+        let line = p.wait_line("controller: removed").await;
+        assert!(line.contains(&id) && line.contains("kick"), "{line}");
+        let mut s = TcpStream::connect(control).await.expect("connect");
+        s.write_all(b"PATCH /v1/users HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.expect("read");
+        assert!(raw.starts_with("HTTP/1.1 405"), "{raw}");
+        assert!(raw.to_ascii_lowercase().contains("\r\nallow: get\r\n"), "{raw}");
+        p.signal("TERM");
+        assert_eq!(p.exit().await.code(), Some(0));
+    })
+    .await;
+}
