@@ -300,7 +300,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                     Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
                     Listen::Unix(p) => Listener::Unix(unix::bind_unix(p)?),
                 };
-                let control = tcp::bind_tcp(&cfg.controller).await?;
+                let control = tcp::bind_for("c", &cfg.controller, false).await?;
                 let shutdown = crate::shutdown::on_signals()?;
                 server.run(data, control, shutdown).await
             })
@@ -340,7 +340,7 @@ async fn serve_metrics(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     if let Some(addr) = addr {
-        let l = tcp::bind_tcp(addr).await?;
+        let l = tcp::bind_for("metrics", addr, false).await?;
         log::info!(
             target: crate::logging::NOTICE,
             "metrics at http://{}/metrics",

@@ -134,7 +134,13 @@ pub async fn bind_tcp(addr: &HostPort) -> Result<TcpListener> {
 
 /// [`bind_tcp`], with TCP fast open (`TCP_FASTOPEN`) accepted from clients when `fast_open`.
 pub async fn bind_tcp_with(addr: &HostPort, fast_open: bool) -> Result<TcpListener> {
-    let ctx = || format!("listen on {addr}");
+    bind_for("b", addr, fast_open).await
+}
+
+/// [`bind_tcp_with`] for the address of flag `-flag`, which a failure names, with the usual
+/// fix for a port in use or one that needs privilege.
+pub async fn bind_for(flag: &str, addr: &HostPort, fast_open: bool) -> Result<TcpListener> {
+    let ctx = || format!("-{flag}: listen on {addr}");
     let candidates: Vec<SocketAddr> = if addr.host.is_empty() {
         vec![
             SocketAddr::from(([0u16; 8], addr.port)),
@@ -150,10 +156,18 @@ pub async fn bind_tcp_with(addr: &HostPort, fast_open: bool) -> Result<TcpListen
             Err(e) => last = Some(e),
         }
     }
-    Err(Error::io(
-        ctx(),
-        last.unwrap_or_else(|| io::Error::other("no address")),
-    ))
+    let e = last.unwrap_or_else(|| io::Error::other("no address"));
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (another process holds the port: stop it, or choose another)".to_string()
+        }
+        io::ErrorKind::PermissionDenied if addr.port < 1024 => format!(
+            " (port {} needs root or CAP_NET_BIND_SERVICE: the shipped systemd units grant it with AmbientCapabilities=; or listen on a port from 1024)",
+            addr.port
+        ),
+        _ => String::new(),
+    };
+    Err(Error::io(format!("{}{hint}", ctx()), e))
 }
 
 /// Pending fast-open connections a listener queues.

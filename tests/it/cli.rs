@@ -1218,3 +1218,38 @@ fn a_client_that_would_dial_itself_is_refused() {
         assert!(err.contains("is this client's own -b"), "{err}");
     }
 }
+
+/// A port in use names the flag it was given with, and the fix.
+#[test]
+fn a_port_in_use_names_its_flag() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (code, _, err) = run(&[
+        "server",
+        "-b",
+        "127.0.0.1:0",
+        "-d",
+        "127.0.0.1:1",
+        "-n",
+        "x.test",
+        "-metrics",
+        &metrics,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("-metrics: listen on") && err.contains("another process holds the port"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "mu-server",
+        "-b",
+        "127.0.0.1:0",
+        "-c",
+        &metrics,
+        "-c-token",
+        "t",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("-c: listen on"), "{err}");
+}
