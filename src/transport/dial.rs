@@ -109,7 +109,17 @@ impl Connector {
                     "no WebSocket upgrade response in time",
                 ))
             })
-            .map_err(|e| Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e))?;
+            .map_err(|e| {
+                // An mtt server without -udp refuses a datagram tunnel's upgrade with 400:
+                // said in the same words as in plain TLS.
+                if protocol == datagram::SUBPROTOCOL_UDP && e.to_string().contains("HTTP 400") {
+                    return udp_refused(
+                        &server.to_string(),
+                        "it does not carry UDP (run it with -udp)",
+                    );
+                }
+                Error::tunnel(Step::WebSocket, format!("{} at {server}", ws.path), e)
+            })?;
         if protocol == datagram::SUBPROTOCOL_UDP && chosen.as_deref() != Some(protocol) {
             return Err(udp_refused(
                 &server.to_string(),

@@ -610,3 +610,26 @@ async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
     })
     .await;
 }
+
+/// A `-wss -udp` client at a WebSocket server without `-udp` says what a plain-TLS client
+/// says, in the same words (it said "WebSocket upgrade failed: server answered HTTP 400").
+#[tokio::test]
+async fn a_websocket_client_is_told_the_server_carries_no_udp() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-wss"]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &["-wss", "-udp"]);
+        let local = client.listening_addr().await;
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        sock.send_to(b"anyone?", local).await.expect("send");
+        let line = client.wait_line("does not carry UDP").await;
+        assert!(line.contains("run it with -udp"), "{line}");
+        client.signal("KILL");
+        client.exit().await;
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
