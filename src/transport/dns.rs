@@ -38,6 +38,11 @@ impl Dns {
         })
     }
 
+    /// The DNS server asked.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
     /// A resolver that asks only `server`.
     pub fn new(server: SocketAddr) -> Result<Self> {
         let mut ns = NameServerConfig::udp_and_tcp(server.ip());
@@ -63,7 +68,10 @@ impl Dns {
             .map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::NotFound,
-                    format!("resolve {} through {}: {e}", addr.host, self.server),
+                    format!(
+                        "resolve {} through -fallback-dns {}: {e}",
+                        addr.host, self.server
+                    ),
                 )
             })?;
         let addrs: Vec<SocketAddr> = found

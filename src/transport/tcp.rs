@@ -101,10 +101,18 @@ pub async fn connect_with(
     timeout: Duration,
     opts: &DialOpts,
 ) -> io::Result<TcpStream> {
+    // Whether the name is still being resolved through -fallback-dns when time runs out.
+    let resolving = std::sync::atomic::AtomicBool::new(false);
     let attempt = async {
         let mut last = None;
         let addrs = match &opts.dns {
-            Some(dns) => dns.resolve(addr).await?,
+            Some(dns) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                resolving.store(addr.ip().is_none(), Relaxed);
+                let found = dns.resolve(addr).await?;
+                resolving.store(false, Relaxed);
+                found
+            }
             None => addr.resolve().await?,
         };
         for sa in addrs {
@@ -120,6 +128,17 @@ pub async fn connect_with(
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(r) => r,
+        Err(_) if resolving.load(std::sync::atomic::Ordering::Relaxed) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "no DNS answer about {} from -fallback-dns {} within {timeout:?}: is that server reachable?",
+                addr.host,
+                opts.dns
+                    .as_ref()
+                    .map(|d| d.server().to_string())
+                    .unwrap_or_default()
+            ),
+        )),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("connect timed out after {timeout:?}"),

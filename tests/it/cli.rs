@@ -1253,3 +1253,52 @@ fn a_port_in_use_names_its_flag() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("-c: listen on"), "{err}");
 }
+
+/// A `-fallback-dns` server that fails is named as DNS and by its flag (it read "connect to
+/// server …: connect timed out").
+#[tokio::test]
+async fn a_failing_fallback_dns_is_named() {
+    bounded(async {
+        // Answers every query with SERVFAIL.
+        let dns = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let dns_addr = dns.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = dns.recv_from(&mut buf).await {
+                if n >= 12 {
+                    buf[2] |= 0x80;
+                    buf[3] = (buf[3] & 0xf0) | 2;
+                    let _ = dns.send_to(&buf[..n], from).await;
+                }
+            }
+        });
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "tunnel.test:443",
+                "-sv",
+                "-fallback-dns",
+                &dns_addr,
+            ],
+        );
+        let local = client.listening_addr().await;
+        let mut s = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        assert_eq!(drain(&mut s).await.0, 0);
+        let line = client.wait_line("through -fallback-dns").await;
+        assert!(
+            line.contains("tunnel.test") && line.contains(&dns_addr),
+            "{line}"
+        );
+        client.signal("KILL");
+        client.exit().await;
+    })
+    .await;
+}
