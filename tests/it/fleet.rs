@@ -679,6 +679,31 @@ async fn a_server_starts_from_its_snapshot_while_redis_is_down() {
         assert_eq!(b.status().await["store"]["state"], "unreachable");
         let (code, _) = b.put("eve", echo).await;
         assert_eq!(code, 503);
+        // A snapshot given but never written (Redis never answered): the line says so,
+        // rather than advising the flag that was given.
+        let never = dir.path().join("never.json");
+        let out = tokio::process::Command::new(mtt_bin())
+            .args([
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                TOKEN,
+            ])
+            .args([
+                "-users-redis",
+                &url,
+                "-users-redis-snapshot",
+                &path_str(&never),
+            ])
+            .bounded_output()
+            .await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("does not exist yet"), "{err}");
+        assert!(!err.contains("give -users-redis-snapshot"), "{err}");
     })
     .await
 }

@@ -27,7 +27,15 @@ impl Users {
             Err(e @ Error::Usage(_)) => return Err(e),
             Err(e) => {
                 let Some(snap) = opts.snapshot.as_ref().filter(|p| p.exists()) else {
-                    return Err(e);
+                    return Err(match &opts.snapshot {
+                        // Given, but never written: it is written once Redis has answered.
+                        Some(snap) => Error::Runtime(format!(
+                            "-users-redis {}: Redis cannot be reached, and -users-redis-snapshot {} does not exist yet (it is written once Redis has answered): start Redis, or check the URL",
+                            super::redacted(&opts.url),
+                            snap.display()
+                        )),
+                        None => e,
+                    });
                 };
                 log::warn!("{e}; starting from the snapshot {}", snap.display());
                 return Self::from_snapshot(opts).await;
