@@ -60,9 +60,10 @@ impl Server {
     pub async fn run(self, listener: Listener, shutdown: CancellationToken) -> Result<()> {
         log::info!(
             target: crate::logging::NOTICE,
-            "server listening on {}, destination {}",
+            "server listening on {}, destination {}{}",
             listener.local_addr(),
-            self.cfg.dest
+            self.cfg.dest,
+            if self.cfg.accept.udp { " (TCP and UDP)" } else { "" }
         );
         let limits = Limits {
             drain: self.cfg.drain,

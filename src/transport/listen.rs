@@ -21,7 +21,7 @@ impl Listener {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 super::tcp::tune(&s);
-                Ok((Either::Left(s), peer.to_string()))
+                Ok((Either::Left(s), unmapped(peer).to_string()))
             }
             Listener::Unix(l) => {
                 let (s, _) = l.listener.accept().await?;
@@ -79,5 +79,17 @@ impl Listener {
         socket.bind(&addr.into())?;
         super::udp::widen_receive_buffer(&socket);
         super::udp::Socket::from_std(socket.into())
+    }
+}
+
+/// An IPv4 client as a dual-stack listener sees it (`[::ffff:192.0.2.7]:5000`) as the IPv4
+/// address it is (`192.0.2.7:5000`), for logs, trust checks and PROXY headers alike.
+pub fn unmapped(sa: std::net::SocketAddr) -> std::net::SocketAddr {
+    match sa {
+        std::net::SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::from((v4, v6.port())),
+            None => sa,
+        },
+        v4 => v4,
     }
 }

@@ -97,7 +97,9 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 let local = match &stream {
-                    tokio_util::either::Either::Left(tcp) => tcp.local_addr().ok(),
+                    tokio_util::either::Either::Left(tcp) => {
+                        tcp.local_addr().ok().map(super::listen::unmapped)
+                    }
                     tokio_util::either::Either::Right(_) => None,
                 };
                 let id = ConnId {

@@ -184,7 +184,17 @@ async fn idle_associations_expire_and_the_oldest_is_dropped_at_the_limit() {
         let echo = udp_echo().await.to_string();
         let mut server = Proc::server(&echo, &["-udp", "-verbose"]);
         let fp = server.pin().await;
-        let saddr = server.listening_addr().await.to_string();
+        let started = server.wait_line("server listening on").await;
+        assert!(
+            started.contains("(TCP and UDP)"),
+            "the startup line says UDP: {started}"
+        );
+        let saddr = started
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .expect("address")
+            .to_string();
         let mut client = Proc::client(
             &saddr,
             &fp,

@@ -316,3 +316,38 @@ async fn fallback_dns_resolves_through_the_given_server() {
     })
     .await;
 }
+
+/// An IPv4 client of a dual-stack listener is shown as the IPv4 address it is, not as
+/// `::ffff:127.0.0.1`.
+#[tokio::test]
+async fn ipv4_clients_of_a_dual_stack_listener_are_shown_as_ipv4() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                ":0",
+                "-d",
+                &echo,
+                "-n",
+                "127.0.0.1",
+                "-verbose",
+            ],
+        );
+        let port = server.listening_addr().await.port();
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let line = server.wait_line(": accepted").await;
+        assert!(
+            line.contains(" 127.0.0.1:") && !line.contains("::ffff:"),
+            "{line}"
+        );
+        drop(s);
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
