@@ -138,6 +138,8 @@ pub struct Row {
     /// CPU seconds of the whole process per GiB moved by the single-stream tests (load
     /// generator and destination included; subtract the direct row for the tunnel's share).
     pub cpu_per_gib: Option<f64>,
+    /// The CPU time `cpu_per_gib` rests on (the kernel counts it in 10 ms ticks).
+    pub cpu_measured: Duration,
 }
 
 /// CPU time (user + system, all threads) of this process, from `/proc/self/stat`.
@@ -175,6 +177,13 @@ pub async fn run(opts: Options, shutdown: CancellationToken) -> Result<()> {
     let mut rows = Vec::new();
     for (mode, addr) in paths {
         rows.push(measure(mode, addr, &opts, &block).await?);
+    }
+    {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            // The progress line goes before the table.
+            eprint!("\r\x1b[2K");
+        }
     }
     print_table(&rows);
     shutdown.cancel();
@@ -260,15 +269,27 @@ async fn measure(
     o: &Options,
     block: &Arc<Vec<u8>>,
 ) -> Result<Row> {
-    let step = |what: &str| eprintln!("  {mode}: {what}…");
+    // On a terminal, one progress line rewritten in place; elsewhere (a log) a line each.
+    let step = |what: &str| {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            eprint!("\r\x1b[2K  {mode}: {what}…");
+        } else {
+            eprintln!("  {mode}: {what}…");
+        }
+    };
     step("single stream up");
     let cpu_before = process_cpu();
     let up = rate(o.size, transfer(addr, o.size, 0, block.clone()).await?);
     step("single stream down");
     let down = rate(o.size, transfer(addr, 0, o.size, block.clone()).await?);
-    let cpu_per_gib = cpu_before.zip(process_cpu()).map(|(a, b)| {
-        (b.saturating_sub(a)).as_secs_f64() / (2.0 * o.size as f64 / (1u64 << 30) as f64)
-    });
+    let cpu_measured = cpu_before
+        .zip(process_cpu())
+        .map(|(a, b)| b.saturating_sub(a))
+        .unwrap_or_default();
+    let cpu_per_gib = cpu_before
+        .is_some()
+        .then(|| cpu_measured.as_secs_f64() / (2.0 * o.size as f64 / (1u64 << 30) as f64));
     step(&format!("{} streams both ways", o.streams));
     let per = (o.size / o.streams as u64).max(1);
     let start = Instant::now();
@@ -296,6 +317,7 @@ async fn measure(
         p50: pct(0.50),
         p99: pct(0.99),
         cpu_per_gib,
+        cpu_measured,
     })
 }
 
@@ -351,4 +373,9 @@ fn print_table(rows: &[Row]) {
         );
     }
     crate::say!("all transfers verified (xxh3 of every byte, both directions)");
+    if rows.iter().any(|r| r.cpu_measured < Duration::from_secs(1)) {
+        crate::say!(
+            "note: the CPU columns rest on under a second of CPU time, counted in 10 ms ticks: take them as rough (a larger -size makes them exact)"
+        );
+    }
 }

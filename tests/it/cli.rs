@@ -987,6 +987,13 @@ fn bench_runs_end_to_end_and_verifies() {
         .expect("a number");
     assert!(up > 0.0, "{tls}");
     assert!(stdout.contains("verified"), "{stdout}");
+    // 8 MiB move in well under a second of CPU: the CPU columns are said to be rough.
+    assert!(stdout.contains("take them as rough"), "{stdout}");
+    // Not a terminal here: the progress is a line per step, no control characters.
+    assert!(
+        !stderr.contains('\r') && stderr.contains("single stream up"),
+        "{stderr}"
+    );
     // The table is the whole output: no certificate warnings from the tunnels it starts.
     assert!(
         !stderr.contains("WARN") && !stderr.contains("self-signed"),
