@@ -64,8 +64,13 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// Not PEM, or unreadable.
-    #[error("{0}")]
+    #[error("not readable as PEM ({0}): is it the right file, and whole?")]
     Pem(#[source] rustls::pki_types::pem::Error),
+    /// An encrypted private key, which a server cannot use unattended.
+    #[error(
+        "the key is encrypted (ENCRYPTED PRIVATE KEY): decrypt it with 'openssl pkey -in FILE -out FILE.plain' and give that"
+    )]
+    Encrypted,
     /// PEM without a certificate.
     #[error("no PEM certificate (-----BEGIN CERTIFICATE-----) found")]
     NoCertificate,

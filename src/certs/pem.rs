@@ -32,7 +32,15 @@ impl CertKey {
 /// Loads a PEM certificate chain and a PEM key (PKCS#8, PKCS#1 or SEC1).
 pub fn load(cert: &Path, key: &Path) -> Result<CertKey> {
     let chain = load_certs("-cert", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Error::cert("-key", key, pem(e)))?;
+    let key_path = key;
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
+        let encrypted = std::fs::read_to_string(key_path)
+            .is_ok_and(|t| t.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+        match encrypted {
+            true => Error::cert("-key", key_path, CertError::Encrypted),
+            false => Error::cert("-key", key_path, pem(e)),
+        }
+    })?;
     Ok(CertKey { chain, key })
 }
 
@@ -172,6 +180,37 @@ pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An encrypted key is said to be one, with the command that decrypts it; damaged base64
+    /// is said to be unreadable PEM, not only in the decoder's words.
+    #[test]
+    fn key_and_pem_troubles_are_said_plainly() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ss = self_signed(Some("t.example")).expect("cert");
+        let cert = dir.path().join("c.pem");
+        std::fs::write(&cert, &ss.cert_pem).expect("write");
+        let key = dir.path().join("k.pem");
+        std::fs::write(
+            &key,
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let e = load(&cert, &key).expect_err("encrypted").to_string();
+        assert!(
+            e.contains("the key is encrypted") && e.contains("openssl pkey"),
+            "{e}"
+        );
+        let broken = dir.path().join("broken.pem");
+        std::fs::write(
+            &broken,
+            "-----BEGIN CERTIFICATE-----\nMII!!!notbase64\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let e = load_certs("-cert", &broken)
+            .expect_err("broken")
+            .to_string();
+        assert!(e.contains("not readable as PEM"), "{e}");
+    }
 
     #[test]
     fn random_names_look_like_hosts() {
