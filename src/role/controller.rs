@@ -16,11 +16,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::access::{host_allowed, same};
+pub use super::reply::decode_compat;
+use super::reply::{
+    CompatReply, PutUser, audit, body, compat, compat_err, error, json, not_allowed,
+};
 use crate::users::{Change, Users};
 
 /// Largest request body (the original's limit).
@@ -33,93 +36,6 @@ pub struct Controller {
     /// The host name given with `-c`, the one name besides `localhost` a `Host` may carry.
     name: Option<String>,
     started: Instant,
-}
-
-#[derive(Deserialize)]
-struct CompatRequest {
-    #[serde(default)]
-    opt: i64,
-    #[serde(default)]
-    args_bunch: Vec<CompatArg>,
-}
-
-#[derive(Deserialize)]
-struct CompatArg {
-    #[serde(default)]
-    path: String,
-    #[serde(default)]
-    dst: String,
-}
-
-/// The original's answer: every field omitted when zero or empty.
-#[derive(Serialize)]
-struct CompatReply {
-    #[serde(skip_serializing_if = "is_zero")]
-    res: i64,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    err_string: String,
-    #[serde(skip_serializing_if = "is_zero")]
-    current_users: i64,
-}
-
-fn is_zero(v: &i64) -> bool {
-    *v == 0
-}
-
-#[derive(Deserialize)]
-struct PutUser {
-    dst: String,
-}
-
-fn body(
-    status: StatusCode,
-    content_type: &'static str,
-    text: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(text.into()));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
-    let text = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    body(status, "application/json", text)
-}
-
-fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
-    json(status, &serde_json::json!({ "error": msg.into() }))
-}
-
-/// Compatible-API answers keep the original's content type and compact bytes.
-fn compat(status: StatusCode, reply: CompatReply) -> Response<Full<Bytes>> {
-    let text = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{}".to_vec());
-    body(status, "text/plain; charset=utf-8", text)
-}
-
-fn compat_err(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
-    compat(
-        status,
-        CompatReply {
-            res: 2,
-            err_string: msg.into(),
-            current_users: 0,
-        },
-    )
-}
-
-/// Decodes a compatible-API request body: `(opt, [(path, dst)])`, or why it is not one.
-pub fn decode_compat(body: &[u8]) -> Result<(i64, Vec<(String, String)>), String> {
-    let cmd: CompatRequest =
-        serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
-    Ok((
-        cmd.opt,
-        cmd.args_bunch
-            .into_iter()
-            .map(|a| (a.path, a.dst))
-            .collect(),
-    ))
 }
 
 /// The label of the per-user series: not the path, which is the user's credential, but the
@@ -452,36 +368,4 @@ impl Controller {
         }
         body(StatusCode::OK, crate::admin::OPENMETRICS, out)
     }
-}
-
-/// The audit line of a change the operator made, at the default level: users by their
-/// label ([`user_id`]), never by their path, which is their credential.
-fn audit(change: &Change) {
-    let ids = |paths: &mut dyn Iterator<Item = &String>| {
-        paths.map(|p| user_id(p)).collect::<Vec<_>>().join(", ")
-    };
-    let line = match change {
-        Change::Add(items) => format!(
-            "added or replaced user(s) {}",
-            ids(&mut items.iter().map(|(p, _)| p))
-        ),
-        Change::Remove(paths, false) => format!("removed user(s) {}", ids(&mut paths.iter())),
-        Change::Remove(paths, true) => format!(
-            "removed user(s) {} and closed their tunnels (kick)",
-            ids(&mut paths.iter())
-        ),
-        Change::Reset => "removed every user".to_string(),
-    };
-    log::info!(target: crate::logging::NOTICE, "controller: {line}");
-}
-
-/// 405 with the methods `path` takes, in `Allow` as RFC 9110 asks.
-fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
-    let mut r = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("this endpoint takes {allow}"),
-    );
-    r.headers_mut()
-        .insert("Allow", HeaderValue::from_static(allow));
-    r
 }

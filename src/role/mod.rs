@@ -5,6 +5,7 @@ pub mod access;
 pub mod client;
 pub mod controller;
 pub mod mu_server;
+mod reply;
 pub mod server;
 
 use std::io;
