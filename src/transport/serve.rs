@@ -88,7 +88,6 @@ pub async fn accept_loop<F, Fut>(
     let tracker = TaskTracker::new();
     // Connections, not tasks: the streams of a session are tracked but count as one.
     let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut refusals = Refusals::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -112,7 +111,11 @@ pub async fn accept_loop<F, Fut>(
                     // Closing at once is the clean refusal: the peer sees EOF, nothing hangs.
                     crate::metrics::get().fail(Failure::Limit);
                     log::debug!("{id}: refused: -max-conns {} reached", limits.max_conns);
-                    refusals.note(limits.max_conns);
+                    crate::rarely!(
+                        Warn,
+                        "refused a connection: -max-conns {} reached (raise it, or add servers)",
+                        limits.max_conns
+                    );
                     drop(stream);
                     continue;
                 }
@@ -153,32 +156,6 @@ pub async fn accept_loop<F, Fut>(
                 "{} connection(s) still open after {drain:?}; closing them",
                 tracker.len()
             );
-        }
-    }
-}
-
-/// Refusals at `-max-conns`, said at WARN at most once a second with their count, so a flood
-/// of them is visible without flooding the log.
-#[derive(Default)]
-struct Refusals {
-    last: Option<std::time::Instant>,
-    since: u64,
-}
-
-impl Refusals {
-    fn note(&mut self, max: usize) {
-        self.since += 1;
-        let now = std::time::Instant::now();
-        if self
-            .last
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            log::warn!(
-                "refused {} connection(s): -max-conns {max} reached (raise it, or add servers)",
-                self.since
-            );
-            self.last = Some(now);
-            self.since = 0;
         }
     }
 }
