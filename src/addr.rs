@@ -115,7 +115,10 @@ mod tests {
             "a:0",
             "a b:1",
         ] {
-            let e = HostPort::parse("s", s, false).unwrap_err().to_string();
+            let e = HostPort::parse("s", s, false)
+                .unwrap_err()
+                .report()
+                .to_string();
             assert!(e.starts_with("-s: invalid address"), "{s}: {e}");
         }
     }

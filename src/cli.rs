@@ -5,6 +5,8 @@
 use argh::{ArgsInfo, FromArgs};
 
 /// mtt: a fast, trustworthy TLS tunnel.
+// Only argh reads this and `Command`: they render the top-level help; dispatch is by name.
+#[allow(dead_code)]
 #[derive(FromArgs, ArgsInfo, Debug)]
 pub struct Top {
     /// print the version and exit
@@ -15,6 +17,7 @@ pub struct Top {
 }
 
 /// The roles and tools of the one `mtt` binary.
+#[allow(dead_code)]
 #[derive(FromArgs, ArgsInfo, Debug)]
 #[argh(subcommand)]
 pub enum Command {

@@ -128,14 +128,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
             return 0;
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", e.report());
             return e.exit_code();
         }
     };
     match run(cmd, &prog, &rest) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{prog}: {e}");
+            eprintln!("{prog}: {}", e.report());
             e.exit_code()
         }
     }

@@ -1,5 +1,5 @@
-//! The crate-wide error type, with each failure's cause kept as its source, and the exit codes
-//! it maps to.
+//! The crate-wide error type, with each failure's cause kept as its source (never also in its
+//! own text), the [`Report`] that prints a whole chain, and the exit codes errors map to.
 
 use std::io;
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// An I/O operation failed; `context` says what was being done and where.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done, and where.
         context: String,
@@ -22,7 +22,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A certificate, key or CA file that cannot be used.
-    #[error("{flag} {}: {source}", path.display())]
+    #[error("{flag} {}", path.display())]
     Cert {
         /// The flag that named the file (`-cert`, `-key`, `-ca`).
         flag: &'static str,
@@ -33,10 +33,10 @@ pub enum Error {
         source: CertError,
     },
     /// rustls refused a configuration (a key that does not match its certificate, say).
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Tls(#[source] rustls::Error),
     /// A step of setting up a tunnel failed: which step, with whom, and why.
-    #[error("{step} {peer}: {source}")]
+    #[error("{step} {peer}")]
     Tunnel {
         /// The layer that failed.
         step: Step,
@@ -52,19 +52,34 @@ pub enum Error {
     Shared(Arc<Error>),
     /// A shared store (the fleet's Redis) cannot be reached: the request changed nothing and
     /// may be retried.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("{what}")]
+    Unavailable {
+        /// What could not be done, and what to do.
+        what: String,
+        /// Why.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A failure at run time that is not about the input (data corrupted in a benchmark, a
-    /// task that died).
-    #[error("{0}")]
-    Runtime(String),
+    /// task that died, a CA that sent something unusable), with its cause when there is one.
+    #[error("{what}")]
+    Runtime {
+        /// What failed, where, and what to do.
+        what: String,
+        /// Why.
+        #[source]
+        source: Option<Cause>,
+    },
 }
+
+/// The cause of an [`Error::Runtime`] or [`Error::Unavailable`]: another library's error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What is wrong with a certificate, key or CA file.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// Not PEM, or unreadable.
-    #[error("not readable as PEM ({0}): is it the right file, and whole?")]
+    #[error("not readable as PEM (is it the right file, and whole?)")]
     Pem(#[source] rustls::pki_types::pem::Error),
     /// An encrypted private key, which a server cannot use unattended.
     #[error(
@@ -79,7 +94,7 @@ pub enum CertError {
     NoKey,
     /// A key that does not belong to the certificate (or that rustls cannot use).
     #[error("certificate and key do not belong together: this key is not the -cert certificate's")]
-    Mismatch(#[source] rustls::Error),
+    Mismatch(#[source] Option<rustls::Error>),
     /// A CA file none of whose certificates rustls can use.
     #[error("no usable certificate in the file")]
     NoUsableCa,
@@ -119,6 +134,35 @@ impl std::fmt::Display for Step {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A failure at run time without a cause of its own.
+    pub fn runtime(what: impl Into<String>) -> Self {
+        Error::Runtime {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A failure at run time caused by `source`.
+    pub fn failed(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Error::Runtime {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A shared store that cannot be reached, because of `source`.
+    pub fn unavailable(what: impl Into<String>, source: impl Into<Cause>) -> Self {
+        Error::Unavailable {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// This error and its causes, for printing: `what failed: why: why that`.
+    pub fn report(&self) -> Report<'_> {
+        Report(self)
+    }
+
     /// Builds an [`Error::Usage`] from anything printable.
     pub fn usage(msg: impl Into<String>) -> Self {
         Error::Usage(msg.into())
@@ -160,6 +204,27 @@ impl Error {
     }
 }
 
+/// Any error and its chain of causes, printed on one line separated by `: ` (each error's text
+/// says only what it adds; a cause whose text is already printed, as some libraries repeat
+/// their source, is not printed again).
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !text.is_empty() && !said.ends_with(&text) {
+                said.push_str(": ");
+                said.push_str(&text);
+            }
+            cause = e.source();
+        }
+        f.write_str(&said)
+    }
+}
+
 /// Adds context to `io::Result`s in one call.
 pub trait IoContext<T> {
     /// Maps the error into [`Error::Io`] with `context` computed lazily.
@@ -169,5 +234,50 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn context<C: Into<String>>(self, context: impl FnOnce() -> C) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_printed_once_by_the_report_and_not_by_the_error() {
+        let e = Error::io(
+            "reading users.json",
+            io::Error::new(io::ErrorKind::NotFound, "gone"),
+        );
+        assert_eq!(e.to_string(), "reading users.json");
+        assert_eq!(e.report().to_string(), "reading users.json: gone");
+        let t = Error::tunnel(
+            Step::Tls,
+            "server a:1",
+            io::Error::other(Error::runtime("x")),
+        );
+        assert_eq!(t.report().to_string(), "TLS handshake with server a:1: x");
+        let shared = Error::Shared(Arc::new(Error::failed(
+            "bench task",
+            io::Error::other("died"),
+        )));
+        assert_eq!(shared.to_string(), "bench task");
+        assert_eq!(shared.report().to_string(), "bench task: died");
+    }
+
+    #[test]
+    fn a_cause_that_repeats_its_own_source_is_not_printed_twice() {
+        #[derive(Debug)]
+        struct Repeats(io::Error);
+        impl std::fmt::Display for Repeats {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "library failed: {}", self.0)
+            }
+        }
+        impl std::error::Error for Repeats {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Error::failed("ACME", Repeats(io::Error::other("refused")));
+        assert_eq!(e.report().to_string(), "ACME: library failed: refused");
     }
 }

@@ -278,12 +278,16 @@ mod tests {
             "h",
             ".s",
         ] {
-            let err = parse_duration("timeout", s).unwrap_err().to_string();
+            let err = parse_duration("timeout", s)
+                .unwrap_err()
+                .report()
+                .to_string();
             assert!(err.starts_with("-timeout: invalid duration"), "{s}: {err}");
         }
         assert!(
             parse_duration("timeout", "300")
                 .unwrap_err()
+                .report()
                 .to_string()
                 .contains("missing unit")
         );
@@ -329,7 +333,10 @@ mod tests {
         assert_eq!(norm(&["-b", "a:1", "-b", "b:2"]).unwrap(), ["--b", "b:2"]);
         assert_eq!(norm(&["-h"]).unwrap(), ["--help"]);
         assert_eq!(norm(&["help"]).unwrap(), ["--help"]);
-        let e = norm(&["-b", "-s", "127.0.0.1:1"]).unwrap_err().to_string();
+        let e = norm(&["-b", "-s", "127.0.0.1:1"])
+            .unwrap_err()
+            .report()
+            .to_string();
         assert!(e.contains("-b is missing its value"), "{e}");
         // A value that only starts with '-' is still a value.
         assert_eq!(norm(&["-wss-path", "-x"]).unwrap(), ["--wss-path", "-x"]);
@@ -338,7 +345,7 @@ mod tests {
 
     #[test]
     fn go_command_line_mistakes_are_named() {
-        let err = |a: &[&str]| norm(a).unwrap_err().to_string();
+        let err = |a: &[&str]| norm(a).unwrap_err().report().to_string();
         assert!(err(&["-bogus"]).contains("unknown flag -bogus"));
         assert!(err(&["-mux", "false"]).contains("write -mux=false"));
         assert!(err(&["stray"]).contains("unexpected argument 'stray'"));

@@ -5,28 +5,31 @@
 // no safe crate offers.
 #![deny(unsafe_code)]
 
-pub mod addr;
-pub mod admin;
-pub mod bench;
-pub mod certs;
-pub mod cli;
-pub mod cmd;
-pub mod config;
-pub mod error;
-pub mod goflag;
-pub mod logging;
-pub mod metrics;
-pub mod platform;
-pub mod random;
-pub mod role;
-pub mod shutdown;
-pub mod sip003;
-pub mod sys;
-pub mod transport;
-pub mod users;
-pub mod watch;
+pub(crate) mod addr;
+pub(crate) mod admin;
+pub(crate) mod bench;
+pub(crate) mod certs;
+pub(crate) mod cli;
+pub(crate) mod cmd;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod goflag;
+pub(crate) mod logging;
+pub(crate) mod metrics;
+pub(crate) mod platform;
+pub(crate) mod random;
+pub(crate) mod role;
+pub(crate) mod shutdown;
+pub(crate) mod sip003;
+pub(crate) mod sys;
+#[doc(hidden)]
+pub mod testing;
+pub(crate) mod transport;
+pub(crate) mod users;
+pub(crate) mod watch;
 
 pub use error::{Error, Result};
 
 /// The version printed by `mtt --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use cmd::main;

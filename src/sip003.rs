@@ -237,6 +237,7 @@ mod tests {
         assert_eq!(full.local, "127.0.0.1:1080");
         let err = from_env(env(&[("SS_REMOTE_HOST", "a")]))
             .unwrap_err()
+            .report()
             .to_string();
         assert!(err.contains("SS_LOCAL_PORT"), "{err}");
         assert!(from_env(env(&[("SS_PLUGIN_OPTIONS", "wss")])).is_err());
@@ -295,6 +296,7 @@ mod tests {
         assert!(vpn);
         let err = command_line::<ClientArgs>(&[], &p("wss;path=/x;n=y"))
             .unwrap_err()
+            .report()
             .to_string();
         assert!(
             err.contains("unknown option 'path'") && err.contains("wss-path"),

@@ -4,9 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(cmd) = mtt::role::controller::decode_compat(data) {
+    if let Ok(cmd) = mtt::testing::role::controller::decode_compat(data) {
         for (path, dst) in cmd.1 {
-            let _ = mtt::users::check(&path, &dst);
+            let _ = mtt::testing::users::check(&path, &dst);
         }
     }
 });

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mtt::transport::udp::{FrameReader, MAX_DATAGRAM};
+use mtt::testing::transport::udp::{FrameReader, MAX_DATAGRAM};
 use tokio::io::AsyncWriteExt;
 
 fuzz_target!(|data: &[u8]| {

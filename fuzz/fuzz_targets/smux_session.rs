@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mtt::transport::mux::Quiet;
-use mtt::transport::mux::smux::{self, SmuxSession};
+use mtt::testing::transport::mux::Quiet;
+use mtt::testing::transport::mux::smux::{self, SmuxSession};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fuzz_target!(|data: &[u8]| {

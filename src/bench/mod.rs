@@ -220,7 +220,7 @@ async fn start_tunnel(
     })?;
     let pin = server
         .fingerprint()
-        .ok_or_else(|| Error::Runtime("bench: server has no certificate".into()))?;
+        .ok_or_else(|| Error::runtime("bench: server has no certificate"))?;
     let server_l = TcpListener::bind("127.0.0.1:0")
         .await
         .context(|| "bench: listen for the server")?;
@@ -298,8 +298,7 @@ async fn measure(
         tasks.push(tokio::spawn(transfer(addr, per, per, block.clone())));
     }
     for t in tasks {
-        t.await
-            .map_err(|e| Error::Runtime(format!("bench task: {e}")))??;
+        t.await.map_err(|e| Error::failed("bench task", e))??;
     }
     let aggregate = rate(2 * per * o.streams as u64, start.elapsed());
     step("new connections");

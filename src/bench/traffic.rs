@@ -75,7 +75,7 @@ pub(super) async fn transfer(
     };
     match tokio::time::timeout(STEP_LIMIT, work).await {
         Ok(r) => r.context(|| format!("bench transfer via {addr}")),
-        Err(_) => Err(Error::Runtime(format!(
+        Err(_) => Err(Error::runtime(format!(
             "bench transfer via {addr} took longer than {STEP_LIMIT:?}"
         ))),
     }

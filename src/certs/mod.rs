@@ -231,7 +231,15 @@ impl Validity {
 /// A certificate and key that rustls refused together: about the key file when there is one.
 fn mismatch(files: Option<&[PathBuf; 2]>, e: Error) -> Error {
     match (files, e) {
-        (Some([_, key]), Error::Tls(e)) => Error::cert("-key", key, CertError::Mismatch(e)),
+        // The plain words say all a key that is another certificate's needs; anything else
+        // rustls found is kept as the cause.
+        (Some([_, key]), Error::Tls(e)) => {
+            let cause = match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => None,
+                other => Some(other),
+            };
+            Error::cert("-key", key, CertError::Mismatch(cause))
+        }
         (_, e) => e,
     }
 }

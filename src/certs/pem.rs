@@ -83,8 +83,7 @@ pub fn self_signed(name: Option<&str>) -> Result<SelfSigned> {
         Some(n) => n.to_string(),
         None => random_name()?,
     };
-    let bad =
-        |e: rcgen::Error| Error::Runtime(format!("self-signed certificate for '{name}': {e}"));
+    let bad = |e: rcgen::Error| Error::failed(format!("self-signed certificate for '{name}'"), e);
     let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(bad)?;
     params
         .distinguished_name
@@ -195,7 +194,10 @@ mod tests {
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
         )
         .expect("write");
-        let e = load(&cert, &key).expect_err("encrypted").to_string();
+        let e = load(&cert, &key)
+            .expect_err("encrypted")
+            .report()
+            .to_string();
         assert!(
             e.contains("the key is encrypted") && e.contains("openssl pkey"),
             "{e}"
@@ -208,6 +210,7 @@ mod tests {
         .expect("write");
         let e = load_certs("-cert", &broken)
             .expect_err("broken")
+            .report()
             .to_string();
         assert!(e.contains("not readable as PEM"), "{e}");
     }

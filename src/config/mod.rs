@@ -22,8 +22,8 @@ mod client;
 mod mu_server;
 mod server;
 
-pub use client::{ClientConfig, UDP_ASSOC_RATE, UDP_MAX_ASSOC, UdpConfig, parse_pin};
-pub use mu_server::{DEFAULT_CONTROLLER, MU_DEFAULT_TIMEOUT, MuServerConfig, TOKEN_FILE};
+pub use client::{ClientConfig, UDP_ASSOC_RATE, UdpConfig, parse_pin};
+pub use mu_server::MuServerConfig;
 pub use server::ServerConfig;
 pub(crate) use server::{AcmeFlags, cert_source};
 

@@ -129,7 +129,7 @@ impl Client {
             // Dropping `local` closes it at once: the application learns immediately.
             Err(e) => {
                 crate::metrics::get().fail(Failure::Server);
-                crate::rarely!(Warn, "{id}: {e}");
+                crate::rarely!(Warn, "{id}: {}", e.report());
             }
         }
     }

@@ -203,13 +203,13 @@ impl Controller {
                 compat(StatusCode::OK, ok)
             }
             // Bad input is answered as the original did; a failure to store it is ours.
-            Err(e @ crate::Error::Usage(_)) => compat_err(StatusCode::OK, e.to_string()),
-            Err(e @ crate::Error::Unavailable(_)) => {
-                compat_err(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            Err(e @ crate::Error::Usage(_)) => compat_err(StatusCode::OK, e.report().to_string()),
+            Err(e @ crate::Error::Unavailable { .. }) => {
+                compat_err(StatusCode::SERVICE_UNAVAILABLE, e.report().to_string())
             }
             Err(e) => {
-                log::error!("controller: {e}");
-                compat_err(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                log::error!("controller: {}", e.report());
+                compat_err(StatusCode::INTERNAL_SERVER_ERROR, e.report().to_string())
             }
         }
     }
@@ -258,13 +258,15 @@ impl Controller {
                     None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
                 }
             }
-            Err(e @ crate::Error::Usage(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-            Err(e @ crate::Error::Unavailable(_)) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            Err(e @ crate::Error::Usage(_)) => {
+                error(StatusCode::BAD_REQUEST, e.report().to_string())
+            }
+            Err(e @ crate::Error::Unavailable { .. }) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.report().to_string())
             }
             Err(e) => {
-                log::error!("controller: {e}");
-                error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                log::error!("controller: {}", e.report());
+                error(StatusCode::INTERNAL_SERVER_ERROR, e.report().to_string())
             }
         }
     }
@@ -286,10 +288,10 @@ impl Controller {
                     &serde_json::json!({ "path": path, "removed": true, "kicked": kick }),
                 )
             }
-            Err(e @ crate::Error::Unavailable(_)) => {
-                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            Err(e @ crate::Error::Unavailable { .. }) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.report().to_string())
             }
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.report().to_string()),
         }
     }
 

@@ -145,7 +145,7 @@ impl Reloader {
                 "reloaded -cert/-key: new handshakes present SHA-256 {fp}"
             ),
             Ok(None) => log::info!("reload: no -cert/-key files to re-read"),
-            Err(e) => log::error!("reload: {e}; keeping the current certificate"),
+            Err(e) => log::error!("reload: {}; keeping the current certificate", e.report()),
         }
     }
 
@@ -158,7 +158,7 @@ impl Reloader {
                     log::info!(target: crate::logging::NOTICE, "reloaded -users-file: {n} user(s)")
                 }
                 Ok(None) => {}
-                Err(e) => log::error!("reload: {e}; keeping the current users"),
+                Err(e) => log::error!("reload: {}; keeping the current users", e.report()),
             }
         }
     }

@@ -25,17 +25,6 @@ pub struct MuServer {
 }
 
 impl MuServer {
-    /// Loads the users file and the certificate.
-    pub fn new(cfg: MuServerConfig) -> Result<Self> {
-        if cfg.users_redis.is_some() {
-            return Err(crate::Error::Runtime(
-                "a mu-server with -users-redis is made with MuServer::start".into(),
-            ));
-        }
-        let users = Users::open(cfg.users_file.clone())?;
-        Self::with_users(cfg, users)
-    }
-
     /// Loads the users (from the file, or from the fleet's Redis) and the certificate.
     pub async fn start(cfg: MuServerConfig) -> Result<Self> {
         let users = match &cfg.users_redis {

@@ -229,9 +229,4 @@ impl Dialer {
             }
         }
     }
-
-    /// The server this dialer reaches, for logs.
-    pub fn server(&self) -> String {
-        self.connector.opts.server.to_string()
-    }
 }

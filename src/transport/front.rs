@@ -149,9 +149,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         let Some((on_upgrade, up, early)) = upgrade else {
             return Ok(None);
         };
-        let upgraded = on_upgrade
-            .await
-            .map_err(|e| io::Error::other(format!("WebSocket upgrade: {e}")))?;
+        let upgraded = on_upgrade.await.map_err(io::Error::other)?;
         // Unwrap hyper's layers when they are ours: the frames then read the transport directly.
         let ping = self.timeouts.ping;
         let stream: BoxIo = match upgraded.downcast::<TokioIo<S>>() {

@@ -27,7 +27,7 @@ pub mod ws;
 
 pub use accept::{Acceptor, Tunnel};
 pub use dial::Dialer;
-pub use io::{BoxIo, Io};
+pub use io::BoxIo;
 pub use listen::{Listener, Stream};
 pub use relay::{Transferred, relay};
 pub use serve::{ConnId, Limits};

@@ -146,12 +146,8 @@ pub async fn connect_with(
     }
 }
 
-/// Binds a TCP listener. An empty host listens on all interfaces, IPv6 and IPv4 alike.
-pub async fn bind_tcp(addr: &HostPort) -> Result<TcpListener> {
-    bind_tcp_with(addr, false).await
-}
-
-/// [`bind_tcp`], with TCP fast open (`TCP_FASTOPEN`) accepted from clients when `fast_open`.
+/// Binds a TCP listener, with TCP fast open (`TCP_FASTOPEN`) accepted from clients when
+/// `fast_open`. An empty host listens on all interfaces, IPv6 and IPv4 alike.
 pub async fn bind_tcp_with(addr: &HostPort, fast_open: bool) -> Result<TcpListener> {
     bind_for("b", addr, fast_open).await
 }

@@ -118,13 +118,9 @@ impl Negotiated {
 
 impl TlsServer {
     /// Builds the server configuration around `store`; `alpn` lists the protocols offered
-    /// (none in plain mode: a server must not require ALPN, original clients send none);
-    /// handshakes that take longer than `handshake` fail.
-    pub fn new(store: Arc<CertStore>, alpn: &[&[u8]], handshake: Duration) -> Result<Self> {
-        Self::with_extra(store, alpn, &[], handshake)
-    }
-
-    /// [`TlsServer::new`], also answering each protocol of `extra` when a client offers it.
+    /// (none in plain mode: a server must not require ALPN, original clients send none), and
+    /// each protocol of `extra` is answered when a client offers it; handshakes that take
+    /// longer than `handshake` fail.
     pub fn with_extra(
         store: Arc<CertStore>,
         alpn: &[&[u8]],
@@ -151,12 +147,8 @@ impl TlsServer {
         })
     }
 
-    /// Runs the handshake over `io` within the handshake timeout.
-    pub async fn accept<S: Io>(&self, io: S) -> io::Result<server::TlsStream<S>> {
-        Ok(self.negotiate(io).await?.0)
-    }
-
-    /// [`TlsServer::accept`], saying what the client's hello offered and what was agreed.
+    /// Runs the handshake over `io` within the handshake timeout, saying what the client's
+    /// hello offered and what was agreed.
     pub async fn negotiate<S: Io>(&self, io: S) -> io::Result<(server::TlsStream<S>, Negotiated)> {
         let handshake = async {
             let start =
@@ -325,8 +317,13 @@ mod tests {
         let made = pem::self_signed(Some("localhost")).expect("certificate");
         let pin = made.cert_key.fingerprint();
         let limit = Duration::from_secs(10);
-        let server = TlsServer::new(CertStore::new(made.cert_key).expect("store"), &[], limit)
-            .expect("server config");
+        let server = TlsServer::with_extra(
+            CertStore::new(made.cert_key).expect("store"),
+            &[],
+            &[],
+            limit,
+        )
+        .expect("server config");
         let client = TlsClient::new(
             &TlsClientOptions {
                 server_name: "localhost".into(),
@@ -345,7 +342,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let accepting = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
-            server.accept(tcp).await.expect("server handshake")
+            server.negotiate(tcp).await.expect("server handshake").0
         });
         let socket = TcpSocket::new_v4().expect("socket");
         small(&socket);

@@ -5,7 +5,7 @@
 pub mod redis;
 mod user;
 
-pub use user::{LiveGuard, User};
+pub use user::User;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -83,7 +83,7 @@ pub fn check(path: &str, dst: &str) -> Result<HostPort> {
     HostPort::parse("dst", dst, false).map_err(|e| {
         Error::usage(format!(
             "path '{path}': {}",
-            e.to_string().trim_start_matches("-dst: ")
+            e.report().to_string().trim_start_matches("-dst: ")
         ))
     })
 }
@@ -141,7 +141,7 @@ impl Users {
                     })?;
                     for s in saved {
                         let dst = check(&s.path, &s.dst).map_err(|e| {
-                            Error::usage(format!("-users-file {}: {e}", f.display()))
+                            Error::usage(format!("-users-file {}: {}", f.display(), e.report()))
                         })?;
                         map.insert(s.path.clone(), User::new(s.path, dst));
                     }
@@ -179,11 +179,6 @@ impl Users {
     /// Number of users.
     pub fn len(&self) -> usize {
         self.read().len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
     }
 
     /// Every user, sorted by path.
@@ -365,8 +360,7 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         })
         .collect();
     list.sort_by(|a, b| a.path.cmp(&b.path));
-    let json =
-        serde_json::to_vec_pretty(&list).map_err(|e| Error::Runtime(format!("{}: {e}", ctx())))?;
+    let json = serde_json::to_vec_pretty(&list).map_err(|e| Error::failed(ctx(), e))?;
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -54,11 +54,6 @@ impl User {
         &self.kick
     }
 
-    /// Counts a tunnel for as long as the guard lives.
-    pub fn tunnel(self: &Arc<Self>) -> LiveGuard {
-        self.tunnel_from(None)
-    }
-
     /// Counts a tunnel from `client` for as long as the guard lives.
     pub fn tunnel_from(self: &Arc<Self>, client: Option<std::net::IpAddr>) -> LiveGuard {
         self.live.fetch_add(1, Ordering::Relaxed);

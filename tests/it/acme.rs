@@ -175,7 +175,7 @@ async fn client(port: u16, pebble: &Pebble, extra: &[&str]) -> (Proc, SocketAddr
 /// against `root` (chain and name).
 async fn served_serial(port: u16, root: &Path) -> String {
     let mut roots = rustls::RootCertStore::empty();
-    let certs = mtt::certs::pem::load_certs("-ca", root).expect("root");
+    let certs = mtt::testing::certs::pem::load_certs("-ca", root).expect("root");
     roots.add_parsable_certificates(certs);
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -193,7 +193,9 @@ async fn served_serial(port: u16, root: &Path) -> String {
         .await
         .expect("handshake verified against pebble's root");
     let leaf = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
-    mtt::certs::Validity::of(&leaf).expect("parse").serial
+    mtt::testing::certs::Validity::of(&leaf)
+        .expect("parse")
+        .serial
 }
 
 /// The serial in a "new certificate for mtt.test (serial S)" line.

@@ -23,7 +23,7 @@ struct Seen {
 /// A TLS server (self-signed for 127.0.0.1) that records the first request head it gets and
 /// answers 404. Returns its address, its pin, and where the capture arrives.
 async fn capture() -> (SocketAddr, String, tokio::sync::oneshot::Receiver<Seen>) {
-    let ss = mtt::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
+    let ss = mtt::testing::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
     let pin = ss.cert_key.fingerprint();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),

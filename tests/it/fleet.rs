@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
-use mtt::transport::options::Verify;
+use mtt::testing::transport::options::Verify;
 
 const TOKEN: &str = "fleet-token";
 const T: Duration = Duration::from_secs(30);
@@ -108,7 +108,7 @@ async fn mu(url: &str, extra: &[&str]) -> Mu {
 impl Mu {
     /// A client of this server for the user at `path`; its local address.
     async fn client(&self, path: &str) -> (Running, SocketAddr) {
-        let verify = Verify::Pin(mtt::config::parse_pin(&self.pin).expect("pin"));
+        let verify = Verify::Pin(mtt::testing::config::parse_pin(&self.pin).expect("pin"));
         let c = start_client(wss_client_config(self.data, verify, path, T)).await;
         let addr = c.addr;
         (c, addr)

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::transport::options::{TlsClientOptions, Verify};
+use mtt::testing::transport::options::{TlsClientOptions, Verify};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,7 +20,7 @@ async fn tls_to(addr: std::net::SocketAddr) -> tokio_rustls::client::TlsStream<T
 }
 
 async fn tls_over(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let tls = mtt::transport::tls::TlsClient::new(
+    let tls = mtt::testing::transport::tls::TlsClient::new(
         &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
@@ -64,15 +64,15 @@ async fn hostile_peers_are_closed_and_cost_nothing_lasting() {
             let mut cfg = client_config(
                 addr,
                 "127.0.0.1",
-                Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+                Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")),
                 T,
             );
             if flags.contains(&"-wss") {
                 cfg = wss_client_config(addr, cfg.dial.tls.verify.clone(), "/", T);
             }
             if flags.contains(&"-mux") {
-                cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
-                    muxing: mtt::transport::mux::Muxing::Yamux,
+                cfg.dial.mux = Some(mtt::testing::transport::options::MuxClientOptions {
+                    muxing: mtt::testing::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     // Short, so the session closes soon after the last stream (the descriptor
                     // check below waits for that).
@@ -161,7 +161,7 @@ fn mem_kib(pid: u32, field: &str) -> u64 {
 
 /// Sends a WebSocket upgrade for `/` and reads the 101.
 async fn upgrade<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
-    let req = mtt::transport::ws::upgrade_request(
+    let req = mtt::testing::transport::ws::upgrade_request(
         "127.0.0.1",
         "/",
         "dGhlIHNhbXBsZSBub25jZQ==",
@@ -194,7 +194,7 @@ async fn a_websocket_ping_flood_does_not_grow_memory() {
         // grew the server by about twice that).
         let mut chunk = Vec::new();
         for i in 0..8192u32 {
-            let (h, hl) = mtt::transport::ws::encode_header(0x9, 125, Some([1, 2, 3, 4]));
+            let (h, hl) = mtt::testing::transport::ws::encode_header(0x9, 125, Some([1, 2, 3, 4]));
             chunk.extend_from_slice(&h[..hl]);
             chunk.extend_from_slice(&[(i % 251) as u8; 125]);
         }
@@ -205,7 +205,7 @@ async fn a_websocket_ping_flood_does_not_grow_memory() {
         }
         // A data frame after the flood; its echo, behind whatever pongs went out, shows the
         // server has read every ping.
-        let (h, hl) = mtt::transport::ws::encode_header(0x2, 3, Some([0; 4]));
+        let (h, hl) = mtt::testing::transport::ws::encode_header(0x2, 3, Some([0; 4]));
         s.write_all(&h[..hl]).await.expect("data header");
         s.write_all(b"end").await.expect("data");
         s.flush().await.expect("flush");
@@ -213,8 +213,11 @@ async fn a_websocket_ping_flood_does_not_grow_memory() {
         let mut chunk = vec![0u8; 64 * 1024];
         let (mut pongs, mut at) = (0usize, 0usize);
         loop {
-            match mtt::transport::ws::parse_header(&buf[at..], mtt::transport::ws::Role::Client)
-                .expect("frame")
+            match mtt::testing::transport::ws::parse_header(
+                &buf[at..],
+                mtt::testing::transport::ws::Role::Client,
+            )
+            .expect("frame")
             {
                 Some((h, n)) if buf.len() >= at + n + h.len as usize => {
                     let payload = &buf[at + n..at + n + h.len as usize];
@@ -304,11 +307,11 @@ async fn multiplexed_sessions_without_streams_are_closed() {
         let mut cfg = client_config(
             addr,
             "127.0.0.1",
-            Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+            Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")),
             T,
         );
-        cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
-            muxing: mtt::transport::mux::Muxing::Yamux,
+        cfg.dial.mux = Some(mtt::testing::transport::options::MuxClientOptions {
+            muxing: mtt::testing::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(60),
         });
@@ -539,8 +542,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 /// One smux version 1 frame.
-fn smux_frame(cmd: mtt::transport::mux::smux::frame::Cmd, sid: u32, body: &[u8]) -> Vec<u8> {
-    use mtt::transport::mux::smux::frame::Header;
+fn smux_frame(
+    cmd: mtt::testing::transport::mux::smux::frame::Cmd,
+    sid: u32,
+    body: &[u8],
+) -> Vec<u8> {
+    use mtt::testing::transport::mux::smux::frame::Header;
     let mut f = Header::new(cmd, sid, body.len() as u16).encode().to_vec();
     f.extend_from_slice(body);
     f
@@ -553,7 +560,7 @@ fn smux_frame(cmd: mtt::transport::mux::smux::frame::Cmd, sid: u32, body: &[u8])
 /// ends promptly, and the server's CPU goes quiet.
 #[tokio::test]
 async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
-    use mtt::transport::mux::smux::frame::Cmd;
+    use mtt::testing::transport::mux::smux::frame::Cmd;
     bounded(async {
         const STREAMS: u32 = 16;
         const FRAMES: usize = 40_000;
@@ -609,7 +616,8 @@ async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
             s.read_exact(&mut head)
                 .await
                 .expect("frames from the server");
-            let h = mtt::transport::mux::smux::frame::Header::parse(&head).expect("a frame");
+            let h =
+                mtt::testing::transport::mux::smux::frame::Header::parse(&head).expect("a frame");
             if h.cmd == Cmd::Fin && h.sid == probe {
                 break;
             }

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::transport::options::Verify;
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -107,7 +107,7 @@ async fn mtt_client_through_openssl_s_server() {
         let client = start_client(client_config(
             accept.parse().expect("addr"),
             "localhost",
-            Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+            Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")),
             T,
         ))
         .await;
@@ -279,7 +279,7 @@ async fn server_keys_in_pkcs8_pkcs1_and_sec1() {
             echo_roundtrip(client.addr, &random_bytes(256 * 1024, 8)).await;
         }
         // A key that does not belong to the certificate is refused at start-up.
-        let err = mtt::role::server::Server::new(server_config(
+        let err = mtt::testing::role::server::Server::new(server_config(
             echo,
             Some(CertSource::Files {
                 cert: d.join("rsa.crt"),
@@ -289,7 +289,7 @@ async fn server_keys_in_pkcs8_pkcs1_and_sec1() {
         ))
         .err()
         .expect("mismatched key must be refused");
-        let err = err.to_string();
+        let err = err.report().to_string();
         assert!(
             err.contains("certificate and key") && err.contains("-key"),
             "{err}"

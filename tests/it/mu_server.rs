@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::config::{Listen, MuServerConfig};
-use mtt::role::mu_server::MuServer;
-use mtt::transport::Listener;
-use mtt::transport::options::Verify;
+use mtt::testing::certs::CertSource;
+use mtt::testing::config::{Listen, MuServerConfig};
+use mtt::testing::role::mu_server::MuServer;
+use mtt::testing::transport::Listener;
+use mtt::testing::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,7 +39,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         fallback: None,
         early_data: true,
         mux: false,
-        timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
+        timeouts: mtt::testing::transport::options::DEFAULT_TIMEOUTS,
         udp: false,
         udp_timeout: T,
         fast_open: false,
@@ -50,8 +50,10 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
 }
 
 async fn start_mu(cfg: MuServerConfig) -> Mu {
-    let server = MuServer::new(cfg).expect("mu-server");
-    let pin = Verify::Pin(mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"));
+    let server = MuServer::start(cfg).await.expect("mu-server");
+    let pin = Verify::Pin(
+        mtt::testing::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"),
+    );
     let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (d, c) = (
@@ -91,11 +93,11 @@ async fn post(mu: &Mu, json: &str) -> (u16, String) {
     http(mu.control, "POST", "/", "", json.as_bytes()).await
 }
 
-fn user_client(mu: &Mu, path: &str, mux: bool) -> mtt::config::ClientConfig {
+fn user_client(mu: &Mu, path: &str, mux: bool) -> mtt::testing::config::ClientConfig {
     let mut c = wss_client_config(mu.data, mu.pin.clone(), path, T);
     if mux {
-        c.dial.mux = Some(mtt::transport::options::MuxClientOptions {
-            muxing: mtt::transport::mux::Muxing::Yamux,
+        c.dial.mux = Some(mtt::testing::transport::options::MuxClientOptions {
+            muxing: mtt::testing::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(10),
         });
@@ -208,7 +210,7 @@ async fn rest_api_metrics_and_concurrent_writes() {
         assert_eq!(code, 200);
         assert!(metrics.contains("mtt_users 19\n"), "{metrics}");
         // Labelled by a hash of the path, which is the user's credential.
-        let p0 = mtt::role::controller::user_id("/p0");
+        let p0 = mtt::testing::role::controller::user_id("/p0");
         assert!(
             metrics.contains(&format!("mtt_user_bytes_up_total{{user=\"{p0}\"}} 0\n")),
             "{metrics}"
@@ -383,7 +385,7 @@ async fn the_users_file_survives_kill_9() {
         let mu = Mu {
             data,
             control,
-            pin: Verify::Pin(mtt::config::parse_pin(&pin).expect("pin")),
+            pin: Verify::Pin(mtt::testing::config::parse_pin(&pin).expect("pin")),
         };
         let client = start_client(user_client(&mu, "/k42", false)).await;
         echo_roundtrip(client.addr, &random_bytes(128 * 1024, 1)).await;
@@ -493,7 +495,7 @@ async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
                 "-verbose",
             ],
         );
-        let pin = Verify::Pin(mtt::config::parse_pin(&mu.pin().await).expect("pin"));
+        let pin = Verify::Pin(mtt::testing::config::parse_pin(&mu.pin().await).expect("pin"));
         let line = mu.wait_line("controller on ").await;
         let control: SocketAddr = line
             .split("controller on ")
@@ -535,7 +537,7 @@ async fn mu_server_metrics_count_tunnels_bytes_and_failures() {
             "mtt_handshake_seconds_count 2\n".to_string(),
             format!(
                 "mtt_user_bytes_up_total{{user=\"{}\"}} {n}\n",
-                mtt::role::controller::user_id("/echo")
+                mtt::testing::role::controller::user_id("/echo")
             ),
             "mtt_users 2\n".to_string(),
         ] {
@@ -985,7 +987,7 @@ async fn changes_are_audited_and_wrong_methods_are_405() {
         let auth = "Authorization: Bearer t\r\nContent-Type: application/json\r\n";
         let (code, _) = http(control, "PUT", "/v1/users/secret-path", auth, br#"{"dst":"127.0.0.1:1"}"#).await;
         assert_eq!(code, 200);
-        let id = mtt::role::controller::user_id("/secret-path");
+        let id = mtt::testing::role::controller::user_id("/secret-path");
         let line = p.wait_line("controller: added or replaced").await;
         assert!(line.contains(&id) && !line.contains("secret-path"), "{line}");
         let (code, _) = http(control, "DELETE", "/v1/users/secret-path?kick=true", auth, b"").await;

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,7 +44,7 @@ async fn counting_proxy(target: SocketAddr) -> Counting {
     Counting { addr, made, open }
 }
 
-fn mux_server(dest: SocketAddr, ws: bool) -> mtt::config::ServerConfig {
+fn mux_server(dest: SocketAddr, ws: bool) -> mtt::testing::config::ServerConfig {
     let mut c = server_config(
         dest,
         Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
@@ -63,14 +63,14 @@ fn mux_client(
     ws: bool,
     max_streams: usize,
     idle: Duration,
-) -> mtt::config::ClientConfig {
+) -> mtt::testing::config::ClientConfig {
     let mut c = if ws {
         wss_client_config(server, verify, "/m", T)
     } else {
         client_config(server, "127.0.0.1", verify, T)
     };
     c.dial.mux = Some(MuxClientOptions {
-        muxing: mtt::transport::mux::Muxing::Yamux,
+        muxing: mtt::testing::transport::mux::Muxing::Yamux,
         max_streams,
         idle,
     });
@@ -346,7 +346,7 @@ async fn a_killed_server_is_replaced_when_it_comes_back() {
         ];
         let mut server = Proc::spawn(&mtt_bin(), &args);
         let listen = server.listening_addr().await;
-        let pin = Verify::Pin(mtt::config::parse_pin(&fp).expect("pin"));
+        let pin = Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin"));
         let client = start_client(mux_client(listen, pin, false, 4, Duration::from_secs(10))).await;
         let mut held = TcpStream::connect(client.addr).await.expect("connect");
         ping(&mut held).await;
@@ -378,12 +378,12 @@ async fn sigterm_lets_a_multiplexed_stream_finish_then_exits() {
             .await
             .to_string();
         let mut server = Proc::server(&dest, &["-mux", "-verbose"]);
-        let pin = Verify::Pin(mtt::config::parse_pin(&server.pin().await).expect("pin"));
+        let pin = Verify::Pin(mtt::testing::config::parse_pin(&server.pin().await).expect("pin"));
         let addr = server.listening_addr().await;
         let mut cfg = client_config(addr, "127.0.0.1", pin, Duration::from_secs(30));
         // A client that would keep an idle session for a minute.
         cfg.dial.mux = Some(MuxClientOptions {
-            muxing: mtt::transport::mux::Muxing::Yamux,
+            muxing: mtt::testing::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(60),
         });
@@ -548,12 +548,12 @@ async fn mux_on_one_end_only_is_said_and_no_framing_leaks() {
             let mut cfg = client_config(
                 addr,
                 "127.0.0.1",
-                Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+                Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")),
                 Duration::from_secs(30),
             );
             if !server_mux {
                 cfg.dial.mux = Some(MuxClientOptions {
-                    muxing: mtt::transport::mux::Muxing::Yamux,
+                    muxing: mtt::testing::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     idle: Duration::from_secs(30),
                 });

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::transport::options::Verify;
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::options::Verify;
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(30);
 
 fn pin(fp: &str) -> Verify {
-    Verify::Pin(mtt::config::parse_pin(fp).expect("pin"))
+    Verify::Pin(mtt::testing::config::parse_pin(fp).expect("pin"))
 }
 
 #[tokio::test]
@@ -19,7 +19,7 @@ async fn reload_swaps_the_certificate_for_new_handshakes_only() {
     bounded(async {
         let echo = echo_server().await;
         let (dir, cert, key, fp_a) = self_signed_files("localhost");
-        let server = mtt::role::server::Server::new(server_config(
+        let server = mtt::testing::role::server::Server::new(server_config(
             echo,
             Some(CertSource::Files {
                 cert: cert.clone(),
@@ -34,7 +34,7 @@ async fn reload_swaps_the_certificate_for_new_handshakes_only() {
             .expect("bind");
         let addr = l.local_addr().expect("a");
         tokio::spawn(server.run(
-            mtt::transport::Listener::Tcp(l),
+            mtt::testing::transport::Listener::Tcp(l),
             tokio_util::sync::CancellationToken::new(),
         ));
         let old_client = start_client(client_config(addr, "localhost", pin(&fp_a), T)).await;
@@ -262,8 +262,8 @@ async fn metrics_endpoints_count_traffic() {
         let before = scrape(metrics).await;
         assert_eq!(sample(&before, "mtt_connections_accepted_total"), 0.0);
         let mut cfg = client_config(addr, "127.0.0.1", pin(&fp), T);
-        cfg.dial.mux = Some(mtt::transport::options::MuxClientOptions {
-            muxing: mtt::transport::mux::Muxing::Yamux,
+        cfg.dial.mux = Some(mtt::testing::transport::options::MuxClientOptions {
+            muxing: mtt::testing::transport::mux::Muxing::Yamux,
             max_streams: 4,
             idle: Duration::from_secs(10),
         });
@@ -464,8 +464,8 @@ async fn normal_endings_are_debug_lines_in_plain_words() {
         let echo = echo_server().await.to_string();
         let mut server = Proc::server(&echo, &["-verbose"]);
         let addr = server.listening_addr().await;
-        let tls = mtt::transport::tls::TlsClient::new(
-            &mtt::transport::options::TlsClientOptions {
+        let tls = mtt::testing::transport::tls::TlsClient::new(
+            &mtt::testing::transport::options::TlsClientOptions {
                 server_name: "127.0.0.1".into(),
                 verify: Verify::Insecure,
             },

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::transport::Dialer;
-use mtt::transport::options::Verify;
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::Dialer;
+use mtt::testing::transport::options::Verify;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -107,14 +107,14 @@ async fn unreachable_destination_closes_client_promptly() {
     .await;
 }
 
-async fn dial_err(cfg: mtt::config::ClientConfig) -> Option<String> {
+async fn dial_err(cfg: mtt::testing::config::ClientConfig) -> Option<String> {
     match Dialer::new(&cfg.dial)
         .expect("dialer")
-        .dial(mtt::transport::datagram::Kind::Stream)
+        .dial(mtt::testing::transport::datagram::Kind::Stream)
         .await
     {
         Ok(_) => None,
-        Err(e) => Some(format!("{e}")),
+        Err(e) => Some(e.report().to_string()),
     }
 }
 

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::config::UdpConfig;
-use mtt::transport::Listener;
-use mtt::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
+use mtt::testing::certs::CertSource;
+use mtt::testing::config::UdpConfig;
+use mtt::testing::transport::Listener;
+use mtt::testing::transport::options::{MuxClientOptions, PathMatch, Verify, WsServerOptions};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -49,9 +49,9 @@ async fn udp_echo() -> SocketAddr {
 }
 
 /// An in-process client with `-udp`: TCP and UDP on the same port.
-async fn start_udp_client(mut cfg: mtt::config::ClientConfig, udp: UdpConfig) -> Running {
+async fn start_udp_client(mut cfg: mtt::testing::config::ClientConfig, udp: UdpConfig) -> Running {
     cfg.udp = Some(udp);
-    let client = mtt::role::client::Client::new(cfg).expect("client");
+    let client = mtt::testing::role::client::Client::new(cfg).expect("client");
     // A TCP port whose UDP twin is free too (other tests hold UDP ports of their own).
     let mut tries = 0;
     let (l, sock) = loop {
@@ -137,7 +137,7 @@ async fn datagrams_of_every_size_in_every_transport() {
                 };
                 if mux {
                     ccfg.dial.mux = Some(MuxClientOptions {
-                        muxing: mtt::transport::mux::Muxing::Yamux,
+                        muxing: mtt::testing::transport::mux::Muxing::Yamux,
                         max_streams: 4,
                         idle: Duration::from_secs(10),
                     });
@@ -147,7 +147,7 @@ async fn datagrams_of_every_size_in_every_transport() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 64,
-                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
+                        assoc_rate: mtt::testing::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
@@ -338,12 +338,12 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
             let mut ccfg = client_config(
                 addr,
                 "127.0.0.1",
-                Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")),
+                Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")),
                 T,
             );
             if flags.contains(&"-mux") {
                 ccfg.dial.mux = Some(MuxClientOptions {
-                    muxing: mtt::transport::mux::Muxing::Yamux,
+                    muxing: mtt::testing::transport::mux::Muxing::Yamux,
                     max_streams: 4,
                     idle: Duration::from_secs(10),
                 });
@@ -353,7 +353,7 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
                 UdpConfig {
                     timeout: T,
                     max_assoc: 8,
-                    assoc_rate: mtt::config::UDP_ASSOC_RATE,
+                    assoc_rate: mtt::testing::config::UDP_ASSOC_RATE,
                 },
             )
             .await;
@@ -403,7 +403,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
             let mut server = Proc::server(&d, &flags);
             let fp = server.pin().await;
             let addr = server.listening_addr().await;
-            let pin = Verify::Pin(mtt::config::parse_pin(&fp).expect("pin"));
+            let pin = Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin"));
             if dest == dead {
                 // Datagrams to a closed port: ICMP comes back; the association stays.
                 let metrics = server.addr_after("metrics at http://").await;
@@ -412,7 +412,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 8,
-                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
+                        assoc_rate: mtt::testing::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
@@ -436,14 +436,14 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                     UdpConfig {
                         timeout: T,
                         max_assoc: 8,
-                        assoc_rate: mtt::config::UDP_ASSOC_RATE,
+                        assoc_rate: mtt::testing::config::UDP_ASSOC_RATE,
                     },
                 )
                 .await;
                 let good = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
                 round_trip(&good, client.addr, b"before").await;
-                let tls = mtt::transport::tls::TlsClient::new(
-                    &mtt::transport::options::TlsClientOptions {
+                let tls = mtt::testing::transport::tls::TlsClient::new(
+                    &mtt::testing::transport::options::TlsClientOptions {
                         server_name: "127.0.0.1".into(),
                         verify: Verify::Insecure,
                     },
@@ -483,8 +483,8 @@ async fn mu_server_users_carry_udp_to_their_destination() {
         let echo = udp_echo().await;
         let mut cfg = mu_config();
         cfg.udp = true;
-        let server = mtt::role::mu_server::MuServer::new(cfg).expect("mu-server");
-        let pin = Verify::Pin(mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"));
+        let server = mtt::testing::role::mu_server::MuServer::start(cfg).await.expect("mu-server");
+        let pin = Verify::Pin(mtt::testing::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin"));
         let token = server.token().to_string();
         let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -503,9 +503,9 @@ async fn mu_server_users_carry_udp_to_their_destination() {
         for mux in [false, true] {
             let mut ccfg = wss_client_config(daddr, pin.clone(), "/u", T);
             if mux {
-                ccfg.dial.mux = Some(MuxClientOptions { muxing: mtt::transport::mux::Muxing::Yamux, max_streams: 4, idle: Duration::from_secs(10) });
+                ccfg.dial.mux = Some(MuxClientOptions { muxing: mtt::testing::transport::mux::Muxing::Yamux, max_streams: 4, idle: Duration::from_secs(10) });
             }
-            let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8, assoc_rate: mtt::config::UDP_ASSOC_RATE }).await;
+            let client = start_udp_client(ccfg, UdpConfig { timeout: T, max_assoc: 8, assoc_rate: mtt::testing::config::UDP_ASSOC_RATE }).await;
             let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
             for n in [1usize, 1400, 65_507] {
                 round_trip(&sock, client.addr, &random_bytes(n, n as u64)).await;
@@ -516,9 +516,9 @@ async fn mu_server_users_carry_udp_to_their_destination() {
 }
 
 /// A mu-server configuration on loopback with a token and no users file.
-fn mu_config() -> mtt::config::MuServerConfig {
-    mtt::config::MuServerConfig {
-        listen: mtt::config::Listen::Tcp(hp("127.0.0.1:0")),
+fn mu_config() -> mtt::testing::config::MuServerConfig {
+    mtt::testing::config::MuServerConfig {
+        listen: mtt::testing::config::Listen::Tcp(hp("127.0.0.1:0")),
         controller: hp("127.0.0.1:0"),
         token: Some("t".into()),
         token_file: std::path::PathBuf::from("unused.token"),
@@ -530,7 +530,7 @@ fn mu_config() -> mtt::config::MuServerConfig {
         fallback: None,
         early_data: true,
         mux: false,
-        timeouts: mtt::transport::options::DEFAULT_TIMEOUTS,
+        timeouts: mtt::testing::transport::options::DEFAULT_TIMEOUTS,
         fast_open: false,
         drain: T,
         max_conns: 0,
@@ -558,7 +558,7 @@ async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
         let server = start_server(scfg).await;
         let mut ccfg = client_config(server.addr, "127.0.0.1", pin_of(&server), T);
         ccfg.dial.mux = Some(MuxClientOptions {
-            muxing: mtt::transport::mux::Muxing::Yamux,
+            muxing: mtt::testing::transport::mux::Muxing::Yamux,
             max_streams: 8,
             idle: Duration::from_secs(10),
         });
@@ -567,7 +567,7 @@ async fn udp_beside_a_saturating_tcp_stream_in_one_session() {
             UdpConfig {
                 timeout: T,
                 max_assoc: 8,
-                assoc_rate: mtt::config::UDP_ASSOC_RATE,
+                assoc_rate: mtt::testing::config::UDP_ASSOC_RATE,
             },
         )
         .await;

@@ -4,23 +4,23 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::addr::HostPort;
-use mtt::certs::CertSource;
-use mtt::transport::options::Verify;
-use mtt::transport::{Dialer, Listener, tcp};
+use mtt::testing::addr::HostPort;
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::options::Verify;
+use mtt::testing::transport::{Dialer, Listener, tcp};
 use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(30);
 
 /// Accepts one TLS connection far enough to read its ClientHello; returns (SNI, ALPN list).
 async fn client_hello_of(
-    cfg: mtt::config::ClientConfig,
+    cfg: mtt::testing::config::ClientConfig,
     l: TcpListener,
 ) -> (Option<String>, Vec<Vec<u8>>) {
     let dialer = Dialer::new(&cfg.dial).expect("dialer");
     let dial = tokio::spawn(async move {
         dialer
-            .dial(mtt::transport::datagram::Kind::Stream)
+            .dial(mtt::testing::transport::datagram::Kind::Stream)
             .await
             .is_ok()
     });
@@ -73,14 +73,14 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
     bounded(async {
         let echo = echo_server().await;
         // Server on [::1].
-        let server = mtt::role::server::Server::new(server_config(
+        let server = mtt::testing::role::server::Server::new(server_config(
             echo,
             Some(CertSource::SelfSigned(Some("::1".into()))),
             T,
         ))
         .expect("server");
-        let pin = mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
-        let l6 = tcp::bind_tcp(&HostPort::parse("b", "[::1]:0", true).expect("addr"))
+        let pin = mtt::testing::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
+        let l6 = tcp::bind_tcp_with(&HostPort::parse("b", "[::1]:0", true).expect("addr"), false)
             .await
             .expect("bind [::1]");
         let server_port = l6.local_addr().expect("addr").port();
@@ -95,8 +95,8 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
         );
         cfg.dial.server =
             HostPort::parse("s", &format!("[::1]:{server_port}"), false).expect("addr");
-        let client = mtt::role::client::Client::new(cfg.clone()).expect("client");
-        let cl = tcp::bind_tcp(&HostPort::parse("b", "[::1]:0", true).expect("addr"))
+        let client = mtt::testing::role::client::Client::new(cfg.clone()).expect("client");
+        let cl = tcp::bind_tcp_with(&HostPort::parse("b", "[::1]:0", true).expect("addr"), false)
             .await
             .expect("bind");
         let caddr = cl.local_addr().expect("addr");
@@ -111,7 +111,7 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
         let client = start_client(by_name).await;
         echo_roundtrip(client.addr, &random_bytes(1 << 20, 7)).await;
         // An empty listen host serves both families.
-        let any = tcp::bind_tcp(&HostPort::parse("b", ":0", true).expect("addr"))
+        let any = tcp::bind_tcp_with(&HostPort::parse("b", ":0", true).expect("addr"), false)
             .await
             .expect("bind all");
         let port = any.local_addr().expect("addr").port();
@@ -217,14 +217,17 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
             .await
             .expect("bind");
         assert_eq!(
-            mtt::sys::tcp_fastopen_listener(&l).expect("getsockopt"),
+            mtt::testing::sys::tcp_fastopen_listener(&l).expect("getsockopt"),
             256
         );
-        let plain = tcp::bind_tcp(&HostPort::parse("b", "127.0.0.1:0", true).expect("a"))
-            .await
-            .expect("bind");
+        let plain = tcp::bind_tcp_with(
+            &HostPort::parse("b", "127.0.0.1:0", true).expect("a"),
+            false,
+        )
+        .await
+        .expect("bind");
         assert_eq!(
-            mtt::sys::tcp_fastopen_listener(&plain).expect("getsockopt"),
+            mtt::testing::sys::tcp_fastopen_listener(&plain).expect("getsockopt"),
             0
         );
         let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
@@ -244,8 +247,8 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
         let echo = echo_server().await;
         let mut scfg = server_config(echo, Some(CertSource::SelfSigned(None)), T);
         scfg.fast_open = true;
-        let server = mtt::role::server::Server::new(scfg).expect("server");
-        let pin = mtt::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
+        let server = mtt::testing::role::server::Server::new(scfg).expect("server");
+        let pin = mtt::testing::config::parse_pin(&server.fingerprint().expect("fp")).expect("pin");
         let sl = tcp::bind_tcp_with(&HostPort::parse("b", "127.0.0.1:0", true).expect("a"), true)
             .await
             .expect("bind");

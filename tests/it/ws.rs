@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use mtt::certs::CertSource;
-use mtt::transport::options::PathMatch;
-use mtt::transport::options::{TlsClientOptions, Verify, WsServerOptions};
-use mtt::transport::tls::TlsClient;
-use mtt::transport::ws::{self, Role, encode_header, parse_header};
+use mtt::testing::certs::CertSource;
+use mtt::testing::transport::options::PathMatch;
+use mtt::testing::transport::options::{TlsClientOptions, Verify, WsServerOptions};
+use mtt::testing::transport::tls::TlsClient;
+use mtt::testing::transport::ws::{self, Role, encode_header, parse_header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -351,9 +351,9 @@ async fn fake_ws_server(
     String,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
-    let ss = mtt::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
+    let ss = mtt::testing::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
     let fp = ss.cert_key.fingerprint();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(mtt::certs::provider())
+    let mut cfg = rustls::ServerConfig::builder_with_provider(mtt::testing::certs::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_no_client_auth()
@@ -419,7 +419,7 @@ async fn upgrade_request_is_byte_exact_and_data_waits_for_101() {
             )
         })
         .await;
-        let mut cfg = wss_client_config(addr, Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")), "my/path", T);
+        let mut cfg = wss_client_config(addr, Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")), "my/path", T);
         cfg.dial.ws.as_mut().expect("ws").host = "tunnel.example".into();
         let client = start_client(cfg).await;
         let mut app = TcpStream::connect(client.addr).await.expect("connect");
@@ -458,10 +458,10 @@ async fn failed_upgrades_close_the_local_connection_at_once_and_say_why() {
         ] {
             let resp = response.clone();
             let (addr, fp, _seen) = fake_ws_server(move |_| resp.clone()).await;
-            let cfg = wss_client_config(addr, Verify::Pin(mtt::config::parse_pin(&fp).expect("pin")), "/", T);
-            let err = match mtt::transport::Dialer::new(&cfg.dial).expect("dialer").dial(mtt::transport::datagram::Kind::Stream).await {
+            let cfg = wss_client_config(addr, Verify::Pin(mtt::testing::config::parse_pin(&fp).expect("pin")), "/", T);
+            let err = match mtt::testing::transport::Dialer::new(&cfg.dial).expect("dialer").dial(mtt::testing::transport::datagram::Kind::Stream).await {
                 Ok(_) => panic!("{response}: the upgrade must fail"),
-                Err(e) => e.to_string(),
+                Err(e) => e.report().to_string(),
             };
             assert!(err.contains(why), "{err}");
             let client = start_client(cfg).await;
@@ -479,7 +479,7 @@ fn wss_server_config(
     path: &str,
     fallback: Option<SocketAddr>,
     tls: bool,
-) -> mtt::config::ServerConfig {
+) -> mtt::testing::config::ServerConfig {
     let mut c = server_config(
         dest,
         tls.then(|| CertSource::SelfSigned(Some("127.0.0.1".into()))),

@@ -80,7 +80,8 @@ impl Acme {
             }
             Ok(None) => {}
             Err(e) => log::warn!(
-                "ACME: the cached certificate is not usable ({e}); a new one will be ordered"
+                "ACME: the cached certificate is not usable ({}); a new one will be ordered",
+                e.report()
             ),
         }
         Ok(acme)
@@ -155,7 +156,7 @@ impl Acme {
             match first {
                 Ok(r) => r?,
                 Err(_) => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "-acme: no certificate for {} within {FIRST_LIMIT:?} from {}",
                         self.names(),
                         self.opts.directory
@@ -207,7 +208,7 @@ impl Acme {
             match self.order().await {
                 Ok(()) => return Ok(()),
                 Err(Failed::Refused(why)) => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "-acme: no certificate for {}: {} refused: {why}",
                         self.names(),
                         self.opts.directory
@@ -290,15 +291,13 @@ impl Acme {
         }
         let (chain_pem, key_pem) = result?;
         self.install(&chain_pem, &key_pem)
-            .map_err(|e| Failed::Unreachable(e.to_string()))
+            .map_err(|e| Failed::Unreachable(e.report().to_string()))
     }
 
     /// Writes the certificate and key (0600, each replaced whole) and serves them.
     fn install(&self, chain_pem: &str, key_pem: &str) -> Result<()> {
         let bad = |e: rustls::pki_types::pem::Error| {
-            Error::Runtime(format!(
-                "ACME: the CA sent a certificate that does not parse: {e}"
-            ))
+            Error::failed("ACME: the CA sent a certificate that does not parse", e)
         };
         let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .collect::<std::result::Result<Vec<_>, _>>()
@@ -325,7 +324,7 @@ impl Acme {
         let builder = || {
             self.http()
                 .map(|h| Account::builder_with_http(Box::new(h)))
-                .map_err(|e| Failed::Unreachable(e.to_string()))
+                .map_err(|e| Failed::Unreachable(e.report().to_string()))
         };
         if let Ok(text) = std::fs::read(&path) {
             match serde_json::from_slice::<AccountCredentials>(&text) {
@@ -357,7 +356,7 @@ impl Acme {
             .map_err(|e| failed("new account", e))?;
         let text =
             serde_json::to_vec(&creds).map_err(|e| Failed::Unreachable(format!("account: {e}")))?;
-        write_private(&path, &text).map_err(|e| Failed::Unreachable(e.to_string()))?;
+        write_private(&path, &text).map_err(|e| Failed::Unreachable(e.report().to_string()))?;
         log::info!("ACME: registered an account at {}", self.opts.directory);
         Ok(account)
     }

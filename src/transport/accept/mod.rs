@@ -183,7 +183,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 }
                 Err(e) => {
                     m.fail(Failure::Handshake);
-                    crate::rarely!(Warn, "{id}: {e}");
+                    crate::rarely!(Warn, "{id}: {}", crate::error::Report(&e));
                     return;
                 }
             }
@@ -316,7 +316,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
 /// server, is told apart from a broken handshake. At most once a second per kind.
 fn say_failed_handshake(id: &ConnId, e: &Error) {
     let Error::Tunnel { step, source, .. } = e else {
-        crate::rarely!(Warn, "{id}: {e}");
+        crate::rarely!(Warn, "{id}: {}", e.report());
         return;
     };
     let text = source.to_string();
@@ -343,7 +343,7 @@ fn say_failed_handshake(id: &ConnId, e: &Error) {
             );
         }
         _ => {
-            crate::rarely!(Warn, "{id}: {e}");
+            crate::rarely!(Warn, "{id}: {}", e.report());
         }
     }
 }

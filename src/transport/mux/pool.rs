@@ -66,13 +66,9 @@ pub struct MuxPool {
 
 impl MuxPool {
     /// A pool of sessions speaking `muxing` that carry at most `max_streams` streams and
-    /// close after `idle` without any; `dial` makes each session's connection.
-    pub fn new(max_streams: usize, idle: Duration, muxing: Muxing, dial: DialFn) -> Arc<Self> {
-        Self::with_ping(max_streams, idle, muxing, None, dial)
-    }
-
-    /// [`MuxPool::new`] whose yamux sessions send keepalive frames every `ping` and are given
-    /// up when a pinging server goes silent for two intervals.
+    /// close after `idle` without any; `dial` makes each session's connection. Sessions with a
+    /// keepalive send it every `ping` and are given up when a pinging server goes silent for
+    /// two intervals.
     pub fn with_ping(
         max_streams: usize,
         idle: Duration,
@@ -107,7 +103,7 @@ impl MuxPool {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| Error::Runtime("multiplexing: no session".into())))
+        Err(last.unwrap_or_else(|| Error::runtime("multiplexing: no session")))
     }
 
     async fn try_open(self: &Arc<Self>, kind: Kind) -> Result<MuxStream> {

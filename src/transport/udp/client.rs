@@ -264,9 +264,9 @@ impl Association {
                     crate::Error::Tunnel {
                         step: crate::error::Step::Udp,
                         ..
-                    } => datagram::warn_once(&REFUSED, format_args!("{e} (said once)")),
+                    } => datagram::warn_once(&REFUSED, format_args!("{} (said once)", e.report())),
                     _ => {
-                        crate::rarely!(Warn, "UDP from {src}: {e}");
+                        crate::rarely!(Warn, "UDP from {src}: {}", e.report());
                     }
                 }
                 self.stop.cancel();

@@ -45,6 +45,7 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The memory its buffer holds now.
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }

@@ -16,9 +16,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use client::UdpSide;
-pub use frame::{FrameReader, MAX_DATAGRAM, frame_into, frames_in};
+pub use frame::{FrameReader, MAX_DATAGRAM};
 pub use relay::{connect_dest, relay_to_socket};
-pub use socket::{MAX_SEGMENTS, RecvBatch, Socket, widen_receive_buffer};
+pub use socket::{Socket, widen_receive_buffer};
 
 /// Milliseconds since `start`: the activity stamps that both directions of an association
 /// write and its watchdog reads.

@@ -70,6 +70,7 @@ impl Socket {
     }
 
     /// Waits for a datagram from the connected peer.
+    #[cfg(test)]
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.fd.async_io(Interest::READABLE, |s| s.recv(buf)).await
     }
@@ -85,6 +86,7 @@ impl Socket {
     }
 
     /// Waits for a datagram from anyone.
+    #[cfg(test)]
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.fd
             .async_io(Interest::READABLE, |s| s.recv_from(buf))

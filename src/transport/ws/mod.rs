@@ -13,8 +13,8 @@ mod read;
 mod stream;
 mod write;
 
-pub use frame::{Header, MAX_FRAME, encode_header, parse_header};
-pub use handshake::{accept_key, client, has_token, new_key, upgrade_request};
+pub use frame::{encode_header, parse_header};
+pub use handshake::{accept_key, client, upgrade_request};
 pub use stream::WsStream;
 
 /// Which end of the connection we are: clients mask what they send, servers do not.

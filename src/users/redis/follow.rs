@@ -29,7 +29,7 @@ impl Users {
                 let Some(snap) = opts.snapshot.as_ref().filter(|p| p.exists()) else {
                     return Err(match &opts.snapshot {
                         // Given, but never written: it is written once Redis has answered.
-                        Some(snap) => Error::Runtime(format!(
+                        Some(snap) => Error::runtime(format!(
                             "-users-redis {}: Redis cannot be reached, and -users-redis-snapshot {} does not exist yet (it is written once Redis has answered): start Redis, or check the URL",
                             super::redacted(&opts.url),
                             snap.display()
@@ -37,7 +37,11 @@ impl Users {
                         None => e,
                     });
                 };
-                log::warn!("{e}; starting from the snapshot {}", snap.display());
+                log::warn!(
+                    "{}; starting from the snapshot {}",
+                    e.report(),
+                    snap.display()
+                );
                 return Self::from_snapshot(opts).await;
             }
         };
@@ -58,7 +62,7 @@ impl Users {
     /// connection manager made without a live connection).
     async fn from_snapshot(opts: RedisOptions) -> Result<Arc<Users>> {
         let Some(snap) = opts.snapshot.clone() else {
-            return Err(Error::Runtime("no snapshot".into()));
+            return Err(Error::runtime("no snapshot"));
         };
         let loaded = Users::load(Some(snap.clone()))?;
         let entries: Vec<(String, HostPort)> = loaded
@@ -150,7 +154,7 @@ impl Users {
         let map = self.read().clone();
         match super::super::save(snap, &map) {
             Ok(()) => store.snapshot_at.store(version, Ordering::Relaxed),
-            Err(e) => log::warn!("users: snapshot not written: {e}"),
+            Err(e) => log::warn!("users: snapshot not written: {}", e.report()),
         }
     }
 
@@ -274,7 +278,7 @@ impl Users {
             Some(store) => match store.fleet().await {
                 Ok(f) => f,
                 Err(e) => {
-                    log::debug!("users: {e}; showing this server's counters");
+                    log::debug!("users: {}; showing this server's counters", e.report());
                     local()
                 }
             },

@@ -197,8 +197,7 @@ impl Store {
             }
             Change::Reset => ("reset", Announced::Reset, Vec::new()),
         };
-        let text =
-            serde_json::to_string(&announced).map_err(|e| Error::Runtime(format!("users: {e}")))?;
+        let text = serde_json::to_string(&announced).map_err(|e| Error::failed("users", e))?;
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(WRITE)
             .arg(2)
@@ -216,9 +215,10 @@ impl Store {
             }
             Err(e) => {
                 self.mark(false, &e.to_string());
-                Err(Error::Unavailable(format!(
-                    "the users' Redis cannot be reached ({e}); nothing was changed, try again"
-                )))
+                Err(Error::unavailable(
+                    "the users' Redis cannot be reached; nothing was changed, try again",
+                    e,
+                ))
             }
         }
     }
@@ -244,7 +244,7 @@ impl Store {
                     if matches!(path, std::borrow::Cow::Owned(_)) {
                         return Err("its path is not UTF-8".to_string());
                     }
-                    check(&path, &e.dst).map_err(|e| e.to_string())
+                    check(&path, &e.dst).map_err(|e| e.report().to_string())
                 });
             match parsed {
                 Ok(dst) => users.push((path.into_owned(), dst)),
@@ -332,9 +332,8 @@ impl Store {
 
     /// Fleet-wide (live tunnels, bytes up, bytes down) per path.
     pub async fn fleet(&self) -> Result<HashMap<String, (u64, u64, u64)>> {
-        let unavailable = |e: redis::RedisError| {
-            Error::Unavailable(format!("the users' Redis cannot be reached ({e})"))
-        };
+        let unavailable =
+            |e: redis::RedisError| Error::unavailable("the users' Redis cannot be reached", e);
         let mut conn = self.conn.clone();
         let (up, down): (HashMap<String, u64>, HashMap<String, u64>) = redis::pipe()
             .hgetall(self.key("bytes_up"))

@@ -54,7 +54,7 @@ pub(super) fn client(opts: &RedisOptions) -> Result<redis::Client> {
 }
 
 pub(super) fn unreachable_at(url: &str, why: &str) -> Error {
-    Error::Runtime(format!(
+    Error::runtime(format!(
         "-users-redis {}: Redis cannot be reached ({why}); start it, check the URL, or give -users-redis-snapshot to start from the last table",
         redacted(url)
     ))

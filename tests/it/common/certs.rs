@@ -38,7 +38,7 @@ pub fn pki() -> Pki {
 /// A self-signed certificate for `name` written to PEM files: (dir, cert, key, SHA-256).
 pub fn self_signed_files(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
     let dir = tempfile::tempdir().expect("tmp");
-    let ss = mtt::certs::pem::self_signed(Some(name)).expect("cert");
+    let ss = mtt::testing::certs::pem::self_signed(Some(name)).expect("cert");
     let cert = dir.path().join("c.pem");
     let key = dir.path().join("k.pem");
     std::fs::write(&cert, &ss.cert_pem).expect("write cert");

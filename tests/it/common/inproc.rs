@@ -92,7 +92,9 @@ pub async fn start_client(cfg: ClientConfig) -> Running {
 }
 
 pub fn pin_of(r: &Running) -> Verify {
-    Verify::Pin(mtt::config::parse_pin(r.fingerprint.as_deref().expect("tls")).expect("pin"))
+    Verify::Pin(
+        mtt::testing::config::parse_pin(r.fingerprint.as_deref().expect("tls")).expect("pin"),
+    )
 }
 
 /// A self-signed server → echo, and a client pinned to it; returns the client's address.

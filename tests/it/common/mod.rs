@@ -7,13 +7,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mtt::addr::HostPort;
-pub use mtt::certs::CertSource;
-use mtt::config::{ClientConfig, Listen, ServerConfig};
-use mtt::role::client::Client;
-use mtt::role::server::Server;
-use mtt::transport::Listener;
-use mtt::transport::options::{
+use mtt::testing::addr::HostPort;
+pub use mtt::testing::certs::CertSource;
+use mtt::testing::config::{ClientConfig, Listen, ServerConfig};
+use mtt::testing::role::client::Client;
+use mtt::testing::role::server::Server;
+use mtt::testing::transport::Listener;
+use mtt::testing::transport::options::{
     AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, PathMatch, TlsClientOptions, Verify,
     WsClientOptions, WsServerOptions, normalize_path,
 };
@@ -49,7 +49,7 @@ pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    mtt::certs::fingerprint::sha256(data)
+    mtt::testing::certs::fingerprint::sha256(data)
 }
 
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {

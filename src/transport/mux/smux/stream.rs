@@ -28,6 +28,7 @@ pub struct SmuxStream {
 
 impl SmuxStream {
     /// The stream's id in its session.
+    #[cfg(test)]
     pub fn id(&self) -> u32 {
         self.sid
     }

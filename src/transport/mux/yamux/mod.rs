@@ -127,7 +127,7 @@ const SPLIT_SEND: usize = 64 * 1024;
 fn mux_err(e: yamux::ConnectionError) -> io::Error {
     match e {
         yamux::ConnectionError::Io(e) => e,
-        other => io::Error::other(format!("multiplexing: {other}")),
+        other => io::Error::other(other),
     }
 }
 
@@ -251,10 +251,10 @@ mod tests {
                     v2: false,
                     rtt: None,
                 })
-                .ok_or_else(|| crate::Error::Runtime("dialled twice".into()))
+                .ok_or_else(|| crate::Error::runtime("dialled twice"))
             })
         });
-        let pool = MuxPool::new(4, idle, Muxing::Yamux, dial);
+        let pool = MuxPool::with_ping(4, idle, Muxing::Yamux, None, dial);
         (
             pool,
             YamuxSession::server(
