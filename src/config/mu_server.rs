@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    AcmeFlags, Listen, cert_source, drain, fallback_timeout, max_conns, server_listen, timeout,
-    timeouts, trusted, udp_timeout,
+    Listen, cert_source, drain, fallback_timeout, max_conns, server_listen, timeout, timeouts,
+    trusted, udp_timeout,
 };
 use crate::addr::HostPort;
 use crate::certs::CertSource;
@@ -194,19 +194,7 @@ impl MuServerConfig {
             token_file,
             users_file,
             users_redis,
-            tls: cert_source(
-                &a.cert,
-                &a.key,
-                &a.n,
-                a.disable_tls,
-                &AcmeFlags {
-                    names: &a.acme,
-                    email: &a.acme_email,
-                    dir: &a.acme_dir,
-                    directory: &a.acme_directory,
-                    ca: &a.acme_ca,
-                },
-            )?,
+            tls: cert_source(&a.cert, &a.key, &a.n, a.disable_tls, &a.acme_flags())?,
             fallback,
             early_data: super::early_data_switch(&a.early_data)?,
             mux: a.mux,

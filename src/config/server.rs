@@ -57,14 +57,7 @@ impl ServerConfig {
             fallback,
             early_data,
         });
-        let acme = AcmeFlags {
-            names: &a.acme,
-            email: &a.acme_email,
-            dir: &a.acme_dir,
-            directory: &a.acme_directory,
-            ca: &a.acme_ca,
-        };
-        let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls, &acme)?;
+        let tls = cert_source(&a.cert, &a.key, &a.n, a.disable_tls, &a.acme_flags())?;
         Ok(ServerConfig {
             listen,
             dest,
