@@ -7,15 +7,11 @@ use std::path::Path;
 use argh::FromArgs;
 use tokio_util::sync::CancellationToken;
 
-use crate::addr::HostPort;
 use crate::certs::pem as cert;
 use crate::cli::{BenchArgs, CertArgs, ClientArgs, MuServerArgs, ServerArgs, Top};
-use crate::config::{ClientConfig, Listen, ServerConfig};
+use crate::config::{ClientConfig, ServerConfig};
 use crate::goflag::{self, Parsed};
-use crate::role::client::Client;
-use crate::role::server::Server;
 use crate::sip003;
-use crate::transport::{Listener, tcp, unix};
 use crate::{Error, Result, VERSION};
 
 /// What argv asks for.
@@ -141,30 +137,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// A client whose server (`-s`) is its own listener (`-b`) would dial itself for every
-/// connection, each dial a connection more, until it runs out of descriptors: refused at
-/// start. Only what needs no name resolution is compared (an IP literal, `localhost`).
-fn refuse_dialling_itself(server: &HostPort, listening: String) -> Result<()> {
-    let Ok(local) = listening.parse::<std::net::SocketAddr>() else {
-        return Ok(());
-    };
-    let ip = match server.ip() {
-        Some(ip) => ip,
-        None if server.host.eq_ignore_ascii_case("localhost") => {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        }
-        None => return Ok(()),
-    };
-    let same_ip = ip == local.ip()
-        || (local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
-    if same_ip && server.port == local.port() {
-        return Err(Error::usage(format!(
-            "-s {server} is this client's own -b ({local}): every connection would dial the client again; give -s the server's address"
-        )));
-    }
-    Ok(())
-}
-
 macro_rules! parse_or_help {
     ($ty:ty, $prog:expr, $rest:expr) => {
         match goflag::parse::<$ty>($prog, $rest)? {
@@ -233,28 +205,12 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 // Relative, as Android hosts put it in the plugin's working directory.
                 cfg.dial.protect = Some(crate::transport::protect::PROTECT_PATH.into());
             }
-            let metrics = metrics_addr(&args.metrics)?;
+            let metrics = crate::config::metrics_addr(&args.metrics)?;
             let scheduling = match cfg.dial.mux {
                 Some(_) => Scheduling::Sessions,
                 None => Scheduling::Default,
             };
-            runtime_for(scheduling)?.block_on(async {
-                let client = Client::new(cfg.clone())?;
-                crate::shutdown::ignore_hangup()?;
-                let listener =
-                    Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
-                refuse_dialling_itself(&cfg.dial.server, listener.local_addr())?;
-                let udp = match cfg.udp {
-                    None => None,
-                    Some(_) => Some(listener.bind_udp_beside().map_err(|e| {
-                        Error::io(format!("-udp: listen for UDP on {}", cfg.listen), e)
-                    })?),
-                };
-                let shutdown = crate::shutdown::on_signals()?;
-                serve_metrics(metrics.as_ref(), &shutdown).await?;
-                client.serve(listener, udp, shutdown).await;
-                Ok(())
-            })
+            runtime_for(scheduling)?.block_on(crate::role::client::main(cfg, metrics))
         }
         Command::Server => {
             let args = match &plugin {
@@ -274,36 +230,14 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             };
             crate::logging::init(args.verbose);
             let cfg = ServerConfig::from_args(&args)?;
-            let metrics = metrics_addr(&args.metrics)?;
-            runtime_for(Scheduling::Sessions)?.block_on(async {
-                let server = Server::new(cfg.clone())?;
-                crate::shutdown::on_hangup(server.reloader())?;
-                crate::watch::on_cert_change(server.reloader());
-                let listener = match &cfg.listen {
-                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
-                    Listen::Unix(p) => Listener::Unix(unix::bind_unix(p)?),
-                };
-                let shutdown = crate::shutdown::on_signals()?;
-                serve_metrics(metrics.as_ref(), &shutdown).await?;
-                server.run(listener, shutdown).await
-            })
+            let metrics = crate::config::metrics_addr(&args.metrics)?;
+            runtime_for(Scheduling::Sessions)?.block_on(crate::role::server::main(cfg, metrics))
         }
         Command::MuServer => {
             let args = parse_or_help!(MuServerArgs, prog, rest);
             crate::logging::init(args.verbose);
             let cfg = crate::config::MuServerConfig::from_args(&args, |k| std::env::var(k).ok())?;
-            runtime_for(Scheduling::Sessions)?.block_on(async {
-                let server = crate::role::mu_server::MuServer::start(cfg.clone()).await?;
-                crate::shutdown::on_hangup(server.reloader())?;
-                crate::watch::on_cert_change(server.reloader());
-                let data = match &cfg.listen {
-                    Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, cfg.fast_open).await?),
-                    Listen::Unix(p) => Listener::Unix(unix::bind_unix(p)?),
-                };
-                let control = tcp::bind_for("c", &cfg.controller, false).await?;
-                let shutdown = crate::shutdown::on_signals()?;
-                server.run(data, control, shutdown).await
-            })
+            runtime_for(Scheduling::Sessions)?.block_on(crate::role::mu_server::main(cfg))
         }
         Command::Cert => {
             let args = parse_or_help!(CertArgs, prog, rest);
@@ -316,39 +250,6 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             runtime()?.block_on(crate::bench::run(opts, CancellationToken::new()))
         }
     }
-}
-
-/// `-metrics`: the endpoint has no authentication, so `:port` means loopback, not every
-/// interface; exposing it takes an explicit address.
-fn metrics_addr(v: &Option<String>) -> Result<Option<crate::addr::HostPort>> {
-    let parsed = v
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|m| crate::addr::HostPort::parse("metrics", m, true))
-        .transpose()?;
-    Ok(parsed.map(|mut a| {
-        if a.host.is_empty() {
-            a.host = "127.0.0.1".into();
-        }
-        a
-    }))
-}
-
-/// Starts the `-metrics` endpoint, if asked for.
-async fn serve_metrics(
-    addr: Option<&crate::addr::HostPort>,
-    shutdown: &CancellationToken,
-) -> Result<()> {
-    if let Some(addr) = addr {
-        let l = tcp::bind_for("metrics", addr, false).await?;
-        log::info!(
-            target: crate::logging::NOTICE,
-            "metrics at http://{}/metrics",
-            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-        );
-        tokio::spawn(crate::admin::serve_metrics(l, shutdown.clone()));
-    }
-    Ok(())
 }
 
 /// What the async runtime of a process is tuned for.

@@ -268,3 +268,19 @@ fn server_listen(b: &Option<String>, bind_unix: bool) -> Result<Listen> {
         Listen::Tcp(HostPort::parse("b", b, true)?)
     })
 }
+
+/// `-metrics`: the endpoint has no authentication, so `:port` means loopback, not every
+/// interface; exposing it takes an explicit address.
+pub(crate) fn metrics_addr(v: &Option<String>) -> Result<Option<HostPort>> {
+    let parsed = v
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|m| HostPort::parse("metrics", m, true))
+        .transpose()?;
+    Ok(parsed.map(|mut a| {
+        if a.host.is_empty() {
+            a.host = "127.0.0.1".into();
+        }
+        a
+    }))
+}

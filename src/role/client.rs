@@ -10,18 +10,64 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{Counted, log_relay_end};
-use crate::Result;
+use crate::addr::HostPort;
 use crate::config::ClientConfig;
 use crate::metrics::Failure;
 use crate::transport::datagram::Kind;
 use crate::transport::serve::accept_loop;
-use crate::transport::{ConnId, Dialer, Limits, Listener, Stream, relay};
+use crate::transport::{ConnId, Dialer, Limits, Listener, Stream, relay, tcp};
+use crate::{Error, Result};
 
 use crate::transport::udp::UdpSide;
 
 /// How long a tunnel with early data waits for the application's first write before it
 /// upgrades without it (a server-speaks-first protocol writes nothing).
 const EARLY_WAIT: Duration = Duration::from_millis(100);
+
+/// The `mtt client` process: binds `-b` (and UDP beside it with `-udp`) and `-metrics`, then
+/// serves until SIGINT/SIGTERM and drains.
+pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>) -> Result<()> {
+    let client = Client::new(cfg.clone())?;
+    crate::shutdown::ignore_hangup()?;
+    let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
+    refuse_dialling_itself(&cfg.dial.server, listener.local_addr())?;
+    let udp = match cfg.udp {
+        None => None,
+        Some(_) => Some(
+            listener
+                .bind_udp_beside()
+                .map_err(|e| Error::io(format!("-udp: listen for UDP on {}", cfg.listen), e))?,
+        ),
+    };
+    let shutdown = crate::shutdown::on_signals()?;
+    super::serve_metrics(metrics.as_ref(), &shutdown).await?;
+    client.serve(listener, udp, shutdown).await;
+    Ok(())
+}
+
+/// A client whose server (`-s`) is its own listener (`-b`) would dial itself for every
+/// connection, each dial a connection more, until it runs out of descriptors: refused at
+/// start. Only what needs no name resolution is compared (an IP literal, `localhost`).
+fn refuse_dialling_itself(server: &HostPort, listening: String) -> Result<()> {
+    let Ok(local) = listening.parse::<std::net::SocketAddr>() else {
+        return Ok(());
+    };
+    let ip = match server.ip() {
+        Some(ip) => ip,
+        None if server.host.eq_ignore_ascii_case("localhost") => {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        }
+        None => return Ok(()),
+    };
+    let same_ip = ip == local.ip()
+        || (local.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified()));
+    if same_ip && server.port == local.port() {
+        return Err(Error::usage(format!(
+            "-s {server} is this client's own -b ({local}): every connection would dial the client again; give -s the server's address"
+        )));
+    }
+    Ok(())
+}
 
 /// A ready-to-run client: configuration checked, TLS set up.
 pub struct Client {

@@ -17,8 +17,9 @@ use crate::metrics::Failure;
 use crate::transport::relay::Tally;
 use tokio_util::sync::CancellationToken;
 
+use crate::Result;
 use crate::certs::Certs;
-use crate::transport::{BoxIo, ConnId, Transferred, relay, tcp};
+use crate::transport::{BoxIo, ConnId, Listener, Transferred, relay, tcp};
 
 /// Where a server's tunnels go, and how it dials there.
 pub(crate) struct Destinations {
@@ -217,4 +218,27 @@ pub(crate) fn log_relay_end(id: &ConnId, res: &io::Result<Transferred>) {
             None => log::info!("{id}: tunnel ended: {e}"),
         },
     }
+}
+
+/// Starts the `-metrics` endpoint, if asked for.
+async fn serve_metrics(addr: Option<&HostPort>, shutdown: &CancellationToken) -> Result<()> {
+    if let Some(addr) = addr {
+        let l = tcp::bind_for("metrics", addr, false).await?;
+        log::info!(
+            target: crate::logging::NOTICE,
+            "metrics at http://{}/metrics",
+            l.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        tokio::spawn(crate::admin::serve_metrics(l, shutdown.clone()));
+    }
+    Ok(())
+}
+
+/// Binds a server's listener: `-b` as TCP (accepting fast open with `-fast-open`) or, with
+/// `-bind-unix`, a Unix socket.
+async fn bind_listen(listen: &crate::config::Listen, fast_open: bool) -> Result<Listener> {
+    Ok(match listen {
+        crate::config::Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, fast_open).await?),
+        crate::config::Listen::Unix(p) => Listener::Unix(crate::transport::unix::bind_unix(p)?),
+    })
 }

@@ -15,6 +15,19 @@ use crate::transport::options::{AcceptOptions, EarlyData, PathMatch, WsServerOpt
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, tcp};
 use crate::users::{User, Users};
 
+/// The `mtt mu-server` process: loads the users, binds `-b` and the controller's `-c`,
+/// reloads the certificate on SIGHUP or when its files change, and serves until
+/// SIGINT/SIGTERM, then drains.
+pub async fn main(cfg: MuServerConfig) -> Result<()> {
+    let server = MuServer::start(cfg.clone()).await?;
+    crate::shutdown::on_hangup(server.reloader())?;
+    crate::watch::on_cert_change(server.reloader());
+    let data = super::bind_listen(&cfg.listen, cfg.fast_open).await?;
+    let control = tcp::bind_for("c", &cfg.controller, false).await?;
+    let shutdown = crate::shutdown::on_signals()?;
+    server.run(data, control, shutdown).await
+}
+
 /// A ready-to-run multi-user server.
 pub struct MuServer {
     cfg: MuServerConfig,

@@ -11,6 +11,18 @@ use crate::config::ServerConfig;
 use crate::transport::datagram::Kind;
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, dns, tcp};
 
+/// The `mtt server` process: binds `-b` and `-metrics`, reloads the certificate on SIGHUP or
+/// when its files change, and serves until SIGINT/SIGTERM, then drains.
+pub async fn main(cfg: ServerConfig, metrics: Option<crate::addr::HostPort>) -> Result<()> {
+    let server = Server::new(cfg.clone())?;
+    crate::shutdown::on_hangup(server.reloader())?;
+    crate::watch::on_cert_change(server.reloader());
+    let listener = super::bind_listen(&cfg.listen, cfg.fast_open).await?;
+    let shutdown = crate::shutdown::on_signals()?;
+    super::serve_metrics(metrics.as_ref(), &shutdown).await?;
+    server.run(listener, shutdown).await
+}
+
 /// A ready-to-run server: configuration checked, certificate loaded or made.
 pub struct Server {
     cfg: ServerConfig,
