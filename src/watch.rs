@@ -11,6 +11,9 @@ use crate::role::Reloader;
 /// Changes closer together than this are one change: a renewal writes the certificate and the
 /// key one after the other, and the pair is read once both are in place.
 const SETTLE: Duration = Duration::from_millis(500);
+/// How long a certificate and key that do not belong together wait for the other file of the
+/// pair (a renewal that writes them further apart than [`SETTLE`]) before it is an error.
+const PAIR: Duration = Duration::from_secs(5);
 
 /// Watches the directories of the certificate files (a renewal may replace a file or re-point
 /// a symlink) and reloads after each settled change. Without certificate files this does
@@ -58,9 +61,30 @@ pub fn on_cert_change(reload: Reloader) {
         while rx.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
             log::info!("-cert/-key changed on disk: re-reading them");
-            reload.reload_cert();
+            let mut reloaded = reload.try_reload_cert();
+            if half_renewed(&reloaded) {
+                log::info!(
+                    "-cert and -key do not belong together yet: waiting up to {PAIR:?} for the other file of the pair"
+                );
+                if let Ok(Some(())) = tokio::time::timeout(PAIR, rx.recv()).await {
+                    while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
+                    reloaded = reload.try_reload_cert();
+                }
+            }
+            reload.report_cert(reloaded);
         }
     });
+}
+
+/// A reload that found one file of the pair new and the other old.
+fn half_renewed(reloaded: &crate::Result<Option<String>>) -> bool {
+    matches!(
+        reloaded,
+        Err(crate::Error::Cert {
+            source: crate::error::CertError::Mismatch(_),
+            ..
+        })
+    )
 }
 
 fn is_change(kind: &EventKind) -> bool {

@@ -138,9 +138,19 @@ impl Reloader {
         self.certs.as_ref().and_then(|c| c.files())
     }
 
-    /// Re-reads only `-cert`/`-key` (what a change on disk calls for).
+    /// Re-reads only `-cert`/`-key` (what a change on disk calls for), and says how it went.
     pub fn reload_cert(&self) {
-        match self.certs.as_ref().map_or(Ok(None), |c| c.reload()) {
+        self.report_cert(self.try_reload_cert())
+    }
+
+    /// Re-reads `-cert`/`-key`: the new fingerprint, `None` without files.
+    pub fn try_reload_cert(&self) -> crate::Result<Option<String>> {
+        self.certs.as_ref().map_or(Ok(None), |c| c.reload())
+    }
+
+    /// Says how a reload of `-cert`/`-key` went.
+    pub fn report_cert(&self, reloaded: crate::Result<Option<String>>) {
+        match reloaded {
             Ok(Some(fp)) => log::info!(
                 target: crate::logging::NOTICE,
                 "reloaded -cert/-key: new handshakes present SHA-256 {fp}"

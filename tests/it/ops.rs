@@ -151,6 +151,57 @@ async fn changed_certificate_files_are_reloaded_without_a_signal() {
     .await;
 }
 
+/// A renewal that writes the key well after the certificate (further apart than the watch's
+/// settling time) is read as a pair once both are in place, without an ERROR in between.
+#[tokio::test]
+async fn a_certificate_and_key_renewed_seconds_apart_are_read_as_a_pair() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_dir, cert_a, key_a, _fp_a) = self_signed_files("localhost");
+        let (_d2, cert_b, key_b, fp_b) = self_signed_files("localhost");
+        let live = tempfile::tempdir().expect("tmp");
+        let (cert, key) = (live.path().join("cert.pem"), live.path().join("key.pem"));
+        std::fs::copy(&cert_a, &cert).expect("copy");
+        std::fs::copy(&key_a, &key).expect("copy");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-verbose",
+            ],
+        );
+        let addr = server.listening_addr().await;
+        server.wait_line("watching").await;
+        std::fs::copy(&cert_b, &cert).expect("new certificate");
+        // The server has read the new certificate with the old key, and waits for the key.
+        server.wait_line("waiting up to").await;
+        std::fs::copy(&key_b, &key).expect("new key");
+        let line = server.wait_line("reloaded -cert/-key").await;
+        assert!(line.contains(&fp_b), "{line}");
+        let new = start_client(client_config(addr, "localhost", pin(&fp_b), T)).await;
+        echo_roundtrip(new.addr, &random_bytes(16 * 1024, 5)).await;
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+        let mut lines = server.seen.clone();
+        while let Some(l) = server.next_line().await {
+            lines.push(l);
+        }
+        assert!(
+            !lines.iter().any(|l| l.contains("ERROR")),
+            "a half-renewed pair is no error: {lines:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn sighup_rereads_the_users_file() {
     bounded(async {
