@@ -20,6 +20,9 @@ use crate::users::{User, Users};
 /// SIGINT/SIGTERM, then drains.
 pub async fn main(cfg: MuServerConfig) -> Result<()> {
     let server = MuServer::start(cfg.clone()).await?;
+    if cfg.fast_open {
+        crate::platform::check_fast_open(true);
+    }
     crate::shutdown::on_hangup(server.reloader())?;
     crate::watch::on_cert_change(server.reloader());
     let data = super::bind_listen(&cfg.listen, cfg.fast_open).await?;

@@ -15,6 +15,9 @@ use crate::transport::{Acceptor, Limits, Listener, Tunnel, dns, tcp};
 /// when its files change, and serves until SIGINT/SIGTERM, then drains.
 pub async fn main(cfg: ServerConfig, metrics: Option<crate::addr::HostPort>) -> Result<()> {
     let server = Server::new(cfg.clone())?;
+    if cfg.fast_open {
+        crate::platform::check_fast_open(true);
+    }
     crate::shutdown::on_hangup(server.reloader())?;
     crate::watch::on_cert_change(server.reloader());
     let listener = super::bind_listen(&cfg.listen, cfg.fast_open).await?;
