@@ -210,7 +210,8 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                 Some(_) => Scheduling::Sessions,
                 None => Scheduling::Default,
             };
-            runtime_for(scheduling)?.block_on(crate::role::client::main(cfg, metrics))
+            let plugin = plugin.is_some();
+            runtime_for(scheduling)?.block_on(crate::role::client::main(cfg, metrics, plugin))
         }
         Command::Server => {
             let args = match &plugin {

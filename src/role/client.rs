@@ -25,9 +25,13 @@ use crate::transport::udp::UdpSide;
 const EARLY_WAIT: Duration = Duration::from_millis(100);
 
 /// The `mtt client` process: binds `-b` (and UDP beside it with `-udp`) and `-metrics`, then
-/// serves until SIGINT/SIGTERM and drains.
-pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>) -> Result<()> {
+/// serves until SIGINT/SIGTERM and drains. A `plugin` without UDP says so if its host sends
+/// it datagrams anyway.
+pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>, plugin: bool) -> Result<()> {
     let client = Client::new(cfg.clone())?;
+    if cfg.dial.fast_open {
+        crate::platform::check_fast_open(false);
+    }
     crate::shutdown::ignore_hangup()?;
     let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
     refuse_dialling_itself(&cfg.dial.server, listener.local_addr())?;
@@ -39,10 +43,31 @@ pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>) -> Result<()> {
                 .map_err(|e| Error::io(format!("-udp: listen for UDP on {}", cfg.listen), e))?,
         ),
     };
+    if plugin && udp.is_none() {
+        say_datagrams_unheard(&listener);
+    }
     let shutdown = crate::shutdown::on_signals()?;
     super::serve_metrics(metrics.as_ref(), &shutdown).await?;
     client.serve(listener, udp, shutdown).await;
     Ok(())
+}
+
+/// A plugin told `udp=false` whose host sends it datagrams anyway (shadowsocks in
+/// `tcp_and_udp` mode) would lose them without a word: the port listens for UDP until the
+/// first datagram, says once what to change, and closes (later ones are refused by the
+/// kernel, at no cost here).
+fn say_datagrams_unheard(listener: &Listener) {
+    let Ok(sock) = listener.bind_udp_beside() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut one = [0u8; 1];
+        if let Ok((_, from)) = sock.recv_from(&mut one).await {
+            log::warn!(
+                "UDP from {from} to this plugin's port is dropped: the plugin options say udp=false; remove it to carry UDP, or set the shadowsocks host's mode to tcp_only"
+            );
+        }
+    });
 }
 
 /// A client whose server (`-s`) is its own listener (`-b`) would dial itself for every
@@ -170,13 +195,37 @@ impl Client {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);
                 let res = relay(&mut local, &mut remote, self.cfg.timeout, &Counted(None)).await;
-                log_relay_end(&id, &res);
+                match &res {
+                    // The application's side ending badly is its own business; the server's
+                    // is news: it stopped, or the way to it broke.
+                    Err(e) if relay::failed_side(e) == Some(relay::Side::B) => {
+                        crate::rarely!(
+                            Warn,
+                            "{id}: the tunnel broke off on the server's side ({e}): the server stopped, its destination reset the connection, or the network cut it"
+                        );
+                    }
+                    _ => log_relay_end(&id, &res),
+                }
             }
             // Dropping `local` closes it at once: the application learns immediately.
             Err(e) => {
                 crate::metrics::get().fail(Failure::Server);
-                crate::rarely!(Warn, "{id}: {}", e.report());
+                crate::rarely!(Warn, "{id}: {}{}", e.report(), hint(&e));
             }
         }
+    }
+}
+
+/// What a failed dial may mean, where the error alone does not say.
+fn hint(e: &Error) -> &'static str {
+    match e {
+        Error::Tunnel {
+            step: crate::error::Step::Tls,
+            source,
+            ..
+        } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            " (the server closed the connection during the TLS handshake: it may be at its -max-conns, stopping, or no mtt server)"
+        }
+        _ => "",
     }
 }

@@ -20,7 +20,14 @@ struct Connector {
     tls: tls::TlsClient,
     /// TLS of plain-mode UDP tunnels: ALPN `mtt-udp`.
     tls_udp: tls::TlsClient,
+    /// Connections being set up now: bounded, so a storm of new tunnels (a server that is
+    /// slow or gone, an application opening thousands) cannot take every descriptor.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Connections a client sets up at once (TCP, TLS, WebSocket); more wait for one of them, at
+/// most the handshake timeout. Each in flight holds a descriptor and a TLS state.
+pub const DIALS_IN_FLIGHT: usize = 256;
 
 /// What a server said no to: UDP (no `-udp` there, or too old).
 fn udp_refused(server: &str, why: &str) -> Error {
@@ -41,6 +48,28 @@ impl Connector {
     async fn connect_early(&self, kind: Kind, first: &[u8]) -> Result<mux::Dialled> {
         let server = &self.opts.server;
         let peer = || format!("server {server}");
+        let _slot = match self.in_flight.try_acquire() {
+            Ok(slot) => slot,
+            Err(_) => {
+                crate::rarely!(
+                    Warn,
+                    "{DIALS_IN_FLIGHT} tunnels to {server} are being set up at once (the limit): new ones wait for them"
+                );
+                let wait = self.opts.timeouts.handshake;
+                match tokio::time::timeout(wait, self.in_flight.acquire()).await {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        let e = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "{DIALS_IN_FLIGHT} tunnels were being set up for {wait:?} and none finished: the server is slow or unreachable"
+                            ),
+                        );
+                        return Err(Error::tunnel(Step::Connect, peer(), e));
+                    }
+                }
+            }
+        };
         let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
             .await
             .map_err(|e| Error::tunnel(Step::Connect, peer(), e))?;
@@ -182,6 +211,7 @@ impl Dialer {
             },
             tls: tls::TlsClient::new(&opts.tls, alpn, handshake)?,
             tls_udp: tls::TlsClient::new(&opts.tls, &[datagram::ALPN_UDP], handshake)?,
+            in_flight: tokio::sync::Semaphore::new(DIALS_IN_FLIGHT),
             opts: opts.clone(),
         });
         let pool = opts.mux.as_ref().map(|m| {

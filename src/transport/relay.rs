@@ -103,10 +103,17 @@ impl<A: Io + ?Sized, B: Io + ?Sized> Future for Bidirectional<'_, A, B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let up = this.a_to_b.poll_copy(cx, &mut *this.a, &mut *this.b);
+        // An error names the stream it came from: the reader's or the writer's.
+        let up = this
+            .a_to_b
+            .poll_copy(cx, &mut *this.a, &mut *this.b)
+            .map_err(|(reading, e)| failed(if reading { Side::A } else { Side::B }, e));
         let down = match up {
             Poll::Ready(Err(_)) => Poll::Pending,
-            _ => this.b_to_a.poll_copy(cx, &mut *this.b, &mut *this.a),
+            _ => this
+                .b_to_a
+                .poll_copy(cx, &mut *this.b, &mut *this.a)
+                .map_err(|(reading, e)| failed(if reading { Side::B } else { Side::A }, e)),
         };
         // Counted before any error is returned: what moved, moved.
         let moved = (this.a_to_b.moved, this.b_to_a.moved);
@@ -119,6 +126,46 @@ impl<A: Io + ?Sized, B: Io + ?Sized> Future for Bidirectional<'_, A, B> {
             _ => Poll::Pending,
         }
     }
+}
+
+/// Which stream of a relay an error came from: the first (`a`) or the second (`b`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first stream given to [`relay`].
+    A,
+    /// The second.
+    B,
+}
+
+/// An error of one stream of a relay: its text and kind are the stream's own.
+#[derive(Debug)]
+struct Failed {
+    side: Side,
+    source: io::Error,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.source()
+    }
+}
+
+fn failed(side: Side, source: io::Error) -> io::Error {
+    io::Error::new(source.kind(), Failed { side, source })
+}
+
+/// The stream of a relay that `e` (a relay's error) came from; `None` for the relay's own
+/// errors (the idle timeout).
+pub fn failed_side(e: &io::Error) -> Option<Side> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Failed>())
+        .map(|f| f.side)
 }
 
 /// One direction of a relay. It holds a copy buffer only while it has bytes to write: a
@@ -142,7 +189,7 @@ impl Direction {
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
-    ) -> Poll<io::Result<u64>> {
+    ) -> Poll<Result<u64, (bool, io::Error)>> {
         if self.done {
             return Poll::Ready(Ok(self.moved));
         }
@@ -161,13 +208,13 @@ impl Direction {
                     }
                     Poll::Ready(Err(e)) => {
                         pool::give(buf);
-                        return Poll::Ready(Err(e));
+                        return Poll::Ready(Err((true, e)));
                     }
                     Poll::Pending => {
                         pool::give(buf);
                         // Nothing more to send for now: push out what the writer holds.
                         if self.unflushed {
-                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|e| (false, e))?;
                             self.unflushed = false;
                         }
                         return Poll::Pending;
@@ -176,9 +223,10 @@ impl Direction {
             }
             if let Some(buf) = &self.buf {
                 while self.pos < self.end {
-                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.end]))?;
+                    let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.end]))
+                        .map_err(|e| (false, e))?;
                     if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        return Poll::Ready(Err((false, io::ErrorKind::WriteZero.into())));
                     }
                     self.pos += n;
                     self.moved += n as u64;
@@ -187,10 +235,10 @@ impl Direction {
             }
             if self.eof {
                 if self.unflushed {
-                    ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                    ready!(Pin::new(&mut *w).poll_flush(cx)).map_err(|e| (false, e))?;
                     self.unflushed = false;
                 }
-                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                ready!(Pin::new(&mut *w).poll_shutdown(cx)).map_err(|e| (false, e))?;
                 self.done = true;
                 return Poll::Ready(Ok(self.moved));
             }

@@ -693,3 +693,60 @@ async fn shadowsocks_rust_carries_udp_through_mtt() {
     })
     .await;
 }
+
+/// A host in `tcp_and_udp` mode sending datagrams to a plugin told `udp=false` hears one
+/// warning that says which option drops them (it would lose them without a word).
+#[tokio::test]
+async fn datagrams_to_a_plugin_without_udp_are_said_once() {
+    bounded(async {
+        let (_links, client_bin, _) = links();
+        let client_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let (port, local_port) = (free_port().to_string(), client_at.port().to_string());
+        let mut client = Proc::spawn_env(
+            &client_bin,
+            &[],
+            &[
+                ("SS_REMOTE_HOST", "127.0.0.1"),
+                ("SS_REMOTE_PORT", &port),
+                ("SS_LOCAL_HOST", "127.0.0.1"),
+                ("SS_LOCAL_PORT", &local_port),
+                ("SS_PLUGIN_OPTIONS", "udp=false;sv"),
+            ],
+        );
+        client.wait_line("listening on").await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        sock.send_to(b"datagram", client_at).await.expect("send");
+        let line = client.wait_line("udp=false").await;
+        assert!(line.contains("WARN") && line.contains("dropped"), "{line}");
+        // Said once: the port is closed now, and later datagrams are refused by the kernel.
+        sock.connect(client_at).await.expect("connect");
+        let refused = async {
+            loop {
+                let _ = sock.send(b"again").await;
+                let mut b = [0u8; 8];
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(Duration::from_millis(200), sock.recv(&mut b)).await
+                {
+                    return e.kind();
+                }
+            }
+        };
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(10), refused)
+                .await
+                .expect("refused"),
+            std::io::ErrorKind::ConnectionRefused
+        );
+        assert_eq!(
+            client
+                .seen
+                .iter()
+                .filter(|l| l.contains("udp=false"))
+                .count(),
+            1
+        );
+    })
+    .await;
+}

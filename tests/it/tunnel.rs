@@ -270,3 +270,90 @@ async fn disable_tls_server_speaks_plain_tcp() {
     })
     .await;
 }
+
+/// A server killed in the middle of a tunnel leaves one WARN on the client, in words that say
+/// the server's side broke off; an application that simply closes leaves none (at the
+/// default level).
+#[tokio::test]
+async fn a_server_killed_mid_tunnel_is_one_warning_on_the_client() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &[]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &[]);
+        let local = client.listening_addr().await;
+        // An application that closes normally: nothing said.
+        echo_roundtrip(local, &random_bytes(4096, 7)).await;
+        let mut app = TcpStream::connect(local).await.expect("connect");
+        app.write_all(b"ping").await.expect("write");
+        let mut back = [0u8; 4];
+        app.read_exact(&mut back).await.expect("echo");
+        server.signal("KILL");
+        let _ = server.exit().await;
+        let line = client.wait_line("broke off").await;
+        assert!(
+            line.contains("WARN") && line.contains("server's side"),
+            "{line}"
+        );
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+            "the application's connection ends: {n:?}"
+        );
+        assert_eq!(
+            client.seen.iter().filter(|l| l.contains("WARN")).count(),
+            1,
+            "{:?}",
+            client.seen
+        );
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// A storm of new tunnels to a server that never finishes a handshake: the client sets up at
+/// most DIALS_IN_FLIGHT connections at once (each a descriptor and a TLS state), says so
+/// once, and the rest wait instead of opening more.
+#[tokio::test]
+async fn a_dial_storm_keeps_a_bounded_number_of_connections_in_flight() {
+    const LIMIT: usize = 256;
+    bounded(async {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+                count_tx.send_replace(held.len());
+            }
+        });
+        let mut client = Proc::client(
+            &addr,
+            &"0".repeat(64),
+            &["-handshake-timeout", "60s", "-drain-timeout", "1s"],
+        );
+        let local = client.listening_addr().await;
+        let mut apps = Vec::new();
+        for _ in 0..LIMIT + 44 {
+            apps.push(TcpStream::connect(local).await.expect("connect"));
+        }
+        let line = client.wait_line("being set up at once").await;
+        assert!(line.contains(&LIMIT.to_string()), "{line}");
+        count.wait_for(|n| *n >= LIMIT).await.expect("count");
+        // A window to see that no 257th connection follows (the others wait for a slot).
+        let more =
+            tokio::time::timeout(Duration::from_millis(300), count.wait_for(|n| *n > LIMIT)).await;
+        assert!(more.is_err(), "more than {LIMIT} connections in flight");
+        drop(apps);
+        held.abort();
+        client.signal("TERM");
+        let _ = client.exit().await;
+    })
+    .await;
+}

@@ -86,7 +86,6 @@ impl Socket {
     }
 
     /// Waits for a datagram from anyone.
-    #[cfg(test)]
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
         self.fd
             .async_io(Interest::READABLE, |s| s.recv_from(buf))
