@@ -13,12 +13,14 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
 
 use super::datagram::{self, SUBPROTOCOL_UDP};
 use super::fallback::{self, Body};
 use super::io::{BoxIo, Io};
 use super::mux::Muxing;
 use super::options::{EarlyData, PathMatch, Timeouts};
+use super::sniff::Rewind;
 use super::ws::{self, Role, WsStream};
 use crate::addr::HostPort;
 
@@ -84,6 +86,16 @@ pub struct Upgrade<O> {
     pub owner: Option<O>,
     /// The client a trusted proxy's forwarding headers named, if they did.
     pub client: Option<IpAddr>,
+    /// The client's TLS hello offered exactly `http/1.1`, as WebSocket clients do (a
+    /// plain-TLS server refuses their upgrade requests instead of relaying them).
+    pub ws_hello: bool,
+}
+
+/// Whether `first` may begin an HTTP/1 request line: a method (capital letters) then a space,
+/// or capital letters only so far.
+fn could_be_http(first: &[u8]) -> bool {
+    let method = first.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    (1..=16).contains(&method) && first.get(method).is_none_or(|&c| c == b' ')
 }
 
 /// The largest early data accepted in an upgrade request (Xray's `?ed=`), decoded.
@@ -124,6 +136,23 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         id: &str,
         peer: Option<IpAddr>,
     ) -> io::Result<Option<(BoxIo, Upgrade<O>)>> {
+        // A client that speaks no HTTP (an mtt client without -wss) is told nothing: an HTTP
+        // 400 would reach its application as if the destination had sent it.
+        let mut io = io;
+        let mut first = [0u8; 16];
+        let n = tokio::time::timeout(self.timeouts.handshake, io.read(&mut first))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no HTTP request in time"))??;
+        if n == 0 {
+            return Ok(None);
+        }
+        if !could_be_http(&first[..n]) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid HTTP method: the first bytes are no request line",
+            ));
+        }
+        let io = Rewind::new(io, &first[..n]);
         let slot: Slot<O> = Arc::default();
         let service = {
             let this = self.clone();
@@ -152,7 +181,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
         let upgraded = on_upgrade.await.map_err(io::Error::other)?;
         // Unwrap hyper's layers when they are ours: the frames then read the transport directly.
         let ping = self.timeouts.ping;
-        let stream: BoxIo = match upgraded.downcast::<TokioIo<S>>() {
+        let stream: BoxIo = match upgraded.downcast::<TokioIo<Rewind<S>>>() {
             Ok(parts) => Box::new(
                 WsStream::new(parts.io.into_inner(), Role::Server, &parts.read_buf).keepalive(ping),
             ),
@@ -191,6 +220,7 @@ impl<O: Clone + Send + Sync + 'static> HttpServer<O> {
                             path,
                             owner,
                             client,
+                            ws_hello: false,
                         };
                         *s = Some((on_upgrade, up, early));
                     }

@@ -51,28 +51,42 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
     None
 }
 
-/// For a server without `-mux`: refuses a tunnel whose first bytes are a multiplexed
-/// session's, yamux or smux (as its first read, so nothing is relayed), saying so once.
-pub struct RefuseYamux {
+/// For a plain-TLS server without `-mux`: refuses a tunnel whose first bytes are a
+/// multiplexed session's (yamux or smux), or, from a client whose TLS hello offered exactly
+/// `http/1.1` as mtt's and v2ray-plugin's WebSocket clients do, a WebSocket upgrade request;
+/// the check is the first read, so nothing is relayed, and the mismatch is said once.
+pub struct RefuseMismatch {
     inner: BoxIo,
     /// The connection's number, for the log line (a number, not a string: this wrapper
     /// lives as long as the tunnel).
     id: u64,
+    /// The client's hello was a WebSocket client's.
+    ws_hello: bool,
     checked: bool,
 }
 
-impl RefuseYamux {
-    /// Watches the first read of `inner`; `id` numbers the connection in the log line.
-    pub fn new(inner: BoxIo, id: u64) -> Self {
-        RefuseYamux {
+impl RefuseMismatch {
+    /// Watches the first read of `inner`; `id` numbers the connection in the log line;
+    /// `ws_hello`: the client offered exactly `http/1.1`.
+    pub fn new(inner: BoxIo, id: u64, ws_hello: bool) -> Self {
+        RefuseMismatch {
             inner,
             id,
+            ws_hello,
             checked: false,
         }
     }
 }
 
-impl AsyncRead for RefuseYamux {
+/// Whether `first` opens a WebSocket upgrade request.
+fn is_ws_upgrade(first: &[u8]) -> bool {
+    first.starts_with(b"GET ")
+        && first
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"websocket"))
+}
+
+impl AsyncRead for RefuseMismatch {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -84,23 +98,24 @@ impl AsyncRead for RefuseYamux {
         let start = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.checked = true;
-        if let Some(Some(_)) = Muxing::detect(&buf.filled()[start..]) {
-            buf.set_filled(start);
-            crate::rarely!(
-                Warn,
-                "#{}: the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)",
-                self.id
-            );
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a multiplexing client at a server without -mux",
-            )));
-        }
-        Poll::Ready(Ok(()))
+        let first = &buf.filled()[start..];
+        let why = if let Some(Some(_)) = Muxing::detect(first) {
+            "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)"
+        } else if self.ws_hello && is_ws_upgrade(first) {
+            "the client speaks WebSocket (-wss), but this server runs without -wss: add -wss here, or remove it from the client"
+        } else {
+            return Poll::Ready(Ok(()));
+        };
+        buf.set_filled(start);
+        crate::rarely!(Warn, "#{}: {why}", self.id);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a client of another mode (-mux or -wss) than this server's",
+        )))
     }
 }
 
-forward_write!(impl[] RefuseYamux, inner);
+forward_write!(impl[] RefuseMismatch, inner);
 
 /// A stream with bytes already read from it put back in front.
 pub struct Rewind<S> {

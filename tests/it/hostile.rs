@@ -656,6 +656,53 @@ async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
     .await;
 }
 
+/// A `-wss` client at a plain server: its upgrade request is refused, not relayed to the
+/// destination as data, and the server names the flag.
+#[tokio::test]
+async fn a_websocket_client_at_a_plain_server_is_named_and_relays_nothing() {
+    bounded(async {
+        let dest = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let dest_addr = dest.local_addr().expect("addr").to_string();
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = dest.accept().await {
+                let tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    let _ = s.read_to_end(&mut all).await;
+                    let _ = tx.send(all.len());
+                });
+            }
+        });
+        let mut server = Proc::server(&dest_addr, &[]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &["-wss"]);
+        let local = client.listening_addr().await;
+        let mut app = TcpStream::connect(local).await.expect("connect");
+        let _ = app.write_all(b"hello").await;
+        let line = server.wait_line("speaks WebSocket").await;
+        assert!(
+            line.contains("without -wss") && line.contains("WARN"),
+            "{line}"
+        );
+        let mut back = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut back)).await;
+        assert!(read.is_ok(), "the application's connection was left open");
+        assert!(back.is_empty(), "{back:?}");
+        // The destination was dialled, and heard nothing.
+        let heard = tokio::time::timeout(Duration::from_secs(5), got.recv()).await;
+        assert_eq!(heard.expect("the destination's connection ends"), Some(0));
+        client.signal("KILL");
+        client.exit().await;
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
+
 /// A client without `-wss` at a `-wss` server: the server says what is likely wrong, naming
 /// the flag, rather than the HTTP parser's words alone.
 #[tokio::test]
@@ -671,6 +718,11 @@ async fn a_plain_client_at_a_websocket_server_is_named() {
         app.write_all(b"hello there\r\n\r\n").await.expect("write");
         let line = server.wait_line("the client sent no HTTP request").await;
         assert!(line.contains("without -wss"), "{line}");
+        // The application gets nothing that looks like its destination's bytes (an HTTP 400).
+        let mut back = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut back)).await;
+        assert!(read.is_ok(), "the application's connection was left open");
+        assert!(back.is_empty(), "{:?}", String::from_utf8_lossy(&back));
         drop(app);
         client.signal("KILL");
         client.exit().await;

@@ -214,7 +214,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         match up.carry {
             Carry::Plain => {
                 let io: BoxIo = match self.sniff {
-                    true => Box::new(sniff::RefuseYamux::new(io, id.id)),
+                    true => Box::new(sniff::RefuseMismatch::new(io, id.id, up.ws_hello)),
                     false => io,
                 };
                 // Boxed: measured, an idle tunnel then costs the server 10.9 KiB, not 12.4
@@ -242,7 +242,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         id: &ConnId,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
         match &self.tls {
-            None => self.after_tls(io, id, None).await,
+            None => self.after_tls(io, id, None, false).await,
             Some(t) => {
                 let (s, agreed) = t
                     .negotiate(io)
@@ -271,7 +271,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     );
                     return Ok(None);
                 }
-                self.after_tls(s, id, chosen).await
+                let ws_hello = agreed.offered == [ALPN_HTTP1[0].to_vec()];
+                self.after_tls(s, id, chosen, ws_hello).await
             }
         }
     }
@@ -281,6 +282,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         io: S,
         id: &ConnId,
         alpn: Option<Vec<u8>>,
+        ws_hello: bool,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
         let Some(front) = &self.http else {
             // Plain TLS names a multiplexing by ALPN only for version 2; else the first bytes
@@ -299,6 +301,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 path: String::new(),
                 owner: None,
                 client: None,
+                ws_hello,
             };
             return Ok(Some((Box::new(io), up)));
         };
