@@ -78,9 +78,22 @@ pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What is wrong with a certificate, key or CA file.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// Not PEM, or unreadable.
+    /// The file cannot be read at all.
+    #[error("cannot be read")]
+    Unreadable(#[source] io::Error),
+    /// Not PEM.
     #[error("not readable as PEM (is it the right file, and whole?)")]
     Pem(#[source] rustls::pki_types::pem::Error),
+    /// PEM whose certificate rustls cannot read.
+    #[error(
+        "the certificate cannot be used (damaged, or of a kind that cannot be read): is it the whole file?"
+    )]
+    UnusableCertificate(#[source] rustls::Error),
+    /// PEM whose key rustls cannot use.
+    #[error(
+        "the key is of a kind that cannot be used here (RSA, ECDSA P-256/P-384 and Ed25519 can be; DSA cannot)"
+    )]
+    UnusableKey(#[source] rustls::Error),
     /// An encrypted private key, which a server cannot use unattended.
     #[error(
         "the key is encrypted (ENCRYPTED PRIVATE KEY): decrypt it with 'openssl pkey -in FILE -out FILE.plain' and give that"

@@ -228,19 +228,26 @@ impl Validity {
     }
 }
 
-/// A certificate and key that rustls refused together: about the key file when there is one.
+/// A certificate and key that rustls refused together, blamed on the file at fault when
+/// there are files: a certificate it cannot read, a key of a kind it cannot use, or a key
+/// that is another certificate's.
 fn mismatch(files: Option<&[PathBuf; 2]>, e: Error) -> Error {
-    match (files, e) {
-        // The plain words say all a key that is another certificate's needs; anything else
-        // rustls found is kept as the cause.
-        (Some([_, key]), Error::Tls(e)) => {
-            let cause = match e {
-                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => None,
-                other => Some(other),
-            };
-            Error::cert("-key", key, CertError::Mismatch(cause))
+    let Some([cert, key]) = files else {
+        return e;
+    };
+    match e {
+        Error::Tls(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            // The plain words say all a key that is another certificate's needs.
+            Error::cert("-key", key, CertError::Mismatch(None))
         }
-        (_, e) => e,
+        Error::Tls(e @ rustls::Error::InvalidCertificate(_)) => {
+            Error::cert("-cert", cert, CertError::UnusableCertificate(e))
+        }
+        Error::Tls(e @ rustls::Error::General(_)) => {
+            Error::cert("-key", key, CertError::UnusableKey(e))
+        }
+        Error::Tls(e) => Error::cert("-key", key, CertError::Mismatch(Some(e))),
+        e => e,
     }
 }
 

@@ -60,6 +60,7 @@ pub fn load_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<
 fn pem(e: rustls::pki_types::pem::Error) -> CertError {
     match e {
         rustls::pki_types::pem::Error::NoItemsFound => CertError::NoKey,
+        rustls::pki_types::pem::Error::Io(e) => CertError::Unreadable(e),
         other => CertError::Pem(other),
     }
 }

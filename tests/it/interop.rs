@@ -360,3 +360,68 @@ async fn tls_hygiene_as_openssl_sees_it() {
     })
     .await;
 }
+
+/// Certificate files that cannot be used are blamed on the file at fault, in words that say
+/// what is wrong: a damaged certificate (not "the key does not belong"), a DSA key (a kind
+/// that cannot be used), a missing file (not "not readable as PEM").
+#[tokio::test]
+async fn unusable_certificate_files_are_blamed_on_the_right_file() {
+    bounded(async {
+        let (dir, cert, key, _) = self_signed_files("t.example");
+        let d = dir.path();
+        // The certificate's DER damaged inside well-formed PEM.
+        let pem = std::fs::read_to_string(&cert).expect("read");
+        let der = pem_body(&pem);
+        let mut damaged = der.clone();
+        damaged[40..60].fill(0);
+        let bad = d.join("damaged.crt");
+        std::fs::write(&bad, pem_of("CERTIFICATE", &damaged)).expect("write");
+        let dsa = d.join("dsa.key");
+        let params = d.join("dsa.params");
+        for args in [
+            vec!["dsaparam", "-out", &path_str(&params), "1024"],
+            vec!["gendsa", "-out", &path_str(&dsa), &path_str(&params)],
+        ] {
+            let st = tokio::process::Command::new(openssl())
+                .args(&args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .await
+                .expect("openssl");
+            assert!(st.success(), "openssl {args:?}");
+        }
+        let missing = d.join("missing.crt");
+        for (c, k, file, words) in [
+            (&bad, &key, "-cert", "the certificate cannot be used"),
+            (&cert, &dsa, "-key", "DSA cannot"),
+            (&missing, &key, "-cert", "cannot be read: No such file"),
+        ] {
+            let out = tokio::process::Command::new(mtt_bin())
+                .args(["server", "-b", "127.0.0.1:0", "-d", "127.0.0.1:1"])
+                .args(["-cert", &path_str(c), "-key", &path_str(k)])
+                .output()
+                .await
+                .expect("run");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{err}");
+            let named = format!("{file} {}", path_str(if file == "-cert" { c } else { k }));
+            assert!(err.contains(&named) && err.contains(words), "{err}");
+            assert!(!err.contains("belong together"), "{err}");
+        }
+    })
+    .await;
+}
+
+fn pem_body(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64")
+}
+
+fn pem_of(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+}
