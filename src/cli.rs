@@ -25,7 +25,7 @@ macro_rules! role_args {
             #[argh(option, arg_name = "file")]
             pub key: Option<String>,
             /// name of the self-signed certificate (default: a random name)
-            #[argh(option)]
+            #[argh(option, arg_name = "name")]
             pub n: Option<String>,
             /// serve without TLS, behind a TLS-terminating proxy
             #[argh(switch)]
@@ -178,7 +178,7 @@ role_args! {
         #[argh(option, arg_name = "host:port")]
         pub s: Option<String>,
         /// server name: TLS SNI and the name verified in the certificate (default: host of -s)
-        #[argh(option)]
+        #[argh(option, arg_name = "name")]
         pub n: Option<String>,
         /// skip verification of the server's certificate chain and name (dangerous)
         #[argh(switch)]
@@ -303,7 +303,7 @@ role_args! {
 #[argh(subcommand, name = "cert")]
 pub struct CertArgs {
     /// name (DNS name or IP address) the certificate is for
-    #[argh(option)]
+    #[argh(option, arg_name = "name")]
     pub n: Option<String>,
     /// directory to write NAME.crt and NAME.key into (default: the current directory)
     #[argh(option)]
