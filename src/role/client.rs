@@ -226,6 +226,13 @@ fn hint(e: &Error) -> &'static str {
         } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
             " (the server closed the connection during the TLS handshake: it may be at its -max-conns, stopping, or no mtt server)"
         }
+        Error::Tunnel {
+            step: crate::error::Step::WebSocket,
+            source,
+            ..
+        } if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+            " (the server closed the connection instead of answering the upgrade: does it run with -wss? it must be on both ends)"
+        }
         _ => "",
     }
 }

@@ -688,6 +688,8 @@ async fn a_websocket_client_at_a_plain_server_is_named_and_relays_nothing() {
             line.contains("without -wss") && line.contains("WARN"),
             "{line}"
         );
+        let line = client.wait_line("WebSocket upgrade").await;
+        assert!(line.contains("does it run with -wss"), "{line}");
         let mut back = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), app.read_to_end(&mut back)).await;
         assert!(read.is_ok(), "the application's connection was left open");
