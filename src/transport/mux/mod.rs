@@ -1,6 +1,7 @@
 //! Layer 4, multiplexing: many tunnels as streams of one TLS or WebSocket connection. Each
-//! multiplexer lives in a folder of its own ([`yamux`], mtt's; [`smux`], the original's) behind
-//! one seam: a [`Muxing`] names it and starts either end of a session, the client end as a
+//! multiplexer lives in a folder of its own ([`yamux`], mtt's; [`smux`], the original's;
+//! [`muxcool`], v2ray's; the last two share the [`engine`] of multiplexers without per-stream
+//! flow control) behind one seam: a [`Muxing`] names it and starts either end of a session, the client end as a
 //! [`ClientSession`] that opens streams, the server end as a [`ServerSession`] that yields
 //! them. Nothing outside the multiplexers matches on which one a session speaks.
 //!
@@ -8,6 +9,8 @@
 //! turns each connection into a [`ServerSession`] and takes its streams one by one, refusing
 //! streams beyond the per-session limit without harming the others.
 
+pub mod engine;
+pub mod muxcool;
 pub mod pool;
 pub mod smux;
 pub mod yamux;
@@ -43,6 +46,8 @@ pub enum Muxing {
     Yamux,
     /// smux version 1 (the original's clients).
     Smux,
+    /// Mux.Cool (v2ray-plugin's clients and servers).
+    MuxCool,
 }
 
 impl Muxing {
@@ -51,6 +56,7 @@ impl Muxing {
         match name {
             "yamux" => Some(Muxing::Yamux),
             "smux" => Some(Muxing::Smux),
+            "mux.cool" | "muxcool" => Some(Muxing::MuxCool),
             _ => None,
         }
     }
@@ -58,11 +64,13 @@ impl Muxing {
     /// What a session's first bytes say it speaks: `None` if more bytes are needed,
     /// `Some(None)` if it is no session of ours.
     pub fn detect(first: &[u8]) -> Option<Option<Self>> {
-        match yamux::looks_like_yamux(first) {
-            Some(true) => Some(Some(Muxing::Yamux)),
-            Some(false) => Some(smux::frame::looks_like_smux(first)?.then_some(Muxing::Smux)),
-            None => None,
+        if yamux::looks_like_yamux(first)? {
+            return Some(Some(Muxing::Yamux));
         }
+        if muxcool::frame::looks_like_muxcool(first)? {
+            return Some(Some(Muxing::MuxCool));
+        }
+        Some(smux::frame::looks_like_smux(first)?.then_some(Muxing::Smux))
     }
 
     /// The session a WebSocket client asks for with one of `offered` (yamux version 2 first,
@@ -81,11 +89,13 @@ impl Muxing {
         }
     }
 
-    /// The WebSocket subprotocols a client offers for a session of this multiplexing.
+    /// The WebSocket subprotocols a client offers for a session of this multiplexing (none
+    /// for Mux.Cool: v2ray's servers know it by their configuration, mtt's by its bytes).
     pub fn subprotocols(self) -> &'static str {
         match self {
             Muxing::Yamux => yamux::SUBPROTOCOLS,
             Muxing::Smux => smux::SUBPROTOCOL,
+            Muxing::MuxCool => "",
         }
     }
 
@@ -99,7 +109,7 @@ impl Muxing {
     pub fn alpn(self) -> &'static [&'static [u8]] {
         match self {
             Muxing::Yamux => yamux::ALPN,
-            Muxing::Smux => &[],
+            Muxing::Smux | Muxing::MuxCool => &[],
         }
     }
 
@@ -107,14 +117,21 @@ impl Muxing {
     pub fn describe(self, v2: bool) -> &'static str {
         match (self, v2) {
             (Muxing::Smux, _) => "smux version 1",
+            (Muxing::MuxCool, _) => "Mux.Cool",
             (Muxing::Yamux, true) => "yamux, version 2",
             (Muxing::Yamux, false) => "yamux",
         }
     }
 
-    /// Whether a session of it may be of version 2 (streams typed by their first byte).
-    pub fn has_v2(self) -> bool {
-        self == Muxing::Yamux
+    /// Whether the streams a server takes from a session begin with a byte saying what they
+    /// carry: yamux's of version 2 (`v2`, as the client's ALPN or subprotocol said), and
+    /// Mux.Cool's (made from what the stream's New frame said).
+    pub fn typed(self, v2: bool) -> bool {
+        match self {
+            Muxing::Yamux => v2,
+            Muxing::Smux => false,
+            Muxing::MuxCool => true,
+        }
     }
 
     /// Starts the client end of a session over a dialled connection; `ping`: keepalive.
@@ -122,6 +139,7 @@ impl Muxing {
         match self {
             Muxing::Yamux => yamux::YamuxClient::start(dialled, ping),
             Muxing::Smux => Arc::new(smux::SmuxClient::new(dialled.io, smux::DEFAULT)),
+            Muxing::MuxCool => Arc::new(muxcool::MuxCoolClient::new(dialled.io, muxcool::DEFAULT)),
         }
     }
 
@@ -136,6 +154,9 @@ impl Muxing {
                 rtt,
             )),
             Muxing::Smux => Box::new(smux::SmuxSession::server(io, smux::DEFAULT, quiet)),
+            Muxing::MuxCool => {
+                Box::new(muxcool::MuxCoolSession::server(io, muxcool::DEFAULT, quiet))
+            }
         }
     }
 }

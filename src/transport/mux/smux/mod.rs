@@ -1,56 +1,28 @@
 //! smux version 1 sessions, the original's multiplexing: streams over one connection, with
-//! its keepalive (a NOP every 30 s; a session that hears nothing for 70 s is over). Version 1
-//! has no per-stream flow control, so one reader that falls behind would stall every stream
-//! of the session for as long as it likes (the original's bug B10). Here each stream may hold
-//! a bounded amount of unread data; beyond it the session waits for that stream's reader to
-//! catch up (a slow destination slows the sender, as TCP would), but only for a bounded time:
-//! a stream whose reader takes nothing for that long is closed alone (FIN, one log line) and
-//! the session reads on.
-//!
-//! Three tasks drive a session: a reader that hands each frame to its stream, a writer that
-//! sends what the streams queue (several frames per write), and the keepalive.
+//! its keepalive (a NOP every 30 s; a session that hears nothing for 70 s is over), driven by
+//! the [`engine`](super::engine) of the multiplexers without per-stream flow control.
 
 pub mod frame;
-mod rx;
-mod session;
-mod stream;
 
-pub use session::{SmuxClient, SmuxSession};
-pub use stream::SmuxStream;
-
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, PollSender};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::transport::io::BoxIo;
-use frame::{Cmd, HEADER, Header};
-use rx::Rx;
+use super::engine::{self, Body, Event, Frame, SMALL, Wire, read_body};
+use crate::transport::datagram::Kind;
+use frame::{Cmd, HEADER, Header, MAX_FRAME};
+
+pub use engine::Config;
 
 /// The WebSocket subprotocol of an original client that multiplexes.
 pub const SUBPROTOCOL: &str = "smux_on";
 
-/// Keepalive and limits of a session.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// A NOP goes out this often.
-    pub keepalive: Duration,
-    /// A session that receives no frame for this long is closed.
-    pub dead_after: Duration,
-    /// Streams open at once; a server refuses (FIN) more, each alone.
-    pub max_streams: usize,
-    /// Unread bytes one stream may hold before the session waits for its reader.
-    pub hold: usize,
-    /// How long the session waits for such a reader before closing its stream.
-    pub stall: Duration,
-}
+/// The server end of an smux session.
+pub type SmuxSession = engine::ServerEnd<Smux>;
+/// The client end of an smux session (stream ids 3, 5, 7, …, as the original's).
+pub type SmuxClient = engine::ClientEnd<Smux>;
 
 /// The original's keepalive (30 s, 70 s) and stream limit (16).
 pub const DEFAULT: Config = Config {
@@ -67,380 +39,73 @@ pub const HOLD: usize = 1 << 20;
 /// How long the other streams of a session may wait for one stream's reader.
 pub const STALL: Duration = Duration::from_secs(2);
 
-/// Bytes the writer gathers into one write to the connection.
-const WRITE_BATCH: usize = 256 * 1024;
-/// Frames waiting for the writer; a stream's write waits while the queue is full.
-const QUEUE: usize = 64;
-/// Empty data frames a session may send before it is closed: a real peer sends none.
-const EMPTY_FRAMES: u32 = 1024;
+/// smux version 1 frames: an 8-byte header (see [`frame`]), then the payload.
+pub struct Smux;
 
-/// One frame to send.
-struct Frame {
-    head: [u8; HEADER],
-    body: Bytes,
+fn control(cmd: Cmd, sid: u32) -> Frame {
+    Frame::new(&Header::new(cmd, sid, 0).encode(), Bytes::new())
 }
 
-impl Frame {
-    fn control(cmd: Cmd, sid: u32) -> Self {
-        Frame {
-            head: Header::new(cmd, sid, 0).encode(),
-            body: Bytes::new(),
-        }
+impl Wire for Smux {
+    const NAME: &'static str = "smux";
+    const FIRST_ID: u32 = 3;
+    const ID_STEP: u32 = 2;
+    const MAX_DATA: usize = MAX_FRAME;
+    const DATAGRAMS: bool = false;
+    const TYPED: bool = false;
+
+    fn open(sid: u32, _kind: Kind) -> Frame {
+        control(Cmd::Syn, sid)
     }
 
-    fn data(sid: u32, body: Bytes) -> Self {
-        Frame {
-            head: Header::new(Cmd::Psh, sid, body.len() as u16).encode(),
+    fn data(sid: u32, body: Bytes) -> Frame {
+        Frame::new(
+            &Header::new(Cmd::Psh, sid, body.len() as u16).encode(),
             body,
-        }
-    }
-}
-
-/// What the session's tasks and streams share.
-struct Shared {
-    streams: Mutex<HashMap<u32, Arc<Rx>>>,
-    out: mpsc::Sender<Frame>,
-    closed: CancellationToken,
-    /// A stream ended (the session may have become idle).
-    idle: Notify,
-    cfg: Config,
-    /// The last stream id this side opened (client ids: 3, 5, 7, …, as the original's).
-    last_id: AtomicU32,
-    /// New streams are refused (the server is shutting down).
-    refusing: AtomicBool,
-    /// Milliseconds since `start` when the last frame arrived.
-    last_rx: AtomicU64,
-    /// Streams that ended lately, for a FIN said again.
-    ended: Mutex<Ended>,
-    start: Instant,
-}
-
-impl Shared {
-    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<Rx>>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        )
     }
 
-    fn open_streams(&self) -> usize {
-        self.streams().len()
+    fn close(sid: u32) -> Frame {
+        control(Cmd::Fin, sid)
     }
 
-    /// A new stream `sid`; `counted` ones are in the open-streams gauge (a client's pool
-    /// counts its own).
-    fn register(self: &Arc<Self>, sid: u32, counted: bool) -> SmuxStream {
-        let rx = Arc::new(Rx::default());
-        self.streams().insert(sid, rx.clone());
-        if counted {
-            crate::metrics::get().mux_streams.inc();
-        }
-        SmuxStream {
-            sid,
-            rx,
-            shared: self.clone(),
-            out: PollSender::new(self.out.clone()),
-            counted,
-        }
+    fn keepalive() -> Frame {
+        control(Cmd::Nop, 0)
     }
 
-    /// Forgets `sid` if it is still `rx`'s; wakes whoever waits for the session to go idle.
-    fn forget(&self, sid: u32, rx: &Arc<Rx>) {
-        let mut streams = self.streams();
-        let gone = streams.get(&sid).is_some_and(|r| Arc::ptr_eq(r, rx));
-        if gone {
-            streams.remove(&sid);
-        }
-        drop(streams);
-        if gone {
-            self.ended().add(sid);
-        }
-        self.idle.notify_one();
-    }
-
-    fn ended(&self) -> MutexGuard<'_, Ended> {
-        self.ended.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Refuses the peer's stream `sid` (FIN), remembering it.
-    async fn refuse(&self, sid: u32) {
-        self.ended().add(sid);
-        self.control(Cmd::Fin, sid).await;
-    }
-
-    fn touch(&self) {
-        self.last_rx
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Queues a control frame, waiting for room; `false` once the session is closed.
-    async fn control(&self, cmd: Cmd, sid: u32) -> bool {
-        tokio::select! {
-            r = self.out.send(Frame::control(cmd, sid)) => r.is_ok(),
-            _ = self.closed.cancelled() => false,
-        }
-    }
-}
-
-/// Starts the tasks of a session over `io`; `accept` (servers) receives the peer's streams.
-fn start(io: BoxIo, cfg: Config, accept: Option<mpsc::Sender<SmuxStream>>) -> Arc<Shared> {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let shared = Arc::new(Shared {
-        streams: Mutex::default(),
-        out: tx,
-        closed: CancellationToken::new(),
-        idle: Notify::new(),
-        cfg,
-        last_id: AtomicU32::new(1),
-        refusing: AtomicBool::new(false),
-        last_rx: AtomicU64::new(0),
-        ended: Mutex::default(),
-        start: Instant::now(),
-    });
-    let m = crate::metrics::get();
-    m.mux_sessions.inc();
-    m.smux_sessions.inc();
-    let (r, w) = tokio::io::split(io);
-    tokio::spawn(write_loop(w, rx, shared.closed.clone()));
-    tokio::spawn(keepalive(shared.clone()));
-    let reader = shared.clone();
-    tokio::spawn(async move {
-        let ended = tokio::select! {
-            r = read_loop(r, &reader, accept) => r,
-            _ = reader.closed.cancelled() => Ok(()),
-        };
-        reader.closed.cancel();
-        match ended {
-            Ok(()) => log::debug!("smux session closed"),
-            Err(e) => match crate::transport::relay::plain_ending(&e) {
-                Some(why) => log::debug!("smux session ended: {why}"),
-                None => log::info!("smux session ended: {e}"),
-            },
-        }
-        let streams: Vec<Arc<Rx>> = reader.streams().drain().map(|(_, rx)| rx).collect();
-        for rx in streams {
-            rx.end(false, Some("the multiplexed session ended"));
-        }
-        reader.idle.notify_one();
-        let m = crate::metrics::get();
-        m.mux_sessions.dec();
-        m.smux_sessions.dec();
-    });
-    shared
-}
-
-/// Reads frames until the connection ends (`Ok` between frames) or a frame is bad.
-async fn read_loop(
-    mut r: ReadHalf<BoxIo>,
-    shared: &Arc<Shared>,
-    accept: Option<mpsc::Sender<SmuxStream>>,
-) -> io::Result<()> {
-    let mut head = [0u8; HEADER];
-    let mut small = [0u8; rx::SMALL];
-    let mut empty = 0u32;
-    loop {
+    async fn read<R: AsyncRead + Unpin + Send>(
+        r: &mut R,
+        small: &mut [u8; SMALL],
+    ) -> io::Result<Option<Event>> {
+        let mut head = [0u8; HEADER];
         match r.read_exact(&mut head).await {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
         let h = Header::parse(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let len = usize::from(h.len);
-        // A short body is read into `small` and copied where it is queued; a long one into a
-        // buffer of its own, which is queued as it is.
-        let body = if len >= rx::SMALL {
-            let mut b = BytesMut::zeroed(len);
-            r.read_exact(&mut b).await?;
-            Some(b)
+        let sid = h.sid;
+        Ok(Some(match h.cmd {
+            Cmd::Nop => Event::Nop,
+            Cmd::Syn => Event::Open {
+                sid,
+                kind: Kind::Stream,
+                body: Body::None,
+            },
+            Cmd::Fin => Event::Close { sid },
+            Cmd::Psh => Event::Data {
+                sid,
+                body: read_body(r, small, usize::from(h.len)).await?,
+            },
+        }))
+    }
+
+    fn count(up: bool) {
+        let g = &crate::metrics::get().smux_sessions;
+        if up {
+            g.inc();
         } else {
-            r.read_exact(&mut small[..len]).await?;
-            None
-        };
-        shared.touch();
-        match h.cmd {
-            Cmd::Nop => {}
-            Cmd::Syn => {
-                let Some(accept) = accept.as_ref() else {
-                    // A client takes no streams from its server.
-                    shared.refuse(h.sid).await;
-                    continue;
-                };
-                let (known, open) = {
-                    let s = shared.streams();
-                    (s.contains_key(&h.sid), s.len())
-                };
-                if known {
-                    continue;
-                }
-                if shared.refusing.load(Ordering::Acquire) {
-                    shared.refuse(h.sid).await;
-                    continue;
-                }
-                if open >= shared.cfg.max_streams {
-                    log::info!(
-                        "multiplexed stream refused: {open} streams already open in this session (the limit)"
-                    );
-                    shared.refuse(h.sid).await;
-                    continue;
-                }
-                let stream = shared.register(h.sid, true);
-                if accept.send(stream).await.is_err() {
-                    return Ok(());
-                }
-            }
-            Cmd::Psh if len == 0 => {
-                // xtaci/smux never sends one and ignores those it gets; so do we, up to a
-                // point: a flood of them is a peer wasting our time.
-                empty += 1;
-                if empty > EMPTY_FRAMES {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "more than {EMPTY_FRAMES} empty data frames (no smux peer sends them)"
-                        ),
-                    ));
-                }
-            }
-            Cmd::Psh => {
-                let rx = shared.streams().get(&h.sid).cloned();
-                let Some(rx) = rx else {
-                    if shared.ended().take(h.sid) {
-                        // Data on a stream that ended here: its peer may have missed the
-                        // FIN. Say it again, now that the peer's stream certainly exists.
-                        shared.control(Cmd::Fin, h.sid).await;
-                    }
-                    continue;
-                };
-                let cfg = shared.cfg;
-                let held = match body {
-                    Some(b) => rx.push_owned(b),
-                    None => rx.push_copy(&small[..len]),
-                };
-                if held > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
-                    log::info!(
-                        "multiplexed stream {}: closed: {} KiB waiting and nothing taken for {:?} (smux has no per-stream flow control; the other streams go on)",
-                        h.sid,
-                        cfg.hold / 1024,
-                        cfg.stall
-                    );
-                    rx.kill("closed: its reader took nothing for too long");
-                    shared.forget(h.sid, &rx);
-                    if !rx.fin_sent.swap(true, Ordering::AcqRel) {
-                        shared.control(Cmd::Fin, h.sid).await;
-                    }
-                }
-            }
-            Cmd::Fin => {
-                let rx = shared.streams().get(&h.sid).cloned();
-                if let Some(rx) = rx {
-                    rx.end(true, None);
-                }
-            }
-        }
-    }
-}
-
-/// The streams of a session that ended lately (refused, or closed here), whose FIN may have
-/// gone unheard: xtaci/smux adds a stream it opens to its table only after its SYN is written,
-/// so a FIN that comes back quickly enough (a refusal, a destination that cannot be reached)
-/// finds no stream and is dropped, and that stream would wait for ever. The first data frame
-/// on such a stream proves the peer has it now; it gets its FIN again, once.
-#[derive(Default)]
-struct Ended(VecDeque<u32>);
-
-impl Ended {
-    /// Remembered at most; a peer that sends on older ones gets no repeat for them.
-    const KEEP: usize = 64;
-
-    fn add(&mut self, sid: u32) {
-        if self.0.len() == Self::KEEP {
-            self.0.pop_front();
-        }
-        self.0.push_back(sid);
-    }
-
-    /// Whether `sid` was remembered (and is forgotten now).
-    fn take(&mut self, sid: u32) -> bool {
-        match self.0.iter().position(|&s| s == sid) {
-            Some(i) => {
-                self.0.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-/// Sends queued frames, several per write, until the session closes; then what is still
-/// queued (FINs), and closes the connection.
-async fn write_loop(
-    mut w: WriteHalf<BoxIo>,
-    mut rx: mpsc::Receiver<Frame>,
-    closed: CancellationToken,
-) {
-    let mut buf = Vec::with_capacity(WRITE_BATCH);
-    let push = |buf: &mut Vec<u8>, f: Frame| {
-        buf.extend_from_slice(&f.head);
-        buf.extend_from_slice(&f.body);
-    };
-    loop {
-        let f = tokio::select! {
-            f = rx.recv() => f,
-            _ = closed.cancelled() => None,
-        };
-        let Some(f) = f else { break };
-        push(&mut buf, f);
-        while buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(f) => push(&mut buf, f),
-                Err(_) => break,
-            }
-        }
-        let wrote = async {
-            w.write_all(&buf).await?;
-            w.flush().await
-        };
-        if let Err(e) = wrote.await {
-            log::debug!("smux session: write failed: {e}");
-            closed.cancel();
-            return;
-        }
-        buf.clear();
-    }
-    closed.cancel();
-    while let Ok(f) = rx.try_recv() {
-        push(&mut buf, f);
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        w.write_all(&buf).await?;
-        w.shutdown().await
-    })
-    .await;
-}
-
-/// Sends a NOP every `keepalive`; closes a session that heard nothing for `dead_after`.
-async fn keepalive(shared: Arc<Shared>) {
-    let cfg = shared.cfg;
-    let check = cfg
-        .keepalive
-        .min(cfg.dead_after / 2)
-        .max(Duration::from_millis(10));
-    let mut next_nop = Instant::now() + cfg.keepalive;
-    loop {
-        tokio::select! {
-            _ = shared.closed.cancelled() => return,
-            _ = tokio::time::sleep(check) => {}
-        }
-        if Instant::now() >= next_nop {
-            // A full queue is a busy session: no NOP needed.
-            let _ = shared.out.try_send(Frame::control(Cmd::Nop, 0));
-            next_nop = Instant::now() + cfg.keepalive;
-        }
-        let last = Duration::from_millis(shared.last_rx.load(Ordering::Relaxed));
-        if shared.start.elapsed() > last + cfg.dead_after {
-            log::info!(
-                "smux session closed: nothing from the peer for {:?}",
-                cfg.dead_after
-            );
-            shared.closed.cancel();
-            return;
+            g.dec();
         }
     }
 }
@@ -450,6 +115,8 @@ mod tests {
     use super::*;
     use crate::certs::fingerprint::sha256;
     use crate::transport::mux::Quiet;
+    use crate::transport::mux::engine::EMPTY_FRAMES;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn quiet() -> Quiet {

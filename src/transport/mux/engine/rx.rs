@@ -1,4 +1,4 @@
-//! What one smux stream has received and its reader has not taken yet, charged in bytes of
+//! What one stream has received and its reader has not taken yet, charged in bytes of
 //! memory rather than of payload: a peer that sends one byte per frame must not make each byte
 //! cost a buffer of its own. Small frames are copied into shared chunks; larger ones stay in
 //! the buffer they were read into; every piece is charged its allocation plus its bookkeeping.
@@ -15,7 +15,7 @@ use tokio::io::ReadBuf;
 use tokio::sync::Notify;
 
 /// Frames shorter than this are copied into a chunk shared with their neighbours.
-pub(super) const SMALL: usize = 1024;
+pub const SMALL: usize = 1024;
 /// The size of such a chunk.
 const CHUNK: usize = 4096;
 /// What a piece costs beyond its bytes: its slot in the queue and the allocator's header.
@@ -25,6 +25,9 @@ const PIECE_COST: usize = 64;
 #[derive(Default)]
 pub(super) struct Rx {
     state: Mutex<RxState>,
+    /// A datagram stream: each payload is one datagram, read as a frame of the tunnel's
+    /// datagram format (its length, then its bytes).
+    packets: bool,
     /// Our FIN for this stream has been queued (by the stream, or by the reader on overflow).
     pub(super) fin_sent: AtomicBool,
     /// The stream's reader took it down to `drain_at` (or the stream went away).
@@ -65,10 +68,24 @@ impl Rx {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether it is a datagram stream's.
+    pub(super) fn packets(&self) -> bool {
+        self.packets
+    }
+
+    /// A receiving side; `packets`: of a datagram stream.
+    pub(super) fn new(packets: bool) -> Self {
+        Rx {
+            packets,
+            ..Rx::default()
+        }
+    }
+
     /// Queues a frame's body read into a buffer of its own; returns the memory now held.
     pub(super) fn push_owned(&self, data: BytesMut) -> usize {
+        self.prefix(data.len());
         if data.len() < SMALL {
-            return self.push_copy(&data);
+            return self.push_raw(&data);
         }
         let mut st = self.lock();
         let charge = data.capacity() + PIECE_COST;
@@ -81,6 +98,18 @@ impl Rx {
     /// Queues a copy of a short frame's body, in the room of the last chunk where it fits;
     /// returns the memory now held. An empty body queues nothing.
     pub(super) fn push_copy(&self, body: &[u8]) -> usize {
+        self.prefix(body.len());
+        self.push_raw(body)
+    }
+
+    /// A datagram's length before its bytes, on a datagram stream.
+    fn prefix(&self, len: usize) {
+        if self.packets && len > 0 {
+            self.push_raw(&(len as u16).to_be_bytes());
+        }
+    }
+
+    pub(super) fn push_raw(&self, body: &[u8]) -> usize {
         let mut st = self.lock();
         if body.is_empty() {
             return st.held;

@@ -1,5 +1,6 @@
-//! One stream of an smux session: what it reads comes from its receive queue ([`super::rx`]),
-//! what it writes goes to the session's writer as data frames of at most 64 KiB.
+//! One stream of a session: what it reads comes from its receive queue ([`super::rx`]), what
+//! it writes goes to the session's writer as data frames of at most the wire's size; a
+//! datagram stream's writes (frames of the tunnel's datagram format) go one datagram a frame.
 
 use std::io;
 use std::pin::Pin;
@@ -7,26 +8,45 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
-use super::frame::{Cmd, MAX_FRAME};
 use super::rx::Rx;
-use super::{Frame, Shared};
+use super::{Frame, Shared, Wire};
 
-/// One stream of an smux session, as a tokio byte stream. Shutting it down sends FIN (the
-/// peer may go on sending: half-close); dropping it sends FIN if that has not been done.
-pub struct SmuxStream {
-    pub(super) sid: u32,
-    pub(super) rx: Arc<Rx>,
-    pub(super) shared: Arc<Shared>,
-    pub(super) out: PollSender<Frame>,
-    pub(super) counted: bool,
+/// One stream of a session, as a tokio byte stream. Shutting it down sends the wire's close
+/// (the peer may go on sending: half-close); dropping it does if that has not been done.
+pub struct Stream<W: Wire> {
+    sid: u32,
+    rx: Arc<Rx>,
+    shared: Arc<Shared<W>>,
+    out: PollSender<Frame>,
+    counted: bool,
+    /// A datagram stream's datagram frame written so far (its length, then its bytes).
+    packet: Option<BytesMut>,
 }
 
-impl SmuxStream {
+impl<W: Wire> Stream<W> {
+    pub(super) fn new(
+        sid: u32,
+        rx: Arc<Rx>,
+        shared: Arc<Shared<W>>,
+        out: PollSender<Frame>,
+        counted: bool,
+    ) -> Self {
+        let packet = rx.packets().then(BytesMut::new);
+        Stream {
+            sid,
+            rx,
+            shared,
+            out,
+            counted,
+            packet,
+        }
+    }
+
     /// The stream's id in its session.
     #[cfg(test)]
     pub fn id(&self) -> u32 {
@@ -47,7 +67,7 @@ impl SmuxStream {
     }
 }
 
-impl AsyncRead for SmuxStream {
+impl<W: Wire> AsyncRead for Stream<W> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -57,7 +77,7 @@ impl AsyncRead for SmuxStream {
     }
 }
 
-impl AsyncWrite for SmuxStream {
+impl<W: Wire> AsyncWrite for Stream<W> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -79,10 +99,33 @@ impl AsyncWrite for SmuxStream {
         if ready!(self.out.poll_reserve(cx)).is_err() {
             return Poll::Ready(Err(gone()));
         }
-        let n = buf.len().min(MAX_FRAME);
         let sid = self.sid;
-        let frame = Frame::data(sid, Bytes::copy_from_slice(&buf[..n]));
-        if self.out.send_item(frame).is_err() {
+        let Some(packet) = self.packet.as_mut() else {
+            let n = buf.len().min(W::MAX_DATA);
+            let frame = W::data(sid, Bytes::copy_from_slice(&buf[..n]));
+            if self.out.send_item(frame).is_err() {
+                return Poll::Ready(Err(gone()));
+            }
+            return Poll::Ready(Ok(n));
+        };
+        // A datagram stream: take bytes up to the end of the datagram frame being written;
+        // once it is whole, its datagram goes as one frame.
+        let want = if packet.len() < 2 {
+            2 - packet.len()
+        } else {
+            2 + usize::from(u16::from_be_bytes([packet[0], packet[1]])) - packet.len()
+        };
+        let n = want.min(buf.len());
+        packet.extend_from_slice(&buf[..n]);
+        let whole = packet.len() >= 2
+            && packet.len() == 2 + usize::from(u16::from_be_bytes([packet[0], packet[1]]));
+        if !whole {
+            self.out.abort_send();
+            return Poll::Ready(Ok(n));
+        }
+        let mut datagram = std::mem::take(packet);
+        datagram.advance(2);
+        if self.out.send_item(W::data(sid, datagram.freeze())).is_err() {
             return Poll::Ready(Err(gone()));
         }
         Poll::Ready(Ok(n))
@@ -100,14 +143,14 @@ impl AsyncWrite for SmuxStream {
         if ready!(self.out.poll_reserve(cx)).is_err() {
             return Poll::Ready(Ok(()));
         }
-        let fin = Frame::control(Cmd::Fin, self.sid);
-        let _ = self.out.send_item(fin);
+        let close = W::close(self.sid);
+        let _ = self.out.send_item(close);
         self.rx.fin_sent.store(true, Ordering::Release);
         Poll::Ready(Ok(()))
     }
 }
 
-impl Drop for SmuxStream {
+impl<W: Wire> Drop for Stream<W> {
     fn drop(&mut self) {
         if self.counted {
             crate::metrics::get().mux_streams.dec();
@@ -118,7 +161,7 @@ impl Drop for SmuxStream {
         if self.rx.fin_sent.swap(true, Ordering::AcqRel) || self.shared.closed.is_cancelled() {
             return;
         }
-        let fin = Frame::control(Cmd::Fin, self.sid);
+        let fin = W::close(self.sid);
         if let Err(mpsc::error::TrySendError::Full(fin)) = self.shared.out.try_send(fin) {
             // The queue is full: the FIN goes when there is room, without holding anyone up.
             let shared = self.shared.clone();

@@ -1,5 +1,5 @@
-//! The two ends of an smux session as the multiplexer seam knows them: [`SmuxSession`]
-//! (servers: yields the client's streams) and [`SmuxClient`] (opens streams).
+//! The two ends of a session as the multiplexer seam knows them: [`ServerEnd`] (yields the
+//! client's streams) and [`ClientEnd`] (opens streams).
 
 use std::io;
 use std::sync::Arc;
@@ -7,28 +7,27 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::mpsc;
 
-use super::frame::Cmd;
-use super::stream::SmuxStream;
-use super::{Config, Shared, start};
+use super::stream::Stream;
+use super::{Config, Shared, Wire, start};
 use crate::error::Step;
 use crate::transport::datagram::Kind;
 use crate::transport::io::BoxIo;
 use crate::transport::mux::{BoxFuture, ClientSession, Quiet, ServerSession};
 
-/// The server end of an smux session: yields the client's streams, refusing those beyond the
-/// limit alone; closes a session that carries no stream for too long; winds down on shutdown.
-pub struct SmuxSession {
-    shared: Arc<Shared>,
-    accept: mpsc::Receiver<SmuxStream>,
+/// The server end of a session: yields the client's streams, refusing those beyond the limit
+/// alone; closes a session that carries no stream for too long; winds down on shutdown.
+pub struct ServerEnd<W: Wire> {
+    shared: Arc<Shared<W>>,
+    accept: mpsc::Receiver<Stream<W>>,
     quiet: Quiet,
     carried: u64,
 }
 
-impl SmuxSession {
+impl<W: Wire> ServerEnd<W> {
     /// Starts the server end over an established tunnel connection.
     pub fn server(io: BoxIo, cfg: Config, quiet: Quiet) -> Self {
         let (tx, accept) = mpsc::channel(cfg.max_streams.max(1));
-        SmuxSession {
+        ServerEnd {
             shared: start(io, cfg, Some(tx)),
             accept,
             quiet,
@@ -38,7 +37,7 @@ impl SmuxSession {
 
     /// The next stream; `None` when the session has ended or stayed without streams for
     /// longer than [`Quiet`] allows (then it is closed).
-    pub async fn next(&mut self) -> Option<io::Result<SmuxStream>> {
+    pub async fn next(&mut self) -> Option<io::Result<Stream<W>>> {
         loop {
             let quiet = if self.carried == 0 {
                 self.quiet.first
@@ -61,7 +60,7 @@ impl SmuxSession {
                     if self.shared.open_streams() > 0 {
                         continue;
                     }
-                    log::debug!("smux session closed: no stream for {quiet:?}");
+                    log::debug!("{} session closed: no stream for {quiet:?}", W::NAME);
                     self.shared.closed.cancel();
                     return None;
                 }
@@ -86,30 +85,40 @@ impl SmuxSession {
     }
 }
 
-impl Drop for SmuxSession {
+impl<W: Wire> Drop for ServerEnd<W> {
     fn drop(&mut self) {
         self.shared.closed.cancel();
     }
 }
 
-/// The client end of an smux session: opens streams (ids 3, 5, 7, …, as the original's).
-pub struct SmuxClient {
-    shared: Arc<Shared>,
+/// The client end of a session: opens streams (ids as the wire numbers them).
+pub struct ClientEnd<W: Wire> {
+    shared: Arc<Shared<W>>,
 }
 
-impl SmuxClient {
+impl<W: Wire> ClientEnd<W> {
     /// Starts the client end over an established tunnel connection.
     pub fn new(io: BoxIo, cfg: Config) -> Self {
-        SmuxClient {
+        ClientEnd {
             shared: start(io, cfg, None),
         }
     }
 
-    /// Opens a stream: its SYN is queued before this returns.
-    pub async fn open(&self) -> io::Result<SmuxStream> {
-        let sid = self.shared.last_id.fetch_add(2, Ordering::AcqRel) + 2;
-        let stream = self.shared.register(sid, false);
-        if !self.shared.control(Cmd::Syn, sid).await {
+    /// Opens a stream carrying a byte stream: its open frame is queued before this returns.
+    #[cfg(test)]
+    pub async fn open(&self) -> io::Result<Stream<W>> {
+        self.open_kind(Kind::Stream).await
+    }
+
+    /// Opens a stream carrying `kind`.
+    pub async fn open_kind(&self, kind: Kind) -> io::Result<Stream<W>> {
+        let sid = self
+            .shared
+            .last_id
+            .fetch_add(W::ID_STEP, Ordering::AcqRel)
+            .wrapping_add(W::ID_STEP);
+        let stream = self.shared.register(sid, kind, false);
+        if !self.shared.send(W::open(sid, kind)).await {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the multiplexed session ended",
@@ -129,33 +138,33 @@ impl SmuxClient {
     }
 }
 
-impl Drop for SmuxClient {
+impl<W: Wire> Drop for ClientEnd<W> {
     fn drop(&mut self) {
         self.shared.closed.cancel();
     }
 }
 
-impl ServerSession for SmuxSession {
+impl<W: Wire> ServerSession for ServerEnd<W> {
     fn next(&mut self) -> BoxFuture<'_, Option<io::Result<BoxIo>>> {
-        Box::pin(async move { Some(SmuxSession::next(self).await?.map(|s| Box::new(s) as BoxIo)) })
+        Box::pin(async move { Some(ServerEnd::next(self).await?.map(|s| Box::new(s) as BoxIo)) })
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(SmuxSession::finish(*self))
+        Box::pin(ServerEnd::finish(*self))
     }
 }
 
-impl ClientSession for SmuxClient {
+impl<W: Wire> ClientSession for ClientEnd<W> {
     fn open(&self, kind: Kind) -> BoxFuture<'_, crate::Result<BoxIo>> {
         Box::pin(async move {
-            if kind == Kind::Datagrams {
+            if kind == Kind::Datagrams && !W::DATAGRAMS {
                 let e = io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "smux (-mux-proto smux, the original's multiplexing) carries no UDP",
+                    format!("{} carries no UDP", W::NAME),
                 );
                 return Err(crate::Error::tunnel(Step::Udp, "server", e));
             }
-            let stream = SmuxClient::open(self)
+            let stream = ClientEnd::open_kind(self, kind)
                 .await
                 .map_err(|e| crate::Error::tunnel(Step::Mux, "server", e))?;
             Ok(Box::new(stream) as BoxIo)
@@ -163,10 +172,10 @@ impl ClientSession for SmuxClient {
     }
 
     fn closed(&self) -> BoxFuture<'_, ()> {
-        Box::pin(SmuxClient::closed(self))
+        Box::pin(ClientEnd::closed(self))
     }
 
     fn close(&self) {
-        SmuxClient::close(self)
+        ClientEnd::close(self)
     }
 }

@@ -1,0 +1,550 @@
+//! The session engine of the multiplexers without per-stream flow control (smux version 1,
+//! the original's; Mux.Cool, v2ray's): streams over one connection, their frames told apart
+//! by a [`Wire`] of each multiplexer's own. Without flow control one reader that falls behind
+//! would stall every stream of the session for as long as it likes (the original's bug B10).
+//! Here each stream may hold a bounded amount of unread data, charged in bytes of memory
+//! ([`rx`]); beyond it the session waits for that stream's reader to catch up (a slow
+//! destination slows the sender, as TCP would), but only for a bounded time: a stream whose
+//! reader takes nothing for that long is closed alone (one log line) and the session reads on.
+//!
+//! Three tasks drive a session: a reader that hands each frame to its stream, a writer that
+//! sends what the streams queue (several frames per write), and the keepalive.
+
+mod rx;
+mod session;
+mod stream;
+
+pub use session::{ClientEnd, ServerEnd};
+pub use stream::Stream;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, PollSender};
+
+use crate::transport::datagram::{self, Kind};
+use crate::transport::io::BoxIo;
+use rx::Rx;
+pub use rx::SMALL;
+
+/// What one multiplexer's frames are: how each is written, and what each read one means.
+pub trait Wire: Send + Sync + 'static {
+    /// The multiplexer's name in logs.
+    const NAME: &'static str;
+    /// The first stream id a client opens, and the step to the next.
+    const FIRST_ID: u32;
+    /// See [`Wire::FIRST_ID`].
+    const ID_STEP: u32;
+    /// The largest payload of one data frame.
+    const MAX_DATA: usize;
+    /// Whether streams may carry datagrams (UDP).
+    const DATAGRAMS: bool;
+    /// Whether a server's streams begin with a byte saying what they carry (as yamux version
+    /// 2's do), made from what the peer's open frame said.
+    const TYPED: bool;
+
+    /// Opens stream `sid` carrying `kind`.
+    fn open(sid: u32, kind: Kind) -> Frame;
+    /// Payload for stream `sid` (for a datagram stream: one datagram).
+    fn data(sid: u32, body: Bytes) -> Frame;
+    /// This side is done sending on `sid`.
+    fn close(sid: u32) -> Frame;
+    /// The peer's stream `sid` is refused, or closed here for a reason.
+    fn refuse(sid: u32) -> Frame {
+        Self::close(sid)
+    }
+    /// A keepalive.
+    fn keepalive() -> Frame;
+    /// Reads the next frame: `Ok(None)` at a clean end between frames. A payload shorter
+    /// than [`SMALL`] is read into `small`.
+    fn read<R: AsyncRead + Unpin + Send>(
+        r: &mut R,
+        small: &mut [u8; SMALL],
+    ) -> impl Future<Output = io::Result<Option<Event>>> + Send;
+    /// A session starts, or (`false`) ends: for the multiplexer's own gauges.
+    fn count(_up: bool) {}
+}
+
+/// What one frame read means.
+#[derive(Debug)]
+pub enum Event {
+    /// The peer opens stream `sid` carrying `kind`, with its first payload if any.
+    Open {
+        /// The stream.
+        sid: u32,
+        /// What it carries.
+        kind: Kind,
+        /// Its first payload.
+        body: Body,
+    },
+    /// Payload for stream `sid` (an empty one is counted: no real peer sends many).
+    Data {
+        /// The stream.
+        sid: u32,
+        /// The payload.
+        body: Body,
+    },
+    /// The peer is done sending on `sid`.
+    Close {
+        /// The stream.
+        sid: u32,
+    },
+    /// A keepalive, or anything else that only shows the peer is there.
+    Nop,
+}
+
+/// A frame's payload as read.
+#[derive(Debug)]
+pub enum Body {
+    /// None.
+    None,
+    /// In the first `n` bytes of the reader's small buffer.
+    Small(usize),
+    /// In a buffer of its own.
+    Owned(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::None => 0,
+            Body::Small(n) => *n,
+            Body::Owned(b) => b.len(),
+        }
+    }
+}
+
+/// Reads a payload of `len` bytes: into `small` when short, else into a buffer of its own.
+pub async fn read_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    small: &mut [u8; SMALL],
+    len: usize,
+) -> io::Result<Body> {
+    use tokio::io::AsyncReadExt;
+    if len >= SMALL {
+        let mut b = BytesMut::zeroed(len);
+        r.read_exact(&mut b).await?;
+        Ok(Body::Owned(b))
+    } else {
+        r.read_exact(&mut small[..len]).await?;
+        Ok(Body::Small(len))
+    }
+}
+
+/// One frame to send: a short head (up to 16 bytes) and a payload.
+pub struct Frame {
+    head: [u8; HEAD],
+    head_len: u8,
+    body: Bytes,
+}
+
+/// The longest head a frame may have.
+pub const HEAD: usize = 16;
+
+impl Frame {
+    /// A frame of `head` then `body`.
+    pub fn new(head: &[u8], body: Bytes) -> Self {
+        let mut h = [0u8; HEAD];
+        h[..head.len()].copy_from_slice(head);
+        Frame {
+            head: h,
+            head_len: head.len() as u8,
+            body,
+        }
+    }
+
+    /// Its bytes: the head, then the payload.
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        (&self.head[..usize::from(self.head_len)], &self.body)
+    }
+}
+
+/// Keepalive and limits of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// A NOP goes out this often.
+    pub keepalive: Duration,
+    /// A session that receives no frame for this long is closed (`Duration::MAX`: never, for
+    /// peers that send no keepalive).
+    pub dead_after: Duration,
+    /// Streams open at once; a server refuses (FIN) more, each alone.
+    pub max_streams: usize,
+    /// Unread bytes one stream may hold before the session waits for its reader.
+    pub hold: usize,
+    /// How long the session waits for such a reader before closing its stream.
+    pub stall: Duration,
+}
+
+/// Bytes the writer gathers into one write to the connection.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Frames waiting for the writer; a stream's write waits while the queue is full.
+const QUEUE: usize = 64;
+/// Empty data frames a session may send before it is closed: a real peer sends none.
+pub(crate) const EMPTY_FRAMES: u32 = 1024;
+
+/// What the session's tasks and streams share.
+struct Shared<W> {
+    streams: Mutex<HashMap<u32, Arc<Rx>>>,
+    out: mpsc::Sender<Frame>,
+    closed: CancellationToken,
+    /// A stream ended (the session may have become idle).
+    idle: Notify,
+    cfg: Config,
+    /// The last stream id this side opened.
+    last_id: AtomicU32,
+    /// New streams are refused (the server is shutting down).
+    refusing: AtomicBool,
+    /// Milliseconds since `start` when the last frame arrived.
+    last_rx: AtomicU64,
+    /// Streams that ended lately, for a FIN said again.
+    ended: Mutex<Ended>,
+    start: Instant,
+    wire: PhantomData<W>,
+}
+
+impl<W: Wire> Shared<W> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Arc<Rx>>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_streams(&self) -> usize {
+        self.streams().len()
+    }
+
+    /// A new stream `sid` carrying `kind`; `counted` ones are in the open-streams gauge (a
+    /// client's pool counts its own); a server's begin with their type byte if the wire says
+    /// so.
+    fn register(self: &Arc<Self>, sid: u32, kind: Kind, counted: bool) -> Stream<W> {
+        let rx = Arc::new(Rx::new(kind == Kind::Datagrams));
+        if counted && W::TYPED {
+            rx.push_raw(&[match kind {
+                Kind::Stream => datagram::STREAM_TCP,
+                Kind::Datagrams => datagram::STREAM_UDP,
+            }]);
+        }
+        self.streams().insert(sid, rx.clone());
+        if counted {
+            crate::metrics::get().mux_streams.inc();
+        }
+        Stream::new(
+            sid,
+            rx,
+            self.clone(),
+            PollSender::new(self.out.clone()),
+            counted,
+        )
+    }
+
+    /// Forgets `sid` if it is still `rx`'s; wakes whoever waits for the session to go idle.
+    fn forget(&self, sid: u32, rx: &Arc<Rx>) {
+        let mut streams = self.streams();
+        let gone = streams.get(&sid).is_some_and(|r| Arc::ptr_eq(r, rx));
+        if gone {
+            streams.remove(&sid);
+        }
+        drop(streams);
+        if gone {
+            self.ended().add(sid);
+        }
+        self.idle.notify_one();
+    }
+
+    fn ended(&self) -> MutexGuard<'_, Ended> {
+        self.ended.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses the peer's stream `sid`, remembering it.
+    async fn refuse(&self, sid: u32) {
+        self.ended().add(sid);
+        self.send(W::refuse(sid)).await;
+    }
+
+    fn touch(&self) {
+        self.last_rx
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Queues a frame, waiting for room; `false` once the session is closed.
+    async fn send(&self, frame: Frame) -> bool {
+        tokio::select! {
+            r = self.out.send(frame) => r.is_ok(),
+            _ = self.closed.cancelled() => false,
+        }
+    }
+}
+
+/// Starts the tasks of a session over `io`; `accept` (servers) receives the peer's streams.
+fn start<W: Wire>(
+    io: BoxIo,
+    cfg: Config,
+    accept: Option<mpsc::Sender<Stream<W>>>,
+) -> Arc<Shared<W>> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let shared = Arc::new(Shared {
+        streams: Mutex::default(),
+        out: tx,
+        closed: CancellationToken::new(),
+        idle: Notify::new(),
+        cfg,
+        last_id: AtomicU32::new(W::FIRST_ID.wrapping_sub(W::ID_STEP)),
+        refusing: AtomicBool::new(false),
+        last_rx: AtomicU64::new(0),
+        ended: Mutex::default(),
+        start: Instant::now(),
+        wire: PhantomData,
+    });
+    crate::metrics::get().mux_sessions.inc();
+    W::count(true);
+    let (r, w) = tokio::io::split(io);
+    tokio::spawn(write_loop(w, rx, shared.closed.clone()));
+    tokio::spawn(keepalive(shared.clone()));
+    let reader = shared.clone();
+    tokio::spawn(async move {
+        let ended = tokio::select! {
+            r = read_loop(r, &reader, accept) => r,
+            _ = reader.closed.cancelled() => Ok(()),
+        };
+        reader.closed.cancel();
+        match ended {
+            Ok(()) => log::debug!("{} session closed", W::NAME),
+            Err(e) => match crate::transport::relay::plain_ending(&e) {
+                Some(why) => log::debug!("{} session ended: {why}", W::NAME),
+                None => log::info!("{} session ended: {e}", W::NAME),
+            },
+        }
+        let streams: Vec<Arc<Rx>> = reader.streams().drain().map(|(_, rx)| rx).collect();
+        for rx in streams {
+            rx.end(false, Some("the multiplexed session ended"));
+        }
+        reader.idle.notify_one();
+        crate::metrics::get().mux_sessions.dec();
+        W::count(false);
+    });
+    shared
+}
+
+/// Reads frames until the connection ends (`Ok` between frames) or a frame is bad.
+async fn read_loop<W: Wire>(
+    mut r: ReadHalf<BoxIo>,
+    shared: &Arc<Shared<W>>,
+    accept: Option<mpsc::Sender<Stream<W>>>,
+) -> io::Result<()> {
+    let mut small = [0u8; SMALL];
+    let mut empty = 0u32;
+    loop {
+        let Some(event) = W::read(&mut r, &mut small).await? else {
+            return Ok(());
+        };
+        shared.touch();
+        let (sid, body) = match event {
+            Event::Nop => continue,
+            Event::Close { sid } => {
+                let rx = shared.streams().get(&sid).cloned();
+                if let Some(rx) = rx {
+                    rx.end(true, None);
+                }
+                continue;
+            }
+            Event::Open { sid, kind, body } => {
+                let Some(accept) = accept.as_ref() else {
+                    // A client takes no streams from its server.
+                    shared.refuse(sid).await;
+                    continue;
+                };
+                let (known, open) = {
+                    let s = shared.streams();
+                    (s.contains_key(&sid), s.len())
+                };
+                if known {
+                    continue;
+                }
+                if shared.refusing.load(Ordering::Acquire) {
+                    shared.refuse(sid).await;
+                    continue;
+                }
+                if open >= shared.cfg.max_streams {
+                    log::info!(
+                        "multiplexed stream refused: {open} streams already open in this session (the limit)"
+                    );
+                    shared.refuse(sid).await;
+                    continue;
+                }
+                let stream = shared.register(sid, kind, true);
+                if accept.send(stream).await.is_err() {
+                    return Ok(());
+                }
+                if body.len() == 0 {
+                    continue;
+                }
+                (sid, body)
+            }
+            Event::Data { sid, body } if body.len() == 0 => {
+                // Real peers send none (xtaci/smux ignores those it gets; so do we, up to a
+                // point): a flood of them is a peer wasting our time.
+                let _ = sid;
+                empty += 1;
+                if empty > EMPTY_FRAMES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "more than {EMPTY_FRAMES} empty data frames (no {} peer sends them)",
+                            W::NAME
+                        ),
+                    ));
+                }
+                continue;
+            }
+            Event::Data { sid, body } => (sid, body),
+        };
+        let rx = shared.streams().get(&sid).cloned();
+        let Some(rx) = rx else {
+            if shared.ended().take(sid) {
+                // Data on a stream that ended here: its peer may have missed the close. Say
+                // it again, now that the peer's stream certainly exists.
+                shared.send(W::close(sid)).await;
+            }
+            continue;
+        };
+        let cfg = shared.cfg;
+        let held = match body {
+            Body::Owned(b) => rx.push_owned(b),
+            Body::Small(n) => rx.push_copy(&small[..n]),
+            Body::None => continue,
+        };
+        if held > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
+            log::info!(
+                "multiplexed stream {sid}: closed: {} KiB waiting and nothing taken for {:?} ({} has no per-stream flow control; the other streams go on)",
+                cfg.hold / 1024,
+                cfg.stall,
+                W::NAME
+            );
+            rx.kill("closed: its reader took nothing for too long");
+            shared.forget(sid, &rx);
+            if !rx.fin_sent.swap(true, Ordering::AcqRel) {
+                shared.send(W::refuse(sid)).await;
+            }
+        }
+    }
+}
+
+/// The streams of a session that ended lately (refused, or closed here), whose FIN may have
+/// gone unheard: xtaci/smux adds a stream it opens to its table only after its SYN is written,
+/// so a FIN that comes back quickly enough (a refusal, a destination that cannot be reached)
+/// finds no stream and is dropped, and that stream would wait for ever. The first data frame
+/// on such a stream proves the peer has it now; it gets its FIN again, once.
+#[derive(Default)]
+struct Ended(VecDeque<u32>);
+
+impl Ended {
+    /// Remembered at most; a peer that sends on older ones gets no repeat for them.
+    const KEEP: usize = 64;
+
+    fn add(&mut self, sid: u32) {
+        if self.0.len() == Self::KEEP {
+            self.0.pop_front();
+        }
+        self.0.push_back(sid);
+    }
+
+    /// Whether `sid` was remembered (and is forgotten now).
+    fn take(&mut self, sid: u32) -> bool {
+        match self.0.iter().position(|&s| s == sid) {
+            Some(i) => {
+                self.0.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Sends queued frames, several per write, until the session closes; then what is still
+/// queued (FINs), and closes the connection.
+async fn write_loop(
+    mut w: WriteHalf<BoxIo>,
+    mut rx: mpsc::Receiver<Frame>,
+    closed: CancellationToken,
+) {
+    let mut buf = Vec::with_capacity(WRITE_BATCH);
+    let push = |buf: &mut Vec<u8>, f: Frame| {
+        let (head, body) = f.parts();
+        buf.extend_from_slice(head);
+        buf.extend_from_slice(body);
+    };
+    loop {
+        let f = tokio::select! {
+            f = rx.recv() => f,
+            _ = closed.cancelled() => None,
+        };
+        let Some(f) = f else { break };
+        push(&mut buf, f);
+        while buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => push(&mut buf, f),
+                Err(_) => break,
+            }
+        }
+        let wrote = async {
+            w.write_all(&buf).await?;
+            w.flush().await
+        };
+        if let Err(e) = wrote.await {
+            log::debug!("multiplexed session: write failed: {e}");
+            closed.cancel();
+            return;
+        }
+        buf.clear();
+    }
+    closed.cancel();
+    while let Ok(f) = rx.try_recv() {
+        push(&mut buf, f);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        w.write_all(&buf).await?;
+        w.shutdown().await
+    })
+    .await;
+}
+
+/// Sends a keepalive every `keepalive`; closes a session that heard nothing for `dead_after`.
+async fn keepalive<W: Wire>(shared: Arc<Shared<W>>) {
+    let cfg = shared.cfg;
+    let check = cfg
+        .keepalive
+        .min(cfg.dead_after / 2)
+        .max(Duration::from_millis(10));
+    let mut next_nop = Instant::now() + cfg.keepalive;
+    loop {
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = tokio::time::sleep(check) => {}
+        }
+        if Instant::now() >= next_nop {
+            // A full queue is a busy session: no keepalive needed.
+            let _ = shared.out.try_send(W::keepalive());
+            next_nop = Instant::now() + cfg.keepalive;
+        }
+        let last = Duration::from_millis(shared.last_rx.load(Ordering::Relaxed));
+        if last
+            .checked_add(cfg.dead_after)
+            .is_some_and(|dead| shared.start.elapsed() > dead)
+        {
+            log::info!(
+                "{} session closed: nothing from the peer for {:?}",
+                W::NAME,
+                cfg.dead_after
+            );
+            shared.closed.cancel();
+            return;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Mux.Cool, v2ray's multiplexing, as v2ray-plugin's clients (`mux=N`, its default) and
+//! servers speak it inside their WebSocket: streams over one connection, each opened by a
+//! New frame that says whether it carries TCP or UDP (the address in it is not used: a server
+//! sends every stream to its own destination), carried by Keep frames, ended by End, driven by
+//! the [`engine`](super::engine) of the multiplexers without per-stream flow control. The
+//! wire format is in [`frame`] and `docs/multiplexing.md`.
+//!
+//! Where v2ray's behaviour and this one differ: an End is a half-close here (the other
+//! direction goes on until its own End, as TCP's FIN), and one stream whose reader is slow
+//! does not stall its siblings (see the engine).
+
+pub mod frame;
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::engine::{self, Body, Event, Frame, SMALL, Wire, read_body};
+use crate::transport::datagram::Kind;
+use frame::{MAX_META, Meta, NET_TCP, NET_UDP, OPT_DATA, OPT_ERROR, Status, head};
+
+pub use engine::Config;
+
+/// The server end of a Mux.Cool session.
+pub type MuxCoolSession = engine::ServerEnd<MuxCool>;
+/// The client end of a Mux.Cool session (stream ids 1, 2, 3, …, as v2ray's).
+pub type MuxCoolClient = engine::ClientEnd<MuxCool>;
+
+/// A keepalive every 30 s; v2ray's clients send none, so a silent peer is not taken as gone
+/// (each stream has its idle timeout); streams and memory bounded as smux's.
+pub const DEFAULT: Config = Config {
+    keepalive: Duration::from_secs(30),
+    dead_after: Duration::MAX,
+    max_streams: super::MAX_STREAMS_PER_SESSION,
+    hold: super::smux::HOLD,
+    stall: super::smux::STALL,
+};
+
+/// The largest payload of one frame (v2ray writes 8 KiB and reads up to 64 KiB).
+const MAX_DATA: usize = 16 * 1024;
+
+/// Mux.Cool frames.
+pub struct MuxCool;
+
+fn frame(sid: u32, status: Status, opt: u8, net: u8, body: Bytes) -> Frame {
+    let mut h = Vec::with_capacity(engine::HEAD);
+    let data = (status == Status::Keep).then_some(body.len() as u16);
+    head(sid as u16, status, opt, net, data, &mut h);
+    Frame::new(&h, body)
+}
+
+impl Wire for MuxCool {
+    const NAME: &'static str = "Mux.Cool";
+    const FIRST_ID: u32 = 1;
+    const ID_STEP: u32 = 1;
+    const MAX_DATA: usize = MAX_DATA;
+    const DATAGRAMS: bool = true;
+    const TYPED: bool = true;
+
+    fn open(sid: u32, kind: Kind) -> Frame {
+        let net = match kind {
+            Kind::Stream => NET_TCP,
+            Kind::Datagrams => NET_UDP,
+        };
+        frame(sid, Status::New, 0, net, Bytes::new())
+    }
+
+    fn data(sid: u32, body: Bytes) -> Frame {
+        frame(sid, Status::Keep, 0, 0, body)
+    }
+
+    fn close(sid: u32) -> Frame {
+        frame(sid, Status::End, 0, 0, Bytes::new())
+    }
+
+    fn refuse(sid: u32) -> Frame {
+        frame(sid, Status::End, OPT_ERROR, 0, Bytes::new())
+    }
+
+    fn keepalive() -> Frame {
+        frame(0, Status::KeepAlive, 0, 0, Bytes::new())
+    }
+
+    async fn read<R: AsyncRead + Unpin + Send>(
+        r: &mut R,
+        small: &mut [u8; SMALL],
+    ) -> io::Result<Option<Event>> {
+        let mut len = [0u8; 2];
+        match r.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let meta_len = usize::from(u16::from_be_bytes(len));
+        let bad = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+        if meta_len > MAX_META {
+            return Err(bad(frame::MetaError::Length(meta_len)));
+        }
+        let mut meta = [0u8; MAX_META];
+        r.read_exact(&mut meta[..meta_len]).await?;
+        let m = Meta::parse(&meta[..meta_len]).map_err(bad)?;
+        let body = if m.opt & OPT_DATA != 0 {
+            r.read_exact(&mut len).await?;
+            read_body(r, small, usize::from(u16::from_be_bytes(len))).await?
+        } else {
+            Body::None
+        };
+        let sid = u32::from(m.sid);
+        Ok(Some(match m.status {
+            Status::New => Event::Open {
+                sid,
+                kind: if m.net == NET_UDP {
+                    Kind::Datagrams
+                } else {
+                    Kind::Stream
+                },
+                body,
+            },
+            // A Keep without data says nothing.
+            Status::Keep if matches!(body, Body::None) => Event::Nop,
+            Status::Keep => Event::Data { sid, body },
+            // Data riding an End (none of v2ray's do) is dropped with it.
+            Status::End => Event::Close { sid },
+            Status::KeepAlive => Event::Nop,
+        }))
+    }
+}
