@@ -321,6 +321,16 @@ impl<S: AsyncWrite + Unpin + ?Sized> AsyncWrite for Activity<'_, S> {
 /// Endings that are part of normal life, in plain words: idle, a peer that closed without
 /// TLS close_notify, one that closed while data was still on its way. `None`: worth a line.
 pub fn plain_ending(e: &io::Error) -> Option<String> {
+    let own = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<Failed>())
+        .map_or(e, |f| &f.source);
+    if let Some(h) = own
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<super::sniff::HandedOff>())
+    {
+        return Some(h.to_string());
+    }
     match e.kind() {
         io::ErrorKind::TimedOut => Some(e.to_string()),
         io::ErrorKind::UnexpectedEof => Some("the peer closed without TLS close_notify".into()),

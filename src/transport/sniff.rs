@@ -10,7 +10,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::io::{BoxIo, Io, forward_write};
 pub use super::mux::Muxing;
@@ -51,30 +53,68 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
     None
 }
 
-/// For a plain-TLS server without `-mux`: refuses a tunnel whose first bytes are a
-/// multiplexed session's (yamux or smux), or, from a client whose TLS hello offered exactly
-/// `http/1.1` as mtt's and v2ray-plugin's WebSocket clients do, a WebSocket upgrade request;
-/// the check is the first read, so nothing is relayed, and the mismatch is said once.
-pub struct RefuseMismatch {
-    inner: BoxIo,
+/// Where a tunnel whose first bytes opened a Mux.Cool session is handed back to the Acceptor,
+/// which then serves it as a session (a v2ray-plugin client's default, on a server that was
+/// given no flag for it).
+pub type Handoff = Arc<Mutex<Option<BoxIo>>>;
+
+/// Watches the first read of a plain tunnel (the check is that read, so nothing is relayed
+/// when it says no):
+/// * a Mux.Cool session's first frame: the stream goes to the [`Handoff`] and the tunnel ends;
+/// * on a plain-TLS server without `-mux` (`refuse_sessions`): a yamux or smux session's first
+///   frame is refused, and said once;
+/// * from a client whose TLS hello offered exactly `http/1.1` (`ws_hello`, as mtt's and
+///   v2ray-plugin's WebSocket clients do) at a plain-TLS server: a WebSocket upgrade request is
+///   refused, and said once.
+pub struct FirstRead {
+    inner: Option<BoxIo>,
     /// The connection's number, for the log line (a number, not a string: this wrapper
     /// lives as long as the tunnel).
     id: u64,
-    /// The client's hello was a WebSocket client's.
     ws_hello: bool,
+    refuse_sessions: bool,
+    handoff: Handoff,
     checked: bool,
+    /// Bytes went to the client before it spoke: no session can begin now.
+    wrote: bool,
 }
 
-impl RefuseMismatch {
-    /// Watches the first read of `inner`; `id` numbers the connection in the log line;
-    /// `ws_hello`: the client offered exactly `http/1.1`.
-    pub fn new(inner: BoxIo, id: u64, ws_hello: bool) -> Self {
-        RefuseMismatch {
-            inner,
+/// The error a tunnel handed off as a Mux.Cool session ends with.
+#[derive(Debug)]
+pub struct HandedOff;
+
+impl std::fmt::Display for HandedOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("continued as a Mux.Cool session")
+    }
+}
+
+impl std::error::Error for HandedOff {}
+
+impl FirstRead {
+    /// Watches the first read of `inner` (see the type).
+    pub fn new(
+        inner: BoxIo,
+        id: u64,
+        ws_hello: bool,
+        refuse_sessions: bool,
+        handoff: Handoff,
+    ) -> Self {
+        FirstRead {
+            inner: Some(inner),
             id,
             ws_hello,
+            refuse_sessions,
+            handoff,
             checked: false,
+            wrote: false,
         }
+    }
+
+    fn inner(&mut self) -> io::Result<&mut BoxIo> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::ConnectionAborted, HandedOff))
     }
 }
 
@@ -86,25 +126,41 @@ fn is_ws_upgrade(first: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(b"websocket"))
 }
 
-impl AsyncRead for RefuseMismatch {
+impl AsyncRead for FirstRead {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.checked {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
+            return Pin::new(self.inner()?).poll_read(cx, buf);
         }
         let start = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        ready!(Pin::new(self.inner()?).poll_read(cx, buf))?;
         self.checked = true;
         let first = &buf.filled()[start..];
-        let why = if let Some(Some(_)) = Muxing::detect(first) {
-            "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)"
-        } else if self.ws_hello && is_ws_upgrade(first) {
-            "the client speaks WebSocket (-wss), but this server runs without -wss: add -wss here, or remove it from the client"
-        } else {
-            return Poll::Ready(Ok(()));
+        let why = match Muxing::detect(first) {
+            Some(Some(Muxing::MuxCool)) if !self.wrote => {
+                let Some(io) = self.inner.take() else {
+                    return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+                };
+                let rest = Rewind::new(io, first);
+                buf.set_filled(start);
+                if let Ok(mut slot) = self.handoff.lock() {
+                    *slot = Some(Box::new(rest));
+                }
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    HandedOff,
+                )));
+            }
+            Some(Some(_)) if self.refuse_sessions => {
+                "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)"
+            }
+            _ if self.ws_hello && is_ws_upgrade(first) => {
+                "the client speaks WebSocket (-wss), but this server runs without -wss: add -wss here, or remove it from the client"
+            }
+            _ => return Poll::Ready(Ok(())),
         };
         buf.set_filled(start);
         crate::rarely!(Warn, "#{}: {why}", self.id);
@@ -115,7 +171,40 @@ impl AsyncRead for RefuseMismatch {
     }
 }
 
-forward_write!(impl[] RefuseMismatch, inner);
+impl AsyncWrite for FirstRead {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.wrote |= !buf.is_empty();
+        Pin::new(self.inner()?).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.wrote |= bufs.iter().any(|b| !b.is_empty());
+        Pin::new(self.inner()?).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self.inner()?).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(i) => Pin::new(i).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
 
 /// A stream with bytes already read from it put back in front.
 pub struct Rewind<S> {

@@ -20,5 +20,6 @@ mod sip003;
 mod smux;
 mod tunnel;
 mod udp;
+mod v2ray;
 mod wire;
 mod ws;

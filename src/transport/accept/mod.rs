@@ -213,20 +213,34 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         };
         match up.carry {
             Carry::Plain => {
-                let io: BoxIo = match self.sniff {
-                    true => Box::new(sniff::RefuseMismatch::new(io, id.id, up.ws_hello)),
-                    false => io,
-                };
+                let handoff = sniff::Handoff::default();
+                let io: BoxIo = Box::new(sniff::FirstRead::new(
+                    io,
+                    id.id,
+                    up.ws_hello,
+                    self.sniff,
+                    handoff.clone(),
+                ));
                 // Boxed: measured, an idle tunnel then costs the server 10.9 KiB, not 12.4
                 // (its task is not sized for the layers' and the handshake's states).
-                Box::pin(handle(Tunnel {
+                Box::pin(handle.clone()(Tunnel {
                     io,
                     kind: Kind::Stream,
-                    id,
-                    owner: up.owner,
+                    id: id.clone(),
+                    owner: up.owner.clone(),
                     shutdown: shutdown.clone(),
                 }))
-                .await
+                .await;
+                // Its first bytes opened a Mux.Cool session (v2ray-plugin's clients): served
+                // as one, on any server.
+                let session = handoff.lock().ok().and_then(|mut s| s.take());
+                if let Some(io) = session {
+                    let carry = Carry::Session {
+                        muxing: Some(Muxing::MuxCool),
+                        v2: true,
+                    };
+                    Box::pin(self.other(carry, io, id, up, rtt, tasks, shutdown, handle)).await
+                }
             }
             // Boxed: datagram tunnels and sessions are few, and every connection's task
             // would otherwise be sized for them (a session's state, yamux's included, is far

@@ -62,7 +62,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 }
             }
         };
-        let v2 = v2 && muxing.has_v2();
+        let v2 = muxing.typed(v2);
         self.session(io, id, up, muxing, v2, rtt, &tasks, shutdown, handle)
             .await
     }

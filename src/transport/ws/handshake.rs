@@ -45,8 +45,13 @@ pub fn upgrade_request(
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
         .map_or("Go-http-client/1.1", |(_, v)| v.as_str());
+    // No subprotocol (a Mux.Cool client's, as v2ray's send none): no header for it.
+    let protocol = match protocol {
+        "" => String::new(),
+        p => format!("Sec-WebSocket-Protocol: {p}\r\n"),
+    };
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {protocol}\r\nSec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {agent}\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n{protocol}Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"
     );
     for (name, value) in extra {
         if !name.eq_ignore_ascii_case("user-agent") {

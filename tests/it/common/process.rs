@@ -185,6 +185,7 @@ fn package_of(program: &std::ffi::OsStr) -> String {
         .unwrap_or_default();
     match name.as_str() {
         "ss-server" | "ss-local" => "shadowsocks-libev".into(),
+        "ss-v2ray-plugin" => "shadowsocks-v2ray-plugin".into(),
         "dnsmasq" => "dnsmasq-base".into(),
         "systemd-analyze" => "systemd".into(),
         "ip" | "tc" => "iproute2".into(),
