@@ -183,6 +183,9 @@ role_args! {
         /// skip verification of the server's certificate chain and name (dangerous)
         #[argh(switch)]
         pub sv: bool,
+        /// no TLS: WebSocket (or TCP) as it is, for a server behind a TLS-terminating proxy on a trusted path (v2ray-plugin without tls)
+        #[argh(switch)]
+        pub disable_tls: bool,
         /// trust this PEM CA (or self-signed certificate) instead of the public roots
         #[argh(option, arg_name = "file")]
         pub ca: Option<String>,
@@ -213,7 +216,7 @@ role_args! {
         /// how long a multiplexed connection without streams is kept for the next ones (default 10s)
         #[argh(option)]
         pub mux_idle: Option<String>,
-        /// multiplexing protocol: yamux (mtt servers; default) or smux (mos-tls-tunnel servers)
+        /// multiplexing protocol: yamux (mtt servers; default), smux (mos-tls-tunnel servers) or mux.cool (v2ray-plugin servers)
         #[argh(option)]
         pub mux_proto: Option<String>,
         /// UDP associations at once; beyond, the longest idle is dropped (default 1024)

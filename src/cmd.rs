@@ -157,11 +157,26 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
     addrs: &[(&str, &str)],
 ) -> Result<(T, sip003::HostArgs)> {
     let mut host = sip003::host_args(prog, rest)?;
-    let options = sip003::parse_options(env.options.as_deref().unwrap_or(""))?;
+    let mut options = sip003::parse_options(env.options.as_deref().unwrap_or(""))?;
+    let server = addrs.iter().any(|(flag, _)| *flag == "d");
+    // A configuration made for v2ray-plugin runs with the same meaning (and, as there, no UDP).
+    let v2ray = sip003::v2ray::is_v2ray(&options, server);
+    if v2ray {
+        let home = std::env::var("HOME").ok();
+        options = sip003::v2ray::translate(&options, server, home.as_deref(), &mut raw_ca)?;
+        let said: Vec<String> = options
+            .iter()
+            .map(|(k, v)| match v {
+                Some(v) => format!("{k}={v}"),
+                None => k.clone(),
+            })
+            .collect();
+        host.read_as = Some(said.join(";"));
+    }
     let (mut argv, vpn) = sip003::command_line::<T>(addrs, &options)?;
     host.vpn |= vpn;
     // SIP003u: UDP rides the plugin unless the options say udp=false.
-    if !options.iter().any(|(k, _)| k == "udp") {
+    if !v2ray && !options.iter().any(|(k, _)| k == "udp") {
         argv.push("-udp".into());
     }
     if host.fast_open {
@@ -171,6 +186,26 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
         Parsed::Args(a) => Ok((a, host)),
         Parsed::Help(_) => Err(Error::usage("SS_PLUGIN_OPTIONS cannot ask for help")),
     }
+}
+
+/// v2ray-plugin's `certRaw` (a CA certificate's base64, for Android) as a PEM file for `-ca`,
+/// kept for the life of the process.
+fn raw_ca(body: &str) -> Result<String> {
+    use std::io::Write;
+    static KEPT: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    let mut file = tempfile::Builder::new()
+        .prefix("mtt-ca-")
+        .suffix(".pem")
+        .tempfile()
+        .map_err(|e| Error::io("certRaw: write the CA to a file", e))?;
+    write!(
+        file,
+        "-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+    )
+    .map_err(|e| Error::io("certRaw: write the CA to a file", e))?;
+    let path = file.path().display().to_string();
+    let _ = KEPT.set(file);
+    Ok(path)
 }
 
 /// Ties the plugin's life to its host.
@@ -195,6 +230,12 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                     let addrs = [("b", env.local.as_str()), ("s", env.remote.as_str())];
                     let (args, host) = plugin_args::<ClientArgs>(prog, rest, env, &addrs)?;
                     crate::logging::init(args.verbose);
+                    if let Some(read) = &host.read_as {
+                        log::info!(
+                            target: crate::logging::NOTICE,
+                            "SS_PLUGIN_OPTIONS are v2ray-plugin's: read as {read}"
+                        );
+                    }
                     enter_plugin_mode();
                     (args, host.vpn)
                 }
@@ -220,6 +261,12 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
                     let addrs = [("b", env.remote.as_str()), ("d", env.local.as_str())];
                     let (args, host) = plugin_args::<ServerArgs>(prog, rest, env, &addrs)?;
                     crate::logging::init(args.verbose);
+                    if let Some(read) = &host.read_as {
+                        log::info!(
+                            target: crate::logging::NOTICE,
+                            "SS_PLUGIN_OPTIONS are v2ray-plugin's: read as {read}"
+                        );
+                    }
                     if host.vpn {
                         log::info!(
                             "-V is for clients on Android; the server has nothing to protect"

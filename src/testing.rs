@@ -81,7 +81,7 @@ pub mod users {
 
 /// The layers of a tunnel.
 pub mod transport {
-    pub use crate::transport::{Dialer, Listener, datagram, options};
+    pub use crate::transport::{BoxIo, Dialer, Listener, datagram, options};
     /// TCP.
     pub mod tcp {
         pub use crate::transport::tcp::{DialOpts, bind_tcp_with, connect, connect_with};
@@ -102,7 +102,11 @@ pub mod transport {
     }
     /// Multiplexing.
     pub mod mux {
-        pub use crate::transport::mux::{Muxing, Quiet};
+        pub use crate::transport::mux::{Muxing, Quiet, ServerSession};
+        /// Mux.Cool, v2ray's.
+        pub mod muxcool {
+            pub use crate::transport::mux::muxcool::{Config, DEFAULT, MuxCoolSession};
+        }
         /// smux, the original's multiplexer.
         pub mod smux {
             pub use crate::transport::mux::smux::{Config, DEFAULT, SmuxSession, frame};

@@ -3,54 +3,19 @@
 //! hang.
 #![no_main]
 
+#[path = "common/session.rs"]
+mod session;
+
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use mtt::testing::transport::mux::Quiet;
 use mtt::testing::transport::mux::smux::{self, SmuxSession};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let (mut peer, ours) = tokio::io::duplex(1 << 16);
-        let feed = data.to_vec();
-        let writer = tokio::spawn(async move {
-            let _ = peer.write_all(&feed).await;
-            let _ = peer.shutdown().await;
-            // Take whatever the session answers (FINs, NOPs) so it never blocks on us.
-            let mut sink = Vec::new();
-            let _ = peer.read_to_end(&mut sink).await;
-        });
-        let quiet = Quiet {
-            first: Duration::from_secs(5),
-            idle: Duration::from_secs(5),
-            ping: None,
-        };
-        let cfg = smux::Config {
-            hold: 64 * 1024,
-            stall: Duration::from_millis(50),
-            ..smux::DEFAULT
-        };
-        let mut session = SmuxSession::server(Box::new(ours), cfg, quiet);
-        let mut readers = Vec::new();
-        let bounded = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(Ok(mut s)) = session.next().await {
-                readers.push(tokio::spawn(async move {
-                    let mut out = Vec::new();
-                    let _ = s.read_to_end(&mut out).await;
-                }));
-            }
-        })
-        .await;
-        assert!(bounded.is_ok(), "the session did not end after its input did");
-        drop(session);
-        for r in readers {
-            let _ = r.await;
-        }
-        let _ = writer.await;
-    });
+    let cfg = smux::Config {
+        hold: 64 * 1024,
+        stall: Duration::from_millis(50),
+        ..smux::DEFAULT
+    };
+    session::run(data, |io, quiet| Box::new(SmuxSession::server(io, cfg, quiet)));
 });

@@ -246,6 +246,7 @@ async fn start_tunnel(
                 idle: crate::transport::mux::DEFAULT_IDLE,
             }),
             fast_open: false,
+            disable_tls: false,
             fallback_dns: None,
             protect: None,
             timeouts: DEFAULT_TIMEOUTS,

@@ -135,7 +135,7 @@ impl ClientConfig {
             None => mux::Muxing::Yamux,
             Some(name) => mux::Muxing::parse(name).ok_or_else(|| {
                 Error::usage(format!(
-                    "-mux-proto must be yamux (mtt servers) or smux (mos-tls-tunnel servers), got {name}"
+                    "-mux-proto must be yamux (mtt servers), smux (mos-tls-tunnel servers) or mux.cool (v2ray-plugin servers), got {name}"
                 ))
             })?,
         };
@@ -158,6 +158,16 @@ impl ClientConfig {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => server.host.clone(),
         };
+        if a.disable_tls {
+            if a.sv || a.ca.is_some() || a.cert_sha256.is_some() {
+                return Err(Error::usage(
+                    "-disable-tls leaves nothing to verify: drop -sv, -ca or -cert-sha256 (or -disable-tls)",
+                ));
+            }
+            log::warn!(
+                "-disable-tls: nothing is encrypted between here and {server}; use it only when a TLS-terminating proxy or CDN stands in front of the server and the way to it is trusted"
+            );
+        }
         let chosen = [a.sv, a.ca.is_some(), a.cert_sha256.is_some()];
         if chosen.iter().filter(|x| **x).count() > 1 {
             return Err(Error::usage(
@@ -219,6 +229,7 @@ impl ClientConfig {
                 ws,
                 mux,
                 fast_open: a.fast_open,
+                disable_tls: a.disable_tls,
                 fallback_dns,
                 protect: None,
                 timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,

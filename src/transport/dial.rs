@@ -73,6 +73,11 @@ impl Connector {
         let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
             .await
             .map_err(|e| Error::tunnel(Step::Connect, peer(), e))?;
+        if self.opts.disable_tls {
+            // No TLS at this end (v2ray-plugin's default without `tls`): the WebSocket, if
+            // any, goes over TCP as it is.
+            return self.above_tls(tcp, None, None, kind, first).await;
+        }
         let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
         let client = if udp_plain { &self.tls_udp } else { &self.tls };
         let tls = client
@@ -80,6 +85,28 @@ impl Connector {
             .await
             .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        // The kernel's estimate from the handshakes: the path to the server itself (asked
+        // only for a session's connection, whose windows it sizes).
+        let rtt = match self.opts.mux {
+            Some(_) => crate::sys::tcp_rtt(tls.get_ref().0).ok(),
+            None => None,
+        };
+        self.above_tls(tls, alpn, rtt, kind, first).await
+    }
+
+    /// The layers above TLS (or above TCP, without TLS): the WebSocket, if any, and the
+    /// first bytes; `alpn`: what TLS agreed; `rtt`: the path's round trip, where known.
+    async fn above_tls<S: super::io::Io + 'static>(
+        &self,
+        tls: S,
+        alpn: Option<Vec<u8>>,
+        rtt: Option<std::time::Duration>,
+        kind: Kind,
+        first: &[u8],
+    ) -> Result<mux::Dialled> {
+        let server = &self.opts.server;
+        let peer = || format!("server {server}");
+        let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
         let Some(ws) = &self.opts.ws else {
             if udp_plain && alpn.as_deref() != Some(datagram::ALPN_UDP) {
                 return Err(udp_refused(
@@ -88,12 +115,6 @@ impl Connector {
                 ));
             }
             let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
-            // The kernel's estimate from the handshakes: the path to the server itself (asked
-            // only for a session's connection, whose windows it sizes).
-            let rtt = match self.opts.mux {
-                Some(_) => crate::sys::tcp_rtt(tls.get_ref().0).ok(),
-                None => None,
-            };
             let mut io: BoxIo = Box::new(tls);
             write_first(&mut io, first)
                 .await

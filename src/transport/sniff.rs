@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::io::{BoxIo, Io, forward_write};
 pub use super::mux::Muxing;
+use super::mux::muxcool::frame as muxcool;
 
 /// For a `-mux` server: reads the client's first bytes (waiting at most `limit`) and gives
 /// the stream back with them unread, with the multiplexing they begin; otherwise logs the
@@ -77,6 +78,8 @@ pub struct FirstRead {
     checked: bool,
     /// Bytes went to the client before it spoke: no session can begin now.
     wrote: bool,
+    /// The beginning read so far, until it says what it is.
+    held: Vec<u8>,
 }
 
 /// The error a tunnel handed off as a Mux.Cool session ends with.
@@ -108,6 +111,7 @@ impl FirstRead {
             handoff,
             checked: false,
             wrote: false,
+            held: Vec::new(),
         }
     }
 
@@ -118,6 +122,31 @@ impl FirstRead {
     }
 }
 
+/// Waits up to `window` for a tunnel's first bytes: the stream with them put back, and whether
+/// they open a Mux.Cool session. Nothing within the window (a protocol whose server speaks
+/// first), an error or the end: `false`, and the stream as it is.
+pub async fn peek_muxcool(mut io: BoxIo, window: Duration) -> (BoxIo, bool) {
+    let mut first = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 256];
+        loop {
+            match io.read(&mut chunk).await {
+                Ok(n) if n > 0 => first.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+            if !muxcool::waiting_for_new(&first) || first.len() >= HOLD_FIRST {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(window, read).await;
+    if first.is_empty() {
+        return (io, false);
+    }
+    let is = Muxing::detect(&first) == Some(Some(Muxing::MuxCool));
+    (Box::new(Rewind::new(io, &first)), is)
+}
+
 /// Whether `first` opens a WebSocket upgrade request.
 fn is_ws_upgrade(first: &[u8]) -> bool {
     first.starts_with(b"GET ")
@@ -125,6 +154,9 @@ fn is_ws_upgrade(first: &[u8]) -> bool {
             .windows(9)
             .any(|w| w.eq_ignore_ascii_case(b"websocket"))
 }
+
+/// How much of a tunnel's beginning may be held while Mux.Cool's Ends come before its New.
+const HOLD_FIRST: usize = 512;
 
 impl AsyncRead for FirstRead {
     fn poll_read(
@@ -135,19 +167,28 @@ impl AsyncRead for FirstRead {
         if self.checked {
             return Pin::new(self.inner()?).poll_read(cx, buf);
         }
-        let start = buf.filled().len();
-        ready!(Pin::new(self.inner()?).poll_read(cx, buf))?;
+        // The first read, and more while it is only Mux.Cool's Ends (held here meanwhile).
+        loop {
+            let mut chunk = [0u8; 256];
+            let mut rb = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(self.inner()?).poll_read(cx, &mut rb))?;
+            let got = rb.filled().len();
+            self.held.extend_from_slice(rb.filled());
+            let wait =
+                got > 0 && muxcool::waiting_for_new(&self.held) && self.held.len() < HOLD_FIRST;
+            if !wait {
+                break;
+            }
+        }
         self.checked = true;
-        let first = &buf.filled()[start..];
-        let why = match Muxing::detect(first) {
+        let first = std::mem::take(&mut self.held);
+        let why = match Muxing::detect(&first) {
             Some(Some(Muxing::MuxCool)) if !self.wrote => {
                 let Some(io) = self.inner.take() else {
                     return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
                 };
-                let rest = Rewind::new(io, first);
-                buf.set_filled(start);
                 if let Ok(mut slot) = self.handoff.lock() {
-                    *slot = Some(Box::new(rest));
+                    *slot = Some(Box::new(Rewind::new(io, &first)));
                 }
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -157,12 +198,21 @@ impl AsyncRead for FirstRead {
             Some(Some(_)) if self.refuse_sessions => {
                 "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)"
             }
-            _ if self.ws_hello && is_ws_upgrade(first) => {
+            _ if self.ws_hello && is_ws_upgrade(&first) => {
                 "the client speaks WebSocket (-wss), but this server runs without -wss: add -wss here, or remove it from the client"
             }
-            _ => return Poll::Ready(Ok(())),
+            _ => {
+                // Not ours to stop: what was read goes on, the rest of it on the next reads.
+                let n = first.len().min(buf.remaining());
+                buf.put_slice(&first[..n]);
+                if n < first.len()
+                    && let Some(io) = self.inner.take()
+                {
+                    self.inner = Some(Box::new(Rewind::new(io, &first[n..])));
+                }
+                return Poll::Ready(Ok(()));
+            }
         };
-        buf.set_filled(start);
         crate::rarely!(Warn, "#{}: {why}", self.id);
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::InvalidData,

@@ -475,7 +475,7 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
                 "-mux-proto",
                 "smux2",
             ],
-            "-mux-proto must be yamux (mtt servers) or smux",
+            "-mux-proto must be yamux (mtt servers), smux (mos-tls-tunnel servers) or mux.cool",
         ),
         (
             vec!["client", "-b", "127.0.0.1:0", "-s", "a:1", "-sv=maybe"],

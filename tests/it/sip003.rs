@@ -45,38 +45,6 @@ fn plugin(
         .expect("start plugin")
 }
 
-/// Retries a small echo through `addr` until it works (plugins say nothing when ready).
-async fn until_echo_works(addr: SocketAddr, socks_to: Option<SocketAddr>) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let attempt = async {
-            let mut s = match socks_to {
-                Some(dest) => socks5(addr, dest).await?,
-                None => TcpStream::connect(addr).await?,
-            };
-            s.write_all(b"ready?").await?;
-            let mut b = [0u8; 6];
-            s.read_exact(&mut b).await?;
-            // Through to the echo destination and back, unchanged.
-            if &b != b"ready?" {
-                return Err(std::io::Error::other(format!("echo came back as {b:?}")));
-            }
-            Ok::<_, std::io::Error>(())
-        };
-        if tokio::time::timeout(Duration::from_secs(2), attempt)
-            .await
-            .is_ok_and(|r| r.is_ok())
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "tunnel through {addr} never worked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn plugins_started_with_the_sip003_environment_carry_traffic() {
     bounded(async {
@@ -150,8 +118,9 @@ async fn bad_environments_and_options_are_one_clear_line() {
         let mut with = full.to_vec();
         with.push(("SS_PLUGIN_OPTIONS", "wss;path=/old;n=x"));
         let err = plugin_error(&with, &[]).await;
+        // 'path' is v2ray-plugin's (without 'tls': no TLS), 'n' mtt's TLS name: not meant.
         assert!(
-            err.contains("unknown option 'path'") && err.contains("wss-path"),
+            err.contains("'path'") && err.contains("'n'") && err.contains("wss-path"),
             "{err}"
         );
         let mut with = full.to_vec();
@@ -206,35 +175,6 @@ async fn the_plugin_stops_when_its_host_dies() {
     .await;
 }
 
-/// SOCKS5 CONNECT (no authentication) to an IPv4 destination.
-async fn socks5(proxy: SocketAddr, dest: SocketAddr) -> std::io::Result<TcpStream> {
-    let mut s = TcpStream::connect(proxy).await?;
-    s.write_all(&[5, 1, 0]).await?;
-    let mut r = [0u8; 2];
-    s.read_exact(&mut r).await?;
-    if r != [5, 0] {
-        return Err(std::io::Error::other(format!(
-            "SOCKS5 method refused: {r:?}"
-        )));
-    }
-    let std::net::IpAddr::V4(ip) = dest.ip() else {
-        return Err(std::io::Error::other("IPv4 only"));
-    };
-    let mut req = vec![5, 1, 0, 1];
-    req.extend_from_slice(&ip.octets());
-    req.extend_from_slice(&dest.port().to_be_bytes());
-    s.write_all(&req).await?;
-    let mut reply = [0u8; 10];
-    s.read_exact(&mut reply).await?;
-    if reply[1] != 0 {
-        return Err(std::io::Error::other(format!(
-            "SOCKS5 connect failed: {}",
-            reply[1]
-        )));
-    }
-    Ok(s)
-}
-
 /// ss-server with `mtt-server`, ss-local with `mtt-client`, a SOCKS5 client through both to a
 /// local echo: the command lines of the README's SIP003 section.
 #[tokio::test]
@@ -250,55 +190,14 @@ async fn real_shadowsocks_libev_in_every_mode() {
             ("wss+mux", "wss;mux;wss-path=/m", "wss;mux;wss-path=/m"),
         ];
         for (name, server_extra, client_extra) in modes {
-            let ss_port = free_port().to_string();
-            let socks_port = free_port();
             let server_opts = format!(
                 "cert={};key={};{server_extra}",
                 path_str(&cert),
                 path_str(&key)
             );
             let client_opts = format!("n=localhost;cert-sha256={fp};{client_extra}");
-            let common = ["-k", "mtt-test-secret", "-m", "chacha20-ietf-poly1305"];
-            let mut ss_server = tokio::process::Command::new("ss-server");
-            ss_server
-                .args(["-s", "127.0.0.1", "-p", &ss_port])
-                .args(common)
-                .args([
-                    "--plugin",
-                    &path_str(&server_bin),
-                    "--plugin-opts",
-                    &server_opts,
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            let _ss_server = ss_server
-                .spawn()
-                .expect("ss-server (install shadowsocks-libev)");
-            let mut ss_local = tokio::process::Command::new("ss-local");
-            ss_local
-                .args([
-                    "-s",
-                    "127.0.0.1",
-                    "-p",
-                    &ss_port,
-                    "-b",
-                    "127.0.0.1",
-                    "-l",
-                    &socks_port.to_string(),
-                ])
-                .args(common)
-                .args([
-                    "--plugin",
-                    &path_str(&client_bin),
-                    "--plugin-opts",
-                    &client_opts,
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            let _ss_local = ss_local.spawn().expect("ss-local");
-            let socks: SocketAddr = format!("127.0.0.1:{socks_port}").parse().expect("addr");
+            let (_ss_server, _ss_local, socks) =
+                libev_pair(&server_bin, &server_opts, &client_bin, &client_opts);
             until_echo_works(socks, Some(echo)).await;
             let mut tasks = Vec::new();
             for i in 0..4u64 {
@@ -427,98 +326,6 @@ async fn android_vpn_protect_hands_over_every_socket_before_it_connects() {
         closed_promptly(local).await;
     })
     .await;
-}
-
-/// shadowsocks-rust's `ssserver` and `sslocal` with `mtt-server` and `mtt-client` as
-/// plugins; with `tcp_and_udp`, its plugin mode asks for SIP003u.
-struct RustPair {
-    _server: tokio::process::Child,
-    _local: tokio::process::Child,
-    /// sslocal's listening address (SOCKS5, or the tunnel with `forward`).
-    local: SocketAddr,
-    /// What ssserver and sslocal (and the plugins they start) printed.
-    logs: tempfile::TempDir,
-}
-
-impl RustPair {
-    /// Both hosts' output so far, for a failure's message.
-    fn logs(&self) -> String {
-        ["ssserver", "sslocal"]
-            .iter()
-            .map(|n| {
-                let text = std::fs::read_to_string(self.logs.path().join(n)).unwrap_or_default();
-                format!("--- {n} (with its plugin):\n{text}")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-/// A file for a host's output in `dir`.
-fn log_file(dir: &tempfile::TempDir, name: &str) -> std::fs::File {
-    std::fs::File::create(dir.path().join(name)).expect("log file")
-}
-
-fn rust_pair(
-    server_bin: &Path,
-    client_bin: &Path,
-    server_opts: &str,
-    client_opts: &str,
-    udp: bool,
-    forward: Option<SocketAddr>,
-) -> RustPair {
-    let ss = format!("127.0.0.1:{}", free_port());
-    let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let common = ["-k", "mtt-test-secret", "-m", "chacha20-ietf-poly1305"];
-    let mode: &[&str] = if udp {
-        &["-U", "--plugin-mode", "tcp_and_udp"]
-    } else {
-        &[]
-    };
-    let logs = tempfile::tempdir().expect("tempdir");
-    let mut server = tokio::process::Command::new("ssserver");
-    server
-        .args(["-s", &ss])
-        .args(common)
-        .args([
-            "--plugin",
-            &path_str(server_bin),
-            "--plugin-opts",
-            server_opts,
-        ])
-        .args(mode)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(log_file(&logs, "ssserver"))
-        .kill_on_drop(true);
-    let server = server
-        .spawn()
-        .expect("ssserver (bash .ci/install-test-deps installs shadowsocks-rust)");
-    let mut sslocal = tokio::process::Command::new("sslocal");
-    sslocal
-        .args(["-b", &local.to_string(), "-s", &ss])
-        .args(common)
-        .args([
-            "--plugin",
-            &path_str(client_bin),
-            "--plugin-opts",
-            client_opts,
-        ])
-        .args(mode)
-        .env("RUST_LOG", "debug")
-        .stdout(std::process::Stdio::null())
-        .stderr(log_file(&logs, "sslocal"))
-        .kill_on_drop(true);
-    if let Some(f) = forward {
-        sslocal.args(["--protocol", "tunnel", "-f", &f.to_string()]);
-    }
-    let local_child = sslocal.spawn().expect("sslocal");
-    RustPair {
-        _server: server,
-        _local: local_child,
-        local,
-        logs,
-    }
 }
 
 /// The SIP003 command lines with shadowsocks-rust as the host, TCP in every mode (SOCKS5 to

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `ss-v2ray-plugin` started as a shadowsocks host starts it; its lines are read as they come.
@@ -28,55 +27,13 @@ fn v2ray_plugin(remote: SocketAddr, local: SocketAddr, options: &str) -> Proc {
     )
 }
 
-/// Sends `data` and reads back as many bytes while sending (no half-close: v2ray's Mux.Cool
-/// ends a stream both ways at its client's first End), then checks them.
-async fn echo_exact(addr: SocketAddr, data: &[u8]) {
-    let s = TcpStream::connect(addr).await.expect("connect");
-    let (mut r, mut w) = tokio::io::split(s);
-    let send = async {
-        for chunk in data.chunks(64 * 1024) {
-            w.write_all(chunk).await.expect("write");
-        }
-    };
-    let recv = async {
-        let mut back = vec![0u8; data.len()];
-        r.read_exact(&mut back).await.expect("read the echo");
-        back
-    };
-    let ((), back) = tokio::join!(send, recv);
-    assert_eq!(sha256(&back), sha256(data), "echo content");
-}
-
-/// Until a small echo through `addr` works (the plugin says nothing when it is ready for
-/// traffic beyond its start line).
-async fn until_ready(addr: SocketAddr) {
-    for _ in 0..200 {
-        let try_once = async {
-            let mut s = TcpStream::connect(addr).await.ok()?;
-            s.write_all(b"ready?").await.ok()?;
-            let mut b = [0u8; 6];
-            s.read_exact(&mut b).await.ok()?;
-            (&b == b"ready?").then_some(())
-        };
-        if tokio::time::timeout(std::time::Duration::from_secs(2), try_once)
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("nothing came through {addr}");
-}
-
 /// 16 connections of 2 MiB each at once, each hashed both ways.
 async fn sixteen_at_once(addr: SocketAddr) {
     let mut tasks = Vec::new();
     for i in 0..16u64 {
         tasks.push(tokio::spawn(async move {
-            echo_exact(addr, &random_bytes(2 << 20, 100 + i)).await
+            let s = TcpStream::connect(addr).await.expect("connect");
+            echo_exact(s, &random_bytes(2 << 20, 100 + i)).await
         }));
     }
     for t in tasks {
@@ -110,7 +67,7 @@ async fn v2ray_plugin_clients_with_and_without_mux_reach_an_mtt_server() {
             let options = format!("tls;host=localhost;cert={};mux={mux}", path_str(&cert));
             let mut plugin = v2ray_plugin(at, local, &options);
             plugin.wait_line("started").await;
-            until_ready(local).await;
+            until_echo_works(local, None).await;
             sixteen_at_once(local).await;
             plugin.signal("KILL");
             plugin.exit().await;
@@ -166,7 +123,7 @@ async fn an_mtt_client_speaks_mux_cool_to_a_v2ray_plugin_server() {
             ],
         );
         let local = client.listening_addr().await;
-        until_ready(local).await;
+        until_echo_works(local, None).await;
         sixteen_at_once(local).await;
         client.signal("TERM");
         assert_eq!(client.exit().await.code(), Some(0));
@@ -209,6 +166,69 @@ async fn mux_cool_between_mtt_ends_carries_half_closes() {
             client.exit().await;
             server.signal("KILL");
             server.exit().await;
+        }
+    })
+    .await;
+}
+
+/// `mtt-client` and `mtt-server` links, as hosts start plugins by path.
+fn links() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (client, server) = (dir.path().join("mtt-client"), dir.path().join("mtt-server"));
+    std::os::unix::fs::symlink(mtt_bin(), &client).expect("link");
+    std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
+    (dir, client, server)
+}
+
+/// SOCKS5 through `socks` to `echo`: 16 connections of 1 MiB at once, hashed both ways.
+async fn sixteen_through_socks(socks: SocketAddr, echo: SocketAddr) {
+    until_echo_works(socks, Some(echo)).await;
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        tasks.push(tokio::spawn(async move {
+            let s = socks5(socks, echo).await.expect("socks5");
+            echo_exact(s, &random_bytes(1 << 20, 300 + i)).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("transfer");
+    }
+}
+
+/// The drop-in, as users switch one end at a time: a shadowsocks configuration written for
+/// v2ray-plugin (its option strings, unchanged) with mtt on one end and v2ray-plugin on the
+/// other, both ways, with shadowsocks-libev and shadowsocks-rust as hosts.
+#[tokio::test]
+async fn v2ray_plugin_option_strings_run_mtt_on_either_end() {
+    bounded(async {
+        let (_links, mtt_client, mtt_server) = links();
+        let v2ray = Path::new("/usr/bin/ss-v2ray-plugin");
+        let (_certs, cert, key, _) = self_signed_files("localhost");
+        let echo = echo_server().await;
+        let server_opts = format!(
+            "server;tls;host=localhost;path=/v2;cert={};key={}",
+            path_str(&cert),
+            path_str(&key)
+        );
+        let client_opts = format!("tls;host=localhost;path=/v2;cert={};mux=4", path_str(&cert));
+        for (server_plugin, client_plugin) in [(&*mtt_server, v2ray), (v2ray, &*mtt_client)] {
+            let (_s, _l, socks) =
+                libev_pair(server_plugin, &server_opts, client_plugin, &client_opts);
+            sixteen_through_socks(socks, echo).await;
+            let pair = rust_pair(
+                server_plugin,
+                client_plugin,
+                &server_opts,
+                &client_opts,
+                false,
+                None,
+            );
+            let run = tokio::time::timeout(
+                std::time::Duration::from_secs(25),
+                sixteen_through_socks(pair.local, echo),
+            )
+            .await;
+            assert!(run.is_ok(), "shadowsocks-rust: {}", pair.logs());
         }
     })
     .await;

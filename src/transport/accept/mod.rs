@@ -213,6 +213,25 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         };
         match up.carry {
             Carry::Plain => {
+                // A WebSocket client speaks first within about a round trip if it ever does:
+                // a Mux.Cool session (v2ray-plugin's) is then known before a destination is
+                // dialled for nothing; later first bytes are still told apart below.
+                let mut io = io;
+                if self.http.is_some() {
+                    let window = rtt.map_or(PEEK, |r| (2 * r + PEEK / 5).min(PEEK * 5));
+                    let (peeked, muxcool) = Box::pin(sniff::peek_muxcool(io, window)).await;
+                    io = peeked;
+                    if muxcool {
+                        let carry = Carry::Session {
+                            muxing: Some(Muxing::MuxCool),
+                            v2: true,
+                        };
+                        return Box::pin(
+                            self.other(carry, io, id, up, rtt, tasks, shutdown, handle),
+                        )
+                        .await;
+                    }
+                }
                 let handoff = sniff::Handoff::default();
                 let io: BoxIo = Box::new(sniff::FirstRead::new(
                     io,
@@ -326,6 +345,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             .map_err(|e| Error::tunnel(Step::Http, "client", e))
     }
 }
+
+/// How long a WebSocket tunnel's first bytes are waited for before its destination is
+/// dialled, without a measured round trip (with one: two round trips, at most 5 × this).
+const PEEK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Says why a connection's handshake failed, in the words of what happened rather than of
 /// the library that noticed: a peer that closes before TLS is done (a health check, a port

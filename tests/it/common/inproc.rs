@@ -66,6 +66,7 @@ pub fn client_config(
             ws: None,
             mux: None,
             fast_open: false,
+            disable_tls: false,
             fallback_dns: None,
             protect: None,
             timeouts: DEFAULT_TIMEOUTS,

@@ -144,8 +144,11 @@ pub fn head(sid: u16, status: Status, opt: u8, net: u8, data: Option<u16>, out: 
 
 /// Whether a connection's first bytes open a Mux.Cool session: a New frame (for any stream:
 /// a v2ray client's streams race to write first) of TCP or UDP, with its address type when
-/// the bytes reach it. `None`: more bytes are needed (eight decide).
+/// the bytes reach it, maybe after Ends and keepalives (a stream whose application closed at
+/// once is ended before it was opened). `None`: more bytes are needed (eight after those
+/// decide).
 pub fn looks_like_muxcool(b: &[u8]) -> Option<bool> {
+    let b = &b[leading_controls(b)..];
     let head: &[u8; 8] = b.get(..8)?.try_into().ok()?;
     let meta_len = usize::from(u16::from_be_bytes([head[0], head[1]]));
     let address = match b.get(9) {
@@ -162,6 +165,29 @@ pub fn looks_like_muxcool(b: &[u8]) -> Option<bool> {
             && (head[6] == NET_TCP || head[6] == NET_UDP)
             && address,
     )
+}
+
+/// The length of the End and KeepAlive frames (without data) that `b` begins with.
+fn leading_controls(b: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(f) = b.get(at..at + 6) {
+        let control = f[0] == 0
+            && f[1] == 4
+            && (f[4] == Status::End as u8 || f[4] == Status::KeepAlive as u8)
+            && f[5] & !OPT_ERROR == 0;
+        if !control {
+            break;
+        }
+        at += 6;
+    }
+    at
+}
+
+/// Whether `b` is only Ends and keepalives, and a beginning too short to tell: a Mux.Cool
+/// session's first bytes, most likely, whose New is still to come.
+pub fn waiting_for_new(b: &[u8]) -> bool {
+    let at = leading_controls(b);
+    at > 0 && b.len() - at < 8
 }
 
 #[cfg(test)]
@@ -181,6 +207,14 @@ mod tests {
         // Any stream may be the first a v2ray client writes.
         let third = [0, 12, 0, 3, 1, 1, 1, 0, 0, 1, 127, 0, 0, 1, 32, 0];
         assert_eq!(looks_like_muxcool(&third), Some(true));
+        // A first stream that ended before it opened: its End, then the next New.
+        let mut ended_first = vec![0, 4, 0, 1, 3, 2];
+        assert!(waiting_for_new(&ended_first));
+        assert_eq!(looks_like_muxcool(&ended_first), None);
+        ended_first.extend_from_slice(&third);
+        assert!(!waiting_for_new(&ended_first));
+        assert_eq!(looks_like_muxcool(&ended_first), Some(true));
+        assert!(!waiting_for_new(b"abcdef"));
         let mut bad_address = new;
         bad_address[9] = 7;
         assert_eq!(looks_like_muxcool(&bad_address), Some(false));

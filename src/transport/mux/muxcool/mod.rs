@@ -127,3 +127,106 @@ impl Wire for MuxCool {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certs::fingerprint::sha256;
+    use crate::transport::datagram::{STREAM_TCP, STREAM_UDP};
+    use crate::transport::mux::Quiet;
+    use crate::transport::mux::engine::EMPTY_FRAMES;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn quiet() -> Quiet {
+        Quiet {
+            first: Duration::from_secs(30),
+            idle: Duration::from_secs(30),
+            ping: None,
+        }
+    }
+
+    fn frame_bytes(f: Frame) -> Vec<u8> {
+        let (h, b) = f.parts();
+        [h, b].concat()
+    }
+
+    /// Streams of both kinds between the two ends: a server's streams begin with the type
+    /// byte their New frame made; a byte stream half-closes and is answered after it; a
+    /// datagram stream carries each datagram frame as one Keep, and back.
+    #[tokio::test]
+    async fn byte_and_datagram_streams_both_ways() {
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let client = MuxCoolClient::new(Box::new(a), DEFAULT);
+        let mut server = MuxCoolSession::server(Box::new(b), DEFAULT, quiet());
+        let srv = tokio::spawn(async move {
+            while let Some(Ok(mut s)) = server.next().await {
+                tokio::spawn(async move {
+                    let mut kind = [0u8; 1];
+                    s.read_exact(&mut kind).await.expect("type byte");
+                    if kind[0] == STREAM_UDP {
+                        // Echo two datagram frames as they came.
+                        let mut two = [0u8; 2 + 3 + 2 + 5];
+                        s.read_exact(&mut two).await.expect("two datagrams");
+                        s.write_all(&two).await.expect("echo");
+                        return;
+                    }
+                    assert_eq!(kind[0], STREAM_TCP);
+                    let mut got = Vec::new();
+                    s.read_to_end(&mut got).await.expect("read to End");
+                    s.write_all(&sha256(&got)).await.expect("reply after End");
+                    s.shutdown().await.expect("End");
+                });
+            }
+        });
+        let mut s = client.open_kind(Kind::Stream).await.expect("open");
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        s.write_all(&sent).await.expect("write");
+        s.shutdown().await.expect("half-close");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).await.expect("reply");
+        assert_eq!(back, sha256(&sent));
+        let mut u = client.open_kind(Kind::Datagrams).await.expect("open UDP");
+        // Two datagram frames, written in pieces that split them.
+        let frames = [
+            &[0u8, 3, b'o', b'n', b'e'][..],
+            &[0, 5, b't', b'h', b'r', b'e', b'e'],
+        ]
+        .concat();
+        for piece in frames.chunks(4) {
+            u.write_all(piece).await.expect("write");
+        }
+        let mut echoed = vec![0u8; frames.len()];
+        u.read_exact(&mut echoed).await.expect("echo");
+        assert_eq!(echoed, frames);
+        srv.abort();
+    }
+
+    /// What the server sends back for a stream beyond its limit: End with the error bit; and
+    /// a flood of empty Keep frames ends the session.
+    #[tokio::test]
+    async fn refusals_and_floods() {
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let cfg = Config {
+            max_streams: 1,
+            ..DEFAULT
+        };
+        let mut server = MuxCoolSession::server(Box::new(ours), cfg, quiet());
+        peer.write_all(&frame_bytes(MuxCool::open(1, Kind::Stream)))
+            .await
+            .expect("New 1");
+        peer.write_all(&frame_bytes(MuxCool::open(2, Kind::Stream)))
+            .await
+            .expect("New 2");
+        let _first = server.next().await.expect("stream 1").expect("ok");
+        let mut refused = [0u8; 6];
+        peer.read_exact(&mut refused).await.expect("answer");
+        assert_eq!(refused, [0, 4, 0, 2, Status::End as u8, OPT_ERROR]);
+        for _ in 0..=EMPTY_FRAMES {
+            peer.write_all(&frame_bytes(MuxCool::data(1, Bytes::new())))
+                .await
+                .expect("empty Keep");
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), server.next()).await;
+        assert!(matches!(ended, Ok(None)), "the session ends");
+    }
+}

@@ -2,6 +2,8 @@
 //! `SS_PLUGIN_OPTIONS` string (`k=v;flag;k2=a\;b`), turned into the same Go-style command line
 //! users type, so plugin mode goes through exactly the checks of flag mode.
 
+pub mod v2ray;
+
 use argh::{ArgsInfo, FlagInfoKind};
 
 use crate::goflag::parse_bool;
@@ -133,6 +135,8 @@ pub struct HostArgs {
     pub vpn: bool,
     /// `-fast-open`.
     pub fast_open: bool,
+    /// What the options were read as, when they were v2ray-plugin's: said once logging is on.
+    pub read_as: Option<String>,
 }
 
 /// Reads the few arguments hosts pass to plugins; anything else is an error that names it.
@@ -321,7 +325,8 @@ mod tests {
             a(&["-V", "--fast-open"]).unwrap(),
             HostArgs {
                 vpn: true,
-                fast_open: true
+                fast_open: true,
+                read_as: None
             }
         );
         assert!(a(&["-b", "x"]).is_err());
