@@ -553,107 +553,195 @@ fn smux_frame(
     f
 }
 
-/// One unauthenticated connection to a `-mux` server opens 16 smux streams and sends one byte
-/// per data frame (and empty frames between) to destinations that do not read: the server holds
-/// what it received in bytes of memory, not a buffer per byte (before the fix, 640,000 such
-/// frames grew it by about 35 MiB); once the peer goes, every stream delivers what it got and
-/// ends promptly, and the server's CPU goes quiet.
-#[tokio::test]
-async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
-    use mtt::testing::transport::mux::smux::frame::Cmd;
-    bounded(async {
-        const STREAMS: u32 = 16;
-        const FRAMES: usize = 40_000;
-        let (go_tx, go) = tokio::sync::watch::channel(false);
-        let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
-        let dest = {
-            let go = go.clone();
-            serve_dest(move |mut s| {
-                let (go, got_tx) = (go.clone(), got_tx.clone());
-                async move {
-                    let mut go = go;
-                    let _ = go.wait_for(|&go| go).await;
-                    let mut all = Vec::new();
-                    let r = s.read_to_end(&mut all).await;
-                    let _ = got_tx.send((all, r.is_ok()));
-                    Ok(())
-                }
-            })
-            .await
-        };
-        let mut server = Proc::server(&dest.to_string(), &["-mux"]);
-        let addr = server.listening_addr().await;
-        let pid = server.child.id().expect("pid");
-        let mut s = tls_to(addr).await;
-        let sid = |i: u32| 3 + 2 * i;
-        let mut wire = Vec::new();
-        for i in 0..STREAMS {
-            wire.extend(smux_frame(Cmd::Syn, sid(i), b""));
+/// The two multiplexers without per-stream flow control, as a hostile peer writes them.
+#[derive(Clone, Copy)]
+enum Flowless {
+    /// smux version 1, at a `-mux` server.
+    Smux,
+    /// Mux.Cool (v2ray's), at a server given no flag for it.
+    MuxCool,
+}
+
+impl Flowless {
+    fn sid(self, i: u32) -> u32 {
+        match self {
+            Flowless::Smux => 3 + 2 * i,
+            Flowless::MuxCool => 1 + i,
         }
-        s.write_all(&wire).await.expect("SYNs");
-        let before = mem_kib(pid, "VmRSS:");
-        let (mut round, mut plain) = (Vec::new(), Vec::new());
-        for i in 0..STREAMS {
-            plain.extend(smux_frame(Cmd::Psh, sid(i), &[i as u8]));
-            round.extend(smux_frame(Cmd::Psh, sid(i), &[i as u8]));
-            round.extend(smux_frame(Cmd::Psh, sid(i), b""));
-        }
-        // Empty frames are ignored but counted against the session: a few, in the first
-        // rounds only.
-        for n in 0..FRAMES {
-            let r = if n < 16 { &round } else { &plain };
-            s.write_all(r).await.expect("the server keeps reading");
-        }
-        // A 17th stream is refused (FIN) when the server reads its SYN, so that FIN says the
-        // server has read every frame before it.
-        let probe = sid(STREAMS);
-        s.write_all(&smux_frame(Cmd::Syn, probe, b""))
-            .await
-            .expect("SYN");
-        s.flush().await.expect("flush");
-        let mut head = [0u8; 8];
-        loop {
-            s.read_exact(&mut head)
-                .await
-                .expect("frames from the server");
-            let h =
-                mtt::testing::transport::mux::smux::frame::Header::parse(&head).expect("a frame");
-            if h.cmd == Cmd::Fin && h.sid == probe {
-                break;
+    }
+
+    fn open(self, sid: u32) -> Vec<u8> {
+        match self {
+            Flowless::Smux => smux_frame(
+                mtt::testing::transport::mux::smux::frame::Cmd::Syn,
+                sid,
+                b"",
+            ),
+            Flowless::MuxCool => {
+                let mut f = vec![0, 12];
+                f.extend_from_slice(&(sid as u16).to_be_bytes());
+                f.extend_from_slice(&[1, 0, 1, 0, 0, 1, 127, 0, 0, 1]);
+                f
             }
-            let mut body = vec![0u8; usize::from(h.len)];
+        }
+    }
+
+    fn data(self, sid: u32, body: &[u8]) -> Vec<u8> {
+        match self {
+            Flowless::Smux => smux_frame(
+                mtt::testing::transport::mux::smux::frame::Cmd::Psh,
+                sid,
+                body,
+            ),
+            Flowless::MuxCool => {
+                let mut f = vec![0, 4];
+                f.extend_from_slice(&(sid as u16).to_be_bytes());
+                f.extend_from_slice(&[2, 1]);
+                f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                f.extend_from_slice(body);
+                f
+            }
+        }
+    }
+
+    /// Reads the server's frames until it refuses (closes) stream `probe`.
+    async fn until_refused<S: tokio::io::AsyncRead + Unpin>(self, s: &mut S, probe: u32) {
+        loop {
+            let (sid, closing, len) = match self {
+                Flowless::Smux => {
+                    use mtt::testing::transport::mux::smux::frame::{Cmd, Header};
+                    let mut head = [0u8; 8];
+                    s.read_exact(&mut head)
+                        .await
+                        .expect("frames from the server");
+                    let h = Header::parse(&head).expect("a frame");
+                    (h.sid, h.cmd == Cmd::Fin, usize::from(h.len))
+                }
+                Flowless::MuxCool => {
+                    let mut len = [0u8; 2];
+                    s.read_exact(&mut len)
+                        .await
+                        .expect("frames from the server");
+                    let mut meta = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    s.read_exact(&mut meta).await.expect("metadata");
+                    let sid = u32::from(u16::from_be_bytes([meta[0], meta[1]]));
+                    let data = if meta[3] & 1 == 1 {
+                        s.read_exact(&mut len).await.expect("length");
+                        usize::from(u16::from_be_bytes(len))
+                    } else {
+                        0
+                    };
+                    (sid, meta[2] == 3, data)
+                }
+            };
+            if closing && sid == probe {
+                return;
+            }
+            let mut body = vec![0u8; len];
             s.read_exact(&mut body).await.expect("body");
         }
-        let grew = mem_kib(pid, "VmHWM:").saturating_sub(before);
-        eprintln!("smux one-byte frames: server RSS peaked {grew} KiB above its start");
-        assert!(
-            grew < 8 * 1024,
-            "server RSS peaked {grew} KiB higher for {} KiB of one-byte frames",
-            FRAMES * STREAMS as usize / 1024
-        );
-        drop(s);
-        go_tx.send(true).expect("destinations wait");
-        for _ in 0..STREAMS {
-            let (all, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
-                .await
-                .expect("every stream ends promptly once its peer has gone")
-                .expect("a destination");
-            let first = all.first().copied().expect("data arrived");
-            assert_eq!(all.len(), FRAMES, "stream {first} delivered what it got");
-            assert!(all.iter().all(|&b| b == first), "stream {first} mixed");
-        }
-        // Nothing left to do: the server's CPU time stands (almost) still.
-        let t0 = cpu_ticks(pid);
-        tokio::time::sleep(Duration::from_millis(500)).await; // a measurement window
-        let used = cpu_ticks(pid) - t0;
-        assert!(
-            used <= 5,
-            "{used} ticks of CPU in 0.5 s after the peer went"
-        );
-        server.signal("KILL");
-        server.exit().await;
-    })
-    .await;
+    }
+}
+
+/// One unauthenticated connection opens 16 streams of a multiplexer without per-stream flow
+/// control and sends one byte per data frame (and empty frames between) to destinations that
+/// do not read: the server holds what it received in bytes of memory, not a buffer per byte
+/// (before the fix, 640,000 such smux frames grew it by about 35 MiB); once the peer goes,
+/// every stream delivers what it got and ends promptly, and the server's CPU goes quiet.
+async fn one_byte_frames_cost_their_bytes(wire: Flowless) {
+    const STREAMS: u32 = 16;
+    const FRAMES: usize = 40_000;
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    let dest = {
+        let go = go.clone();
+        serve_dest(move |mut s| {
+            let (go, got_tx) = (go.clone(), got_tx.clone());
+            async move {
+                let mut go = go;
+                let _ = go.wait_for(|&go| go).await;
+                let mut all = Vec::new();
+                let r = s.read_to_end(&mut all).await;
+                let _ = got_tx.send((all, r.is_ok()));
+                Ok(())
+            }
+        })
+        .await
+    };
+    let extra: &[&str] = match wire {
+        Flowless::Smux => &["-mux"],
+        Flowless::MuxCool => &[],
+    };
+    let mut server = Proc::server(&dest.to_string(), extra);
+    let addr = server.listening_addr().await;
+    let pid = server.child.id().expect("pid");
+    let mut s = tls_to(addr).await;
+    let mut wire_bytes = Vec::new();
+    for i in 0..STREAMS {
+        wire_bytes.extend(wire.open(wire.sid(i)));
+    }
+    s.write_all(&wire_bytes).await.expect("opens");
+    let before = mem_kib(pid, "VmRSS:");
+    let (mut round, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..STREAMS {
+        plain.extend(wire.data(wire.sid(i), &[i as u8]));
+        round.extend(wire.data(wire.sid(i), &[i as u8]));
+        round.extend(wire.data(wire.sid(i), b""));
+    }
+    // Empty frames are ignored but counted against the session: a few, in the first
+    // rounds only.
+    for n in 0..FRAMES {
+        let r = if n < 16 { &round } else { &plain };
+        s.write_all(r).await.expect("the server keeps reading");
+    }
+    // A 17th stream is refused when the server reads its open frame, so that refusal says
+    // the server has read every frame before it.
+    let probe = wire.sid(STREAMS);
+    s.write_all(&wire.open(probe)).await.expect("open");
+    s.flush().await.expect("flush");
+    wire.until_refused(&mut s, probe).await;
+    let grew = mem_kib(pid, "VmHWM:").saturating_sub(before);
+    eprintln!("one-byte frames: server RSS peaked {grew} KiB above its start");
+    assert!(
+        grew < 8 * 1024,
+        "server RSS peaked {grew} KiB higher for {} KiB of one-byte frames",
+        FRAMES * STREAMS as usize / 1024
+    );
+    drop(s);
+    go_tx.send(true).expect("destinations wait");
+    let mut delivered = 0;
+    while delivered < STREAMS {
+        let (all, _) = tokio::time::timeout(Duration::from_secs(10), got_rx.recv())
+            .await
+            .expect("every stream ends promptly once its peer has gone")
+            .expect("a destination");
+        // A session told by its first bytes on a plain tunnel cost one connection to the
+        // destination that carried nothing.
+        let Some(&first) = all.first() else { continue };
+        assert_eq!(all.len(), FRAMES, "stream {first} delivered what it got");
+        assert!(all.iter().all(|&b| b == first), "stream {first} mixed");
+        delivered += 1;
+    }
+    // Nothing left to do: the server's CPU time stands (almost) still.
+    let t0 = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await; // a measurement window
+    let used = cpu_ticks(pid) - t0;
+    assert!(
+        used <= 5,
+        "{used} ticks of CPU in 0.5 s after the peer went"
+    );
+    server.signal("KILL");
+    server.exit().await;
+}
+
+#[tokio::test]
+async fn smux_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
+    bounded(one_byte_frames_cost_their_bytes(Flowless::Smux)).await;
+}
+
+#[tokio::test]
+async fn mux_cool_one_byte_frames_cost_their_bytes_not_a_buffer_each() {
+    bounded(one_byte_frames_cost_their_bytes(Flowless::MuxCool)).await;
 }
 
 /// A `-wss` client at a plain server: its upgrade request is refused, not relayed to the
