@@ -30,6 +30,9 @@ CLIENT_ONLY = {
 # mtt's wss and wss+mux rows.
 V2RAY = {"v2ray-plugin": "mux=0", "v2ray-plugin+mux": "mux=1"}
 V2RAY_BIN = "ss-v2ray-plugin"
+# One end swapped: v2ray-plugin's default client (Mux.Cool, mux=1) at an mtt server, and an
+# mtt client given v2ray-plugin's option string at its server (throughput rows only).
+MIXED = {"v2ray-plugin+mux → mtt": "v2ray client", "mtt → v2ray-plugin+mux": "v2ray server"}
 # The modes of mtt's own multiplexing (and none); smux carries TCP only.
 CORE_MODES = [m for m in MODES if m not in CLIENT_ONLY]
 UDP_MODES = CORE_MODES
@@ -95,6 +98,8 @@ class Tunnel:
             self._ss_rust(sp, dest)
         elif kind in V2RAY:
             self._v2ray(sp, dest, ctx, V2RAY[kind])
+        elif kind in MIXED:
+            self._mixed(sp, dest, ctx, MIXED[kind])
         else:
             flags = MODES[kind] + (["-udp"] if udp else [])
             server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
@@ -133,6 +138,25 @@ class Tunnel:
                   "SS_PLUGIN_OPTIONS": f"{tls};{mux}"}
         self._start([V2RAY_BIN], sp, "v2ray-plugin server", server)
         self._start([V2RAY_BIN], self.port, "v2ray-plugin client", client)
+
+    def _mixed(self, sp, dest, ctx, which):
+        """The server first (its CPU is measured on its own): mtt's or v2ray-plugin's, each
+        started by a v2ray-plugin option string as a shadowsocks host would."""
+        host, port = dest.rsplit(":", 1)
+        tls = f"tls;host=bench.local;cert={ctx.cert}"
+        server_env = {"SS_REMOTE_HOST": "127.0.0.1", "SS_REMOTE_PORT": str(sp),
+                      "SS_LOCAL_HOST": host, "SS_LOCAL_PORT": port,
+                      "SS_PLUGIN_OPTIONS": f"server;{tls};key={ctx.key}"}
+        client_env = {"SS_LOCAL_HOST": "127.0.0.1", "SS_LOCAL_PORT": str(self.port),
+                      "SS_REMOTE_HOST": "127.0.0.1", "SS_REMOTE_PORT": str(sp),
+                      "SS_PLUGIN_OPTIONS": f"{tls};mux=1"}
+        mtt_as = lambda role: ["bash", "-c", f'exec -a mtt-{role} "$0"', ctx.mtt]
+        if which == "v2ray client":
+            self._start(mtt_as("server"), sp, "mtt server (v2ray-plugin options)", server_env)
+            self._start([V2RAY_BIN], self.port, "v2ray-plugin client", client_env)
+        else:
+            self._start([V2RAY_BIN], sp, "v2ray-plugin server", server_env)
+            self._start(mtt_as("client"), self.port, "mtt client (v2ray-plugin options)", client_env)
 
     def _start(self, cmd, port, what, env=None):
         full = dict(os.environ, **env) if env else None
