@@ -402,14 +402,16 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        c = cby[r["name"]]
+        c = cby.get(r["name"])
         cpu = f"{r['cpu_per_gib']:.2f}" if r["cpu_per_gib"] is not None else "–"
         lo = min(r["up_range"][0], r["down_range"][0])
         hi = max(r["up_range"][1], r["down_range"][1])
+        # The rows with one end swapped are measured for throughput only.
+        conn = (f"{c['rate']:.0f} | {c['p50']:.2f} | {c['rate'] / cby['stunnel']['rate']:.2f}"
+                if c else "– | – | –")
         lines.append(
             f"| {r['name']} | {r['up']:.0f} | {r['down']:.0f} | {r['p16']:.0f} "
-            f"| {single(r) / single(tls):.2f} | {cpu} | {c['rate']:.0f} | {c['p50']:.2f} "
-            f"| {c['rate'] / cby['stunnel']['rate']:.2f} | {lo:.0f}–{hi:.0f} |")
+            f"| {single(r) / single(tls):.2f} | {cpu} | {conn} | {lo:.0f}–{hi:.0f} |")
     lines += [
         "",
         f"| memory ({args.idle} idle tunnelled connections) | idle client KiB | idle server KiB "
