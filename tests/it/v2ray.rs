@@ -233,3 +233,121 @@ async fn v2ray_plugin_option_strings_run_mtt_on_either_end() {
     })
     .await;
 }
+/// Without `tls`, v2ray-plugin's WebSocket is plain, as behind a TLS-terminating proxy: nginx
+/// takes TLS from the client (`tls` in its options) and hands a plain WebSocket to a server
+/// whose options have no `tls`, mtt's or v2ray-plugin's, with either client in front.
+#[tokio::test]
+async fn behind_nginx_terminating_tls_either_end_can_be_mtt() {
+    bounded(async {
+        let (_links, mtt_client, mtt_server) = links();
+        let v2ray = Path::new("/usr/bin/ss-v2ray-plugin");
+        let (_certs, cert, key, _) = self_signed_files("localhost");
+        let echo = echo_server().await;
+        for (server_plugin, client_plugin) in [(&*mtt_server, v2ray), (v2ray, &*mtt_client)] {
+            let behind: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+            let mut server = if server_plugin == v2ray {
+                v2ray_plugin(behind, echo, "server;path=/ws")
+            } else {
+                let (rh, rp) = (behind.ip().to_string(), behind.port().to_string());
+                let (lh, lp) = (echo.ip().to_string(), echo.port().to_string());
+                Proc::spawn_env(
+                    server_plugin,
+                    &[],
+                    &[
+                        ("SS_REMOTE_HOST", &rh),
+                        ("SS_REMOTE_PORT", &rp),
+                        ("SS_LOCAL_HOST", &lh),
+                        ("SS_LOCAL_PORT", &lp),
+                        ("SS_PLUGIN_OPTIONS", "server;path=/ws"),
+                    ],
+                )
+            };
+            wait_listening(behind).await;
+            let front = free_port();
+            let _nginx = Nginx::start(
+                &format!(
+                    "server {{ listen 127.0.0.1:{front} ssl; ssl_certificate {}; ssl_certificate_key {}; location /ws {{ proxy_pass http://{behind}; proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection \"upgrade\"; proxy_set_header Host $host; proxy_read_timeout 1h; }} }}",
+                    path_str(&cert),
+                    path_str(&key)
+                ),
+                front,
+            )
+            .await;
+            let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+            let options = format!("tls;host=localhost;path=/ws;cert={};mux=4", path_str(&cert));
+            let at: SocketAddr = format!("127.0.0.1:{front}").parse().expect("a");
+            let _client = if client_plugin == v2ray {
+                v2ray_plugin(at, local, &options)
+            } else {
+                let (rh, rp) = (at.ip().to_string(), at.port().to_string());
+                let (lh, lp) = (local.ip().to_string(), local.port().to_string());
+                Proc::spawn_env(
+                    client_plugin,
+                    &[],
+                    &[
+                        ("SS_REMOTE_HOST", &rh),
+                        ("SS_REMOTE_PORT", &rp),
+                        ("SS_LOCAL_HOST", &lh),
+                        ("SS_LOCAL_PORT", &lp),
+                        ("SS_PLUGIN_OPTIONS", &options),
+                    ],
+                )
+            };
+            until_echo_works(local, None).await;
+            sixteen_at_once(local).await;
+            server.signal("KILL");
+            server.exit().await;
+        }
+    })
+    .await;
+}
+
+/// Sessions of the multiplexers without flow control over WebSocket without TLS (behind a
+/// TLS-terminating proxy): 16 parallel transfers finish. The WebSocket stream's reading side
+/// used to push out pending bytes of a write itself, taking the socket's write wake-up from
+/// the session's writer task, which then slept for good.
+#[tokio::test]
+async fn sessions_over_websocket_without_tls_do_not_stall() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-wss",
+                "-disable-tls",
+            ],
+        );
+        let at = server.listening_addr().await.to_string();
+        for proto in ["mux.cool", "smux"] {
+            let mut client = Proc::spawn(
+                &mtt_bin(),
+                &[
+                    "client",
+                    "-b",
+                    "127.0.0.1:0",
+                    "-s",
+                    &at,
+                    "-wss",
+                    "-disable-tls",
+                    "-mux",
+                    "-mux-proto",
+                    proto,
+                    "-mux-max-stream",
+                    "4",
+                ],
+            );
+            let local = client.listening_addr().await;
+            sixteen_at_once(local).await;
+            client.signal("KILL");
+            client.exit().await;
+        }
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}

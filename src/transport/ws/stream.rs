@@ -48,6 +48,9 @@ pub struct WsStream<S> {
     pub(super) wbuf: Vec<u8>,
     pub(super) wpos: usize,
     pub(super) wend: usize,
+    /// The pending bytes were queued by the reading side (a pong, a keepalive ping), not by
+    /// a write: the reading side may push them out itself.
+    pub(super) reader_owns: bool,
     pub(super) close_sent: bool,
     /// The answer to the newest ping, not yet queued: a peer that floods pings and never
     /// reads gets one pong, not one each (RFC 6455 §5.5.3 allows answering only the last),
@@ -85,6 +88,7 @@ impl<S: Io> WsStream<S> {
             wbuf: Vec::new(),
             wpos: 0,
             wend: 0,
+            reader_owns: false,
             close_sent: false,
             pong: None,
             masks: Masks::default(),
@@ -209,6 +213,7 @@ impl<S: Io> WsStream<S> {
         }
         self.wpos = 0;
         self.wend = 0;
+        self.reader_owns = false;
         if !self.wbuf.is_empty() {
             pool::give(std::mem::take(&mut self.wbuf).into_boxed_slice());
         }
@@ -247,13 +252,20 @@ impl<S: Io> AsyncRead for WsStream<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let ours = this.wpos == this.wend || this.reader_owns;
         if let Err(e) = this.poll_keepalive(cx) {
             return Poll::Ready(Err(e));
         }
         // Owed pongs (and pings) go out whenever the stream is polled; waiting for them is
-        // not a reason to stop reading.
-        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
-            return Poll::Ready(Err(e));
+        // not a reason to stop reading. Not while a write's bytes are pending: that is the
+        // writing side's to finish, and polling the socket's write side from here would take
+        // its wake-up from a task that writes (a session's reader and writer are two tasks),
+        // which would then never be woken; the owed pong goes out with that write.
+        if ours {
+            this.reader_owns = true;
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
         // Fill as much of `buf` as is there, across frames: what arrived with a header and
         // the payload after it go out to the caller together, not as a tiny read of their

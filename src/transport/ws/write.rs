@@ -34,6 +34,8 @@ impl<S: Io> WsStream<S> {
             )));
         }
         ready!(self.poll_drain(cx))?;
+        // What is queued from here on is a write's.
+        self.reader_owns = false;
         let mut parts: [&[u8]; MAX_PARTS] = [&[]; MAX_PARTS];
         let (mut k, mut n) = (0, 0);
         for b in bufs {
