@@ -27,18 +27,30 @@ fn v2ray_plugin(remote: SocketAddr, local: SocketAddr, options: &str) -> Proc {
     )
 }
 
-/// 16 connections of 2 MiB each at once, each hashed both ways.
-async fn sixteen_at_once(addr: SocketAddr) {
+/// 16 connections of `size` bytes each at once, opened by `open`, each hashed both ways.
+async fn sixteen<F, Fut>(size: usize, open: F)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = TcpStream> + Send,
+{
     let mut tasks = Vec::new();
     for i in 0..16u64 {
+        let open = open.clone();
         tasks.push(tokio::spawn(async move {
-            let s = TcpStream::connect(addr).await.expect("connect");
-            echo_exact(s, &random_bytes(2 << 20, 100 + i)).await
+            echo_exact(open().await, &random_bytes(size, 100 + i)).await
         }));
     }
     for t in tasks {
         t.await.expect("transfer");
     }
+}
+
+/// 16 connections of 2 MiB each at once to `addr`.
+async fn sixteen_at_once(addr: SocketAddr) {
+    sixteen(2 << 20, move || async move {
+        TcpStream::connect(addr).await.expect("connect")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -183,16 +195,10 @@ fn links() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
 /// SOCKS5 through `socks` to `echo`: 16 connections of 1 MiB at once, hashed both ways.
 async fn sixteen_through_socks(socks: SocketAddr, echo: SocketAddr) {
     until_echo_works(socks, Some(echo)).await;
-    let mut tasks = Vec::new();
-    for i in 0..16u64 {
-        tasks.push(tokio::spawn(async move {
-            let s = socks5(socks, echo).await.expect("socks5");
-            echo_exact(s, &random_bytes(1 << 20, 300 + i)).await
-        }));
-    }
-    for t in tasks {
-        t.await.expect("transfer");
-    }
+    sixteen(1 << 20, move || async move {
+        socks5(socks, echo).await.expect("socks5")
+    })
+    .await
 }
 
 /// The drop-in, as users switch one end at a time: a shadowsocks configuration written for
