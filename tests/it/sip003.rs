@@ -4,7 +4,7 @@
 //! mode.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `mtt-client` and `mtt-server` links to the binary, as a plugin host finds them.
-fn links() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let client = dir.path().join("mtt-client");
-    let server = dir.path().join("mtt-server");
-    std::os::unix::fs::symlink(mtt_bin(), &client).expect("link");
-    std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
-    (dir, client, server)
-}
 
 fn plugin(
     program: &Path,

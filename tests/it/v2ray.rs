@@ -183,15 +183,6 @@ async fn mux_cool_between_mtt_ends_carries_half_closes() {
     .await;
 }
 
-/// `mtt-client` and `mtt-server` links, as hosts start plugins by path.
-fn links() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (client, server) = (dir.path().join("mtt-client"), dir.path().join("mtt-server"));
-    std::os::unix::fs::symlink(mtt_bin(), &client).expect("link");
-    std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
-    (dir, client, server)
-}
-
 /// SOCKS5 through `socks` to `echo`: 16 connections of 1 MiB at once, hashed both ways.
 async fn sixteen_through_socks(socks: SocketAddr, echo: SocketAddr) {
     until_echo_works(socks, Some(echo)).await;

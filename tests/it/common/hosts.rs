@@ -205,3 +205,13 @@ pub fn libev_pair(
     );
     (server, local, socks)
 }
+
+/// `mtt-client` and `mtt-server` links to the binary, as a plugin host finds them.
+pub fn links() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let client = dir.path().join("mtt-client");
+    let server = dir.path().join("mtt-server");
+    std::os::unix::fs::symlink(mtt_bin(), &client).expect("link");
+    std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
+    (dir, client, server)
+}
