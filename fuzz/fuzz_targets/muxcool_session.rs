@@ -14,6 +14,7 @@ use mtt::testing::transport::mux::muxcool::{self, MuxCoolSession};
 fuzz_target!(|data: &[u8]| {
     let cfg = muxcool::Config {
         hold: 64 * 1024,
+        spare: 128 * 1024,
         stall: Duration::from_millis(50),
         ..muxcool::DEFAULT
     };

@@ -14,6 +14,7 @@ use mtt::testing::transport::mux::smux::{self, SmuxSession};
 fuzz_target!(|data: &[u8]| {
     let cfg = smux::Config {
         hold: 64 * 1024,
+        spare: 128 * 1024,
         stall: Duration::from_millis(50),
         ..smux::DEFAULT
     };

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// `ss-v2ray-plugin` started as a shadowsocks host starts it; its lines are read as they come.
@@ -345,6 +346,101 @@ async fn sessions_over_websocket_without_tls_do_not_stall() {
         }
         server.signal("KILL");
         server.exit().await;
+    })
+    .await;
+}
+
+/// Behind one stream of a v2ray-plugin client's Mux.Cool session (no per-stream flow control),
+/// a destination that reads nothing for a while: the 15 other connections of that session move
+/// 2 MiB each both ways meanwhile, and once it reads, the slow one gets all 6 MiB it was sent
+/// (an mtt server lets a stream that falls behind borrow the session's spare room; without it
+/// the session waited 2 s for that reader, then closed its stream).
+#[tokio::test]
+async fn a_slow_destination_does_not_hold_up_its_siblings() {
+    // v2ray's Mux.Cool client takes the end of a stream's upload as the end of the stream,
+    // both ways: the upload is sized, not half-closed.
+    const SLOW: usize = 6 << 20;
+    bounded(async {
+        // A receive buffer this small keeps the kernel from absorbing the slow upload.
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        sock.bind("127.0.0.1:0".parse().expect("a")).expect("bind");
+        let dest = sock.listen(64).expect("listen");
+        let dest_at = dest.local_addr().expect("addr").to_string();
+        let (go_tx, go) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = dest.accept().await {
+                let mut go = go.clone();
+                tokio::spawn(async move {
+                    let mut tag = [0u8; 1];
+                    if s.read_exact(&mut tag).await.is_err() {
+                        return;
+                    }
+                    if tag[0] == b'S' {
+                        let _ = go.wait_for(|&go| go).await;
+                        let mut all = vec![b'S'; SLOW];
+                        s.read_exact(&mut all[1..]).await.expect("the slow upload");
+                        s.write_all(&sha256(&all)).await.expect("reply");
+                    } else {
+                        s.write_all(&tag).await.expect("echo");
+                        let (mut r, mut w) = s.split();
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                    }
+                });
+            }
+        });
+        let (_dir, cert, key, _) = self_signed_files("localhost");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &dest_at,
+                "-wss",
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+            ],
+        );
+        let at = server.listening_addr().await;
+        let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let options = format!("tls;host=localhost;cert={};mux=16", path_str(&cert));
+        let mut plugin = v2ray_plugin(at, local, &options);
+        plugin.wait_line("started").await;
+        until_echo_works(local, None).await;
+        let mut slow_data = random_bytes(SLOW, 7);
+        slow_data[0] = b'S';
+        let want = sha256(&slow_data);
+        let slow = tokio::spawn(async move {
+            let s = TcpStream::connect(local).await.expect("connect");
+            let (mut r, mut w) = s.into_split();
+            w.write_all(&slow_data).await.expect("upload");
+            let mut back = [0u8; 32];
+            r.read_exact(&mut back).await.expect("reply");
+            back
+        });
+        let mut siblings = Vec::new();
+        for i in 0..15u64 {
+            siblings.push(tokio::spawn(async move {
+                let mut data = random_bytes(2 << 20, 200 + i);
+                data[0] = b'E';
+                echo_exact(TcpStream::connect(local).await.expect("c"), &data).await
+            }));
+        }
+        for t in siblings {
+            t.await.expect("a sibling moved its 2 MiB both ways");
+        }
+        assert!(!slow.is_finished(), "the slow upload waits for its reply");
+        go_tx.send(true).expect("the slow destination waits");
+        let back = slow.await.expect("the slow upload");
+        assert_eq!(back, want, "the slow destination got all of it");
+        plugin.signal("KILL");
+        plugin.exit().await;
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
     })
     .await;
 }

@@ -2,10 +2,13 @@
 //! the original's; Mux.Cool, v2ray's): streams over one connection, their frames told apart
 //! by a [`Wire`] of each multiplexer's own. Without flow control one reader that falls behind
 //! would stall every stream of the session for as long as it likes (the original's bug B10).
-//! Here each stream may hold a bounded amount of unread data, charged in bytes of memory
-//! ([`rx`]); beyond it the session waits for that stream's reader to catch up (a slow
-//! destination slows the sender, as TCP would), but only for a bounded time: a stream whose
-//! reader takes nothing for that long is closed alone (one log line) and the session reads on.
+//! Here each stream may hold a share of unread data, charged in bytes of memory ([`rx`]), and
+//! a stream that falls behind may borrow beyond it from the session's spare room, so a burst
+//! to a slow destination costs its siblings nothing. Once that room is spent too, the session
+//! waits for the reader of the stream past its share (a slow destination slows the sender,
+//! as TCP would), but only for a bounded time: a stream whose reader does not give back
+//! enough in that time is closed alone (one log line) and the session reads on. A session
+//! holds at most `max_streams × hold + spare`, plus one frame.
 //!
 //! Three tasks drive a session: a reader that hands each frame to its stream, a writer that
 //! sends what the streams queue (several frames per write), and the keepalive.
@@ -33,8 +36,8 @@ use tokio_util::sync::{CancellationToken, PollSender};
 
 use crate::transport::datagram::{self, Kind};
 use crate::transport::io::BoxIo;
-use rx::Rx;
 pub use rx::SMALL;
+use rx::{Overdraft, Rx};
 
 /// Keepalive and limits of a session.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +49,11 @@ pub struct Config {
     pub dead_after: Duration,
     /// Streams open at once; a server refuses (FIN) more, each alone.
     pub max_streams: usize,
-    /// Unread bytes one stream may hold before the session waits for its reader.
+    /// Unread bytes one stream may hold as its own share.
     pub hold: usize,
+    /// Unread bytes the streams of a session may hold beyond their shares, in total, before
+    /// the session waits for the reader of a stream over its share.
+    pub spare: usize,
     /// How long the session waits for such a reader before closing its stream.
     pub stall: Duration,
 }
@@ -75,6 +81,8 @@ struct Shared<W> {
     last_rx: AtomicU64,
     /// Streams that ended lately, for a FIN said again.
     ended: Mutex<Ended>,
+    /// What the streams hold beyond their shares.
+    overdraft: Arc<Overdraft>,
     start: Instant,
     wire: PhantomData<W>,
 }
@@ -92,7 +100,7 @@ impl<W: Wire> Shared<W> {
     /// client's pool counts its own); a server's begin with their type byte if the wire says
     /// so.
     fn register(self: &Arc<Self>, sid: u32, kind: Kind, counted: bool) -> Stream<W> {
-        let rx = Arc::new(Rx::new(kind == Kind::Datagrams));
+        let rx = Arc::new(Rx::new(kind == Kind::Datagrams, self.overdraft.clone()));
         if counted && W::TYPED {
             rx.push_raw(&[match kind {
                 Kind::Stream => datagram::STREAM_TCP,
@@ -167,6 +175,7 @@ fn start<W: Wire>(
         refusing: AtomicBool::new(false),
         last_rx: AtomicU64::new(0),
         ended: Mutex::default(),
+        overdraft: Arc::new(Overdraft::new(cfg.hold)),
         start: Instant::now(),
         wire: PhantomData,
     });
@@ -288,10 +297,19 @@ async fn read_loop<W: Wire>(
             Body::Small(n) => rx.push_copy(&small[..n]),
             Body::None => continue,
         };
-        if held > cfg.hold && !rx.drain_to(cfg.hold / 2, cfg.stall).await {
+        let over = shared.overdraft.over();
+        if held <= cfg.hold || over <= cfg.spare {
+            continue;
+        }
+        // This stream is past its share and the session's spare room is spent: it gives
+        // back the session's excess and half a share before the session reads on.
+        let to = held
+            .saturating_sub(over - cfg.spare + cfg.hold / 2)
+            .max(cfg.hold / 2);
+        if !rx.drain_to(to, cfg.stall).await {
             log::info!(
-                "multiplexed stream {sid}: closed: {} KiB waiting and nothing taken for {:?} ({} has no per-stream flow control; the other streams go on)",
-                cfg.hold / 1024,
+                "multiplexed stream {sid}: closed: {} KiB waiting and too little taken for {:?} ({} has no per-stream flow control; the other streams go on)",
+                held / 1024,
                 cfg.stall,
                 W::NAME
             );

@@ -5,8 +5,8 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -21,10 +21,46 @@ const CHUNK: usize = 4096;
 /// What a piece costs beyond its bytes: its slot in the queue and the allocator's header.
 const PIECE_COST: usize = 64;
 
+/// What the streams of a session hold beyond their own share, in total: a stream that falls
+/// behind may borrow from the session's spare room before its siblings wait for it.
+#[derive(Debug, Default)]
+pub(super) struct Overdraft {
+    /// Each stream's own share.
+    hold: usize,
+    /// The sum over the session's streams of what each holds beyond `hold`.
+    over: AtomicUsize,
+}
+
+impl Overdraft {
+    pub(super) fn new(hold: usize) -> Self {
+        Overdraft {
+            hold,
+            over: AtomicUsize::new(0),
+        }
+    }
+
+    /// What the session's streams hold beyond their shares now.
+    pub(super) fn over(&self) -> usize {
+        self.over.load(Ordering::Acquire)
+    }
+
+    /// A stream's holding went from `was` to `now`.
+    fn moved(&self, was: usize, now: usize) {
+        let (was, now) = (was.saturating_sub(self.hold), now.saturating_sub(self.hold));
+        if now > was {
+            self.over.fetch_add(now - was, Ordering::AcqRel);
+        } else if was > now {
+            self.over.fetch_sub(was - now, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A stream's receiving side, shared by the session's reader and the stream.
 #[derive(Default)]
 pub(super) struct Rx {
     state: Mutex<RxState>,
+    /// The session's account of what its streams hold beyond their shares.
+    overdraft: Option<Arc<Overdraft>>,
     /// A datagram stream: each payload is one datagram, read as a frame of the tunnel's
     /// datagram format (its length, then its bytes).
     packets: bool,
@@ -73,12 +109,24 @@ impl Rx {
         self.packets
     }
 
-    /// A receiving side; `packets`: of a datagram stream.
-    pub(super) fn new(packets: bool) -> Self {
+    /// A receiving side; `packets`: of a datagram stream; what it holds beyond its share is
+    /// charged to `overdraft`.
+    pub(super) fn new(packets: bool, overdraft: Arc<Overdraft>) -> Self {
         Rx {
+            state: Mutex::default(),
             packets,
-            ..Rx::default()
+            overdraft: Some(overdraft),
+            fin_sent: AtomicBool::new(false),
+            drained: Notify::new(),
         }
+    }
+
+    /// Sets what the queue holds, keeping the session's account.
+    fn set_held(&self, st: &mut RxState, now: usize) {
+        if let Some(o) = &self.overdraft {
+            o.moved(st.held, now);
+        }
+        st.held = now;
     }
 
     /// Queues a frame's body read into a buffer of its own; returns the memory now held.
@@ -89,7 +137,8 @@ impl Rx {
         }
         let mut st = self.lock();
         let charge = data.capacity() + PIECE_COST;
-        st.held += charge;
+        let now = st.held + charge;
+        self.set_held(&mut st, now);
         st.queue.push_back(Piece { data, charge });
         st.wake();
         st.held
@@ -124,7 +173,8 @@ impl Rx {
             let mut data = BytesMut::with_capacity(CHUNK.max(body.len()));
             data.extend_from_slice(body);
             let charge = data.capacity() + PIECE_COST;
-            st.held += charge;
+            let now = st.held + charge;
+            self.set_held(&mut st, now);
             st.queue.push_back(Piece { data, charge });
         }
         st.wake();
@@ -163,7 +213,7 @@ impl Rx {
     pub(super) fn kill(&self, why: &'static str) {
         let mut st = self.lock();
         st.queue.clear();
-        st.held = 0;
+        self.set_held(&mut st, 0);
         st.broken.get_or_insert(why);
         st.wake();
     }
@@ -205,7 +255,8 @@ impl Rx {
                     st.queue.pop_front();
                 }
             }
-            st.held -= freed;
+            let now = st.held - freed;
+            self.set_held(&mut st, now);
             if st.drain_at.is_some_and(|at| st.held <= at) {
                 st.drain_at = None;
                 self.drained.notify_one();
@@ -220,6 +271,15 @@ impl Rx {
         }
         st.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for Rx {
+    fn drop(&mut self) {
+        let held = self.lock().held;
+        if let Some(o) = &self.overdraft {
+            o.moved(held, 0);
+        }
     }
 }
 
@@ -255,6 +315,28 @@ mod tests {
         let rest = read(&rx, 64 * 1024).await;
         assert_eq!(rest.len(), 100_000 - 64 * 1024);
         assert_eq!(rx.held(), 0);
+    }
+
+    /// What streams hold beyond their shares is summed for the session, and given back as
+    /// their readers take it, when one is closed, and when one goes away.
+    #[tokio::test]
+    async fn the_session_account_follows_what_streams_hold_past_their_share() {
+        let o = Arc::new(Overdraft::new(10_000));
+        let (a, b) = (Rx::new(false, o.clone()), Rx::new(false, o.clone()));
+        a.push_owned(BytesMut::zeroed(8_000));
+        assert_eq!(o.over(), 0, "within its share");
+        let held = a.push_owned(BytesMut::zeroed(8_000));
+        assert_eq!(o.over(), held - 10_000);
+        let b_held = b.push_owned(BytesMut::zeroed(30_000));
+        assert_eq!(o.over(), held - 10_000 + b_held - 10_000);
+        assert_eq!(read(&a, 8_000).await.len(), 8_000);
+        assert_eq!(o.over(), b_held - 10_000, "a is back within its share");
+        b.kill("closed");
+        assert_eq!(o.over(), 0);
+        b.push_owned(BytesMut::zeroed(30_000));
+        assert!(o.over() > 0);
+        drop(b);
+        assert_eq!(o.over(), 0, "a stream gone gives back what it held");
     }
 
     /// Large frames keep their own buffers (no copy) and are charged what they allocated;

@@ -35,6 +35,7 @@ pub const DEFAULT: Config = Config {
     dead_after: Duration::MAX,
     max_streams: super::MAX_STREAMS_PER_SESSION,
     hold: super::smux::HOLD,
+    spare: super::smux::SPARE,
     stall: super::smux::STALL,
 };
 

@@ -30,12 +30,16 @@ pub const DEFAULT: Config = Config {
     dead_after: Duration::from_secs(70),
     max_streams: super::MAX_STREAMS_PER_SESSION,
     hold: HOLD,
+    spare: SPARE,
     stall: STALL,
 };
 
 /// What one stream may hold unread: about 80 ms of a 100 Mbit/s upload. More would let 16
 /// streams of a session pin 16 times as much.
 pub const HOLD: usize = 1 << 20;
+/// What the streams of a session may hold beyond their shares, together: a stream may fall
+/// 9 MiB behind its sender before its siblings wait (a session holds at most 16 × 1 + 8 MiB).
+pub const SPARE: usize = 8 << 20;
 /// How long the other streams of a session may wait for one stream's reader.
 pub const STALL: Duration = Duration::from_secs(2);
 
@@ -232,12 +236,13 @@ mod tests {
         srv.abort();
     }
 
-    /// A stream whose reader stops is closed once it holds `hold` bytes; another stream of
-    /// the session keeps flowing meanwhile and after.
+    /// A stream whose reader stops is closed once it holds its share and the session's
+    /// spare room; another stream of the session keeps flowing meanwhile and after.
     #[tokio::test]
     async fn a_stalled_stream_is_closed_alone() {
         let cfg = Config {
             hold: 64 * 1024,
+            spare: 128 * 1024,
             stall: Duration::from_millis(300),
             ..DEFAULT
         };
@@ -289,12 +294,72 @@ mod tests {
         srv.abort();
     }
 
+    /// A stream whose reader stops for a while borrows the session's spare room: its sibling
+    /// goes on meanwhile, and once its reader comes back, everything it was sent is there
+    /// (with no spare room the session would have waited for it, then closed it).
+    #[tokio::test]
+    async fn a_stream_behind_borrows_the_spare_room() {
+        let cfg = Config {
+            hold: 64 * 1024,
+            spare: 512 * 1024,
+            stall: Duration::from_millis(300),
+            ..DEFAULT
+        };
+        let (client, mut server) = pair(cfg);
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        let srv = tokio::spawn(async move {
+            let mut behind = server.next().await.expect("first").expect("ok");
+            let mut live = server.next().await.expect("second").expect("ok");
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut live);
+                tokio::io::copy(&mut r, &mut w).await.expect("echo");
+                w.shutdown().await.expect("FIN");
+            });
+            tokio::spawn(async move {
+                go.await.expect("go");
+                let mut got = Vec::new();
+                behind.read_to_end(&mut got).await.expect("all of it");
+                behind.write_all(&sha256(&got)).await.expect("reply");
+                behind.shutdown().await.expect("FIN");
+            });
+            while let Some(Ok(_)) = server.next().await {}
+        });
+        let mut behind = client.open().await.expect("open");
+        behind.write_all(b"x").await.expect("write");
+        let mut live = client.open().await.expect("open");
+        // Six times its share, unread, before the sibling's turn.
+        let late = data(400_000, 5);
+        behind.write_all(&late[1..]).await.expect("write");
+        behind.shutdown().await.expect("FIN");
+        let sent = data(200_000, 9);
+        let (mut r, mut w) = tokio::io::split(&mut live);
+        let mut back = Vec::new();
+        let (wrote, read) = tokio::join!(
+            async {
+                w.write_all(&sent).await?;
+                w.shutdown().await
+            },
+            r.read_to_end(&mut back)
+        );
+        wrote.expect("write");
+        read.expect("read");
+        assert_eq!(back, sent, "the sibling went on");
+        go_tx.send(()).expect("the reader waits");
+        let mut hash = Vec::new();
+        behind.read_to_end(&mut hash).await.expect("reply");
+        let mut whole = b"x".to_vec();
+        whole.extend_from_slice(&late[1..]);
+        assert_eq!(hash, sha256(&whole).to_vec(), "the late reader got it all");
+        srv.abort();
+    }
+
     /// A reader slower than its sender but never stopping is waited for, not cut: the
     /// whole upload arrives intact.
     #[tokio::test]
     async fn a_slow_reader_is_waited_for() {
         let cfg = Config {
             hold: 32 * 1024,
+            spare: 0,
             stall: Duration::from_millis(500),
             ..DEFAULT
         };
