@@ -135,6 +135,9 @@ macro_rules! role_args {
             /// enable TCP fast open (Linux)
             #[argh(switch)]
             pub fast_open: bool,
+            /// mark the tunnel's sockets for policy routing (SO_MARK, Linux, needs CAP_NET_ADMIN): a client's to its server, a server's listener (so its replies) and its connections to destinations (default 0: none)
+            #[argh(option, arg_name = "n")]
+            pub fwmark: Option<String>,
             /// log every connection
             #[argh(switch)]
             pub verbose: bool,

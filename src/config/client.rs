@@ -229,6 +229,7 @@ impl ClientConfig {
                 ws,
                 mux,
                 fast_open: a.fast_open,
+                fwmark: fwmark(&a.fwmark)?,
                 disable_tls: a.disable_tls,
                 fallback_dns,
                 protect: None,

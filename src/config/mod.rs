@@ -116,6 +116,25 @@ fn max_conns(v: &Option<String>) -> Result<usize> {
     }
 }
 
+/// Validates `-fwmark` (0: none); where marks do not exist, any other value is refused.
+fn fwmark(v: &Option<String>) -> Result<Option<u32>> {
+    let Some(s) = v.as_deref().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let n = parse_int("fwmark", s)?;
+    let mark = u32::try_from(n).map_err(|_| {
+        Error::usage(format!(
+            "-fwmark must be a 32-bit mark, 0 to 4294967295 (or 0x…), got {s}"
+        ))
+    })?;
+    if mark != 0 && !cfg!(any(target_os = "linux", target_os = "android")) {
+        return Err(Error::usage(format!(
+            "-fwmark {s}: socket marks are Linux's; drop -fwmark here"
+        )));
+    }
+    Ok((mark != 0).then_some(mark))
+}
+
 /// Validates `-drain-timeout` (zero: exit at once).
 fn drain(v: &Option<String>) -> Result<Duration> {
     match v {

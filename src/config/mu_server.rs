@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Listen, cert_source, drain, fallback_timeout, max_conns, server_listen, timeout, timeouts,
-    trusted, udp_timeout,
+    Listen, cert_source, drain, fallback_timeout, fwmark, max_conns, server_listen, timeout,
+    timeouts, trusted, udp_timeout,
 };
 use crate::addr::HostPort;
 use crate::certs::CertSource;
@@ -51,6 +51,8 @@ pub struct MuServerConfig {
     pub timeouts: Timeouts,
     /// TCP fast open on the data listener.
     pub fast_open: bool,
+    /// Mark of the data listener and of connections to destinations (`-fwmark`).
+    pub fwmark: Option<u32>,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
     pub drain: Duration,
     /// Connections served at once; more are closed on arrival (`-max-conns`, 0: no limit).
@@ -204,6 +206,7 @@ impl MuServerConfig {
                 a.fallback.as_deref().is_some_and(|f| !f.is_empty()),
             )?,
             fast_open: a.fast_open,
+            fwmark: fwmark(&a.fwmark)?,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,
             timeout: timeout(&a.timeout, MU_DEFAULT_TIMEOUT)?,

@@ -14,6 +14,8 @@ pub struct ServerConfig {
     pub accept: AcceptOptions<()>,
     /// TCP fast open on the listener (`-fast-open`).
     pub fast_open: bool,
+    /// Mark of the listener and of connections to the destination (`-fwmark`).
+    pub fwmark: Option<u32>,
     /// DNS server for the destination's host name (`-fallback-dns`).
     pub fallback_dns: Option<std::net::SocketAddr>,
     /// How long live tunnels may finish after SIGINT/SIGTERM (`-drain-timeout`).
@@ -79,6 +81,7 @@ impl ServerConfig {
                 )?,
             },
             fast_open: a.fast_open,
+            fwmark: fwmark(&a.fwmark)?,
             fallback_dns: fallback_dns(&a.fallback_dns)?,
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,

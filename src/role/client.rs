@@ -29,6 +29,9 @@ const EARLY_WAIT: Duration = Duration::from_millis(100);
 /// it datagrams anyway.
 pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>, plugin: bool) -> Result<()> {
     let client = Client::new(cfg.clone())?;
+    if let Some(mark) = cfg.dial.fwmark {
+        tcp::check_mark(mark)?;
+    }
     if cfg.dial.fast_open {
         crate::platform::check_fast_open(false);
     }

@@ -246,9 +246,20 @@ async fn serve_metrics(addr: Option<&HostPort>, shutdown: &CancellationToken) ->
 
 /// Binds a server's listener: `-b` as TCP (accepting fast open with `-fast-open`) or, with
 /// `-bind-unix`, a Unix socket.
-async fn bind_listen(listen: &crate::config::Listen, fast_open: bool) -> Result<Listener> {
+/// The listener of a server; `mark`ed, so are the connections it accepts and its replies.
+async fn bind_listen(
+    listen: &crate::config::Listen,
+    fast_open: bool,
+    mark: Option<u32>,
+) -> Result<Listener> {
     Ok(match listen {
-        crate::config::Listen::Tcp(a) => Listener::Tcp(tcp::bind_tcp_with(a, fast_open).await?),
+        crate::config::Listen::Tcp(a) => {
+            let l = tcp::bind_tcp_with(a, fast_open).await?;
+            if let Some(mark) = mark {
+                tcp::set_mark(socket2::SockRef::from(&l), mark)?;
+            }
+            Listener::Tcp(l)
+        }
         crate::config::Listen::Unix(p) => Listener::Unix(crate::transport::unix::bind_unix(p)?),
     })
 }

@@ -25,7 +25,7 @@ pub async fn main(cfg: MuServerConfig) -> Result<()> {
     }
     crate::shutdown::on_hangup(server.reloader())?;
     crate::watch::on_cert_change(server.reloader());
-    let data = super::bind_listen(&cfg.listen, cfg.fast_open).await?;
+    let data = super::bind_listen(&cfg.listen, cfg.fast_open, cfg.fwmark).await?;
     let control = tcp::bind_for("c", &cfg.controller, false).await?;
     let shutdown = crate::shutdown::on_signals()?;
     server.run(data, control, shutdown).await
@@ -84,7 +84,10 @@ impl MuServer {
         })?;
         let out = Destinations {
             proxy_protocol: cfg.proxy_protocol,
-            dial: tcp::DialOpts::default(),
+            dial: tcp::DialOpts {
+                mark: cfg.fwmark,
+                ..Default::default()
+            },
             connect: cfg.timeouts.connect,
             idle: cfg.timeout,
         };

@@ -20,7 +20,7 @@ pub async fn main(cfg: ServerConfig, metrics: Option<crate::addr::HostPort>) -> 
     }
     crate::shutdown::on_hangup(server.reloader())?;
     crate::watch::on_cert_change(server.reloader());
-    let listener = super::bind_listen(&cfg.listen, cfg.fast_open).await?;
+    let listener = super::bind_listen(&cfg.listen, cfg.fast_open, cfg.fwmark).await?;
     let shutdown = crate::shutdown::on_signals()?;
     super::serve_metrics(metrics.as_ref(), &shutdown).await?;
     server.run(listener, shutdown).await
@@ -45,6 +45,7 @@ impl Server {
                     .map(dns::Dns::new)
                     .transpose()?
                     .map(Arc::new),
+                mark: cfg.fwmark,
                 ..Default::default()
             },
             connect: cfg.accept.timeouts.connect,

@@ -7,8 +7,9 @@
 use crate::{Error, Result};
 
 /// Options only v2ray-plugin has: one of them makes the string v2ray-plugin's.
-const ITS_OWN: [&str; 9] = [
-    "tls", "host", "path", "mode", "certRaw", "loglevel", "fwmark", "server", "fastOpen",
+/// (`fwmark` is both dialects' word, with one meaning.)
+const ITS_OWN: [&str; 8] = [
+    "tls", "host", "path", "mode", "certRaw", "loglevel", "server", "fastOpen",
 ];
 
 /// Pairs that say the same thing in both dialects: both in one string cannot be meant.
@@ -85,11 +86,6 @@ pub fn translate(
     if get("fastOpen").is_some() {
         put("fast-open", None);
     }
-    if let Some(mark) = get("fwmark").filter(|m| m != "0") {
-        return Err(Error::usage(format!(
-            "SS_PLUGIN_OPTIONS: fwmark={mark}: mtt sets no socket marks; route by the plugin's user or cgroup instead (ip rule … uidrange), or drop fwmark"
-        )));
-    }
     if server {
         if !tls {
             put("disable-tls", None);
@@ -147,9 +143,10 @@ pub fn translate(
             put("mux-max-stream", Some(streams.to_string()));
         }
     }
-    // mtt's own keys that v2ray-plugin has no word for (a pin, timeouts, udp) pass through.
+    // mtt's own keys that v2ray-plugin has no word for (a pin, timeouts, udp) pass through,
+    // and `fwmark`, which both have.
     let theirs = [
-        "mode", "tls", "host", "path", "loglevel", "fastOpen", "fwmark", "cert", "key",
+        "mode", "tls", "host", "path", "loglevel", "fastOpen", "cert", "key",
     ];
     let theirs_too = ["certRaw", "mux", "server"];
     for (k, v) in options {
@@ -272,8 +269,8 @@ mod tests {
             e.contains("'path'") && e.contains("'n'") && e.contains("wss-path"),
             "{e}"
         );
-        let e = client("tls;fwmark=7").unwrap_err().report().to_string();
-        assert!(e.contains("fwmark"), "{e}");
+        let marked = keys(&client("tls;fwmark=7").expect("fwmark is both dialects'"));
+        assert!(marked.contains(&"fwmark=7".to_string()), "{marked:?}");
     }
 
     #[test]

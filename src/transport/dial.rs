@@ -229,6 +229,7 @@ impl Dialer {
                     .transpose()?
                     .map(Arc::new),
                 protect: opts.protect.clone(),
+                mark: opts.fwmark,
             },
             tls: tls::TlsClient::new(&opts.tls, alpn, handshake)?,
             tls_udp: tls::TlsClient::new(&opts.tls, &[datagram::ALPN_UDP], handshake)?,

@@ -106,6 +106,8 @@ pub struct DialOptions {
     pub mux: Option<MuxClientOptions>,
     /// TCP fast open on dials to the server (`-fast-open`).
     pub fast_open: bool,
+    /// Mark of the connections to the server (`-fwmark`).
+    pub fwmark: Option<u32>,
     /// No TLS at this end (`-disable-tls`): the server is behind a TLS-terminating proxy.
     pub disable_tls: bool,
     /// DNS server for the server's host name (`-fallback-dns`).

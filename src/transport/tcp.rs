@@ -63,10 +63,39 @@ pub struct DialOpts {
     pub dns: Option<std::sync::Arc<super::dns::Dns>>,
     /// Android VPN: hand each socket to the protect server at this path before connecting.
     pub protect: Option<std::path::PathBuf>,
+    /// Mark each socket (SO_MARK) for policy routing.
+    pub mark: Option<u32>,
+}
+
+/// Whether this process may mark sockets with `mark`: tried once at start on a socket of
+/// its own, so that a missing capability stops the client there, not at every dial.
+pub(crate) fn check_mark(mark: u32) -> Result<()> {
+    let probe = Socket::new(Domain::IPV4, Type::STREAM, None)
+        .map_err(|e| Error::io("-fwmark: a socket to try the mark on", e))?;
+    set_mark(SockRef::from(&probe), mark)
+}
+
+/// Marks `sock` with `mark` for policy routing (SO_MARK); the error says what it needs.
+pub(crate) fn set_mark(sock: SockRef<'_>, mark: u32) -> Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let r = sock.set_mark(mark);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let r: io::Result<()> = {
+        let _ = sock;
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    };
+    r.map_err(|e| {
+        let fix = if e.kind() == io::ErrorKind::PermissionDenied {
+            "marks need CAP_NET_ADMIN (or CAP_NET_RAW, Linux 5.17 on): run as root, or grant it (systemd: AmbientCapabilities=CAP_NET_ADMIN; setcap cap_net_admin+ep on the binary), or drop -fwmark"
+        } else {
+            "socket marks are Linux's: drop -fwmark"
+        };
+        Error::io(format!("-fwmark {mark}: marking a socket failed; {fix}"), e)
+    })
 }
 
 async fn connect_one(sa: SocketAddr, opts: &DialOpts) -> io::Result<TcpStream> {
-    if !opts.fast_open && opts.protect.is_none() {
+    if !opts.fast_open && opts.protect.is_none() && opts.mark.is_none() {
         return TcpStream::connect(sa).await;
     }
     let socket = if sa.is_ipv6() {
@@ -83,6 +112,9 @@ async fn connect_one(sa: SocketAddr, opts: &DialOpts) -> io::Result<TcpStream> {
         )
     {
         log::debug!("TCP_FASTOPEN_CONNECT: {e}");
+    }
+    if let Some(mark) = opts.mark {
+        set_mark(SockRef::from(&socket), mark).map_err(io::Error::other)?;
     }
     if let Some(path) = &opts.protect {
         super::protect::protect(&socket, path).await?;

@@ -120,6 +120,22 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
             "-udp and -mux-proto smux exclude each other",
         ),
         (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
+        (
+            vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-fwmark", "-3"],
+            "-fwmark must be a 32-bit mark",
+        ),
+        (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-fwmark",
+                "mark",
+            ],
+            "-fwmark: invalid number 'mark'",
+        ),
         (vec!["server", "-b", "127.0.0.1:0"], "missing -d"),
         (
             vec![

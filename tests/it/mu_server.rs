@@ -43,6 +43,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         udp: false,
         udp_timeout: T,
         fast_open: false,
+        fwmark: None,
         drain: T,
         max_conns: 0,
         timeout: T,

@@ -532,6 +532,7 @@ fn mu_config() -> mtt::testing::config::MuServerConfig {
         mux: false,
         timeouts: mtt::testing::transport::options::DEFAULT_TIMEOUTS,
         fast_open: false,
+        fwmark: None,
         drain: T,
         max_conns: 0,
         timeout: T,

@@ -13,10 +13,15 @@ use tokio::net::TcpStream;
 
 /// `ss-v2ray-plugin` started as a shadowsocks host starts it; its lines are read as they come.
 fn v2ray_plugin(remote: SocketAddr, local: SocketAddr, options: &str) -> Proc {
+    v2ray_plugin_as(Path::new("ss-v2ray-plugin"), remote, local, options)
+}
+
+/// A plugin (`program`) started as a shadowsocks host starts it.
+fn v2ray_plugin_as(program: &Path, remote: SocketAddr, local: SocketAddr, options: &str) -> Proc {
     let (rh, rp) = (remote.ip().to_string(), remote.port().to_string());
     let (lh, lp) = (local.ip().to_string(), local.port().to_string());
     Proc::spawn_env(
-        Path::new("ss-v2ray-plugin"),
+        program,
         &[],
         &[
             ("SS_REMOTE_HOST", &rh),
@@ -441,6 +446,99 @@ async fn a_slow_destination_does_not_hold_up_its_siblings() {
         plugin.exit().await;
         server.signal("TERM");
         assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// The sockets of `ss -tne` in state established as (local, peer, mark) triples.
+fn marked_sockets() -> Vec<(String, String, Option<String>)> {
+    let out = std::process::Command::new("ss")
+        .args(["-Htne", "state", "established"])
+        .bounded_output();
+    assert!(out.status.success(), "ss: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let mark = f
+                .iter()
+                .find_map(|w| w.strip_prefix("fwmark:"))
+                .map(str::to_string);
+            Some((f.get(2)?.to_string(), f.get(3)?.to_string(), mark))
+        })
+        .collect()
+}
+
+/// `fwmark` in a v2ray-plugin option string marks an mtt client's connections to its server,
+/// as v2ray-plugin's does; `-fwmark` on an mtt server marks its listener (so what it accepts)
+/// and its connections to the destination. Seen as the kernel sees them (`ss -e`). Without
+/// CAP_NET_ADMIN (nor CAP_NET_RAW) the client stops at start, saying so.
+#[tokio::test]
+async fn fwmark_marks_the_tunnels_sockets() {
+    bounded(async {
+        let (_links, mtt_client, _) = links();
+        let echo = echo_server().await;
+        let (_dir, cert, key, _) = self_signed_files("localhost");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo.to_string(),
+                "-wss",
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-fwmark",
+                "0x9",
+            ],
+        );
+        let at = server.listening_addr().await;
+        let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+        let options = format!("tls;host=localhost;cert={};fwmark=7", path_str(&cert));
+        let mut client = v2ray_plugin_as(&mtt_client, at, local, &options);
+        until_echo_works(local, None).await;
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        s.write_all(b"held").await.expect("write");
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.expect("echo");
+        let sockets = marked_sockets();
+        let (at_s, echo_s) = (at.to_string(), echo.to_string());
+        let to_server: Vec<_> = sockets.iter().filter(|(_, p, _)| *p == at_s).collect();
+        let accepted: Vec<_> = sockets.iter().filter(|(l, _, _)| *l == at_s).collect();
+        let to_dest: Vec<_> = sockets
+            .iter()
+            .filter(|(l, p, _)| *p == echo_s && !to_server.iter().any(|(cl, _, _)| cl == l))
+            .collect();
+        assert!(!to_server.is_empty() && !accepted.is_empty() && !to_dest.is_empty());
+        for (l, p, mark) in &to_server {
+            assert_eq!(mark.as_deref(), Some("0x7"), "client {l} -> server {p}");
+        }
+        for (l, p, mark) in accepted.iter().chain(&to_dest) {
+            assert_eq!(mark.as_deref(), Some("0x9"), "server's {l} -> {p}");
+        }
+        drop(s);
+        client.signal("TERM");
+        client.exit().await;
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+
+        // Without the capabilities (dropped from the bounding set), the client says what
+        // it needs at start.
+        let out = std::process::Command::new("setpriv")
+            .args(["--bounding-set=-net_admin,-net_raw", "--"])
+            .arg(mtt_bin())
+            .args(["client", "-b", "127.0.0.1:0", "-s", &at_s, "-fwmark", "7"])
+            .bounded_output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("-fwmark 7") && err.contains("CAP_NET_ADMIN"),
+            "{err}"
+        );
     })
     .await;
 }

@@ -235,9 +235,27 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
             fast_open: true,
             dns: None,
             protect: None,
+            mark: None,
         };
         let (dialled, _) = tokio::join!(tcp::connect_with(&addr, T, &opts), l.accept());
         let dialled = dialled.expect("connect");
+        let marked = tcp::DialOpts {
+            mark: Some(0x5a),
+            ..opts.clone()
+        };
+        let (m, _) = tokio::join!(tcp::connect_with(&addr, T, &marked), l.accept());
+        // Whether this process may mark sockets at all (CAP_NET_ADMIN).
+        let may = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket")
+            .set_mark(1)
+            .is_ok();
+        if may {
+            let m = m.expect("a marked dial");
+            assert_eq!(socket2::SockRef::from(&m).mark().expect("SO_MARK"), 0x5a);
+        } else {
+            let e = m.expect_err("marks need CAP_NET_ADMIN").to_string();
+            assert!(e.contains("CAP_NET_ADMIN"), "{e}");
+        }
         let on =
             nix::sys::socket::getsockopt(&dialled, nix::sys::socket::sockopt::TcpFastOpenConnect)
                 .expect("getsockopt");
