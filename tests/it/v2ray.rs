@@ -542,3 +542,73 @@ async fn fwmark_marks_the_tunnels_sockets() {
     })
     .await;
 }
+
+/// A mu-server takes v2ray-plugin clients at its users' paths, with and without Mux.Cool, as
+/// the one-destination server does: each reaches its own user's destination.
+#[tokio::test]
+async fn v2ray_plugin_clients_reach_a_mu_servers_users() {
+    bounded(async {
+        let (alice, bob) = (echo_server().await, echo_server().await);
+        let (dir, cert, key, _) = self_signed_files("localhost");
+        let users = dir.path().join("users.json");
+        std::fs::write(
+            &users,
+            format!(r#"[{{"path":"/alice","dst":"{alice}"}},{{"path":"/bob","dst":"{bob}"}}]"#),
+        )
+        .expect("users");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                "t",
+                "-users-file",
+                &path_str(&users),
+                "-cert",
+                &path_str(&cert),
+                "-key",
+                &path_str(&key),
+                "-verbose",
+            ],
+        );
+        let at = server.listening_addr().await;
+        for (path, mux) in [("/alice", "8"), ("/bob", "0"), ("/bob", "16")] {
+            let local: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+            let options = format!(
+                "tls;host=localhost;path={path};cert={};mux={mux}",
+                path_str(&cert)
+            );
+            let mut plugin = v2ray_plugin(at, local, &options);
+            plugin.wait_line("started").await;
+            until_echo_works(local, None).await;
+            sixteen_at_once(local).await;
+            plugin.signal("KILL");
+            plugin.exit().await;
+        }
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+        let mut lines = server.seen.clone();
+        while let Some(l) = server.next_line().await {
+            lines.push(l);
+        }
+        // Each user's tunnels went to that user's destination, multiplexed where asked.
+        let relayed = |dst: SocketAddr| {
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!("relaying to {dst}")))
+                .count()
+        };
+        assert!(relayed(alice) >= 16 && relayed(bob) >= 32, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("multiplexed session (Mux.Cool)")),
+            "{lines:#?}"
+        );
+    })
+    .await;
+}
