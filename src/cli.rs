@@ -210,6 +210,15 @@ role_args! {
         /// extra header of the WebSocket upgrade, 'Name: value' (repeatable)
         #[argh(option, arg_name = "'Name: value'")]
         pub wss_header: Vec<String>,
+        /// use gRPC over HTTP/2 (Xray's and v2fly's "gun"): tunnels are streams of shared connections
+        #[argh(switch)]
+        pub grpc: bool,
+        /// gRPC service name (default GunService), or Xray's custom path /a/b/Tun
+        #[argh(option, arg_name = "name")]
+        pub grpc_service: Option<String>,
+        /// tunnels one gRPC connection carries at once, 1 - 128 (default 100)
+        #[argh(option, arg_name = "n")]
+        pub grpc_max_streams: Option<String>,
         /// multiplex connections over shared server connections
         #[argh(switch)]
         pub mux: bool,
@@ -254,6 +263,12 @@ role_args! {
         /// path of the WebSocket upgrade request (default "/")
         #[argh(option)]
         pub wss_path: Option<String>,
+        /// take gRPC tunnels over HTTP/2 too (Xray's and v2fly's "gun"; beside -wss on one port, by ALPN)
+        #[argh(switch)]
+        pub grpc: bool,
+        /// gRPC service name (default GunService), or Xray's custom path /a/b/Tun|TunMulti
+        #[argh(option, arg_name = "name")]
+        pub grpc_service: Option<String>,
         /// multiplex: every connection is a session of streams
         #[argh(switch)]
         pub mux: bool,
@@ -277,6 +292,9 @@ role_args! {
         /// default to multiplexing for clients that send no subprotocol
         #[argh(switch)]
         pub mux: bool,
+        /// take gRPC tunnels too: a user's service is its path (/alice: calls /alice/Tun)
+        #[argh(switch)]
+        pub grpc: bool,
         /// idle timeout of a tunnel (default 1m)
         #[argh(option)]
         pub timeout: Option<String>,

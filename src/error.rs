@@ -126,6 +126,8 @@ pub enum Step {
     WebSocket,
     /// Opening a multiplexed stream.
     Mux,
+    /// HTTP/2 and gRPC calls.
+    Grpc,
     /// Carrying UDP.
     Udp,
 }
@@ -138,6 +140,7 @@ impl std::fmt::Display for Step {
             Step::Http => "HTTP with",
             Step::WebSocket => "WebSocket upgrade with",
             Step::Mux => "multiplexed stream to",
+            Step::Grpc => "gRPC call to",
             Step::Udp => "UDP tunnel to",
         })
     }

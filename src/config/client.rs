@@ -128,7 +128,7 @@ impl ClientConfig {
             None => mux::DEFAULT_IDLE,
             Some(v) => parse_duration("mux-idle", v)?,
         };
-        if a.mux_idle.is_some() && !a.mux {
+        if a.mux_idle.is_some() && !a.mux && !a.grpc {
             log::warn!("-mux-idle is not used without -mux");
         }
         let muxing = match a.mux_proto.as_deref() {
@@ -212,6 +212,7 @@ impl ClientConfig {
         if !headers.is_empty() && !a.wss {
             log::warn!("-wss-header is not used without -wss");
         }
+        let grpc = grpc_client(a, &server_name)?;
         let ws = a.wss.then_some(WsClientOptions {
             path,
             host,
@@ -228,6 +229,7 @@ impl ClientConfig {
                 },
                 ws,
                 mux,
+                grpc,
                 fast_open: a.fast_open,
                 fwmark: fwmark(&a.fwmark)?,
                 disable_tls: a.disable_tls,
@@ -241,6 +243,49 @@ impl ClientConfig {
             udp: udp_client(a)?,
         })
     }
+}
+
+/// `-grpc`, `-grpc-service` and `-grpc-max-streams` of the client.
+fn grpc_client(a: &ClientArgs, server_name: &str) -> Result<Option<GrpcClientOptions>> {
+    let service = grpc_service(&a.grpc_service, a.grpc)?;
+    if a.grpc_max_streams.is_some() && !a.grpc {
+        return Err(Error::usage("-grpc-max-streams needs -grpc"));
+    }
+    if !a.grpc {
+        return Ok(None);
+    }
+    if a.wss {
+        return Err(Error::usage(
+            "-grpc and -wss exclude each other on a client: it speaks one of them (a server may take both on one port); drop one",
+        ));
+    }
+    if a.mux {
+        return Err(Error::usage(
+            "-grpc multiplexes by itself (each tunnel an HTTP/2 stream of a shared connection): drop -mux",
+        ));
+    }
+    let max = crate::transport::grpc::server::MAX_STREAMS as i64;
+    let max_streams = match &a.grpc_max_streams {
+        None => 100,
+        Some(v) => {
+            let n = parse_int("grpc-max-streams", v)?;
+            if !(1..=max).contains(&n) {
+                return Err(Error::usage(format!(
+                    "-grpc-max-streams must be between 1 and {max} (what an mtt server takes at once), got {v}"
+                )));
+            }
+            n as usize
+        }
+    };
+    Ok(Some(GrpcClientOptions {
+        service,
+        authority: server_name.to_string(),
+        max_streams,
+        idle: match &a.mux_idle {
+            None => mux::DEFAULT_IDLE,
+            Some(v) => parse_duration("mux-idle", v)?,
+        },
+    }))
 }
 
 /// `-udp`, `-udp-timeout`, `-udp-max-assoc`, `-udp-assoc-rate` of the client.

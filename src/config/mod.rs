@@ -12,8 +12,9 @@ use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
 use crate::transport::mux;
 use crate::transport::options::{
-    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, EarlyData, MuxClientOptions, PathMatch, Timeouts,
-    TlsClientOptions, Verify, WsClientOptions, WsServerOptions, is_valid_path, normalize_path,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, EarlyData, GrpcClientOptions, GrpcServerOptions,
+    MuxClientOptions, PathMatch, Timeouts, TlsClientOptions, Verify, WsClientOptions,
+    WsServerOptions, is_valid_path, normalize_path,
 };
 use crate::transport::origin::{ForwardHeader, Trusted};
 use crate::{Error, Result};
@@ -114,6 +115,20 @@ fn max_conns(v: &Option<String>) -> Result<usize> {
             })
         }
     }
+}
+
+/// Validates `-grpc-service` (given without `-grpc`: refused).
+fn grpc_service(v: &Option<String>, grpc: bool) -> Result<crate::transport::grpc::Service> {
+    use crate::transport::grpc::{DEFAULT_SERVICE, Service};
+    let name = v.as_deref().unwrap_or(DEFAULT_SERVICE);
+    if v.is_some() && !grpc {
+        return Err(Error::usage("-grpc-service needs -grpc"));
+    }
+    Service::parse(name).ok_or_else(|| {
+        Error::usage(format!(
+            "-grpc-service must be a service name (letters, digits, - _ . ~) such as GunService, or Xray's custom path /a/b/Tun (servers: /a/b/Tun|TunMulti), got '{name}'"
+        ))
+    })
 }
 
 /// Validates `-fwmark` (0: none); where marks do not exist, any other value is refused.

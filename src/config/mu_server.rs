@@ -47,6 +47,8 @@ pub struct MuServerConfig {
     pub early_data: bool,
     /// Default for clients that name no subprotocol.
     pub mux: bool,
+    /// gRPC tunnels too, each user's service being its path (`-grpc`).
+    pub grpc: bool,
     /// Handshake and connect limits.
     pub timeouts: Timeouts,
     /// TCP fast open on the data listener.
@@ -200,6 +202,7 @@ impl MuServerConfig {
             fallback,
             early_data: super::early_data_switch(&a.early_data)?,
             mux: a.mux,
+            grpc: a.grpc,
             timeouts: fallback_timeout(
                 timeouts(&a.handshake_timeout, &a.ping, true, a.mux)?,
                 &a.fallback_timeout,

@@ -43,9 +43,9 @@ impl ServerConfig {
         let (path, unmarked) = early_data(&ws_path(&a.wss_path, a.wss)?, a.wss)?;
         let fallback = match a.fallback.as_deref() {
             None | Some("") => None,
-            Some(_) if !a.wss => {
+            Some(_) if !a.wss && !a.grpc => {
                 return Err(Error::usage(
-                    "-fallback needs -wss: it answers the HTTP requests that are not tunnels",
+                    "-fallback needs -wss or -grpc: it answers the HTTP requests that are not tunnels",
                 ));
             }
             Some(f) => Some(HostPort::parse("fallback", f, false)?),
@@ -54,6 +54,12 @@ impl ServerConfig {
             on: early_data_switch(&a.early_data)?,
             unmarked,
         };
+        let calls = grpc_service(&a.grpc_service, a.grpc)?;
+        let grpc = a.grpc.then(|| GrpcServerOptions {
+            services: PathMatch::Exact(calls.path.clone()),
+            calls,
+            fallback: fallback.clone(),
+        });
         let ws = a.wss.then(|| WsServerOptions {
             path: PathMatch::new(&path),
             fallback,
@@ -66,6 +72,7 @@ impl ServerConfig {
             accept: AcceptOptions {
                 tls,
                 ws,
+                grpc,
                 mux: a.mux,
                 timeouts: fallback_timeout(
                     timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,

@@ -11,7 +11,9 @@ use super::controller::Controller;
 use crate::Result;
 use crate::config::MuServerConfig;
 use crate::transport::datagram::Kind;
-use crate::transport::options::{AcceptOptions, EarlyData, PathMatch, WsServerOptions};
+use crate::transport::options::{
+    AcceptOptions, EarlyData, GrpcServerOptions, PathMatch, WsServerOptions,
+};
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, tcp};
 use crate::users::{User, Users};
 
@@ -75,6 +77,11 @@ impl MuServer {
                     unmarked: None,
                 },
                 ..WsServerOptions::new(PathMatch::Route(users.clone()), cfg.fallback.clone())
+            }),
+            grpc: cfg.grpc.then(|| GrpcServerOptions {
+                services: PathMatch::Route(users.clone()),
+                calls: crate::transport::grpc::Service::of_user("/"),
+                fallback: cfg.fallback.clone(),
             }),
             mux: cfg.mux,
             timeouts: cfg.timeouts,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::datagram::{self, Kind};
 use super::io::BoxIo;
 use super::options::DialOptions;
-use super::{ALPN_HTTP1, dns, front, mux, tcp, tls, ws};
+use super::{ALPN_HTTP1, dns, front, grpc, mux, tcp, tls, ws};
 use crate::error::Step;
 use crate::{Error, Result};
 
@@ -87,9 +87,9 @@ impl Connector {
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         // The kernel's estimate from the handshakes: the path to the server itself (asked
         // only for a session's connection, whose windows it sizes).
-        let rtt = match self.opts.mux {
-            Some(_) => crate::sys::tcp_rtt(tls.get_ref().0).ok(),
-            None => None,
+        let rtt = match (&self.opts.mux, &self.opts.grpc) {
+            (None, None) => None,
+            _ => crate::sys::tcp_rtt(tls.get_ref().0).ok(),
         };
         self.above_tls(tls, alpn, rtt, kind, first).await
     }
@@ -106,6 +106,22 @@ impl Connector {
     ) -> Result<mux::Dialled> {
         let server = &self.opts.server;
         let peer = || format!("server {server}");
+        if self.opts.grpc.is_some() {
+            // HTTP/2 itself: agreed by ALPN over TLS, or spoken from the first byte (h2c)
+            // to a proxy without TLS.
+            if !self.opts.disable_tls && alpn.as_deref() != Some(grpc::ALPN_H2) {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "the server did not agree to HTTP/2 (ALPN h2): run it with -grpc",
+                );
+                return Err(Error::tunnel(Step::Grpc, peer(), e));
+            }
+            return Ok(mux::Dialled {
+                io: Box::new(tls),
+                v2: true,
+                rtt,
+            });
+        }
         let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
         let Some(ws) = &self.opts.ws else {
             if udp_plain && alpn.as_deref() != Some(datagram::ALPN_UDP) {
@@ -210,6 +226,7 @@ impl Dialer {
     pub fn new(opts: &DialOptions) -> Result<Self> {
         // A plain-mode smux client offers no ALPN, as the original.
         let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.as_ref().map(|m| m.muxing)) {
+            _ if opts.grpc.is_some() => &[grpc::ALPN_H2],
             (true, _) => ALPN_HTTP1,
             (false, Some(muxing)) => muxing.alpn(),
             (false, None) => &[],
@@ -236,14 +253,39 @@ impl Dialer {
             in_flight: tokio::sync::Semaphore::new(DIALS_IN_FLIGHT),
             opts: opts.clone(),
         });
-        let pool = opts.mux.as_ref().map(|m| {
+        let session_dial = || -> mux::DialFn {
             let c = connector.clone();
-            let dial: mux::DialFn = Box::new(move || {
+            Box::new(move || {
                 let c = c.clone();
                 Box::pin(async move { c.connect(Kind::Stream).await })
-            });
-            mux::MuxPool::with_ping(m.max_streams, m.idle, m.muxing, opts.timeouts.ping, dial)
-        });
+            })
+        };
+        let pool = match (&opts.mux, &opts.grpc) {
+            (_, Some(g)) => {
+                let target = Arc::new(grpc::Target {
+                    authority: g.authority.clone(),
+                    path: g.service.tun_path(),
+                });
+                let ping = opts.timeouts.ping;
+                let start: mux::StartFn = Box::new(move |dialled| {
+                    Box::pin(grpc::GrpcClient::start(dialled, target.clone(), ping))
+                });
+                Some(mux::MuxPool::new(
+                    g.max_streams,
+                    g.idle,
+                    start,
+                    session_dial(),
+                ))
+            }
+            (Some(m), None) => Some(mux::MuxPool::with_ping(
+                m.max_streams,
+                m.idle,
+                m.muxing,
+                opts.timeouts.ping,
+                session_dial(),
+            )),
+            (None, None) => None,
+        };
         Ok(Dialer { connector, pool })
     }
 

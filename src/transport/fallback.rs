@@ -28,13 +28,17 @@ const BAD_GATEWAY_PAGE: &str = "<!DOCTYPE html>\n<html>\n<head><title>502 Bad Ga
 
 /// Answers a request that is not a tunnel: through `fallback` if there is one (504 when it
 /// has not answered within `timeouts.fallback`), else 404.
-pub async fn respond(
-    req: Request<Incoming>,
+pub async fn respond<B>(
+    req: Request<B>,
     fallback: Option<&HostPort>,
     timeouts: &Timeouts,
     id: &str,
     peer: Option<IpAddr>,
-) -> Response<Body> {
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match fallback {
         Some(site) => {
             let wait = timeouts.fallback;
@@ -80,12 +84,16 @@ pub fn page(status: StatusCode, html: &'static str) -> Response<Body> {
 
 /// Sends one request to the fallback site on a new connection and returns its response,
 /// streamed.
-async fn proxy(
-    mut req: Request<Incoming>,
+async fn proxy<B>(
+    mut req: Request<B>,
     site: &HostPort,
     connect: Duration,
     peer: Option<IpAddr>,
-) -> io::Result<Response<Incoming>> {
+) -> io::Result<Response<Incoming>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let h = req.headers_mut();
     strip_hop_by_hop(h);
     if let Some(ip) = peer {

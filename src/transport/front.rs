@@ -49,6 +49,8 @@ pub enum Carry {
     },
     /// Datagrams (`mtt-udp`).
     Datagrams,
+    /// An HTTP/2 connection whose gRPC calls are tunnels (ALPN `h2`, or h2c's preface).
+    Grpc,
 }
 
 /// Settings of the HTTP front; `O` is the owner of routed tunnels.
@@ -89,6 +91,19 @@ pub struct Upgrade<O> {
     /// The client's TLS hello offered exactly `http/1.1`, as WebSocket clients do (a
     /// plain-TLS server refuses their upgrade requests instead of relaying them).
     pub ws_hello: bool,
+}
+
+impl<O> Upgrade<O> {
+    /// An HTTP/2 connection: its calls are routed one by one.
+    pub fn grpc() -> Self {
+        Upgrade {
+            carry: Carry::Grpc,
+            path: String::new(),
+            owner: None,
+            client: None,
+            ws_hello: false,
+        }
+    }
 }
 
 /// Whether `first` may begin an HTTP/1 request line: a method (capital letters) then a space,

@@ -9,6 +9,7 @@ pub mod dial;
 pub mod dns;
 pub mod fallback;
 pub mod front;
+pub mod grpc;
 pub mod io;
 pub mod listen;
 pub mod mux;

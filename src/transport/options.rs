@@ -93,6 +93,30 @@ pub struct MuxClientOptions {
     pub muxing: super::mux::Muxing,
 }
 
+/// gRPC settings of a client (`-grpc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcClientOptions {
+    /// The service whose tunnel call is made (`-grpc-service`).
+    pub service: super::grpc::Service,
+    /// `:authority` of the calls: the server's name.
+    pub authority: String,
+    /// Tunnels one HTTP/2 connection carries at once (`-grpc-max-streams`).
+    pub max_streams: usize,
+    /// How long a connection without tunnels is kept.
+    pub idle: Duration,
+}
+
+/// gRPC settings of a server (`-grpc`).
+#[derive(Debug, Clone)]
+pub struct GrpcServerOptions<O> {
+    /// Which services' calls are tunnels (the mu-server's: its users' paths).
+    pub services: PathMatch<O>,
+    /// The names of the calls (and, for one service, its path).
+    pub calls: super::grpc::Service,
+    /// Web server for requests that are not tunnels.
+    pub fallback: Option<HostPort>,
+}
+
 /// Everything the [`super::Dialer`] needs to open tunnels to a server.
 #[derive(Debug, Clone)]
 pub struct DialOptions {
@@ -104,6 +128,8 @@ pub struct DialOptions {
     pub ws: Option<WsClientOptions>,
     /// Multiplexing (`-mux`).
     pub mux: Option<MuxClientOptions>,
+    /// gRPC over HTTP/2 (`-grpc`), which multiplexes by itself.
+    pub grpc: Option<GrpcClientOptions>,
     /// TCP fast open on dials to the server (`-fast-open`).
     pub fast_open: bool,
     /// Mark of the connections to the server (`-fwmark`).
@@ -257,6 +283,8 @@ pub struct AcceptOptions<O> {
     pub tls: Option<crate::certs::CertSource>,
     /// HTTP + WebSocket in front of the tunnels (`-wss`).
     pub ws: Option<WsServerOptions<O>>,
+    /// gRPC tunnels over HTTP/2 (`-grpc`), beside WebSocket on one port (chosen by ALPN).
+    pub grpc: Option<GrpcServerOptions<O>>,
     /// Plain TLS: every connection is a multiplexed session. WebSocket: the default for
     /// clients that name no subprotocol.
     pub mux: bool,

@@ -147,6 +147,28 @@ pub async fn peek_muxcool(mut io: BoxIo, window: Duration) -> (BoxIo, bool) {
     (Box::new(Rewind::new(io, &first)), is)
 }
 
+/// Reads a connection's first bytes until they show whether it begins with `prefix` (or
+/// `within` passes, or it ends): the stream with them put back, and whether it does.
+pub async fn starts_with(mut io: BoxIo, prefix: &[u8], within: Duration) -> (BoxIo, bool) {
+    let mut first = Vec::with_capacity(prefix.len());
+    let read = async {
+        let mut chunk = [0u8; 64];
+        while first.len() < prefix.len() && prefix.starts_with(&first) {
+            let want = (prefix.len() - first.len()).min(chunk.len());
+            match io.read(&mut chunk[..want]).await {
+                Ok(n) if n > 0 => first.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    let is = first.len() == prefix.len() && first == prefix;
+    if first.is_empty() {
+        return (io, false);
+    }
+    (Box::new(Rewind::new(io, &first)), is)
+}
+
 /// Whether `first` opens a WebSocket upgrade request.
 fn is_ws_upgrade(first: &[u8]) -> bool {
     first.starts_with(b"GET ")

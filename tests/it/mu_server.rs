@@ -39,6 +39,7 @@ fn mu_config(token: Option<&str>, users_file: Option<std::path::PathBuf>) -> MuS
         fallback: None,
         early_data: true,
         mux: false,
+        grpc: false,
         timeouts: mtt::testing::transport::options::DEFAULT_TIMEOUTS,
         udp: false,
         udp_timeout: T,

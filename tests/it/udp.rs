@@ -530,6 +530,7 @@ fn mu_config() -> mtt::testing::config::MuServerConfig {
         fallback: None,
         early_data: true,
         mux: false,
+        grpc: false,
         timeouts: mtt::testing::transport::options::DEFAULT_TIMEOUTS,
         fast_open: false,
         fwmark: None,

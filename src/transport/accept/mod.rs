@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::datagram::{self, Kind};
 use super::front::{Carry, HttpServer, Upgrade};
+use super::grpc::{self, GrpcFront};
 use super::io::{BoxIo, Io};
 use super::listen::{Listener, Stream};
 use super::mux::{Muxing, Quiet};
@@ -47,6 +48,8 @@ pub struct Acceptor<O = ()> {
     tls: Option<tls::TlsServer>,
     certs: Option<Arc<Certs>>,
     http: Option<Arc<HttpServer<O>>>,
+    /// gRPC tunnels on HTTP/2 connections (`-grpc`).
+    grpc: Option<Arc<GrpcFront<O>>>,
     mux: bool,
     quiet: Quiet,
     /// Plain-TLS tunnels of a server: `-mux` on one end only is told by the first bytes.
@@ -76,7 +79,23 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 trusted: opts.trusted.clone(),
             })
         });
-        let alpn = if http.is_some() { ALPN_HTTP1 } else { &[] };
+        let grpc = opts.grpc.as_ref().map(|g| {
+            Arc::new(GrpcFront {
+                services: g.services.clone(),
+                calls: g.calls.clone(),
+                fallback: g.fallback.clone(),
+                timeouts: opts.timeouts,
+                udp: opts.udp,
+            })
+        });
+        // HTTP/2 first when gRPC is served: a browser offering both then speaks h2 to the
+        // fallback site too.
+        let alpn: &[&[u8]] = match (grpc.is_some(), http.is_some()) {
+            (true, true) => &[grpc::ALPN_H2, ALPN_HTTP1[0]],
+            (true, false) => &[grpc::ALPN_H2],
+            (false, true) => ALPN_HTTP1,
+            (false, false) => &[],
+        };
         // Plain mode answers the ALPN of version-2 sessions and of UDP tunnels when it can;
         // WebSocket mode says the same with subprotocols.
         let mut extra: Vec<&[u8]> = Vec::new();
@@ -99,6 +118,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             tls,
             certs,
             http,
+            grpc,
             mux: opts.mux,
             quiet: Quiet {
                 first: opts.timeouts.handshake,
@@ -282,6 +302,9 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     .await
                     .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
                 let chosen = agreed.chosen.clone();
+                if chosen.as_deref() == Some(grpc::ALPN_H2) && self.grpc.is_some() {
+                    return Ok(Some((Box::new(s), Upgrade::grpc())));
+                }
                 if chosen.as_deref() == Some(acme::ALPN_ACME) {
                     // An ACME server validating this one: the handshake was the answer.
                     log::debug!("{id}: answered an ACME TLS-ALPN-01 validation");
@@ -311,6 +334,26 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     }
 
     async fn after_tls<S: Io + 'static>(
+        &self,
+        io: S,
+        id: &ConnId,
+        alpn: Option<Vec<u8>>,
+        ws_hello: bool,
+    ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
+        // Without TLS (behind a proxy that ends it), HTTP/2 comes as h2c: its preface says so.
+        if self.grpc.is_some() && self.tls.is_none() {
+            let (io, h2c) =
+                sniff::starts_with(Box::new(io), grpc::H2C_PREFACE, self.handshake).await;
+            if h2c {
+                return Ok(Some((io, Upgrade::grpc())));
+            }
+            return self.past_http2(io, id, alpn, ws_hello).await;
+        }
+        self.past_http2(io, id, alpn, ws_hello).await
+    }
+
+    /// The layers of a connection that is not HTTP/2.
+    async fn past_http2<S: Io + 'static>(
         &self,
         io: S,
         id: &ConnId,

@@ -35,6 +35,13 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     {
         let (named, v2) = match carry {
             Carry::Session { muxing, v2 } => (muxing, v2),
+            Carry::Grpc => {
+                let Some(front) = &self.grpc else { return };
+                let peer = id.client.map(|a| a.ip());
+                return front
+                    .serve(io, &id, self.quiet, peer, &tasks, shutdown, handle)
+                    .await;
+            }
             Carry::Plain | Carry::Datagrams => {
                 let owner = up.owner;
                 let tunnel = Tunnel {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-pub use pool::{DialFn, Dialled, MuxPool};
+pub use pool::{DialFn, Dialled, MuxPool, StartFn};
 
 use super::datagram::Kind;
 use super::io::BoxIo;

@@ -38,6 +38,10 @@ impl Session {
     }
 }
 
+/// Starts the client end of a session over a dialled connection.
+pub type StartFn =
+    Box<dyn Fn(Dialled) -> super::BoxFuture<'static, Result<Arc<dyn ClientSession>>> + Send + Sync>;
+
 /// Opens one new tunnel connection for a session.
 pub type DialFn =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<Dialled>> + Send>> + Send + Sync>;
@@ -58,9 +62,7 @@ pub struct MuxPool {
     sessions: Mutex<Vec<Arc<Session>>>,
     max_streams: usize,
     idle: Duration,
-    muxing: Muxing,
-    /// Keepalive of sessions that have one (`-ping`).
-    ping: Option<Duration>,
+    start: StartFn,
     dial: DialFn,
 }
 
@@ -76,12 +78,21 @@ impl MuxPool {
         ping: Option<Duration>,
         dial: DialFn,
     ) -> Arc<Self> {
+        let start: StartFn = Box::new(move |dialled| {
+            let client = muxing.client(dialled, ping);
+            Box::pin(async move { Ok(client) })
+        });
+        Self::new(max_streams, idle, start, dial)
+    }
+
+    /// A pool of sessions that `start` starts over the connections `dial` makes, each
+    /// carrying at most `max_streams` streams and closed after `idle` without any.
+    pub fn new(max_streams: usize, idle: Duration, start: StartFn, dial: DialFn) -> Arc<Self> {
         Arc::new(MuxPool {
             sessions: Mutex::new(Vec::new()),
             max_streams: max_streams.max(1),
             idle,
-            muxing,
-            ping,
+            start,
             dial,
         })
     }
@@ -187,7 +198,14 @@ impl MuxPool {
                 return;
             }
         };
-        let client = self.muxing.client(dialled, self.ping);
+        let client = match (self.start)(dialled).await {
+            Ok(c) => c,
+            Err(e) => {
+                session.dead.store(true, Ordering::Release);
+                let _ = ready.send(Some(Err(Arc::new(e))));
+                return;
+            }
+        };
         let _ = ready.send(Some(Ok(client.clone())));
         let idle = watch_idle(client.as_ref(), &session, &self).await;
         session.dead.store(true, Ordering::Release);
