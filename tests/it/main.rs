@@ -10,6 +10,7 @@ mod cli;
 mod cross;
 mod faults;
 mod fleet;
+mod grpc;
 mod hostile;
 mod interop;
 mod load;

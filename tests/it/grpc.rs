@@ -1,0 +1,308 @@
+//! gRPC tunnels (gun, as Xray and v2fly carry them): against grpcio, Google's gRPC library,
+//! as client and as server (tests/grpc_peer/gun.py); mtt to mtt beside WebSocket on one
+//! port, with the fallback site over HTTP/2; behind nginx's grpc_pass; a mu-server routing
+//! two users' services; and a client that opens streams only to reset them at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn gun_py() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/grpc_peer/gun.py")
+}
+
+/// `n` connections to `addr` at once, each moving `size` bytes both ways, hashed; then one
+/// that half-closes: everything it sent comes back, then the end.
+async fn transfers(addr: SocketAddr, n: u64, size: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tasks.push(tokio::spawn(async move {
+            let s = TcpStream::connect(addr).await.expect("connect");
+            echo_exact(s, &random_bytes(size, 500 + i)).await
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a transfer");
+    }
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let data = random_bytes(300_000, 9);
+    let (mut r, mut w) = s.split();
+    let send = async {
+        w.write_all(&data).await.expect("write");
+        w.shutdown().await.expect("half-close");
+    };
+    let mut back = Vec::new();
+    let (_, read) = tokio::join!(send, r.read_to_end(&mut back));
+    read.expect("read to the end");
+    assert_eq!(sha256(&back), sha256(&data), "half-closed tunnel");
+}
+
+/// grpcio's client: 8 concurrent Tun calls of 4 MiB through an mtt server to an echo
+/// destination, each ending its request (half-close) and hashing what comes back; a call
+/// cancelled midway; one more after it.
+#[tokio::test]
+async fn grpcio_calls_through_an_mtt_server() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let pki = pki();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-grpc",
+                "-cert",
+                &path_str(&pki.cert),
+                "-key",
+                &path_str(&pki.key),
+            ],
+        );
+        let at = server.listening_addr().await;
+        let out = tokio::process::Command::new("python3")
+            .arg(gun_py())
+            .args([
+                "client",
+                &at.to_string(),
+                &path_str(&pki.ca),
+                "localhost",
+                "GunService",
+                "8",
+                &(4 << 20).to_string(),
+            ])
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), out)
+            .await
+            .expect("grpcio's client in time")
+            .expect("python3 (install grpcio: .ci/install-test-deps)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && text.contains("ok 8"), "{text}");
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// An mtt client with -grpc at grpcio's server (echoing each Hunk, ending its response when
+/// the request ends): 8 tunnels of 2 MiB hashed both ways, and a half-close.
+#[tokio::test]
+async fn an_mtt_client_at_a_grpcio_server() {
+    bounded(async {
+        let pki = pki();
+        let mut peer = Proc::spawn(
+            std::path::Path::new("python3"),
+            &[
+                &path_str(&gun_py()),
+                "server",
+                "0",
+                &path_str(&pki.cert),
+                &path_str(&pki.key),
+                "GunService",
+            ],
+        );
+        let line = peer.wait_line("listening ").await;
+        let port = line.trim().rsplit(' ').next().expect("port").to_string();
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &format!("127.0.0.1:{port}"),
+                "-n",
+                "localhost",
+                "-ca",
+                &path_str(&pki.ca),
+                "-grpc",
+            ],
+        );
+        let local = client.listening_addr().await;
+        transfers(local, 8, 2 << 20).await;
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// One server port with -wss and -grpc takes both kinds of client at once (ALPN chooses);
+/// requests that are not tunnels get the fallback site, over HTTP/2 and HTTP/1.1 alike.
+#[tokio::test]
+async fn grpc_and_websocket_on_one_port_with_the_fallback_over_http2() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_site, site_port) = Nginx::static_site("<h1>a plain web site</h1>\n").await;
+        let site = format!("127.0.0.1:{site_port}");
+        let mut server = Proc::server(
+            &echo,
+            &[
+                "-wss",
+                "-grpc",
+                "-grpc-service",
+                "/my.pkg/Svc/Up|Multi",
+                "-fallback",
+                &site,
+            ],
+        );
+        let pin = server.pin().await;
+        let at = server.listening_addr().await.to_string();
+        let mut grpc = Proc::client(&at, &pin, &["-grpc", "-grpc-service", "/my.pkg/Svc/Up"]);
+        let mut wss = Proc::client(&at, &pin, &["-wss"]);
+        let (g, w) = (grpc.listening_addr().await, wss.listening_addr().await);
+        tokio::join!(transfers(g, 8, 2 << 20), transfers(w, 8, 2 << 20));
+        // A browser's requests: the site answers, whichever HTTP version.
+        for version in ["--http2", "--http1.1"] {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sk",
+                    version,
+                    "-w",
+                    "\n%{http_version}",
+                    &format!("https://{at}/"),
+                ])
+                .bounded_output();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("a plain web site"), "{version}: {text}");
+            let spoke = if version == "--http2" { "\n2" } else { "\n1.1" };
+            assert!(text.ends_with(spoke), "{version}: {text}");
+        }
+        // A gRPC call to a service this server does not have is no tunnel either.
+        let mut other = Proc::client(&at, &pin, &["-grpc", "-grpc-service", "Other"]);
+        let o = other.listening_addr().await;
+        let mut s = TcpStream::connect(o).await.expect("connect");
+        let _ = s.write_all(b"hello").await;
+        let (n, _) = drain(&mut s).await;
+        assert_eq!(n, 0, "nothing comes back from a service that is not there");
+        let line = other.wait_line("HTTP").await;
+        assert!(line.contains("-grpc-service"), "{line}");
+        for p in [&mut grpc, &mut wss, &mut other, &mut server] {
+            p.signal("TERM");
+            assert_eq!(p.exit().await.code(), Some(0));
+        }
+    })
+    .await;
+}
+
+/// nginx in front, ending TLS and HTTP/2 and passing calls on with grpc_pass to an mtt
+/// server without TLS (h2c): mtt clients reach it as any gRPC service behind nginx.
+#[tokio::test]
+async fn behind_nginx_grpc_pass() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let pki = pki();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-grpc",
+                "-disable-tls",
+            ],
+        );
+        let backend = server.listening_addr().await;
+        let port = free_port();
+        let _nginx = Nginx::start(
+            &format!(
+                "server {{ listen 127.0.0.1:{port} ssl http2; ssl_certificate {}; ssl_certificate_key {}; location /GunService/ {{ client_max_body_size 0; grpc_pass grpc://{backend}; grpc_read_timeout 1h; grpc_send_timeout 1h; }} }}",
+                path_str(&pki.cert),
+                path_str(&pki.key)
+            ),
+            port,
+        )
+        .await;
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &format!("127.0.0.1:{port}"),
+                "-n",
+                "localhost",
+                "-ca",
+                &path_str(&pki.ca),
+                "-grpc",
+            ],
+        );
+        let local = client.listening_addr().await;
+        transfers(local, 8, 2 << 20).await;
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// A mu-server with -grpc routes each user's service (its path) to that user's destination.
+#[tokio::test]
+async fn a_mu_server_routes_services_to_users() {
+    bounded(async {
+        let (alice, bob) = (echo_server().await, echo_server().await);
+        let dir = tempfile::tempdir().expect("tmp");
+        let users = dir.path().join("users.json");
+        std::fs::write(
+            &users,
+            format!(r#"[{{"path":"/alice","dst":"{alice}"}},{{"path":"/bob","dst":"{bob}"}}]"#),
+        )
+        .expect("users");
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                "t",
+                "-n",
+                "127.0.0.1",
+                "-users-file",
+                &path_str(&users),
+                "-grpc",
+                "-verbose",
+            ],
+        );
+        let pin = server.pin().await;
+        let at = server.listening_addr().await.to_string();
+        for user in ["alice", "bob"] {
+            let mut c = Proc::client(&at, &pin, &["-grpc", "-grpc-service", user]);
+            let local = c.listening_addr().await;
+            transfers(local, 4, 1 << 20).await;
+            c.signal("TERM");
+            c.exit().await;
+        }
+        let mut c = Proc::client(&at, &pin, &["-grpc", "-grpc-service", "carol"]);
+        let local = c.listening_addr().await;
+        let mut s = TcpStream::connect(local).await.expect("connect");
+        let _ = s.write_all(b"x").await;
+        assert_eq!(drain(&mut s).await.0, 0, "no user carol");
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+        let mut lines = server.seen.clone();
+        while let Some(l) = server.next_line().await {
+            lines.push(l);
+        }
+        let relayed = |dst: SocketAddr| {
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!("relaying to {dst}")))
+                .count()
+        };
+        assert_eq!((relayed(alice), relayed(bob)), (5, 5), "{lines:#?}");
+    })
+    .await;
+}
