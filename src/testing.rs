@@ -100,6 +100,12 @@ pub mod transport {
             Role, WsStream, accept_key, encode_header, parse_header, upgrade_request,
         };
     }
+    /// gRPC tunnels.
+    pub mod grpc {
+        pub use crate::transport::grpc::message::{Decoder, encode};
+        pub use crate::transport::grpc::server::{MAX_HEADERS, MAX_STREAMS};
+        pub use crate::transport::grpc::{CONNECTION_WINDOW, STREAM_WINDOW};
+    }
     /// Multiplexing.
     pub mod mux {
         pub use crate::transport::mux::{Muxing, Quiet, ServerSession};

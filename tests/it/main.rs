@@ -11,6 +11,7 @@ mod cross;
 mod faults;
 mod fleet;
 mod grpc;
+mod grpc_hostile;
 mod hostile;
 mod interop;
 mod load;

@@ -7,8 +7,10 @@
 //! Bounds, per connection: 128 streams at once; 16 KiB of request headers; the connection's
 //! receive window (16 MiB) is what all its streams may hold unread together, and each
 //! stream's (4 MiB) what one may; h2's guards against streams reset as soon as opened
-//! (CVE-2023-44487: 32 pending), CONTINUATION floods and unanswered PINGs and SETTINGS hold.
-//! A peer past one of them loses its connection (GOAWAY), and only its own.
+//! (CVE-2023-44487: 32 pending), CONTINUATION floods and unanswered PINGs and SETTINGS hold;
+//! new calls, each of which dials a destination, are budgeted (512 at once, then 256 a
+//! second; more are refused, and 1024 refusals close the connection). A peer past one of
+//! them loses its connection (GOAWAY), and only its own.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -44,6 +46,44 @@ pub const MAX_HEADERS: u32 = 16 * 1024;
 const PENDING_RESETS: usize = 32;
 /// Streams this end may reset for the peer's errors before it gives the connection up.
 const LOCAL_RESETS: usize = 256;
+/// New calls a connection may make in a burst, and then per second: each dials a
+/// destination, so a client that opens streams only to reset them once answered (rapid
+/// reset) would otherwise make this server dial as fast as it can send 30 bytes.
+const CALLS_BURST: f64 = 512.0;
+const CALLS_PER_SECOND: f64 = 256.0;
+/// Calls refused for going beyond that before the connection is closed (GOAWAY).
+const REFUSED_CALLS: u32 = 1024;
+
+/// The budget of new calls of one connection (a token bucket).
+struct Budget {
+    tokens: f64,
+    at: tokio::time::Instant,
+    refused: u32,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            tokens: CALLS_BURST,
+            at: tokio::time::Instant::now(),
+            refused: 0,
+        }
+    }
+
+    /// Whether one more call may be made now.
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * CALLS_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(CALLS_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        self.refused += 1;
+        false
+    }
+}
 
 /// The gRPC settings of a server.
 pub struct GrpcFront<O> {
@@ -120,6 +160,7 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
         tokio::pin!(keepalive);
         let mut closing = false;
         let mut calls = 0u64;
+        let mut budget = Budget::new();
         let mut quiet_for = quiet.first;
         loop {
             let idle = live.n.load(Ordering::Acquire) == 0 && !closing;
@@ -155,6 +196,19 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
                 }
             };
             quiet_for = quiet.idle;
+            let mut respond = respond;
+            if live.n.load(Ordering::Acquire) >= MAX_STREAMS as usize || !budget.take() {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                if budget.refused > REFUSED_CALLS && !closing {
+                    crate::rarely!(
+                        Warn,
+                        "{id}: HTTP/2 connection closed: more than {REFUSED_CALLS} calls beyond {CALLS_PER_SECOND} a second (streams opened and reset at once?)"
+                    );
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    closing = true;
+                }
+                continue;
+            }
             calls += 1;
             let sid = id.stream(calls);
             live.n.fetch_add(1, Ordering::AcqRel);
@@ -165,7 +219,6 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
                         .status(StatusCode::OK)
                         .header(http::header::CONTENT_TYPE, "application/grpc")
                         .body(());
-                    let mut respond = respond;
                     let send = match resp.map(|r| respond.send_response(r, false)) {
                         Ok(Ok(s)) => s,
                         _ => continue,
