@@ -104,7 +104,9 @@ pub mod transport {
     pub mod grpc {
         pub use crate::transport::grpc::message::{Decoder, encode};
         pub use crate::transport::grpc::server::{MAX_HEADERS, MAX_STREAMS};
-        pub use crate::transport::grpc::{CONNECTION_WINDOW, STREAM_WINDOW};
+        pub use crate::transport::grpc::{
+            CONNECTION_WINDOW, DEFAULT_SERVICE, STREAM_WINDOW, Service,
+        };
     }
     /// Multiplexing.
     pub mod mux {

@@ -48,6 +48,28 @@ async fn udp_echo() -> SocketAddr {
     addr
 }
 
+/// gRPC on a server: the default service.
+fn grpc_server() -> mtt::testing::transport::options::GrpcServerOptions<()> {
+    use mtt::testing::transport::grpc::{DEFAULT_SERVICE, Service};
+    let calls = Service::parse(DEFAULT_SERVICE).expect("service");
+    mtt::testing::transport::options::GrpcServerOptions {
+        services: PathMatch::Exact(calls.path.clone()),
+        calls,
+        fallback: None,
+    }
+}
+
+/// gRPC on a client to 127.0.0.1.
+fn grpc_client() -> mtt::testing::transport::options::GrpcClientOptions {
+    use mtt::testing::transport::grpc::{DEFAULT_SERVICE, Service};
+    mtt::testing::transport::options::GrpcClientOptions {
+        service: Service::parse(DEFAULT_SERVICE).expect("service"),
+        authority: "127.0.0.1".into(),
+        max_streams: 100,
+        idle: Duration::from_secs(10),
+    }
+}
+
 /// An in-process client with `-udp`: TCP and UDP on the same port.
 async fn start_udp_client(mut cfg: mtt::testing::config::ClientConfig, udp: UdpConfig) -> Running {
     cfg.udp = Some(udp);
@@ -112,11 +134,12 @@ async fn datagrams_of_every_size_in_every_transport() {
         let echo = udp_echo().await;
         // The four transports at once (each its own server and client).
         let mut modes = Vec::new();
-        for (name, ws, mux) in [
-            ("tls", false, false),
-            ("wss", true, false),
-            ("mux", false, true),
-            ("wss+mux", true, true),
+        for (name, ws, mux, grpc) in [
+            ("tls", false, false, false),
+            ("wss", true, false, false),
+            ("mux", false, true, false),
+            ("wss+mux", true, true, false),
+            ("grpc", false, false, true),
         ] {
             modes.push(tokio::spawn(async move {
                 let mut scfg = server_config(
@@ -128,6 +151,9 @@ async fn datagrams_of_every_size_in_every_transport() {
                 scfg.accept.mux = mux;
                 if ws {
                     scfg.accept.ws = Some(WsServerOptions::new(PathMatch::new("/u"), None));
+                }
+                if grpc {
+                    scfg.accept.grpc = Some(grpc_server());
                 }
                 let server = start_server(scfg).await;
                 let mut ccfg = if ws {
@@ -141,6 +167,9 @@ async fn datagrams_of_every_size_in_every_transport() {
                         max_streams: 4,
                         idle: Duration::from_secs(10),
                     });
+                }
+                if grpc {
+                    ccfg.dial.grpc = Some(grpc_client());
                 }
                 let client = start_udp_client(
                     ccfg,
@@ -331,7 +360,7 @@ async fn new_associations_are_rate_limited() {
 async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
     bounded(async {
         let echo = echo_server().await.to_string();
-        for flags in [vec![], vec!["-mux"]] {
+        for flags in [vec![], vec!["-mux"], vec!["-grpc"]] {
             let mut server = Proc::server(&echo, &flags);
             let fp = server.pin().await;
             let addr = server.listening_addr().await;
@@ -347,6 +376,9 @@ async fn a_server_without_udp_refuses_it_and_tcp_goes_on() {
                     max_streams: 4,
                     idle: Duration::from_secs(10),
                 });
+            }
+            if flags.contains(&"-grpc") {
+                ccfg.dial.grpc = Some(grpc_client());
             }
             let client = start_udp_client(
                 ccfg,

@@ -63,7 +63,7 @@ pub struct Acceptor<O = ()> {
 }
 
 /// Set once a refused UDP tunnel has been logged.
-static UDP_REFUSED: AtomicBool = AtomicBool::new(false);
+pub(crate) static UDP_REFUSED: AtomicBool = AtomicBool::new(false);
 
 impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     /// Loads or makes the certificate (none with `-disable-tls`) and sets up the layers.

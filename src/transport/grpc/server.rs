@@ -238,7 +238,10 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
                     });
                 }
                 Some(Err(why)) => {
-                    log::info!("{sid}: refused: {why}");
+                    crate::transport::datagram::warn_once(
+                        &crate::transport::accept::UDP_REFUSED,
+                        format_args!("{sid}: a client asked for a UDP tunnel; {why} (said once)"),
+                    );
                     refuse(respond, why);
                 }
                 None => {
@@ -274,7 +277,7 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
             return Some(Ok((owner, Kind::Stream)));
         }
         if !self.udp {
-            return Some(Err("a UDP tunnel, and this server runs without -udp".into()));
+            return Some(Err("this server runs without -udp".into()));
         }
         Some(Ok((owner, Kind::Datagrams)))
     }
