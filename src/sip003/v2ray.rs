@@ -8,16 +8,26 @@ use crate::{Error, Result};
 
 /// Options only v2ray-plugin has: one of them makes the string v2ray-plugin's.
 /// (`fwmark` is both dialects' word, with one meaning.)
-const ITS_OWN: [&str; 8] = [
-    "tls", "host", "path", "mode", "certRaw", "loglevel", "server", "fastOpen",
+const ITS_OWN: [&str; 9] = [
+    "tls",
+    "host",
+    "path",
+    "mode",
+    "certRaw",
+    "loglevel",
+    "server",
+    "fastOpen",
+    "serviceName",
 ];
 
 /// Pairs that say the same thing in both dialects: both in one string cannot be meant.
-const SAME_THING: [(&str, &str, &str); 8] = [
+const SAME_THING: [(&str, &str, &str); 10] = [
     ("host", "n", "the server name"),
     ("host", "wss-host", "the WebSocket Host header"),
     ("path", "wss-path", "the WebSocket path"),
     ("mode", "wss", "the transport"),
+    ("mode", "grpc", "the transport"),
+    ("serviceName", "grpc-service", "the gRPC service"),
     ("tls", "disable-tls", "whether TLS is used"),
     ("loglevel", "verbose", "how much is logged"),
     ("mux", "mux-proto", "the multiplexing"),
@@ -62,8 +72,11 @@ pub fn translate(
     }
     let mut out: Options = Vec::new();
     let mut put = |k: &str, v: Option<String>| out.push((k.to_string(), v));
+    let grpc = get("mode").as_deref() == Some("grpc");
     match get("mode").as_deref() {
         None | Some("websocket") | Some("") => put("wss", None),
+        // teddysun's v2ray-plugin: gun, without Mux.Cool inside.
+        Some("grpc") => put("grpc", None),
         Some("quic") => {
             return Err(Error::usage(
                 "SS_PLUGIN_OPTIONS: mode=quic is v2ray-plugin's QUIC transport, which mtt does not carry: use mode=websocket (its default) on both ends",
@@ -71,13 +84,20 @@ pub fn translate(
         }
         Some(other) => {
             return Err(Error::usage(format!(
-                "SS_PLUGIN_OPTIONS: mode={other}: v2ray-plugin's modes are websocket (mtt carries it) and quic (it does not)"
+                "SS_PLUGIN_OPTIONS: mode={other}: v2ray-plugin's modes are websocket and grpc (mtt carries both) and quic (it does not)"
             )));
         }
     }
     let tls = get("tls").is_some();
     let host = get("host").unwrap_or_else(|| "cloudfront.com".into());
-    put("wss-path", Some(get("path").unwrap_or_else(|| "/".into())));
+    if grpc {
+        put(
+            "grpc-service",
+            Some(get("serviceName").unwrap_or_else(|| "GunService".into())),
+        );
+    } else {
+        put("wss-path", Some(get("path").unwrap_or_else(|| "/".into())));
+    }
     if let Some(level) = get("loglevel")
         && level == "debug"
     {
@@ -122,7 +142,9 @@ pub fn translate(
             }
         } else {
             put("disable-tls", None);
-            put("wss-host", Some(host));
+            if !grpc {
+                put("wss-host", Some(host));
+            }
         }
         let streams = match get("mux") {
             None => 1,
@@ -137,7 +159,8 @@ pub fn translate(
                 "SS_PLUGIN_OPTIONS: mux={streams}: at most 16 streams share a connection here (mtt servers take 16); give mux=16 or less"
             )));
         }
-        if streams > 0 {
+        // v2ray-plugin multiplexes WebSocket only; HTTP/2 multiplexes by itself.
+        if streams > 0 && !grpc {
             put("mux", None);
             put("mux-proto", Some("mux.cool".into()));
             put("mux-max-stream", Some(streams.to_string()));
@@ -148,7 +171,7 @@ pub fn translate(
     let theirs = [
         "mode", "tls", "host", "path", "loglevel", "fastOpen", "cert", "key",
     ];
-    let theirs_too = ["certRaw", "mux", "server"];
+    let theirs_too = ["certRaw", "mux", "server", "serviceName"];
     for (k, v) in options {
         if !theirs.contains(&k.as_str()) && !theirs_too.contains(&k.as_str()) {
             out.push((k.clone(), v.clone()));
@@ -227,6 +250,33 @@ mod tests {
             keys(&client("tls;host=h;mux=0;cert=/ca.pem;loglevel=debug").expect("ok")),
             ["wss", "wss-path=/", "verbose", "n=h", "ca=/ca.pem"]
         );
+    }
+
+    /// teddysun's v2ray-plugin `mode=grpc`: gun with its service name (default GunService),
+    /// no Mux.Cool inside (it multiplexes WebSocket only), TLS as in websocket mode.
+    #[test]
+    fn grpc_mode_strings() {
+        assert_eq!(
+            keys(&client("mode=grpc;tls;host=a.example;serviceName=Svc;mux=4").expect("ok")),
+            ["grpc", "grpc-service=Svc", "n=a.example"]
+        );
+        assert_eq!(
+            keys(&client("mode=grpc").expect("ok")),
+            ["grpc", "grpc-service=GunService", "disable-tls"]
+        );
+        assert_eq!(
+            keys(&server("server;mode=grpc;tls;host=a.example;cert=/c;key=/k").expect("ok")),
+            ["grpc", "grpc-service=GunService", "cert=/c", "key=/k"]
+        );
+        let e = client("mode=grpc;serviceName=A;grpc-service=B")
+            .unwrap_err()
+            .report()
+            .to_string();
+        assert!(
+            e.contains("'serviceName'") && e.contains("'grpc-service'"),
+            "{e}"
+        );
+        assert!(is_v2ray(&opts("serviceName=Svc"), false));
     }
 
     #[test]

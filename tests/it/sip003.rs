@@ -331,6 +331,7 @@ async fn real_shadowsocks_rust_in_every_mode() {
             ("wss", "wss;wss-path=/r"),
             ("mux", "mux"),
             ("wss+mux", "wss;mux"),
+            ("grpc", "grpc"),
         ] {
             let server_opts = format!("cert={};key={};{extra}", path_str(&cert), path_str(&key));
             let client_opts = format!("n=localhost;cert-sha256={fp};{extra}");
@@ -401,14 +402,18 @@ async fn udp_until_echoed(
 
 /// SIP003u with shadowsocks-rust as the host (`--plugin-mode tcp_and_udp`): its tunnel
 /// protocol and a SOCKS5 UDP ASSOCIATE carry datagrams through mtt, hashed both ways, in
-/// tls and wss+mux.
+/// tls, wss+mux and grpc.
 #[tokio::test]
 async fn shadowsocks_rust_carries_udp_through_mtt() {
     bounded(async {
         let (_links, client_bin, server_bin) = links();
         let (_certs, cert, key, fp) = self_signed_files("localhost");
         let echo = udp_echo().await;
-        for (name, extra) in [("tls", ""), ("wss+mux", "wss;mux;wss-path=/u")] {
+        for (name, extra) in [
+            ("tls", ""),
+            ("wss+mux", "wss;mux;wss-path=/u"),
+            ("grpc", "grpc;grpc-service=/a.b/Up"),
+        ] {
             let server_opts = format!("cert={};key={};{extra}", path_str(&cert), path_str(&key));
             let client_opts = format!("n=localhost;cert-sha256={fp};{extra}");
             // sslocal's tunnel protocol: datagrams to its port go to the echo.
