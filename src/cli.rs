@@ -338,7 +338,7 @@ pub struct CertArgs {
 #[derive(FromArgs, ArgsInfo, Debug, Default)]
 #[argh(subcommand, name = "bench")]
 pub struct BenchArgs {
-    /// modes to measure beside direct loopback, comma-separated: tls, wss, tls+mux, wss+mux (default: all)
+    /// modes to measure beside direct loopback, comma-separated: tls, wss, tls+mux, wss+mux, grpc (default: all)
     #[argh(option)]
     pub modes: Option<String>,
     /// mebibytes pushed each way by the single stream, and by all streams together (default 256)

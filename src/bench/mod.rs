@@ -19,11 +19,11 @@ use crate::error::IoContext;
 use crate::goflag::parse_int;
 use crate::role::client::Client;
 use crate::role::server::Server;
-use crate::transport::Listener;
 use crate::transport::options::{
-    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, MuxClientOptions, PathMatch, TlsClientOptions,
-    Verify, WsClientOptions, WsServerOptions,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, GrpcClientOptions, GrpcServerOptions,
+    MuxClientOptions, PathMatch, TlsClientOptions, Verify, WsClientOptions, WsServerOptions,
 };
+use crate::transport::{Listener, grpc};
 use crate::{Error, Result};
 use traffic::{destination, pattern, transfer};
 
@@ -38,11 +38,13 @@ pub enum Mode {
     TlsMux,
     /// TCP → TLS → WebSocket → yamux.
     WssMux,
+    /// TCP → TLS → HTTP/2 (gRPC).
+    Grpc,
 }
 
 impl Mode {
     /// Every mode, in table order.
-    pub const ALL: [Mode; 4] = [Mode::Tls, Mode::Wss, Mode::TlsMux, Mode::WssMux];
+    pub const ALL: [Mode; 5] = [Mode::Tls, Mode::Wss, Mode::TlsMux, Mode::WssMux, Mode::Grpc];
 
     /// Name in flags and tables.
     pub fn name(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Mode {
             Mode::Wss => "wss",
             Mode::TlsMux => "tls+mux",
             Mode::WssMux => "wss+mux",
+            Mode::Grpc => "grpc",
         }
     }
 
@@ -60,6 +63,10 @@ impl Mode {
 
     fn mux(self) -> bool {
         matches!(self, Mode::TlsMux | Mode::WssMux)
+    }
+
+    fn grpc(self) -> bool {
+        self == Mode::Grpc
     }
 }
 
@@ -206,7 +213,14 @@ async fn start_tunnel(
             trusted: Default::default(),
             tls: Some(CertSource::SelfSigned(Some("127.0.0.1".into()))),
             ws: ws.then(|| WsServerOptions::new(PathMatch::new("/bench"), None)),
-            grpc: None,
+            grpc: mode.grpc().then(|| {
+                let calls = grpc::Service::of_user("/bench");
+                GrpcServerOptions {
+                    services: PathMatch::Exact(calls.path.clone()),
+                    calls,
+                    fallback: None,
+                }
+            }),
             mux: mode.mux(),
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: Duration::from_secs(60),
@@ -249,7 +263,12 @@ async fn start_tunnel(
             }),
             fast_open: false,
             fwmark: None,
-            grpc: None,
+            grpc: mode.grpc().then(|| GrpcClientOptions {
+                service: grpc::Service::of_user("/bench"),
+                authority: "127.0.0.1".into(),
+                max_streams: 100,
+                idle: crate::transport::mux::DEFAULT_IDLE,
+            }),
             disable_tls: false,
             fallback_dns: None,
             protect: None,

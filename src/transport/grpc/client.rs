@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{GrpcStream, io_error, refused};
-use super::{CONNECTION_WINDOW, STREAM_WINDOW, UDP_HEADER};
+use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, UDP_HEADER};
 use crate::error::Step;
 use crate::transport::datagram::Kind;
 use crate::transport::io::BoxIo;
@@ -48,6 +48,7 @@ impl GrpcClient {
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(STREAM_WINDOW as usize)
             .handshake::<_, Bytes>(dialled.io)
             .await

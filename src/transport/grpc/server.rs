@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::GrpcStream;
-use super::{CONNECTION_WINDOW, STREAM_WINDOW, Service, UDP_HEADER};
+use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, Service, UDP_HEADER};
 use crate::addr::HostPort;
 use crate::transport::accept::Tunnel;
 use crate::transport::datagram::Kind;
@@ -137,6 +137,7 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
         let handshake = h2::server::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEADERS)
             .max_pending_accept_reset_streams(PENDING_RESETS)

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::message::{self, Decoder};
 
 /// The most data one message carries (a message also fits in what the window allows).
-const MAX_WRITE: usize = 64 * 1024;
+const MAX_WRITE: usize = 256 * 1024;
 
 /// What is being read.
 enum Recv {
@@ -45,6 +45,8 @@ pub struct GrpcStream {
     /// Where messages are put together (its memory comes back once h2 has sent them).
     wbuf: BytesMut,
     ended: bool,
+    /// An error met while reading ahead, for the next read.
+    failed: Option<io::Error>,
 }
 
 /// An HTTP/2 error in the words of a tunnel: I/O errors as they are, a reset as a reset.
@@ -88,6 +90,7 @@ impl GrpcStream {
             chunk: Bytes::new(),
             wbuf: BytesMut::new(),
             ended: false,
+            failed: None,
         }
     }
 
@@ -151,59 +154,82 @@ impl AsyncRead for GrpcStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // Frames already here are all taken while there is room: fewer, larger reads for
+        // the relay behind (each a write to the destination).
+        let mut got = false;
         loop {
-            if this.drain_chunk(buf)? {
+            got |= this.drain_chunk(buf)?;
+            if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            match &mut this.recv {
-                Recv::Response(fut) => {
-                    let resp = ready!(Pin::new(fut).poll(cx)).map_err(io_error)?;
-                    if let Some(why) = refused(resp.status(), resp.headers()) {
-                        this.recv = Recv::Done;
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::ConnectionRefused,
-                            why,
-                        )));
-                    }
-                    this.recv = Recv::Body(resp.into_body());
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(e));
+            }
+            match this.poll_next(cx) {
+                Poll::Ready(Ok(true)) => {}
+                Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
+                // Data for the reader now; the error is the next read's.
+                Poll::Ready(Err(e)) if got => {
+                    this.failed = Some(e);
+                    return Poll::Ready(Ok(()));
                 }
-                Recv::Body(body) => match ready!(body.poll_data(cx)) {
-                    Some(Ok(data)) => {
-                        // Taken: the peer may send as much again (what is held here is at
-                        // most this one frame).
-                        let _ = body.flow_control().release_capacity(data.len());
-                        this.chunk = data;
-                    }
-                    Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
-                    None => {
-                        if !this.dec.at_boundary() {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "the gRPC stream ended inside a message",
-                            )));
-                        }
-                        let Recv::Body(body) = std::mem::replace(&mut this.recv, Recv::Done) else {
-                            unreachable!("matched above");
-                        };
-                        if !this.server {
-                            this.recv = Recv::Trailers(body);
-                        }
-                    }
-                },
-                Recv::Trailers(body) => {
-                    let trailers = ready!(body.poll_trailers(cx)).map_err(io_error)?;
-                    this.recv = Recv::Done;
-                    if let Some(s) = trailers.as_ref().and_then(status_of).filter(|s| *s != 0) {
-                        let h = trailers.unwrap_or_default();
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            call_failed(s, &h),
-                        )));
-                    }
-                }
-                Recv::Done => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if got => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+impl GrpcStream {
+    /// Moves the reading side on: `true` once it may have more for the reader (a frame in
+    /// `chunk`, or the response's head taken), `false` at the end of the stream.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        match &mut self.recv {
+            Recv::Response(fut) => {
+                let resp = ready!(Pin::new(fut).poll(cx)).map_err(io_error)?;
+                if let Some(why) = refused(resp.status(), resp.headers()) {
+                    self.recv = Recv::Done;
+                    let e = io::Error::new(io::ErrorKind::ConnectionRefused, why);
+                    return Poll::Ready(Err(e));
+                }
+                self.recv = Recv::Body(resp.into_body());
+            }
+            Recv::Body(body) => match ready!(body.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Taken: the peer may send as much again (what is held here is at most
+                    // this one frame).
+                    let _ = body.flow_control().release_capacity(data.len());
+                    self.chunk = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                None => {
+                    let Recv::Body(body) = std::mem::replace(&mut self.recv, Recv::Done) else {
+                        unreachable!("matched above");
+                    };
+                    if !self.dec.at_boundary() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the gRPC stream ended inside a message",
+                        )));
+                    }
+                    if !self.server {
+                        self.recv = Recv::Trailers(body);
+                    }
+                }
+            },
+            Recv::Trailers(body) => {
+                let trailers = ready!(body.poll_trailers(cx)).map_err(io_error)?;
+                self.recv = Recv::Done;
+                if let Some(s) = trailers.as_ref().and_then(status_of).filter(|s| *s != 0) {
+                    let h = trailers.unwrap_or_default();
+                    let e = io::Error::new(io::ErrorKind::ConnectionReset, call_failed(s, &h));
+                    return Poll::Ready(Err(e));
+                }
+            }
+            Recv::Done => return Poll::Ready(Ok(false)),
+        }
+        Poll::Ready(Ok(true))
     }
 }
 
