@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Latency under load: round trips of a small exchange on one stream of a multiplexed session
 while another stream of the same session saturates it (pushes into a sink as fast as it can),
-while another stream is stalled (its destination reads nothing), and quiet. For mtt's mux and
-wss+mux; for plain TLS tunnels through the same processes (each exchange in a connection of
+while another stream is stalled (its destination reads nothing), and quiet. For mtt's mux,
+wss+mux and grpc (HTTP/2 streams of one connection, each with its own flow control); for plain TLS tunnels through the same processes (each exchange in a connection of
 its own: no shared queue, only the shared CPUs); and for the original's multiplexing (smux version 1, 16 KiB frames) as a Go peer on
 xtaci/smux (tests/smux_peer) when Go and the packages are installed.
 
@@ -178,7 +178,7 @@ def combine(runs):
 
 
 def latency_rows(ctx, rounds=ROUNDS):
-    """One row per kind: mux, wss+mux, and the original's smux (Go) when it builds. Each
+    """One row per kind: mux, wss+mux, grpc, and the original's smux (Go) when it builds. Each
     kind is measured `rounds` times, every kind in turn within a round (a slow spell of the
     host falls on all alike); a row holds the medians over the rounds."""
     dport = free_port()
@@ -191,6 +191,7 @@ def latency_rows(ctx, rounds=ROUNDS):
         # queue shared, the floor for any multiplexing here.
         kinds = [("mux", lambda: Tunnel("mux", f"127.0.0.1:{dport}", ctx)),
                  ("wss+mux", lambda: Tunnel("wss+mux", f"127.0.0.1:{dport}", ctx)),
+                 ("grpc (HTTP/2)", lambda: Tunnel("grpc", f"127.0.0.1:{dport}", ctx)),
                  ("tls, one connection each", lambda: Tunnel("tls", f"127.0.0.1:{dport}", ctx))]
         peer = go_peer(ctx.tmp)
         if peer:

@@ -18,6 +18,7 @@ MODES = {
     "wss+mux": ["-wss", "-wss-path", "/bench", "-mux"],
     "smux": ["-mux"],
     "wss+smux": ["-wss", "-wss-path", "/bench", "-mux"],
+    "grpc": ["-grpc"],
 }
 # Flags of the client only: the smux rows multiplex as the original does (the server tells
 # by the first bytes or the subprotocol).

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::stream::{GrpcStream, io_error, refused};
-use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, UDP_HEADER};
+use super::{CONNECTION_WINDOW, MAX_FRAME, SEND_BUFFER, STREAM_WINDOW, UDP_HEADER};
 use crate::error::Step;
 use crate::transport::datagram::Kind;
 use crate::transport::io::BoxIo;
@@ -49,7 +49,7 @@ impl GrpcClient {
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .max_send_buffer_size(SEND_BUFFER)
             .handshake::<_, Bytes>(dialled.io)
             .await
             .map_err(|e| Error::tunnel(Step::Grpc, "server", io_error(e)))?;

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::GrpcStream;
-use super::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, Service, UDP_HEADER};
+use super::{CONNECTION_WINDOW, MAX_FRAME, SEND_BUFFER, STREAM_WINDOW, Service, UDP_HEADER};
 use crate::addr::HostPort;
 use crate::transport::accept::Tunnel;
 use crate::transport::datagram::Kind;
@@ -142,7 +142,7 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
             .max_header_list_size(MAX_HEADERS)
             .max_pending_accept_reset_streams(PENDING_RESETS)
             .max_local_error_reset_streams(Some(LOCAL_RESETS))
-            .max_send_buffer_size(STREAM_WINDOW as usize)
+            .max_send_buffer_size(SEND_BUFFER)
             .handshake::<_, Bytes>(io);
         let mut conn = match tokio::time::timeout(quiet.first, handshake).await {
             Ok(Ok(c)) => c,
