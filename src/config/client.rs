@@ -235,7 +235,7 @@ impl ClientConfig {
                 disable_tls: a.disable_tls,
                 fallback_dns,
                 protect: None,
-                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
+                timeouts: timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux || a.grpc)?,
             },
             drain: drain(&a.drain_timeout)?,
             max_conns: max_conns(&a.max_conns)?,

@@ -187,7 +187,7 @@ fn timeouts(v: &Option<String>, ping: &Option<String>, wss: bool, mux: bool) -> 
         t.ping = (!every.is_zero()).then_some(every);
         if t.ping.is_some() && !wss && !mux {
             log::warn!(
-                "-ping: a plain TLS tunnel has nothing to ping with (pings are WebSocket frames with -wss, or yamux keepalive frames with -mux); it relies on TCP keepalive"
+                "-ping: a plain TLS tunnel has nothing to ping with (pings are WebSocket frames with -wss, yamux keepalive frames with -mux, HTTP/2 PINGs with -grpc); it relies on TCP keepalive"
             );
         }
     }

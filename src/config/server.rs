@@ -75,7 +75,7 @@ impl ServerConfig {
                 grpc,
                 mux: a.mux,
                 timeouts: fallback_timeout(
-                    timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux)?,
+                    timeouts(&a.handshake_timeout, &a.ping, a.wss, a.mux || a.grpc)?,
                     &a.fallback_timeout,
                     a.fallback.as_deref().is_some_and(|f| !f.is_empty()),
                 )?,

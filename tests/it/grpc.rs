@@ -306,3 +306,98 @@ async fn a_mu_server_routes_services_to_users() {
     })
     .await;
 }
+
+/// haproxy in HTTP/2 mode in front, ending TLS (ALPN h2) and passing each call on over h2c
+/// to an mtt server without TLS: mtt clients reach it through the proxy.
+#[tokio::test]
+async fn behind_haproxy_in_http2_mode() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let pki = pki();
+        let mut server = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "server",
+                "-b",
+                "127.0.0.1:0",
+                "-d",
+                &echo,
+                "-grpc",
+                "-disable-tls",
+            ],
+        );
+        let backend = server.listening_addr().await;
+        let dir = tempfile::tempdir().expect("tmp");
+        // haproxy takes the chain and the key in one file.
+        let pem = dir.path().join("site.pem");
+        let both = std::fs::read_to_string(&pki.cert).expect("cert")
+            + &std::fs::read_to_string(&pki.key).expect("key");
+        std::fs::write(&pem, both).expect("pem");
+        let front = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\nfrontend f\n  bind 127.0.0.1:{front} ssl crt {} alpn h2\n  default_backend b\nbackend b\n  server s {backend} proto h2\n",
+                path_str(&pem)
+            ),
+        )
+        .expect("write haproxy.cfg");
+        let haproxy = Proc::spawn(
+            std::path::Path::new("haproxy"),
+            &["-db", "-f", &path_str(&cfg)],
+        );
+        wait_listening(format!("127.0.0.1:{front}").parse().expect("addr")).await;
+        let mut client = Proc::spawn(
+            &mtt_bin(),
+            &[
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                &format!("127.0.0.1:{front}"),
+                "-n",
+                "localhost",
+                "-ca",
+                &path_str(&pki.ca),
+                "-grpc",
+            ],
+        );
+        let local = client.listening_addr().await;
+        transfers(local, 8, 2 << 20).await;
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+        haproxy.signal("TERM");
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}
+
+/// A client's HTTP/2 connection whose server stops answering (stopped, as a dead path
+/// would look) is given up after two -ping intervals without a PING answered, and a new
+/// tunnel then gets a new connection once the server is back.
+#[tokio::test]
+async fn keepalive_pings_find_a_silent_server() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-grpc"]);
+        let pin = server.pin().await;
+        let at = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&at, &pin, &["-grpc", "-ping", "200ms", "-mux-idle", "1h"]);
+        let local = client.listening_addr().await;
+        echo_roundtrip(local, b"first").await;
+        server.signal("STOP");
+        let line = client
+            .wait_line("gRPC connection to the server closed")
+            .await;
+        assert!(line.contains("keepalive PING"), "{line}");
+        server.signal("CONT");
+        echo_roundtrip(local, b"after").await;
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+        server.signal("TERM");
+        server.exit().await;
+    })
+    .await;
+}

@@ -65,7 +65,12 @@ impl GrpcClient {
                         log::debug!("gRPC connection to the server ended: {e}");
                     }
                 }
-                why = keepalive => log::info!("gRPC connection to the server closed: {why}"),
+                why = keepalive => {
+                    crate::rarely!(
+                        Warn,
+                        "gRPC connection to the server closed: {why} (the server or the path to it is gone; new tunnels dial again)"
+                    );
+                }
                 _ = halt.cancelled() => {}
             }
             done.cancel();
