@@ -156,6 +156,11 @@ impl Decoder {
                     if field == 0 {
                         return Err(bad("protobuf field number 0 in a tunnel message"));
                     }
+                    if let State::Skip { left } = self.state
+                        && left > self.left
+                    {
+                        return Err(bad("a protobuf field cut off by the end of its gRPC message"));
+                    }
                 }
                 State::Len { value, shift, data } => {
                     let b = self.take(input[at])?;
@@ -314,6 +319,9 @@ mod tests {
             let e = decode(input, 3, 10).expect_err("refused");
             assert!(e.to_string().contains(says), "{e}");
         }
+        // A fixed64 field (wire type 1) longer than what is left of its message.
+        let e = decode(b"\x00\x00\x00\x00\x03\x09\x01\x02", 1, 1).expect_err("cut");
+        assert!(e.to_string().contains("cut off"), "{e}");
         // A message that ends inside a field's tag.
         let e = decode(b"\x00\x00\x00\x00\x01\x0a\x01", 1, 1).expect_err("cut");
         assert!(e.to_string().contains("cut off"), "{e}");
