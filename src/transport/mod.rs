@@ -1,4 +1,5 @@
-//! The pipeline, in wire order: TCP → TLS → optional WebSocket → optional multiplexing.
+//! The pipeline, in wire order: TCP → TLS → optional WebSocket or HTTP/2 (gRPC) → optional
+//! multiplexing (HTTP/2's own streams for gRPC).
 //! This module is the only place that knows the order and which layers are optional; roles see
 //! only [`Dialer`], [`Acceptor`], [`Tunnel`], [`BoxIo`] and [`relay`], built from the option
 //! types of [`options`].
