@@ -401,3 +401,34 @@ async fn keepalive_pings_find_a_silent_server() {
     })
     .await;
 }
+
+/// A server with -grpc alone still serves plain-TLS clients (the original's, mtt's without
+/// flags) beside gRPC ones; a client with -grpc at a server without it is told what to do.
+#[tokio::test]
+async fn grpc_beside_plain_tls_and_a_server_without_it() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-grpc"]);
+        let pin = server.pin().await;
+        let at = server.listening_addr().await.to_string();
+        let mut plain = Proc::client(&at, &pin, &[]);
+        let mut grpc = Proc::client(&at, &pin, &["-grpc"]);
+        let (p, g) = (plain.listening_addr().await, grpc.listening_addr().await);
+        tokio::join!(transfers(p, 4, 1 << 20), transfers(g, 4, 1 << 20));
+        let mut without = Proc::server(&echo, &[]);
+        let pin2 = without.pin().await;
+        let at2 = without.listening_addr().await.to_string();
+        let mut lost = Proc::client(&at2, &pin2, &["-grpc"]);
+        let l = lost.listening_addr().await;
+        let mut s = TcpStream::connect(l).await.expect("connect");
+        let _ = s.write_all(b"x").await;
+        assert_eq!(drain(&mut s).await.0, 0);
+        let line = lost.wait_line("ALPN h2").await;
+        assert!(line.contains("run it with -grpc"), "{line}");
+        for p in [&mut plain, &mut grpc, &mut lost, &mut server, &mut without] {
+            p.signal("TERM");
+            assert_eq!(p.exit().await.code(), Some(0));
+        }
+    })
+    .await;
+}

@@ -159,7 +159,9 @@ impl Decoder {
                     if let State::Skip { left } = self.state
                         && left > self.left
                     {
-                        return Err(bad("a protobuf field cut off by the end of its gRPC message"));
+                        return Err(bad(
+                            "a protobuf field cut off by the end of its gRPC message",
+                        ));
                     }
                 }
                 State::Len { value, shift, data } => {
