@@ -384,3 +384,55 @@ async fn continuation_ping_and_settings_floods_are_bounded() {
     })
     .await;
 }
+
+/// More streams at once than a connection may have (128): the ones beyond are refused
+/// (RST_STREAM) without a dial, the others are tunnels; the connection goes on.
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused_without_a_dial() {
+    bounded(async {
+        let count = Arc::new(AtomicUsize::new(0));
+        let dest = counting_dest(count.clone(), false).await;
+        let mut server = Proc::server(&dest.to_string(), &["-grpc"]);
+        let at = server.listening_addr().await;
+        let (mut r, mut w) = tokio::io::split(h2_tls(at).await);
+        w.write_all(PREFACE).await.expect("preface");
+        w.write_all(&frame(4, 0, 0, &[])).await.expect("settings");
+        // Wait for the server's SETTINGS before opening, as a client does.
+        let mut head = [0u8; 9];
+        r.read_exact(&mut head).await.expect("settings");
+        assert_eq!(head[3], 4, "the server speaks first with SETTINGS");
+        let mut body = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        r.read_exact(&mut body).await.expect("settings");
+        w.write_all(&frame(4, 1, 0, &[])).await.expect("ack");
+        let limit = grpc::MAX_STREAMS as usize;
+        let block = call_headers();
+        let mut opens = Vec::new();
+        for i in 0..limit + 12 {
+            opens.extend(frame(1, 0x4, 2 * i as u32 + 1, &block));
+        }
+        w.write_all(&opens).await.expect("opens");
+        let (mut answered, mut refused) = (0, 0);
+        while answered + refused < limit + 12 {
+            r.read_exact(&mut head).await.expect("a frame");
+            let mut body = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+            r.read_exact(&mut body).await.expect("its payload");
+            match head[3] {
+                1 => answered += 1,
+                3 => refused += 1,
+                7 => panic!("GOAWAY for {} streams", limit + 12),
+                _ => {}
+            }
+        }
+        assert_eq!((answered, refused), (limit, 12));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count.load(Ordering::Acquire),
+            limit,
+            "a dial per stream taken"
+        );
+        still_serves(at).await;
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
