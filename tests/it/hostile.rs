@@ -563,6 +563,14 @@ enum Flowless {
 }
 
 impl Flowless {
+    /// Streams a server's session takes at once.
+    fn limit(self) -> u32 {
+        match self {
+            Flowless::Smux => mtt::testing::transport::mux::smux::DEFAULT.max_streams as u32,
+            Flowless::MuxCool => mtt::testing::transport::mux::muxcool::DEFAULT.max_streams as u32,
+        }
+    }
+
     fn sid(self, i: u32) -> u32 {
         match self {
             Flowless::Smux => 3 + 2 * i,
@@ -677,7 +685,8 @@ async fn one_byte_frames_cost_their_bytes(wire: Flowless) {
     let pid = server.child.id().expect("pid");
     let mut s = tls_to(addr).await;
     let mut wire_bytes = Vec::new();
-    for i in 0..STREAMS {
+    // The streams that get frames, then (up to the session's limit) streams that get none.
+    for i in 0..wire.limit() {
         wire_bytes.extend(wire.open(wire.sid(i)));
     }
     s.write_all(&wire_bytes).await.expect("opens");
@@ -694,9 +703,9 @@ async fn one_byte_frames_cost_their_bytes(wire: Flowless) {
         let r = if n < 16 { &round } else { &plain };
         s.write_all(r).await.expect("the server keeps reading");
     }
-    // A 17th stream is refused when the server reads its open frame, so that refusal says
-    // the server has read every frame before it.
-    let probe = wire.sid(STREAMS);
+    // A stream beyond the limit is refused when the server reads its open frame, so that
+    // refusal says the server has read every frame before it.
+    let probe = wire.sid(wire.limit());
     s.write_all(&wire.open(probe)).await.expect("open");
     s.flush().await.expect("flush");
     wire.until_refused(&mut s, probe).await;

@@ -29,11 +29,14 @@ pub type MuxCoolSession = engine::ServerEnd<MuxCool>;
 pub type MuxCoolClient = engine::ClientEnd<MuxCool>;
 
 /// A keepalive every 30 s; v2ray's clients send none, so a silent peer is not taken as gone
-/// (each stream has its idle timeout); streams and memory bounded as smux's.
+/// (each stream has its idle timeout); memory bounded as smux's. Twice smux's streams at once:
+/// v2ray's clients (`mux` up to 16 in v2ray-plugin's strings here) count a stream gone once
+/// they sent its End, a server once its destination's side has ended too, and a client at
+/// its limit opening a stream in between would be refused.
 pub const DEFAULT: Config = Config {
     keepalive: Duration::from_secs(30),
     dead_after: Duration::MAX,
-    max_streams: super::MAX_STREAMS_PER_SESSION,
+    max_streams: 2 * super::MAX_STREAMS_PER_SESSION,
     hold: super::smux::HOLD,
     spare: super::smux::SPARE,
     stall: super::smux::STALL,
