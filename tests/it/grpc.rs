@@ -432,3 +432,45 @@ async fn grpc_beside_plain_tls_and_a_server_without_it() {
     })
     .await;
 }
+
+/// Many short tunnels at a high rate over a few HTTP/2 connections (web browsing, DNS over
+/// TCP): none is refused; only calls reset before their first byte count against the
+/// rapid-reset budget (which is 512, then 256 a second).
+#[tokio::test]
+async fn many_short_tunnels_are_not_taken_for_an_attack() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let mut server = Proc::server(&echo, &["-grpc"]);
+        let pin = server.pin().await;
+        let at = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&at, &pin, &["-grpc"]);
+        let local = client.listening_addr().await;
+        let start = std::time::Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..3000u32 {
+            if tasks.len() >= 64 {
+                tasks
+                    .join_next()
+                    .await
+                    .expect("task")
+                    .expect("a short tunnel");
+            }
+            tasks.spawn(async move {
+                let data = i.to_be_bytes();
+                echo_roundtrip(local, &data).await;
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.expect("a short tunnel");
+        }
+        eprintln!(
+            "3000 short tunnels in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+        client.signal("TERM");
+        assert_eq!(client.exit().await.code(), Some(0));
+        server.signal("TERM");
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
+}

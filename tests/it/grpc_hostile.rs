@@ -220,7 +220,7 @@ async fn rapid_reset_is_bounded_and_ends_the_connection() {
             );
             still_serves(at).await;
         }
-        let log = server.wait_line("calls beyond").await;
+        let log = server.wait_line("rapid reset?").await;
         assert!(log.contains("WARN"), "{log}");
         server.signal("TERM");
         assert_eq!(server.exit().await.code(), Some(0));

@@ -8,15 +8,16 @@
 //! receive window (16 MiB) is what all its streams may hold unread together, and each
 //! stream's (4 MiB) what one may; h2's guards against streams reset as soon as opened
 //! (CVE-2023-44487: 32 pending), CONTINUATION floods and unanswered PINGs and SETTINGS hold;
-//! new calls, each of which dials a destination, are budgeted (512 at once, then 256 a
-//! second; more are refused, and 1024 refusals close the connection). A peer past one of
+//! calls the client resets before their first byte, each of which dialled a destination,
+//! are budgeted (512 at once, then 256 a second; past it new calls are refused, and 1024
+//! refusals close the connection). A peer past one of
 //! them loses its connection (GOAWAY), and only its own.
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,38 +47,43 @@ pub const MAX_HEADERS: u32 = 16 * 1024;
 const PENDING_RESETS: usize = 32;
 /// Streams this end may reset for the peer's errors before it gives the connection up.
 const LOCAL_RESETS: usize = 256;
-/// New calls a connection may make in a burst, and then per second: each dials a
-/// destination, so a client that opens streams only to reset them once answered (rapid
-/// reset) would otherwise make this server dial as fast as it can send 30 bytes.
-const CALLS_BURST: f64 = 512.0;
-const CALLS_PER_SECOND: f64 = 256.0;
-/// Calls refused for going beyond that before the connection is closed (GOAWAY).
+/// Calls a connection may abandon (reset by the client before its first byte) in a burst,
+/// and then per second. Each call dials a destination, so a client that opens streams only
+/// to reset them once answered (rapid reset) would otherwise make this server dial as fast
+/// as it can send 30 bytes; calls that carry anything cost nothing here, however many.
+const ABANDONED_BURST: f64 = 512.0;
+const ABANDONED_PER_SECOND: f64 = 256.0;
+/// Calls refused past that budget before the connection is closed (GOAWAY).
 const REFUSED_CALLS: u32 = 1024;
 
-/// The budget of new calls of one connection (a token bucket).
+/// The budget of abandoned calls of one connection (a token bucket their tunnels draw on).
 struct Budget {
     tokens: f64,
     at: tokio::time::Instant,
     refused: u32,
+    /// Calls abandoned since the last look, counted by their streams.
+    abandoned: Arc<AtomicU32>,
 }
 
 impl Budget {
     fn new() -> Self {
         Budget {
-            tokens: CALLS_BURST,
+            tokens: ABANDONED_BURST,
             at: tokio::time::Instant::now(),
             refused: 0,
+            abandoned: Arc::default(),
         }
     }
 
-    /// Whether one more call may be made now.
+    /// Whether a new call may be taken now: not while the calls abandoned lately are past
+    /// the budget.
     fn take(&mut self) -> bool {
         let now = tokio::time::Instant::now();
-        let earned = now.duration_since(self.at).as_secs_f64() * CALLS_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(CALLS_BURST);
+        let earned = now.duration_since(self.at).as_secs_f64() * ABANDONED_PER_SECOND;
+        let spent = f64::from(self.abandoned.swap(0, Ordering::AcqRel));
+        self.tokens = (self.tokens + earned).min(ABANDONED_BURST) - spent;
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
             return true;
         }
         self.refused += 1;
@@ -203,7 +209,7 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
                 if budget.refused > REFUSED_CALLS && !closing {
                     crate::rarely!(
                         Warn,
-                        "{id}: HTTP/2 connection closed: more than {REFUSED_CALLS} calls beyond {CALLS_PER_SECOND} a second (streams opened and reset at once?)"
+                        "{id}: HTTP/2 connection closed: more than {REFUSED_CALLS} calls refused while it reset calls before their first byte beyond {ABANDONED_PER_SECOND} a second (rapid reset?)"
                     );
                     conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     closing = true;
@@ -224,7 +230,11 @@ impl<O: Clone + Send + Sync + 'static> GrpcFront<O> {
                         Ok(Ok(s)) => s,
                         _ => continue,
                     };
-                    let io = Box::new(GrpcStream::server(send, req.into_body()));
+                    let io = Box::new(GrpcStream::server(
+                        send,
+                        req.into_body(),
+                        budget.abandoned.clone(),
+                    ));
                     let tunnel = Tunnel {
                         io,
                         kind,

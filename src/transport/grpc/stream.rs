@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -47,6 +49,8 @@ pub struct GrpcStream {
     ended: bool,
     /// An error met while reading ahead, for the next read.
     failed: Option<io::Error>,
+    /// A server's count of calls the client reset before sending a byte (rapid reset).
+    abandoned: Option<Arc<AtomicU32>>,
 }
 
 /// An HTTP/2 error in the words of a tunnel: I/O errors as they are, a reset as a reset.
@@ -76,9 +80,12 @@ impl GrpcStream {
     }
 
     /// The server end: the response's head has been sent (`send` carries its body); the
-    /// request's body is `recv`.
-    pub fn server(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self::new(send, Recv::Body(recv), true)
+    /// request's body is `recv`; a reset before the client's first byte is counted in
+    /// `abandoned`.
+    pub fn server(send: SendStream<Bytes>, recv: RecvStream, abandoned: Arc<AtomicU32>) -> Self {
+        let mut s = Self::new(send, Recv::Body(recv), true);
+        s.abandoned = Some(abandoned);
+        s
     }
 
     fn new(send: SendStream<Bytes>, recv: Recv, server: bool) -> Self {
@@ -91,6 +98,7 @@ impl GrpcStream {
             wbuf: BytesMut::new(),
             ended: false,
             failed: None,
+            abandoned: None,
         }
     }
 
@@ -200,9 +208,19 @@ impl GrpcStream {
                     // Taken: the peer may send as much again (what is held here is at most
                     // this one frame).
                     let _ = body.flow_control().release_capacity(data.len());
+                    if !data.is_empty() {
+                        self.abandoned = None;
+                    }
                     self.chunk = data;
                 }
-                Some(Err(e)) => return Poll::Ready(Err(io_error(e))),
+                Some(Err(e)) => {
+                    if e.is_reset()
+                        && let Some(count) = self.abandoned.take()
+                    {
+                        count.fetch_add(1, Ordering::AcqRel);
+                    }
+                    return Poll::Ready(Err(io_error(e)));
+                }
                 None => {
                     let Recv::Body(body) = std::mem::replace(&mut self.recv, Recv::Done) else {
                         unreachable!("matched above");
