@@ -15,6 +15,44 @@ fn gun_py() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/grpc_peer/gun.py")
 }
 
+/// `mtt server -grpc -disable-tls` to `dest` (h2c, as a proxy in front speaks it), and where.
+async fn h2c_server(dest: &str) -> (Proc, SocketAddr) {
+    let args = [
+        "server",
+        "-b",
+        "127.0.0.1:0",
+        "-d",
+        dest,
+        "-grpc",
+        "-disable-tls",
+    ];
+    let mut server = Proc::spawn(&mtt_bin(), &args);
+    let at = server.listening_addr().await;
+    (server, at)
+}
+
+/// `mtt client -grpc` to 127.0.0.1:`port`, trusting `pki`'s CA for `localhost`; and where it
+/// listens.
+async fn ca_client(port: impl std::fmt::Display, pki: &Pki) -> (Proc, SocketAddr) {
+    let server = format!("127.0.0.1:{port}");
+    let ca = path_str(&pki.ca);
+    let args = [
+        "client",
+        "-b",
+        "127.0.0.1:0",
+        "-s",
+        &server,
+        "-n",
+        "localhost",
+        "-ca",
+        &ca,
+        "-grpc",
+    ];
+    let mut client = Proc::spawn(&mtt_bin(), &args);
+    let local = client.listening_addr().await;
+    (client, local)
+}
+
 /// `n` connections to `addr` at once, each moving `size` bytes both ways, hashed; then one
 /// that half-closes: everything it sent comes back, then the end.
 async fn transfers(addr: SocketAddr, n: u64, size: usize) {
@@ -110,22 +148,7 @@ async fn an_mtt_client_at_a_grpcio_server() {
         );
         let line = peer.wait_line("listening ").await;
         let port = line.trim().rsplit(' ').next().expect("port").to_string();
-        let mut client = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "client",
-                "-b",
-                "127.0.0.1:0",
-                "-s",
-                &format!("127.0.0.1:{port}"),
-                "-n",
-                "localhost",
-                "-ca",
-                &path_str(&pki.ca),
-                "-grpc",
-            ],
-        );
-        let local = client.listening_addr().await;
+        let (mut client, local) = ca_client(&port, &pki).await;
         transfers(local, 8, 2 << 20).await;
         client.signal("TERM");
         assert_eq!(client.exit().await.code(), Some(0));
@@ -198,19 +221,7 @@ async fn behind_nginx_grpc_pass() {
     bounded(async {
         let echo = echo_server().await.to_string();
         let pki = pki();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-grpc",
-                "-disable-tls",
-            ],
-        );
-        let backend = server.listening_addr().await;
+        let (mut server, backend) = h2c_server(&echo).await;
         let port = free_port();
         let _nginx = Nginx::start(
             &format!(
@@ -221,22 +232,7 @@ async fn behind_nginx_grpc_pass() {
             port,
         )
         .await;
-        let mut client = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "client",
-                "-b",
-                "127.0.0.1:0",
-                "-s",
-                &format!("127.0.0.1:{port}"),
-                "-n",
-                "localhost",
-                "-ca",
-                &path_str(&pki.ca),
-                "-grpc",
-            ],
-        );
-        let local = client.listening_addr().await;
+        let (mut client, local) = ca_client(port, &pki).await;
         transfers(local, 8, 2 << 20).await;
         client.signal("TERM");
         assert_eq!(client.exit().await.code(), Some(0));
@@ -292,17 +288,9 @@ async fn a_mu_server_routes_services_to_users() {
         assert_eq!(drain(&mut s).await.0, 0, "no user carol");
         server.signal("TERM");
         assert_eq!(server.exit().await.code(), Some(0));
-        let mut lines = server.seen.clone();
-        while let Some(l) = server.next_line().await {
-            lines.push(l);
-        }
-        let relayed = |dst: SocketAddr| {
-            lines
-                .iter()
-                .filter(|l| l.contains(&format!("relaying to {dst}")))
-                .count()
-        };
-        assert_eq!((relayed(alice), relayed(bob)), (5, 5), "{lines:#?}");
+        let lines = server.all_lines().await;
+        let relayed = (relayed_to(&lines, alice), relayed_to(&lines, bob));
+        assert_eq!(relayed, (5, 5), "{lines:#?}");
     })
     .await;
 }
@@ -314,19 +302,7 @@ async fn behind_haproxy_in_http2_mode() {
     bounded(async {
         let echo = echo_server().await.to_string();
         let pki = pki();
-        let mut server = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "server",
-                "-b",
-                "127.0.0.1:0",
-                "-d",
-                &echo,
-                "-grpc",
-                "-disable-tls",
-            ],
-        );
-        let backend = server.listening_addr().await;
+        let (mut server, backend) = h2c_server(&echo).await;
         let dir = tempfile::tempdir().expect("tmp");
         // haproxy takes the chain and the key in one file.
         let pem = dir.path().join("site.pem");
@@ -348,22 +324,7 @@ async fn behind_haproxy_in_http2_mode() {
             &["-db", "-f", &path_str(&cfg)],
         );
         wait_listening(format!("127.0.0.1:{front}").parse().expect("addr")).await;
-        let mut client = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "client",
-                "-b",
-                "127.0.0.1:0",
-                "-s",
-                &format!("127.0.0.1:{front}"),
-                "-n",
-                "localhost",
-                "-ca",
-                &path_str(&pki.ca),
-                "-grpc",
-            ],
-        );
-        let local = client.listening_addr().await;
+        let (mut client, local) = ca_client(front, &pki).await;
         transfers(local, 8, 2 << 20).await;
         client.signal("TERM");
         assert_eq!(client.exit().await.code(), Some(0));

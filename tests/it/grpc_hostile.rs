@@ -69,6 +69,20 @@ async fn counting_dest(count: Arc<AtomicUsize>, stall_first: bool) -> SocketAddr
     .await
 }
 
+/// `count` once it has not moved for 100 ms (a bounded poll: 10 s at most).
+async fn settled(count: &AtomicUsize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut last = count.load(Ordering::Acquire);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = count.load(Ordering::Acquire);
+        if now == last || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn mem_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("status")
@@ -207,9 +221,9 @@ async fn rapid_reset_is_bounded_and_ends_the_connection() {
         for answered in [false, true] {
             let before = count.load(Ordering::Acquire);
             let (opened, took) = open_and_reset(at, answered).await;
-            // Let the tunnels the server did start reach the destination.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let dialled = count.load(Ordering::Acquire) - before;
+            // The tunnels the server did start reach the destination: counted once the count
+            // has held still.
+            let dialled = settled(&count).await - before;
             eprintln!(
                 "rapid reset (answered: {answered}): {opened} streams in {took:.2} s, {dialled} dials, then GOAWAY"
             );
@@ -424,12 +438,7 @@ async fn streams_beyond_the_limit_are_refused_without_a_dial() {
             }
         }
         assert_eq!((answered, refused), (limit, 12));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            count.load(Ordering::Acquire),
-            limit,
-            "a dial per stream taken"
-        );
+        assert_eq!(settled(&count).await, limit, "a dial per stream taken");
         still_serves(at).await;
         server.signal("KILL");
         server.exit().await;

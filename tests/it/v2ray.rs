@@ -93,10 +93,7 @@ async fn v2ray_plugin_clients_with_and_without_mux_reach_an_mtt_server() {
         // The server said nothing about any of them at its default level.
         server.signal("TERM");
         assert_eq!(server.exit().await.code(), Some(0));
-        let mut lines = server.seen.clone();
-        while let Some(l) = server.next_line().await {
-            lines.push(l);
-        }
+        let lines = server.all_lines().await;
         assert!(
             !lines
                 .iter()
@@ -591,18 +588,12 @@ async fn v2ray_plugin_clients_reach_a_mu_servers_users() {
         }
         server.signal("TERM");
         assert_eq!(server.exit().await.code(), Some(0));
-        let mut lines = server.seen.clone();
-        while let Some(l) = server.next_line().await {
-            lines.push(l);
-        }
+        let lines = server.all_lines().await;
         // Each user's tunnels went to that user's destination, multiplexed where asked.
-        let relayed = |dst: SocketAddr| {
-            lines
-                .iter()
-                .filter(|l| l.contains(&format!("relaying to {dst}")))
-                .count()
-        };
-        assert!(relayed(alice) >= 16 && relayed(bob) >= 32, "{lines:#?}");
+        assert!(
+            relayed_to(&lines, alice) >= 16 && relayed_to(&lines, bob) >= 32,
+            "{lines:#?}"
+        );
         assert!(
             lines
                 .iter()

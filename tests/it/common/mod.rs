@@ -54,6 +54,12 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
     mtt::testing::certs::fingerprint::sha256(data)
 }
 
+/// How many tunnels a server with `-verbose` says it relayed to `dst`, in its `lines`.
+pub fn relayed_to(lines: &[String], dst: SocketAddr) -> usize {
+    let needle = format!("relaying to {dst}");
+    lines.iter().filter(|l| l.contains(&needle)).count()
+}
+
 pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; n];
     rand::rngs::SmallRng::seed_from_u64(seed).fill_bytes(&mut v);

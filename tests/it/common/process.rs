@@ -136,6 +136,15 @@ impl Proc {
         self.lines.recv().await
     }
 
+    /// Every line the process printed, once it has exited: those seen and the rest.
+    pub async fn all_lines(&mut self) -> Vec<String> {
+        let mut lines = self.seen.clone();
+        while let Some(l) = self.next_line().await {
+            lines.push(l);
+        }
+        lines
+    }
+
     /// The SHA-256 pin a self-signed server prints in its warning line.
     pub async fn pin(&mut self) -> String {
         let line = self.wait_line("self-signed").await;
