@@ -1,7 +1,7 @@
 //! Random bytes from the system's generator (through ring), with the one error every caller
 //! reports when there is none.
 
-use ring::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 /// Fills `buf` with random bytes.
 pub fn fill(buf: &mut [u8]) -> std::io::Result<()> {

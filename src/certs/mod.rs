@@ -21,7 +21,7 @@ use pem::CertKey;
 /// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
 /// Android without cmake). Passed explicitly so two compiled-in providers can never clash.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Where a server's certificate comes from.

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Two builds of mtt side by side, in alternating rounds (A then B, then B then A, ...).
+
+For each build and mode: iperf3 single-stream upload and download through `mtt client` ->
+`mtt server` (separate processes on 127.0.0.1) with the CPU seconds of both processes per
+GiB moved; new tunnels per second with wrk (`Connection: close`, a fresh tunnel per request)
+to nginx, with the CPU each end spent per tunnel (its handshakes per CPU-second); and the
+RSS of an idle client and server. Prints a Markdown table: the median of each figure, its
+range, and B/A. A round whose figure is under half of that build's median is reported as
+failed, beside the median of the others, never averaged in.
+
+    python3 benches/compare.py --a target/release/mtt --a-name ring --b other/mtt --b-name aws-lc-rs
+
+Needs iperf3, wrk and nginx (benches/run installs them).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+from harness import iperf, settle_rss, wrk_rate  # noqa: E402
+from tunnels import GIB, Tunnel, cpu_seconds, free_port, log, wait_listening  # noqa: E402
+
+
+def nginx_site(tmp):
+    site = os.path.join(tmp, "nginx")
+    os.makedirs(os.path.join(site, "logs"))
+    port = free_port()
+    with open(os.path.join(site, "nginx.conf"), "w") as f:
+        f.write(f"worker_processes 1; daemon off; pid {site}/nginx.pid; "
+                f"error_log {site}/error.log; events {{ worker_connections 8192; }}\n"
+                f"http {{ access_log off; server {{ listen 127.0.0.1:{port}; "
+                f"location / {{ return 200 'ok\\n'; }} }} }}\n")
+    proc = subprocess.Popen(["nginx", "-p", site, "-c", os.path.join(site, "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc, "nginx")
+    return proc, port
+
+
+def measure(ctx, modes, conn_modes, seconds, iport, hport):
+    """One round of one build: {figure name: value}."""
+    got = {}
+    for mode in modes:
+        t = Tunnel(mode, f"127.0.0.1:{iport}", ctx)
+        try:
+            if mode == modes[0]:
+                idle = settle_rss(t.pids)
+                got["idle RSS server KiB"], got["idle RSS client KiB"] = idle
+            moved, cpu = 0, 0.0
+            for key, rev in (("up", False), ("down", True)):
+                before = cpu_seconds(t.pids)
+                nbytes, mibs = iperf(t.port, seconds, rev)
+                cpu += cpu_seconds(t.pids) - before
+                moved += nbytes
+                got[f"{mode} {key} MiB/s"] = mibs
+            got[f"{mode} CPU s/GiB"] = cpu / (moved / GIB)
+        finally:
+            t.stop()
+    for mode in conn_modes:
+        t = Tunnel(mode, f"127.0.0.1:{hport}", ctx)
+        try:
+            server_before, client_before = (cpu_seconds([p]) for p in t.pids)
+            rate, _p50, errors = wrk_rate(t.port, seconds)
+            server_cpu, client_cpu = (cpu_seconds([p]) - b
+                                      for p, b in zip(t.pids, (server_before, client_before)))
+            n = rate * seconds
+            got[f"{mode} tunnels/s"] = rate
+            got[f"{mode} server tunnels per CPU-s"] = n / max(server_cpu, 1e-9)
+            got[f"{mode} client tunnels per CPU-s"] = n / max(client_cpu, 1e-9)
+            if errors:
+                log(f"  {mode}: wrk socket errors: {errors}")
+        finally:
+            t.stop()
+    return got
+
+
+def summary(values):
+    """(median of the good rounds, min, max, failed rounds): a round under half of the
+    median of all rounds failed."""
+    med = statistics.median(values)
+    good = [v for v in values if v >= med / 2]
+    failed = [i + 1 for i, v in enumerate(values) if v < med / 2]
+    return statistics.median(good), min(good), max(good), failed
+
+
+def fmt(v):
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--a", required=True, help="the first mtt binary")
+    ap.add_argument("--b", required=True, help="the second mtt binary")
+    ap.add_argument("--a-name", default="A")
+    ap.add_argument("--b-name", default="B")
+    ap.add_argument("--modes", default="tls,wss,mux,grpc", help="throughput modes")
+    ap.add_argument("--conn-modes", default="tls,wss", help="new-tunnel rate modes")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=4, help="length of each iperf3/wrk run")
+    args = ap.parse_args()
+    modes, conn_modes = args.modes.split(","), args.conn_modes.split(",")
+    tmp = tempfile.mkdtemp(prefix="mtt-compare-")
+    builds = []
+    bg = []
+    try:
+        out = subprocess.run([args.a, "cert", "-n", "bench.local", "-out", tmp],
+                             capture_output=True, text=True, check=True).stdout
+        for path, name in ((args.a, args.a_name), (args.b, args.b_name)):
+            builds.append((name, argparse.Namespace(
+                mtt=os.path.abspath(path), tmp=tmp,
+                cert=os.path.join(tmp, "bench.local.crt"),
+                key=os.path.join(tmp, "bench.local.key"),
+                pin=re.search(r"SHA-256: ([0-9a-f]{64})", out).group(1))))
+        iport = free_port()
+        iperf_srv = subprocess.Popen(["iperf3", "-s", "-p", str(iport)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bg.append(iperf_srv)
+        wait_listening(iport, iperf_srv, "iperf3 -s")
+        nginx, hport = nginx_site(tmp)
+        bg.append(nginx)
+        samples = {name: {} for name, _ in builds}
+        for rnd in range(args.rounds):
+            order = builds if rnd % 2 == 0 else builds[::-1]
+            for name, ctx in order:
+                got = measure(ctx, modes, conn_modes, args.seconds, iport, hport)
+                for k, v in got.items():
+                    samples[name].setdefault(k, []).append(v)
+                log(f"round {rnd + 1}/{args.rounds} {name}: "
+                    + ", ".join(f"{k} {fmt(v)}" for k, v in got.items()))
+    finally:
+        for p in bg:
+            if p.poll() is None:
+                p.terminate()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    (a, _), (b, _) = builds
+    print(f"{args.rounds} alternating rounds, {args.seconds} s each run; median (min–max) "
+          "of each build; a round under half of the median is flagged, not counted.\n")
+    print(f"| | {a} | {b} | {b} / {a} |")
+    print("|---|---:|---:|---:|")
+    for key in samples[a]:
+        ma, lo_a, hi_a, fa = summary(samples[a][key])
+        mb, lo_b, hi_b, fb = summary(samples[b][key])
+        flag = "".join(f" (FAILED round {r} of {n})" for n, f in ((a, fa), (b, fb)) for r in f)
+        print(f"| {key}{flag} | {fmt(ma)} ({fmt(lo_a)}–{fmt(hi_a)}) | "
+              f"{fmt(mb)} ({fmt(lo_b)}–{fmt(hi_b)}) | {mb / ma:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
