@@ -195,6 +195,15 @@ role_args! {
         /// accept only the server certificate with this SHA-256 fingerprint
         #[argh(option, arg_name = "hex")]
         pub cert_sha256: Option<String>,
+        /// ALPN of plain-TLS tunnels, comma-separated (default h2,http/1.1, as browsers; "none": no ALPN, as mos-tls-tunnel)
+        #[argh(option, arg_name = "list")]
+        pub alpn: Option<String>,
+        /// offer TLS 1.2 too, for a server without TLS 1.3 (no ECH then)
+        #[argh(switch)]
+        pub tls12: bool,
+        /// encrypted client hello (ECH) with the server's ECHConfigList (base64, its DNS HTTPS record's ech= value)
+        #[argh(option, arg_name = "base64")]
+        pub ech_config: Option<String>,
         /// idle timeout of a tunnel: no bytes either way for this long closes it (default 5m)
         #[argh(option)]
         pub timeout: Option<String>,

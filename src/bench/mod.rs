@@ -250,6 +250,7 @@ async fn start_tunnel(
             tls: TlsClientOptions {
                 server_name: "127.0.0.1".into(),
                 verify: Verify::Pin(crate::config::parse_pin(&pin)?),
+                hello: Default::default(),
             },
             ws: ws.then(|| WsClientOptions {
                 path: "/bench".into(),

@@ -18,10 +18,41 @@ use crate::{Error, Result};
 use acme::Acme;
 use pem::CertKey;
 
-/// The one crypto provider of the process: ring (small, fast to build, cross-compiles for
-/// Android without cmake). Passed explicitly so two compiled-in providers can never clash.
+/// The one crypto provider of the process: aws-lc-rs, in a browser's order of preference.
+/// Cipher suites: AES-128-GCM first (as browsers offer, and the fastest with AES
+/// instructions), then AES-256-GCM and ChaCha20-Poly1305, TLS 1.3 before 1.2. Key exchange:
+/// X25519MLKEM768 (post-quantum hybrid) first, then X25519, P-256 and P-384; a client sends
+/// the hybrid's share and X25519's, so a server without ML-KEM needs no second round trip,
+/// and a server takes the first group of the client's list it knows. Passed explicitly so
+/// two compiled-in providers can never clash.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    static PROVIDER: std::sync::OnceLock<Arc<rustls::crypto::CryptoProvider>> =
+        std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            use rustls::crypto::aws_lc_rs::{cipher_suite as cs, default_provider, kx_group};
+            Arc::new(rustls::crypto::CryptoProvider {
+                cipher_suites: vec![
+                    cs::TLS13_AES_128_GCM_SHA256,
+                    cs::TLS13_AES_256_GCM_SHA384,
+                    cs::TLS13_CHACHA20_POLY1305_SHA256,
+                    cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                    cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                    cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                    cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                    cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                    cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                ],
+                kx_groups: vec![
+                    kx_group::X25519MLKEM768,
+                    kx_group::X25519,
+                    kx_group::SECP256R1,
+                    kx_group::SECP384R1,
+                ],
+                ..default_provider()
+            })
+        })
+        .clone()
 }
 
 /// Where a server's certificate comes from.

@@ -186,6 +186,7 @@ impl ClientConfig {
         } else {
             Verify::WebPki
         };
+        let hello = hello(a)?;
         let (path, early_data) = early_data(&path, a.wss)?;
         if early_data.is_some() && a.mux {
             return Err(Error::usage(
@@ -226,6 +227,7 @@ impl ClientConfig {
                 tls: TlsClientOptions {
                     server_name,
                     verify,
+                    hello,
                 },
                 ws,
                 mux,
@@ -246,6 +248,50 @@ impl ClientConfig {
 }
 
 /// `-grpc`, `-grpc-service` and `-grpc-max-streams` of the client.
+/// What the TLS hello offers beyond the mode's needs: `-alpn`, `-tls12`, `-ech-config`.
+fn hello(a: &ClientArgs) -> Result<HelloOptions> {
+    let alpn = match a.alpn.as_deref() {
+        None => None,
+        Some("none") => Some(Vec::new()),
+        Some(list) => {
+            let names: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
+            if let Some(bad) = names.iter().find(|p| p.is_empty() || p.len() > 255) {
+                return Err(Error::usage(format!(
+                    "-alpn: '{bad}' is not a protocol name (1 to 255 bytes each), e.g. -alpn h2,http/1.1, or -alpn none"
+                )));
+            }
+            Some(names)
+        }
+    };
+    if alpn.is_some() && (a.wss || a.grpc || a.disable_tls) {
+        return Err(Error::usage(
+            "-alpn is for plain-TLS tunnels: -wss offers http/1.1 and -grpc h2 by themselves; drop -alpn",
+        ));
+    }
+    let ech = match a.ech_config.as_deref() {
+        None => Ech::Grease,
+        Some(b64) => {
+            use base64::Engine;
+            let e = base64::engine::general_purpose::STANDARD;
+            Ech::Config(e.decode(b64.trim()).map_err(|why| {
+                Error::usage(format!(
+                    "-ech-config is not base64 ({why}): give the ECHConfigList as the server's DNS HTTPS record shows it (ech=...)"
+                ))
+            })?)
+        }
+    };
+    if a.disable_tls && (a.tls12 || a.ech_config.is_some()) {
+        return Err(Error::usage(
+            "-disable-tls makes no TLS hello: drop -tls12 and -ech-config (or -disable-tls)",
+        ));
+    }
+    Ok(HelloOptions {
+        alpn,
+        ech,
+        tls12: a.tls12,
+    })
+}
+
 fn grpc_client(a: &ClientArgs, server_name: &str) -> Result<Option<GrpcClientOptions>> {
     let service = grpc_service(&a.grpc_service, a.grpc)?;
     if a.grpc_max_streams.is_some() && !a.grpc {

@@ -12,9 +12,9 @@ use crate::cli::{ClientArgs, ServerArgs};
 use crate::goflag::{parse_duration, parse_int};
 use crate::transport::mux;
 use crate::transport::options::{
-    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, EarlyData, GrpcClientOptions, GrpcServerOptions,
-    MuxClientOptions, PathMatch, Timeouts, TlsClientOptions, Verify, WsClientOptions,
-    WsServerOptions, is_valid_path, normalize_path,
+    AcceptOptions, DEFAULT_TIMEOUTS, DialOptions, EarlyData, Ech, GrpcClientOptions,
+    GrpcServerOptions, HelloOptions, MuxClientOptions, PathMatch, Timeouts, TlsClientOptions,
+    Verify, WsClientOptions, WsServerOptions, is_valid_path, normalize_path,
 };
 use crate::transport::origin::{ForwardHeader, Trusted};
 use crate::{Error, Result};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::datagram::{self, Kind};
 use super::io::BoxIo;
 use super::options::DialOptions;
+use super::preamble::{self, Ask};
 use super::{ALPN_HTTP1, dns, front, grpc, mux, tcp, tls, ws};
 use crate::error::Step;
 use crate::{Error, Result};
@@ -15,11 +16,9 @@ use crate::{Error, Result};
 struct Connector {
     opts: DialOptions,
     dial: tcp::DialOpts,
-    /// TLS of TCP tunnels and sessions: no ALPN in plain mode (as the original), `mtt-mux2`
-    /// for plain multiplexed sessions, `http/1.1` for WebSocket.
+    /// TLS of every connection: in plain mode the hello offers a browser's ALPN (or
+    /// `-alpn`), `http/1.1` for WebSocket, `h2` for gRPC.
     tls: tls::TlsClient,
-    /// TLS of plain-mode UDP tunnels: ALPN `mtt-udp`.
-    tls_udp: tls::TlsClient,
     /// Connections being set up now: bounded, so a storm of new tunnels (a server that is
     /// slow or gone, an application opening thousands) cannot take every descriptor.
     in_flight: tokio::sync::Semaphore,
@@ -70,20 +69,26 @@ impl Connector {
                 }
             }
         };
-        let tcp = tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
-            .await
-            .map_err(|e| Error::tunnel(Step::Connect, peer(), e))?;
+        let dial = || async {
+            tcp::connect_with(server, self.opts.timeouts.connect, &self.dial)
+                .await
+                .map_err(|e| Error::tunnel(Step::Connect, peer(), e))
+        };
+        let tcp = dial().await?;
         if self.opts.disable_tls {
             // No TLS at this end (v2ray-plugin's default without `tls`): the WebSocket, if
             // any, goes over TCP as it is.
             return self.above_tls(tcp, None, None, kind, first).await;
         }
-        let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
-        let client = if udp_plain { &self.tls_udp } else { &self.tls };
-        let tls = client
-            .connect(tcp)
-            .await
-            .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+        let tls = match self.tls.connect(tcp).await {
+            Ok(tls) => Ok(tls),
+            // A server without TLS 1.3: once more, offering TLS 1.2 too.
+            Err(e) if self.tls.retry_with_tls12(&e, &server.to_string()) => {
+                self.tls.connect(dial().await?).await
+            }
+            Err(e) => Err(e),
+        }
+        .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         // The kernel's estimate from the handshakes: the path to the server itself (asked
         // only for a session's connection, whose windows it sizes).
@@ -122,16 +127,36 @@ impl Connector {
                 rtt,
             });
         }
-        let udp_plain = kind == Kind::Datagrams && self.opts.ws.is_none();
         let Some(ws) = &self.opts.ws else {
-            if udp_plain && alpn.as_deref() != Some(datagram::ALPN_UDP) {
-                return Err(udp_refused(
-                    &server.to_string(),
-                    "it does not carry UDP (run it with -udp)",
-                ));
-            }
-            let v2 = alpn.as_deref() == Some(datagram::ALPN_MUX2);
             let mut io: BoxIo = Box::new(tls);
+            // What the connection carries beyond a byte stream is asked inside TLS.
+            let ask = match kind {
+                Kind::Datagrams => Some(Ask::Datagrams),
+                Kind::Stream => self.opts.mux.as_ref().and_then(|m| m.muxing.preamble()),
+            };
+            let mut v2 = false;
+            if let Some(ask) = ask {
+                let within = self.opts.timeouts.handshake;
+                let taken = preamble::ask(&mut io, ask, within)
+                    .await
+                    .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+                match (ask, taken) {
+                    (Ask::Datagrams, false) => {
+                        return Err(udp_refused(
+                            &server.to_string(),
+                            "it does not carry UDP (run it with -udp; with -mux, UDP rides -mux sessions)",
+                        ));
+                    }
+                    (Ask::Session, false) => {
+                        let how = "it did not answer the session's preamble";
+                        mux::yamux::refused(how);
+                        let e = std::io::Error::new(std::io::ErrorKind::Unsupported, how);
+                        return Err(Error::tunnel(Step::Mux, peer(), e));
+                    }
+                    (Ask::Session, true) => v2 = true,
+                    (Ask::Datagrams, true) => {}
+                }
+            }
             write_first(&mut io, first)
                 .await
                 .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
@@ -224,12 +249,11 @@ pub struct Dialer {
 impl Dialer {
     /// Builds the layers (reads `-ca` now).
     pub fn new(opts: &DialOptions) -> Result<Self> {
-        // A plain-mode smux client offers no ALPN, as the original.
-        let alpn: &[&[u8]] = match (opts.ws.is_some(), opts.mux.as_ref().map(|m| m.muxing)) {
+        // Plain mode (any multiplexing): a browser's ALPN, or -alpn.
+        let alpn: &[&[u8]] = match opts.ws.is_some() {
             _ if opts.grpc.is_some() => &[grpc::ALPN_H2],
-            (true, _) => ALPN_HTTP1,
-            (false, Some(muxing)) => muxing.alpn(),
-            (false, None) => &[],
+            true => ALPN_HTTP1,
+            false => &[],
         };
         let handshake = opts.timeouts.handshake;
         if opts.tls.verify == super::options::Verify::Insecure {
@@ -249,7 +273,6 @@ impl Dialer {
                 mark: opts.fwmark,
             },
             tls: tls::TlsClient::new(&opts.tls, alpn, handshake)?,
-            tls_udp: tls::TlsClient::new(&opts.tls, &[datagram::ALPN_UDP], handshake)?,
             in_flight: tokio::sync::Semaphore::new(DIALS_IN_FLIGHT),
             opts: opts.clone(),
         });

@@ -17,6 +17,7 @@ pub mod mux;
 pub mod options;
 pub mod origin;
 pub mod pool;
+pub mod preamble;
 pub mod protect;
 pub mod relay;
 pub mod serve;

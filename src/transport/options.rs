@@ -67,6 +67,31 @@ pub struct TlsClientOptions {
     pub server_name: String,
     /// Trust policy.
     pub verify: Verify,
+    /// What the hello offers beyond the mode's own needs.
+    pub hello: HelloOptions,
+}
+
+/// What a client's TLS hello offers beyond the mode's own needs (docs/tls.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelloOptions {
+    /// ALPN of plain-TLS tunnels (`-alpn`); `None`: `h2`, `http/1.1`, as browsers offer.
+    pub alpn: Option<Vec<String>>,
+    /// Encrypted Client Hello.
+    pub ech: Ech,
+    /// TLS 1.2 offered too (`-tls12`), for servers without TLS 1.3: no ECH then.
+    pub tls12: bool,
+}
+
+/// Encrypted Client Hello (TLS 1.3 only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Ech {
+    /// No configuration: an ECH extension of random bytes, as browsers send (GREASE), so
+    /// hellos with and without ECH look alike.
+    #[default]
+    Grease,
+    /// An ECHConfigList (`-ech-config`, or the server name's HTTPS record): the real server
+    /// name travels encrypted, the outer hello names the configuration's public name.
+    Config(Vec<u8>),
 }
 
 /// WebSocket settings of a client.

@@ -12,29 +12,35 @@ use std::time::Duration;
 
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::io::{BoxIo, Io, forward_write};
 pub use super::mux::Muxing;
 use super::mux::muxcool::frame as muxcool;
+use super::preamble::{self, Ask};
 
 /// For a `-mux` server: reads the client's first bytes (waiting at most `limit`) and gives
-/// the stream back with them unread, with the multiplexing they begin; otherwise logs the
-/// mismatch once and returns `None`.
-pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(BoxIo, Muxing)> {
-    let mut first = [0u8; 16];
+/// the stream back with them unread, with the multiplexing they begin and whether its
+/// preamble asked for version 2 (answered here); otherwise logs the mismatch once and returns
+/// `None`.
+pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(BoxIo, Muxing, bool)> {
+    let mut first = [0u8; preamble::LEN];
     let mut n = 0;
     let read = async {
-        while n < 8 {
+        loop {
             match io.read(&mut first[n..]).await {
                 Ok(0) | Err(_) => return false,
                 Ok(k) => n += k,
             }
-            if first[0] > 1 {
-                break;
+            let more = match preamble::parse(&first[..n]) {
+                Some(Err(true)) => true,
+                Some(_) => false,
+                None => n < 8 && first[0] <= 1,
+            };
+            if !more {
+                return true;
             }
         }
-        true
     };
     match tokio::time::timeout(limit, read).await {
         Ok(true) => {}
@@ -44,8 +50,40 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
             return None;
         }
     }
+    match preamble::parse(&first[..n]) {
+        Some(Ok(Ask::Session)) => {
+            let answered = async {
+                io.write_all(&preamble::answer(Ask::Session, true)).await?;
+                io.flush().await
+            };
+            return match tokio::time::timeout(limit, answered).await {
+                Ok(Ok(())) => Some((io, Muxing::Yamux, true)),
+                _ => None,
+            };
+        }
+        Some(ask) => {
+            if let Ok(Ask::Datagrams) = ask {
+                crate::rarely!(
+                    Warn,
+                    "{id}: a client asked for a UDP tunnel of its own; this server runs with -mux, where UDP rides the client's multiplexed sessions: give the client -mux too"
+                );
+            } else {
+                crate::rarely!(
+                    Warn,
+                    "{id}: a client's preamble is of a newer version than this server's: update this server"
+                );
+            }
+            let _ = tokio::time::timeout(
+                limit,
+                io.write_all(&preamble::answer(Ask::Datagrams, false)),
+            )
+            .await;
+            return None;
+        }
+        None => {}
+    }
     if let Some(Some(muxing)) = Muxing::detect(&first[..n]) {
-        return Some((Box::new(Rewind::new(io, &first[..n])), muxing));
+        return Some((Box::new(Rewind::new(io, &first[..n])), muxing, false));
     }
     crate::rarely!(
         Warn,
@@ -53,6 +91,9 @@ pub async fn expect_mux(mut io: BoxIo, id: &str, limit: Duration) -> Option<(Box
     );
     None
 }
+
+/// Said when a multiplexing client meets a plain-TLS server without `-mux`.
+const MUX_ONE_END: &str = "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)";
 
 /// Where a tunnel whose first bytes opened a Mux.Cool session is handed back to the Acceptor,
 /// which then serves it as a session (a v2ray-plugin client's default, on a server that was
@@ -113,6 +154,18 @@ impl FirstRead {
             wrote: false,
             held: Vec::new(),
         }
+    }
+
+    /// Not ours to stop: what was read goes on, the rest of it on the next reads.
+    fn pass(&mut self, first: Vec<u8>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let n = first.len().min(buf.remaining());
+        buf.put_slice(&first[..n]);
+        if n < first.len()
+            && let Some(io) = self.inner.take()
+        {
+            self.inner = Some(Box::new(Rewind::new(io, &first[n..])));
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn inner(&mut self) -> io::Result<&mut BoxIo> {
@@ -217,23 +270,22 @@ impl AsyncRead for FirstRead {
                     HandedOff,
                 )));
             }
-            Some(Some(_)) if self.refuse_sessions => {
-                "the client multiplexes (-mux), but this server runs without -mux: add -mux here, or remove it from the client (-mux must be on both ends of a plain-TLS tunnel)"
+            Some(Some(_)) if self.refuse_sessions => MUX_ONE_END,
+            _ if self.refuse_sessions
+                && first.len() >= preamble::LEN
+                && preamble::parse(&first).is_some() =>
+            {
+                match preamble::parse(&first) {
+                    Some(Ok(Ask::Datagrams)) => {
+                        "a client asked for a UDP tunnel; this server runs without -udp: add -udp here, or drop it from the client"
+                    }
+                    _ => MUX_ONE_END,
+                }
             }
             _ if self.ws_hello && is_ws_upgrade(&first) => {
                 "the client speaks WebSocket (-wss), but this server runs without -wss: add -wss here, or remove it from the client"
             }
-            _ => {
-                // Not ours to stop: what was read goes on, the rest of it on the next reads.
-                let n = first.len().min(buf.remaining());
-                buf.put_slice(&first[..n]);
-                if n < first.len()
-                    && let Some(io) = self.inner.take()
-                {
-                    self.inner = Some(Box::new(Rewind::new(io, &first[n..])));
-                }
-                return Poll::Ready(Ok(()));
-            }
+            _ => return self.pass(first, buf),
         };
         crate::rarely!(Warn, "#{}: {why}", self.id);
         Poll::Ready(Err(io::Error::new(

@@ -1,5 +1,6 @@
-//! Layer 2, TLS: rustls client and server set-up (ring provider, SNI, trust policy: web PKI,
-//! a CA file, a pinned fingerprint or none) and handshakes bounded in time.
+//! Layer 2, TLS: rustls client and server set-up (SNI, trust policy: web PKI, a CA file, a
+//! pinned fingerprint or none; a browser-like hello: post-quantum key share, ALPN, GREASE or
+//! real ECH, certificate compression) and handshakes bounded in time.
 
 use std::io;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_rustls::{TlsConnector, client, server};
 
 use super::io::Io;
-use super::options::{TlsClientOptions, Verify};
+use super::options::{Ech, TlsClientOptions, Verify};
 use super::relay::RELAY_BUFFER;
 use crate::certs::{CertStore, fingerprint, pem, provider};
 use crate::error::CertError;
@@ -22,13 +23,20 @@ use crate::{Error, Result};
 #[derive(Clone)]
 pub struct TlsClient {
     connector: TlsConnector,
+    /// With GREASE ECH (TLS 1.3 only): the same hello offering TLS 1.2 too, without ECH,
+    /// for a server that answered the first with a protocol_version alert (one that speaks
+    /// no TLS 1.3, as nginx before 1.23.4 unless told to).
+    tls12: Option<TlsConnector>,
+    /// The server spoke no TLS 1.3: every handshake offers TLS 1.2 from then on.
+    only_tls12: Arc<std::sync::atomic::AtomicBool>,
     name: ServerName<'static>,
     handshake: Duration,
 }
 
 impl TlsClient {
-    /// Builds the client configuration. `alpn` is empty in plain mode (as the original);
-    /// handshakes that take longer than `handshake` fail.
+    /// Builds the client configuration. `alpn` is what the mode needs (empty in plain mode:
+    /// then the hello offers `-alpn`, or `h2`, `http/1.1` as browsers do); handshakes that
+    /// take longer than `handshake` fail.
     pub fn new(cfg: &TlsClientOptions, alpn: &[&[u8]], handshake: Duration) -> Result<Self> {
         let name = ServerName::try_from(cfg.server_name.clone()).map_err(|_| {
             Error::usage(format!(
@@ -36,40 +44,31 @@ impl TlsClient {
                 cfg.server_name
             ))
         })?;
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+        let connector = |ech: Option<rustls::client::EchMode>| -> Result<TlsConnector> {
+            let builder = rustls::ClientConfig::builder_with_provider(provider());
+            let builder = match ech {
+                Some(mode) => builder.with_ech(mode),
+                None => builder.with_safe_default_protocol_versions(),
+            }
             .map_err(Error::Tls)?;
-        let algs = provider().signature_verification_algorithms;
-        let mut config = match &cfg.verify {
-            Verify::WebPki => {
-                let mut roots = RootCertStore::empty();
-                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            Verify::Ca(path) => {
-                let mut roots = RootCertStore::empty();
-                let (added, _ignored) =
-                    roots.add_parsable_certificates(pem::load_certs("-ca", path)?);
-                if added == 0 {
-                    return Err(Error::cert("-ca", path, CertError::NoUsableCa));
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            Verify::Pin(pin) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Accept {
-                    pin: Some(*pin),
-                    algs,
-                }))
-                .with_no_client_auth(),
-            Verify::Insecure => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
-                .with_no_client_auth(),
+            Ok(TlsConnector::from(Arc::new(client_config(
+                builder, cfg, alpn,
+            )?)))
         };
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let (main, tls12) = match (&cfg.hello.ech, cfg.hello.tls12) {
+            (Ech::Config(_), true) => {
+                return Err(Error::usage(
+                    "-tls12 and -ech-config exclude each other: ECH needs TLS 1.3; drop one of them",
+                ));
+            }
+            (_, true) => (connector(None)?, None),
+            (Ech::Grease, false) => (connector(Some(grease()?))?, Some(connector(None)?)),
+            (Ech::Config(list), false) => (connector(Some(ech_config(list)?))?, None),
+        };
         Ok(TlsClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: main,
+            tls12,
+            only_tls12: Arc::default(),
             name,
             handshake,
         })
@@ -78,15 +77,145 @@ impl TlsClient {
     /// Runs the handshake over `io` within the handshake timeout (the ALPN agreed, if any,
     /// is `stream.get_ref().1.alpn_protocol()`).
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
-        let mut tls = within(
-            self.handshake,
-            self.connector.connect(self.name.clone(), io),
-        )
-        .await
-        .map_err(plain_words)?;
+        use std::sync::atomic::Ordering::Relaxed;
+        let connector = match &self.tls12 {
+            Some(c) if self.only_tls12.load(Relaxed) => c,
+            _ => &self.connector,
+        };
+        let mut tls = within(self.handshake, connector.connect(self.name.clone(), io))
+            .await
+            .map_err(plain_words)?;
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         Ok(tls)
     }
+
+    /// Whether a handshake that failed with `e` is worth one more try on a new connection:
+    /// the server refused TLS 1.3 (a protocol_version alert) and this client can offer
+    /// TLS 1.2 (no `-ech-config`); from then on it does, and says so once.
+    pub fn retry_with_tls12(&self, e: &io::Error, server: &str) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let refused = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .is_some_and(|r| {
+                matches!(
+                    r,
+                    rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion)
+                )
+            });
+        if !refused || self.tls12.is_none() {
+            return false;
+        }
+        // Said once; handshakes that were under way meanwhile try again too.
+        if self.only_tls12.swap(true, Relaxed) {
+            return true;
+        }
+        log::warn!(
+            "server {server} speaks no TLS 1.3 (it answered with a protocol_version alert): offering TLS 1.2 too from now on, without ECH; enable TLS 1.3 there (nginx: ssl_protocols TLSv1.2 TLSv1.3;), or give this client -tls12 to skip the first try"
+        );
+        true
+    }
+}
+
+/// The rest of a client configuration: trust, certificate decompression, ALPN.
+fn client_config(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>,
+    cfg: &TlsClientOptions,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig> {
+    let algs = provider().signature_verification_algorithms;
+    let mut config = match &cfg.verify {
+        Verify::WebPki => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::Ca(path) => {
+            let mut roots = RootCertStore::empty();
+            let (added, _ignored) = roots.add_parsable_certificates(pem::load_certs("-ca", path)?);
+            if added == 0 {
+                return Err(Error::cert("-ca", path, CertError::NoUsableCa));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::Pin(pin) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Accept {
+                pin: Some(*pin),
+                algs,
+            }))
+            .with_no_client_auth(),
+        Verify::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Accept { pin: None, algs }))
+            .with_no_client_auth(),
+    };
+    config.cert_decompressors = vec![&BrotliCertificates, rustls::compress::ZLIB_DECOMPRESSOR];
+    config.alpn_protocols = if alpn.is_empty() {
+        match &cfg.hello.alpn {
+            Some(given) => given.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            None => BROWSER_ALPN.iter().map(|p| p.to_vec()).collect(),
+        }
+    } else {
+        alpn.iter().map(|p| p.to_vec()).collect()
+    };
+    Ok(config)
+}
+
+/// ALPN of a plain-TLS client's hello unless `-alpn` says otherwise: what browsers offer.
+/// A plain-TLS server chooses none (the original's clients send none), so the tunnel's
+/// bytes are the same; which was chosen travels encrypted in TLS 1.3.
+pub const BROWSER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Brotli-compressed certificate chains (RFC 8879), as browsers ask servers for.
+#[derive(Debug)]
+struct BrotliCertificates;
+
+impl rustls::compress::CertDecompressor for BrotliCertificates {
+    fn decompress(
+        &self,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> std::result::Result<(), rustls::compress::DecompressionFailed> {
+        use std::io::Read;
+        let mut d = brotli_decompressor::Decompressor::new(input, 4096);
+        // Exactly the announced length: not a byte less, not a byte more.
+        let mut extra = [0u8; 1];
+        match (d.read_exact(output), d.read(&mut extra)) {
+            (Ok(()), Ok(0)) => Ok(()),
+            _ => Err(rustls::compress::DecompressionFailed),
+        }
+    }
+
+    fn algorithm(&self) -> rustls::CertificateCompressionAlgorithm {
+        rustls::CertificateCompressionAlgorithm::Brotli
+    }
+}
+
+/// HPKE suite of GREASE ECH: X25519, HKDF-SHA256, AES-128-GCM, as browsers' GREASE.
+fn grease_suite() -> &'static dyn rustls::crypto::hpke::Hpke {
+    rustls::crypto::aws_lc_rs::hpke::DH_KEM_X25519_HKDF_SHA256_AES_128
+}
+
+/// GREASE ECH: an extension shaped as real ECH, sealed to a key made for this client (no
+/// server holds it, so no server can read it; each hello's encapsulated key is new).
+fn grease() -> Result<rustls::client::EchMode> {
+    let (public, _private) = grease_suite().generate_key_pair().map_err(Error::Tls)?;
+    Ok(rustls::client::EchGreaseConfig::new(grease_suite(), public).into())
+}
+
+/// Real ECH from an ECHConfigList: the first configuration whose HPKE suite aws-lc-rs has.
+fn ech_config(list: &[u8]) -> Result<rustls::client::EchMode> {
+    rustls::client::EchConfig::new(
+        rustls::pki_types::EchConfigListBytes::from(list.to_vec()),
+        rustls::crypto::aws_lc_rs::hpke::ALL_SUPPORTED_SUITES,
+    )
+    .map(Into::into)
+    .map_err(|e| {
+        Error::usage(format!(
+            "-ech-config: {e}: give the ECHConfigList the server publishes (base64, as in its DNS HTTPS record's ech= value)"
+        ))
+    })
 }
 
 /// The accepting side of TLS.
@@ -107,6 +236,8 @@ pub struct Negotiated {
     pub offered: Vec<Vec<u8>>,
     /// The protocol agreed, if any.
     pub chosen: Option<Vec<u8>>,
+    /// Key exchange, cipher suite and version agreed, for the connection's log line.
+    pub agreed: String,
 }
 
 impl Negotiated {
@@ -168,9 +299,26 @@ impl TlsServer {
             Ok((tls, offered))
         };
         let (mut tls, offered) = within(self.handshake, handshake).await?;
-        let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let conn = tls.get_ref().1;
+        let chosen = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let agreed = format!(
+            "{} {} {}",
+            conn.protocol_version()
+                .map_or_else(|| "?".into(), |v| format!("{v:?}")),
+            conn.negotiated_key_exchange_group()
+                .map_or_else(|| "?".into(), |g| format!("{:?}", g.name())),
+            conn.negotiated_cipher_suite()
+                .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
+        );
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
-        Ok((tls, Negotiated { offered, chosen }))
+        Ok((
+            tls,
+            Negotiated {
+                offered,
+                chosen,
+                agreed,
+            },
+        ))
     }
 }
 
@@ -328,6 +476,7 @@ mod tests {
             &TlsClientOptions {
                 server_name: "localhost".into(),
                 verify: Verify::Pin(fingerprint::parse(&pin).expect("pin")),
+                hello: Default::default(),
             },
             &[],
             limit,

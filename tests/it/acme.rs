@@ -178,7 +178,7 @@ async fn served_serial(port: u16, root: &Path) -> String {
     let certs = mtt::testing::certs::pem::load_certs("-ca", root).expect("root");
     roots.add_parsable_certificates(certs);
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")

@@ -26,7 +26,7 @@ async fn capture() -> (SocketAddr, String, tokio::sync::oneshot::Receiver<Seen>)
     let ss = mtt::testing::certs::pem::self_signed(Some("127.0.0.1")).expect("cert");
     let pin = ss.cert_key.fingerprint();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")

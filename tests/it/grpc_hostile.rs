@@ -23,6 +23,7 @@ async fn h2_tls(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> 
         &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
+            hello: Default::default(),
         },
         &[b"h2"],
         Duration::from_secs(10),

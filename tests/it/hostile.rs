@@ -24,6 +24,7 @@ async fn tls_over(tcp: TcpStream) -> tokio_rustls::client::TlsStream<TcpStream> 
         &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
+            hello: Default::default(),
         },
         &[],
         std::time::Duration::from_secs(10),

@@ -12,6 +12,7 @@ mod faults;
 mod fleet;
 mod grpc;
 mod grpc_hostile;
+mod hello;
 mod hostile;
 mod interop;
 mod load;

@@ -519,6 +519,7 @@ async fn normal_endings_are_debug_lines_in_plain_words() {
             &mtt::testing::transport::options::TlsClientOptions {
                 server_name: "127.0.0.1".into(),
                 verify: Verify::Insecure,
+                hello: Default::default(),
             },
             &[],
             Duration::from_secs(10),

@@ -478,6 +478,7 @@ async fn bad_frames_close_one_association_and_icmp_ends_nothing() {
                     &mtt::testing::transport::options::TlsClientOptions {
                         server_name: "127.0.0.1".into(),
                         verify: Verify::Insecure,
+                        hello: Default::default(),
                     },
                     &[b"mtt-udp"],
                     Duration::from_secs(10),
@@ -672,6 +673,56 @@ async fn a_websocket_client_is_told_the_server_carries_no_udp() {
         assert!(line.contains("run it with -udp"), "{line}");
         client.signal("KILL");
         client.exit().await;
+        server.signal("KILL");
+        server.exit().await;
+    })
+    .await;
+}
+
+/// Clients from before the preamble named UDP tunnels and version-2 sessions in ALPN
+/// (`mtt-udp`, `mtt-mux2`): servers still answer them (until 0.3, docs/tls.md), and such a
+/// UDP tunnel carries datagrams both ways.
+#[tokio::test]
+async fn clients_of_the_alpn_form_are_still_served() {
+    bounded(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let echo = udp_echo().await.to_string();
+        let old = |alpn: &'static [u8]| {
+            mtt::testing::transport::tls::TlsClient::new(
+                &mtt::testing::transport::options::TlsClientOptions {
+                    server_name: "127.0.0.1".into(),
+                    verify: Verify::Insecure,
+                    hello: Default::default(),
+                },
+                &[alpn],
+                Duration::from_secs(10),
+            )
+            .expect("tls")
+        };
+        let mut server = Proc::server(&echo, &["-udp"]);
+        let addr = server.listening_addr().await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut s = old(b"mtt-udp").connect(tcp).await.expect("handshake");
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"mtt-udp"[..]));
+        for d in [&b"one"[..], &[7u8; 1200][..]] {
+            let mut frame = (d.len() as u16).to_be_bytes().to_vec();
+            frame.extend_from_slice(d);
+            s.write_all(&frame).await.expect("write");
+            s.flush().await.expect("flush");
+            let mut back = vec![0u8; frame.len()];
+            tokio::time::timeout(T, s.read_exact(&mut back))
+                .await
+                .expect("the echo in time")
+                .expect("read");
+            assert_eq!(back, frame, "the datagram came back other than sent");
+        }
+        server.signal("KILL");
+        server.exit().await;
+        let mut server = Proc::server(&echo, &["-mux"]);
+        let addr = server.listening_addr().await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let s = old(b"mtt-mux2").connect(tcp).await.expect("handshake");
+        assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"mtt-mux2"[..]));
         server.signal("KILL");
         server.exit().await;
     })

@@ -43,7 +43,7 @@ async fn client_hello_of(
 }
 
 #[tokio::test]
-async fn sni_is_the_server_name_and_absent_for_ip_literals_and_no_alpn() {
+async fn sni_is_the_server_name_and_absent_for_ip_literals_alpn_a_browsers_or_none() {
     bounded(async {
         for (s_host, n, want) in [
             ("localhost", None, Some("localhost")),
@@ -57,12 +57,24 @@ async fn sni_is_the_server_name_and_absent_for_ip_literals_and_no_alpn() {
             cfg.dial.server =
                 HostPort::parse("s", &format!("{s_host}:{port}"), false).expect("addr");
             cfg.dial.tls.server_name = n.unwrap_or(s_host).to_string();
-            let (sni, alpn) = client_hello_of(cfg, l).await;
+            let (sni, alpn) = client_hello_of(cfg.clone(), l).await;
             assert_eq!(sni.as_deref(), want, "-s {s_host} -n {n:?}");
-            assert!(
-                alpn.is_empty(),
-                "plain TLS mode offers no ALPN (as the original)"
+            assert_eq!(
+                alpn,
+                [b"h2".to_vec(), b"http/1.1".to_vec()],
+                "plain TLS offers a browser's ALPN"
             );
+            // -alpn none: none, as the original.
+            cfg.dial.tls.hello.alpn = Some(Vec::new());
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            cfg.dial.server = HostPort::parse(
+                "s",
+                &format!("{s_host}:{}", l.local_addr().expect("addr").port()),
+                false,
+            )
+            .expect("addr");
+            let (_, alpn) = client_hello_of(cfg, l).await;
+            assert!(alpn.is_empty(), "-alpn none still offers {alpn:?}");
         }
     })
     .await;

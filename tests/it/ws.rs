@@ -101,6 +101,7 @@ async fn tls_to(addr: SocketAddr) -> tokio_rustls::client::TlsStream<TcpStream> 
         &TlsClientOptions {
             server_name: "127.0.0.1".into(),
             verify: Verify::Insecure,
+            hello: Default::default(),
         },
         &[b"http/1.1"],
         std::time::Duration::from_secs(10),

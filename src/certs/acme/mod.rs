@@ -102,7 +102,8 @@ impl Acme {
     /// Where the account of this CA is kept: one file per directory URL, so that changing
     /// `-acme-directory` (staging to production) never presents one CA's account to another.
     fn account_path(&self) -> PathBuf {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.opts.directory.as_bytes());
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.opts.directory.as_bytes());
         self.opts.dir.join(format!(
             "account-{}.json",
             hex::encode(&digest.as_ref()[..8])

@@ -18,11 +18,12 @@ use super::listen::{Listener, Stream};
 use super::mux::{Muxing, Quiet};
 use super::options::AcceptOptions;
 use super::serve::{ConnId, Limits, accept_loop};
-use super::{ALPN_HTTP1, sniff, tls};
+use super::{ALPN_HTTP1, preamble, sniff, tls};
 use crate::certs::{Certs, acme};
 use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod session;
 
@@ -183,7 +184,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         // WebSocket whose client asks); through a proxy it is not the client's.
         let rtt = match &conn {
             tokio_util::either::Either::Left(tcp)
-                if (self.mux || self.http.is_some()) && !from_proxy =>
+                if (self.mux || self.udp || self.http.is_some()) && !from_proxy =>
             {
                 crate::sys::tcp_rtt(tcp).ok()
             }
@@ -237,8 +238,45 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 // a Mux.Cool session (v2ray-plugin's) is then known before a destination is
                 // dialled for nothing; later first bytes are still told apart below.
                 let mut io = io;
+                let window = rtt.map_or(PEEK, |r| (2 * r + PEEK / 5).min(PEEK * 5));
+                // So does a plain-TLS client whose preamble asks for a UDP tunnel.
+                if self.http.is_none() && self.udp && !self.mux {
+                    let (peeked, asked) = Box::pin(sniff::starts_with(
+                        io,
+                        &preamble::request(preamble::Ask::Datagrams),
+                        window,
+                    ))
+                    .await;
+                    io = peeked;
+                    if asked {
+                        let mut io = io;
+                        let answered = async {
+                            let mut request = [0u8; preamble::LEN];
+                            io.read_exact(&mut request).await?;
+                            io.write_all(&preamble::answer(preamble::Ask::Datagrams, true))
+                                .await?;
+                            io.flush().await
+                        };
+                        if tokio::time::timeout(self.handshake, answered)
+                            .await
+                            .is_ok_and(|r| r.is_ok())
+                        {
+                            Box::pin(self.other(
+                                Carry::Datagrams,
+                                io,
+                                id,
+                                up,
+                                rtt,
+                                tasks,
+                                shutdown,
+                                handle,
+                            ))
+                            .await;
+                        }
+                        return;
+                    }
+                }
                 if self.http.is_some() {
-                    let window = rtt.map_or(PEEK, |r| (2 * r + PEEK / 5).min(PEEK * 5));
                     let (peeked, muxcool) = Box::pin(sniff::peek_muxcool(io, window)).await;
                     io = peeked;
                     if muxcool {
@@ -301,9 +339,19 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     .negotiate(io)
                     .await
                     .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
+                log::debug!("{id}: TLS {}", agreed.agreed);
                 let chosen = agreed.chosen.clone();
                 if chosen.as_deref() == Some(grpc::ALPN_H2) && self.grpc.is_some() {
-                    return Ok(Some((Box::new(s), Upgrade::grpc())));
+                    // gRPC clients and browsers send HTTP/2's preface at once; an mtt client
+                    // in plain mode offers h2 too (as browsers do), then the application's
+                    // bytes, or nothing yet (a protocol whose server speaks first).
+                    let (io, h2) =
+                        sniff::starts_with(Box::new(s), grpc::H2C_PREFACE, PEEK * 5).await;
+                    if h2 {
+                        return Ok(Some((io, Upgrade::grpc())));
+                    }
+                    let ws_hello = agreed.offered == [ALPN_HTTP1[0].to_vec()];
+                    return self.past_http2(io, id, None, ws_hello).await;
                 }
                 if chosen.as_deref() == Some(acme::ALPN_ACME) {
                     // An ACME server validating this one: the handshake was the answer.

@@ -59,8 +59,8 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         };
         // Plain TLS names nothing but version 2: the first bytes tell (and catch `-mux` on
         // one end only); so do they on WebSocket when the client named no subprotocol.
-        let (io, muxing) = match named {
-            Some(m) if !self.sniff => (io, m),
+        let (io, muxing, asked_v2) = match named {
+            Some(m) if !self.sniff => (io, m, false),
             _ => {
                 let name = id.to_string();
                 match sniff::expect_mux(io, &name, self.quiet.first).await {
@@ -69,7 +69,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 }
             }
         };
-        let v2 = muxing.typed(v2);
+        let v2 = muxing.typed(v2 || asked_v2);
         self.session(io, id, up, muxing, v2, rtt, &tasks, shutdown, handle)
             .await
     }

@@ -105,11 +105,13 @@ impl Muxing {
         yamux::ALPN.contains(&p).then_some(Muxing::Yamux)
     }
 
-    /// The ALPN values a plain-TLS client offers for it (the original's smux offers none).
-    pub fn alpn(self) -> &'static [&'static [u8]] {
+    /// What a plain-TLS client asks for in its preamble to open a session of this
+    /// multiplexing: version 2 of yamux; the original's smux and v2ray's Mux.Cool ask nothing
+    /// (their servers know them by their first bytes).
+    pub fn preamble(self) -> Option<crate::transport::preamble::Ask> {
         match self {
-            Muxing::Yamux => yamux::ALPN,
-            Muxing::Smux | Muxing::MuxCool => &[],
+            Muxing::Yamux => Some(crate::transport::preamble::Ask::Session),
+            Muxing::Smux | Muxing::MuxCool => None,
         }
     }
 

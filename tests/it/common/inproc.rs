@@ -64,6 +64,7 @@ pub fn client_config(
             tls: TlsClientOptions {
                 server_name: name.into(),
                 verify,
+                hello: Default::default(),
             },
             ws: None,
             mux: None,

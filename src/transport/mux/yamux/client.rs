@@ -68,10 +68,7 @@ impl YamuxClient {
                 Err(e) if !answered.load(std::sync::atomic::Ordering::Relaxed) => {
                     // A server that does not multiplex closes the connection at its first
                     // frame; one that does always answers something first.
-                    crate::rarely!(
-                        Warn,
-                        "the server closed the multiplexed session without a word ({e}): it may run without -mux, which must be on both ends of a plain-TLS tunnel (or it speaks another -mux-proto)"
-                    );
+                    refused(&e.to_string());
                 }
                 Err(e) => log::debug!("multiplexed session ended: {e}"),
             }
@@ -194,4 +191,12 @@ async fn drive(
             Err(why)
         }
     }
+}
+
+/// Says (at most once a second) that the server closed a session before a word: `how`.
+pub fn refused(how: &str) {
+    crate::rarely!(
+        Warn,
+        "the server closed the multiplexed session without a word ({how}): it may run without -mux, which must be on both ends of a plain-TLS tunnel (or it speaks another -mux-proto, or is older than this client)"
+    );
 }
