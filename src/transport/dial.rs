@@ -89,6 +89,7 @@ impl Connector {
             Err(e) => Err(e),
         }
         .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+        log::debug!("TLS with server {server}: {}", tls::agreed(tls.get_ref().1));
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         // The kernel's estimate from the handshakes: the path to the server itself (asked
         // only for a session's connection, whose windows it sizes).

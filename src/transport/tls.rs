@@ -301,15 +301,7 @@ impl TlsServer {
         let (mut tls, offered) = within(self.handshake, handshake).await?;
         let conn = tls.get_ref().1;
         let chosen = conn.alpn_protocol().map(<[u8]>::to_vec);
-        let agreed = format!(
-            "{} {} {}",
-            conn.protocol_version()
-                .map_or_else(|| "?".into(), |v| format!("{v:?}")),
-            conn.negotiated_key_exchange_group()
-                .map_or_else(|| "?".into(), |g| format!("{:?}", g.name())),
-            conn.negotiated_cipher_suite()
-                .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
-        );
+        let agreed = agreed(conn);
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         Ok((
             tls,
@@ -320,6 +312,20 @@ impl TlsServer {
             },
         ))
     }
+}
+
+/// What a handshake agreed, for a connection's log line: version, key exchange, cipher suite
+/// (`TLSv1_3 X25519MLKEM768 TLS13_AES_128_GCM_SHA256`).
+pub fn agreed(conn: &rustls::CommonState) -> String {
+    format!(
+        "{} {} {}",
+        conn.protocol_version()
+            .map_or_else(|| "?".into(), |v| format!("{v:?}")),
+        conn.negotiated_key_exchange_group()
+            .map_or_else(|| "?".into(), |g| format!("{:?}", g.name())),
+        conn.negotiated_cipher_suite()
+            .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
+    )
 }
 
 /// Bytes of unsent TLS records a connection may hold (rustls's default is 64 KiB): enough

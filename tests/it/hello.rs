@@ -556,3 +556,97 @@ async fn the_docs_table_is_what_the_clients_send() {
     })
     .await;
 }
+
+/// Post-quantum key exchange between mtt ends (the server's log names the group agreed), and
+/// X25519 at once with a server without ML-KEM: Go's crypto/tls as the original's server
+/// (go1.19, tests/smux_peer), which takes the hello's X25519 share, no second round trip.
+#[tokio::test]
+async fn mtt_ends_agree_on_x25519mlkem768_and_older_servers_on_x25519() {
+    bounded(async {
+        let echo = echo_server().await;
+        let mut server = Proc::server(&echo.to_string(), &["-verbose"]);
+        let pin = server.pin().await;
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client(&addr, &pin, &["-verbose"]);
+        let local = client.listening_addr().await;
+        echo_roundtrip(local, &random_bytes(64 * 1024, 3)).await;
+        let line = server.wait_line("TLS TLSv1_3").await;
+        assert!(
+            line.contains(" X25519MLKEM768 TLS13_AES_128_GCM_SHA256"),
+            "{line}"
+        );
+        let line = client.wait_line("TLS with server").await;
+        assert!(line.contains(" X25519MLKEM768 "), "{line}");
+
+        let (_go, go_addr, go_pin, _dir) = crate::smux::go_server(echo, None).await;
+        let mut client = Proc::client(
+            &go_addr.to_string(),
+            &go_pin,
+            &["-verbose", "-mux", "-mux-proto", "smux"],
+        );
+        let local = client.listening_addr().await;
+        echo_roundtrip(local, &random_bytes(64 * 1024, 4)).await;
+        let line = client.wait_line("TLS with server").await;
+        assert!(
+            line.contains("TLSv1_3 X25519 TLS13_AES_128_GCM_SHA256"),
+            "{line}"
+        );
+    })
+    .await;
+}
+
+/// A server that speaks no TLS 1.3 (`openssl s_server -tls1_2`, as nginx 1.22 without
+/// `ssl_protocols`): the client tries again offering TLS 1.2, says so once, and later
+/// tunnels go straight to TLS 1.2; with `-tls12` there is no first try to lose.
+#[tokio::test]
+async fn a_server_without_tls13_is_reached_over_tls12_and_said_once() {
+    bounded(async {
+        let (_dir, cert, key, fp) = self_signed_files("localhost");
+        for extra in [&[][..], &["-tls12"][..]] {
+            let port = free_port();
+            let accept = format!("127.0.0.1:{port}");
+            let (cert, key) = (path_str(&cert), path_str(&key));
+            let mut s_server = Proc::spawn(
+                std::path::Path::new("openssl"),
+                &[
+                    "s_server", "-tls1_2", "-accept", &accept, "-cert", &cert, "-key", &key, "-www",
+                ],
+            );
+            s_server.wait_line("ACCEPT").await;
+            let mut args = vec!["-n", "localhost"];
+            args.extend_from_slice(extra);
+            let mut client = Proc::client(&accept, &fp, &args);
+            let local = client.listening_addr().await;
+            for _ in 0..3 {
+                let mut s = TcpStream::connect(local).await.expect("connect");
+                tokio::io::AsyncWriteExt::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n")
+                    .await
+                    .expect("write");
+                let mut page = Vec::new();
+                tokio::time::timeout(T, s.read_to_end(&mut page))
+                    .await
+                    .expect("s_server's page in time")
+                    .expect("read");
+                let page = String::from_utf8_lossy(&page);
+                assert!(page.starts_with("HTTP/1.0 200 ok"), "{page}");
+                assert!(page.contains("TLSv1.2"), "not TLS 1.2: {page}");
+            }
+            client.signal("TERM");
+            client.exit().await;
+            let said = client
+                .all_lines()
+                .await
+                .iter()
+                .filter(|l| l.contains("speaks no TLS 1.3"))
+                .count();
+            assert_eq!(
+                said,
+                usize::from(extra.is_empty()),
+                "{extra:?}: said {said} times"
+            );
+            s_server.signal("KILL");
+            s_server.exit().await;
+        }
+    })
+    .await;
+}

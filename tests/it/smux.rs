@@ -242,7 +242,7 @@ async fn yamux_and_smux_clients_share_one_server() {
 
 /// The Go peer as an original server (`-mux`) to `dest`, over plain TLS or (with `wss`)
 /// WebSocket; returns it, its address, and the pin of its certificate.
-async fn go_server(
+pub async fn go_server(
     dest: SocketAddr,
     wss: Option<&str>,
 ) -> (Proc, SocketAddr, String, tempfile::TempDir) {
