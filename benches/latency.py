@@ -155,7 +155,7 @@ def go_peer(tmp):
     env = dict(os.environ, GOPATH="/usr/share/gocode", GO111MODULE="off",
                GOCACHE=os.path.join(tmp, "gocache"))
     try:
-        done = subprocess.run(["go", "build", "-o", out, src], env=env, capture_output=True,
+        done = subprocess.run(["/usr/bin/go", "build", "-o", out, src], env=env, capture_output=True,
                               text=True, timeout=300)
     except FileNotFoundError:
         log("latency: no Go here; the smux baseline row is left out")

