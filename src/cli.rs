@@ -204,6 +204,9 @@ role_args! {
         /// encrypted client hello (ECH) with the server's ECHConfigList (base64, its DNS HTTPS record's ech= value)
         #[argh(option, arg_name = "base64")]
         pub ech_config: Option<String>,
+        /// encrypted client hello (ECH) with the ECHConfigList of the HTTPS record of -n, fetched at start (through -fallback-dns when given)
+        #[argh(switch)]
+        pub ech_dns: bool,
         /// idle timeout of a tunnel: no bytes either way for this long closes it (default 5m)
         #[argh(option)]
         pub timeout: Option<String>,

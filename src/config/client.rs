@@ -268,7 +268,13 @@ fn hello(a: &ClientArgs) -> Result<HelloOptions> {
             "-alpn is for plain-TLS tunnels: -wss offers http/1.1 and -grpc h2 by themselves; drop -alpn",
         ));
     }
+    if a.ech_dns && a.ech_config.is_some() {
+        return Err(Error::usage(
+            "-ech-dns and -ech-config exclude each other: the configuration comes from DNS or from the command line; drop one",
+        ));
+    }
     let ech = match a.ech_config.as_deref() {
+        None if a.ech_dns => Ech::Dns,
         None => Ech::Grease,
         Some(b64) => {
             use base64::Engine;
@@ -280,9 +286,14 @@ fn hello(a: &ClientArgs) -> Result<HelloOptions> {
             })?)
         }
     };
-    if a.disable_tls && (a.tls12 || a.ech_config.is_some()) {
+    if a.disable_tls && (a.tls12 || a.ech_config.is_some() || a.ech_dns) {
         return Err(Error::usage(
-            "-disable-tls makes no TLS hello: drop -tls12 and -ech-config (or -disable-tls)",
+            "-disable-tls makes no TLS hello: drop -tls12, -ech-config and -ech-dns (or -disable-tls)",
+        ));
+    }
+    if a.tls12 && a.ech_dns {
+        return Err(Error::usage(
+            "-tls12 and -ech-dns exclude each other: ECH needs TLS 1.3; drop one of them",
         ));
     }
     Ok(HelloOptions {

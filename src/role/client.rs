@@ -27,7 +27,13 @@ const EARLY_WAIT: Duration = Duration::from_millis(100);
 /// The `mtt client` process: binds `-b` (and UDP beside it with `-udp`) and `-metrics`, then
 /// serves until SIGINT/SIGTERM and drains. A `plugin` without UDP says so if its host sends
 /// it datagrams anyway.
-pub async fn main(cfg: ClientConfig, metrics: Option<HostPort>, plugin: bool) -> Result<()> {
+pub async fn main(mut cfg: ClientConfig, metrics: Option<HostPort>, plugin: bool) -> Result<()> {
+    if cfg.dial.tls.hello.ech == crate::transport::options::Ech::Dns {
+        let name = &cfg.dial.tls.server_name;
+        let list = crate::transport::dns::ech_config_list(name, cfg.dial.fallback_dns).await?;
+        log::info!(target: "mtt::notice", "-ech-dns: ECH configuration of {name} fetched ({} bytes)", list.len());
+        cfg.dial.tls.hello.ech = crate::transport::options::Ech::Config(list);
+    }
     let client = Client::new(cfg.clone())?;
     if let Some(mark) = cfg.dial.fwmark {
         tcp::check_mark(mark)?;

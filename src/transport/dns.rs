@@ -1,6 +1,7 @@
 //! Name resolution through one chosen DNS server (`-fallback-dns`), for hosts whose system
 //! resolver is unusable (an Android VPN capturing its own DNS traffic): UDP, TCP when a
-//! reply is truncated, via hickory-resolver.
+//! reply is truncated, via hickory-resolver; and a server's ECH configuration from its HTTPS
+//! record (`-ech-dns`).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -86,4 +87,50 @@ impl Dns {
         }
         Ok(addrs)
     }
+}
+
+/// The ECHConfigList of `name`'s HTTPS record (its `ech=` value): asked of `via`
+/// (`-fallback-dns`) or of the system's resolvers (/etc/resolv.conf).
+pub async fn ech_config_list(name: &str, via: Option<SocketAddr>) -> Result<Vec<u8>> {
+    use hickory_resolver::proto::rr::rdata::svcb::SvcParamValue;
+    use hickory_resolver::proto::rr::{RData, RecordType};
+    let (resolver, asked) = match via {
+        Some(server) => (Dns::new(server)?.resolver, format!("-fallback-dns {server}")),
+        None => (
+            Resolver::builder_tokio()
+                .map_err(|e| {
+                    Error::usage(format!(
+                        "-ech-dns: the system's resolver configuration cannot be read ({e}): give -fallback-dns, or -ech-config"
+                    ))
+                })?
+                .build()
+                .map_err(|e| Error::usage(format!("-ech-dns: {e}")))?,
+            "the system's resolver".to_string(),
+        ),
+    };
+    let fail = |why: String| {
+        Error::usage(format!(
+            "-ech-dns: {name}'s HTTPS record, asked of {asked}: {why}; give -ech-config BASE64 instead, or drop -ech-dns"
+        ))
+    };
+    let found = resolver
+        .lookup(name, RecordType::HTTPS)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    // The record of the lowest priority that has one (RFC 9460: lower is preferred).
+    let mut best: Option<(u16, Vec<u8>)> = None;
+    for record in found.answers() {
+        let RData::HTTPS(https) = &record.data else {
+            continue;
+        };
+        for (_, value) in &https.0.svc_params {
+            if let SvcParamValue::EchConfigList(list) = value
+                && best.as_ref().is_none_or(|(p, _)| https.0.svc_priority < *p)
+            {
+                best = Some((https.0.svc_priority, list.0.clone()));
+            }
+        }
+    }
+    best.map(|(_, list)| list)
+        .ok_or_else(|| fail("no ech= value in it".into()))
 }

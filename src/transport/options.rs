@@ -92,6 +92,9 @@ pub enum Ech {
     /// An ECHConfigList (`-ech-config`, or the server name's HTTPS record): the real server
     /// name travels encrypted, the outer hello names the configuration's public name.
     Config(Vec<u8>),
+    /// The ECHConfigList of the server name's HTTPS record (`-ech-dns`), fetched when the
+    /// client starts ([`crate::transport::dns::ech_config_list`]) to become `Config`.
+    Dns,
 }
 
 /// WebSocket settings of a client.

@@ -60,8 +60,13 @@ impl TlsClient {
                 Some(connector(cfg, alpn, None)?),
             ),
             (Ech::Config(list), false) => (connector(cfg, alpn, Some(ech_config(list)?))?, None),
+            (Ech::Dns, _) => {
+                return Err(Error::usage(
+                    "-ech-dns: the ECH configuration was not fetched before TLS was set up",
+                ));
+            }
         };
-        let rebuild = matches!(cfg.hello.ech, Ech::Config(_))
+        let rebuild = matches!(cfg.hello.ech, Ech::Config(_) | Ech::Dns)
             .then(|| Arc::new((cfg.clone(), alpn.iter().map(|p| p.to_vec()).collect())));
         Ok(TlsClient {
             connector: Arc::new(std::sync::RwLock::new(main)),
@@ -470,7 +475,8 @@ fn plain_words(e: io::Error) -> io::Error {
     }
 }
 
-/// A handshake error in plain words, the library's error kept beneath it.
+/// A handshake error in plain words, the library's error kept beside it for
+/// [`TlsClient::retry`] (not as its source: reports would repeat it in the library's words).
 #[derive(Debug)]
 struct Said {
     words: String,
@@ -483,11 +489,7 @@ impl std::fmt::Display for Said {
     }
 }
 
-impl std::error::Error for Said {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.tls)
-    }
-}
+impl std::error::Error for Said {}
 
 impl std::error::Error for PinMismatch {}
 

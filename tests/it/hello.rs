@@ -756,6 +756,9 @@ async fn ech_hides_the_server_name_from_the_wire() {
             let (relay, kept) = hello_keeping_relay(server).await;
             let relay = relay.to_string();
             let configs: &[&str] = if retry { &[&good, &stale] } else { &[&stale] };
+            if retry {
+                ech_from_dns(&good, &relay, &pin, &mut peer).await;
+            }
             for config in configs {
                 let mut client = Proc::spawn(
                     &mtt_bin(),
@@ -813,4 +816,70 @@ async fn ech_hides_the_server_name_from_the_wire() {
         }
     })
     .await;
+}
+
+/// `-ech-dns`: the configuration from the HTTPS record of `-n` (dnsmasq serving it), asked
+/// through `-fallback-dns`; the tunnel then works as with `-ech-config`.
+async fn ech_from_dns(config_b64: &str, server: &str, pin: &str, peer: &mut Proc) {
+    use base64::Engine;
+    let list = base64::engine::general_purpose::STANDARD
+        .decode(config_b64)
+        .expect("base64");
+    // HTTPS RDATA (RFC 9460): priority 1, target ".", then SvcParam ech (key 5).
+    let mut rdata = vec![0, 1, 0, 0, 5];
+    rdata.extend_from_slice(&(list.len() as u16).to_be_bytes());
+    rdata.extend_from_slice(&list);
+    let record = format!("--dns-rr=secret.example,65,{}", hex::encode(&rdata));
+    let (_dns, port) = dnsmasq(&[&record]).await;
+    let via = format!("127.0.0.1:{port}");
+    let mut client = Proc::spawn(
+        &mtt_bin(),
+        &[
+            "client",
+            "-b",
+            "127.0.0.1:0",
+            "-s",
+            server,
+            "-n",
+            "secret.example",
+            "-cert-sha256",
+            pin,
+            "-ech-dns",
+            "-fallback-dns",
+            &via,
+        ],
+    );
+    client
+        .wait_line("ECH configuration of secret.example fetched")
+        .await;
+    let local = client.listening_addr().await;
+    echo_roundtrip(local, b"by dns").await;
+    let line = peer.wait_line("hello sni=").await;
+    assert_eq!(line, "hello sni=secret.example ech=true");
+    client.signal("KILL");
+    client.exit().await;
+    // A name without the record: a clear error at start.
+    let mut client = Proc::spawn(
+        &mtt_bin(),
+        &[
+            "client",
+            "-b",
+            "127.0.0.1:0",
+            "-s",
+            server,
+            "-n",
+            "other.example",
+            "-cert-sha256",
+            pin,
+            "-ech-dns",
+            "-fallback-dns",
+            &via,
+        ],
+    );
+    let line = client.wait_line("-ech-dns").await;
+    assert!(
+        line.contains("other.example's HTTPS record") && line.contains("-ech-config"),
+        "{line}"
+    );
+    assert_eq!(client.exit().await.code(), Some(2), "{line}");
 }

@@ -298,27 +298,7 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
 #[tokio::test]
 async fn fallback_dns_resolves_through_the_given_server() {
     bounded(async {
-        let dns_port = free_port();
-        let mut dnsmasq = tokio::process::Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--user=root",
-                "--pid-file=",
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                &format!("--port={dns_port}"),
-                "--address=/tunnel.mtt-test/127.0.0.1",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("dnsmasq (install dnsmasq-base)");
-        // dnsmasq answers on TCP too; its TCP port accepting means it is up.
-        wait_listening(std::net::SocketAddr::from(([127, 0, 0, 1], dns_port))).await;
+        let (mut dnsmasq, dns_port) = dnsmasq(&["--address=/tunnel.mtt-test/127.0.0.1"]).await;
         let echo = echo_server().await;
         let server = start_server(server_config(echo, Some(CertSource::SelfSigned(None)), T)).await;
         let by_name = |dns: Option<std::net::SocketAddr>| {

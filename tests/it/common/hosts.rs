@@ -215,3 +215,30 @@ pub fn links() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::os::unix::fs::symlink(mtt_bin(), &server).expect("link");
     (dir, client, server)
 }
+
+/// dnsmasq (Debian's dnsmasq-base) answering on 127.0.0.1 at a free port with only what
+/// `records` say (its own options: `--address=…`, `--dns-rr=…`); killed when dropped.
+pub async fn dnsmasq(records: &[&str]) -> (tokio::process::Child, u16) {
+    let port = free_port();
+    let child = tokio::process::Command::new("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file=",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            &format!("--port={port}"),
+        ])
+        .args(records)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("dnsmasq (install dnsmasq-base)");
+    // dnsmasq answers on TCP too; its TCP port accepting means it is up.
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    (child, port)
+}
