@@ -616,3 +616,102 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod compression {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// A socket that counts the bytes read from it.
+    struct Counted(tokio::net::TcpStream, Arc<AtomicUsize>);
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.0).poll_read(cx, buf);
+            self.1
+                .fetch_add(buf.filled().len() - before, Ordering::Relaxed);
+            r
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// Bytes the server sent for one handshake with a client that takes compressed
+    /// certificates (`compressed`) or not.
+    async fn server_flight(server: &TlsServer, compressed: bool) -> usize {
+        let opts = TlsClientOptions {
+            server_name: "localhost".into(),
+            verify: Verify::Insecure,
+            hello: Default::default(),
+        };
+        let mut client = TlsClient::new(&opts, &[], Duration::from_secs(10)).expect("client");
+        if !compressed {
+            let builder = rustls::ClientConfig::builder_with_provider(provider())
+                .with_ech(grease().expect("grease"))
+                .expect("builder");
+            let mut c = client_config(builder, &opts, &[]).expect("config");
+            c.cert_decompressors = Vec::new();
+            client.connector = Arc::new(std::sync::RwLock::new(TlsConnector::from(Arc::new(c))));
+        }
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let s = server.clone();
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.expect("accept");
+            s.negotiate(tcp).await.expect("server handshake")
+        });
+        let read = Arc::new(AtomicUsize::new(0));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let tls = client
+            .connect(Counted(tcp, read.clone()))
+            .await
+            .expect("client handshake");
+        let _server = accepting.await.expect("accept task");
+        drop(tls);
+        read.load(Ordering::Relaxed)
+    }
+
+    /// A server sends its certificate chain compressed (zlib, RFC 8879) to a client that
+    /// offers it, as mtt's clients do: fewer bytes on the wire than for one that does not.
+    #[tokio::test]
+    async fn certificates_travel_compressed() {
+        let made = pem::self_signed(Some("localhost")).expect("certificate");
+        let server = TlsServer::with_extra(
+            CertStore::new(made.cert_key).expect("store"),
+            &[],
+            &[],
+            Duration::from_secs(10),
+        )
+        .expect("server config");
+        let plain = server_flight(&server, false).await;
+        let compressed = server_flight(&server, true).await;
+        assert!(
+            compressed < plain,
+            "the server's flight: {compressed} bytes compressed, {plain} without"
+        );
+    }
+}
