@@ -23,22 +23,7 @@ import subprocess
 import tempfile
 
 from harness import iperf, settle_rss, wrk_rate  # noqa: E402
-from tunnels import GIB, Tunnel, cpu_seconds, free_port, log, wait_listening  # noqa: E402
-
-
-def nginx_site(tmp):
-    site = os.path.join(tmp, "nginx")
-    os.makedirs(os.path.join(site, "logs"))
-    port = free_port()
-    with open(os.path.join(site, "nginx.conf"), "w") as f:
-        f.write(f"worker_processes 1; daemon off; pid {site}/nginx.pid; "
-                f"error_log {site}/error.log; events {{ worker_connections 8192; }}\n"
-                f"http {{ access_log off; server {{ listen 127.0.0.1:{port}; "
-                f"location / {{ return 200 'ok\\n'; }} }} }}\n")
-    proc = subprocess.Popen(["nginx", "-p", site, "-c", os.path.join(site, "nginx.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(port, proc, "nginx")
-    return proc, port
+from tunnels import GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, wait_listening  # noqa: E402
 
 
 def measure(ctx, modes, conn_modes, seconds, iport, hport):

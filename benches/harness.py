@@ -27,7 +27,7 @@ import time
 
 from tunnels import (  # noqa: E402
     CORE_MODES, GIB, MIXED, MODES, UDP_MODES, V2RAY, Tunnel, cpu_seconds, free_port,
-    V2RAY_BIN, linkage, log, rss_kib, wait_listening,
+    V2RAY_BIN, linkage, log, nginx_site, rss_kib, wait_listening,
 )
 from latency import latency_rows  # noqa: E402
 from fleet import fleet_rows  # noqa: E402
@@ -323,18 +323,8 @@ def main():
         iperf_srv.terminate()
 
         # Connection rate: a new connection (and tunnel) per request.
-        site = os.path.join(ctx.tmp, "nginx")
-        os.makedirs(os.path.join(site, "logs"))
-        hport = free_port()
-        with open(os.path.join(site, "nginx.conf"), "w") as f:
-            f.write(f"worker_processes 1; daemon off; pid {site}/nginx.pid; "
-                    f"error_log {site}/error.log; events {{ worker_connections 8192; }}\n"
-                    f"http {{ access_log off; server {{ listen 127.0.0.1:{hport}; "
-                    f"location / {{ return 200 'ok\\n'; }} }} }}\n")
-        nginx = subprocess.Popen(["nginx", "-p", site, "-c", os.path.join(site, "nginx.conf")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        nginx, hport = nginx_site(ctx.tmp)
         bg.append(nginx)
-        wait_listening(hport, nginx, "nginx")
         conn_rows = []
         for name in ["direct"] + kinds:
             t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{hport}", ctx)

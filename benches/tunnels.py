@@ -85,6 +85,22 @@ def rss_kib(pid):
     raise SystemExit(f"no VmRSS for {pid}")
 
 
+def nginx_site(tmp):
+    """nginx on 127.0.0.1 answering every request with a short 200: (process, port)."""
+    site = os.path.join(tmp, "nginx")
+    os.makedirs(os.path.join(site, "logs"))
+    port = free_port()
+    with open(os.path.join(site, "nginx.conf"), "w") as f:
+        f.write(f"worker_processes 1; daemon off; pid {site}/nginx.pid; "
+                f"error_log {site}/error.log; events {{ worker_connections 8192; }}\n"
+                f"http {{ access_log off; server {{ listen 127.0.0.1:{port}; "
+                f"location / {{ return 200 'ok\\n'; }} }} }}\n")
+    proc = subprocess.Popen(["nginx", "-p", site, "-c", os.path.join(site, "nginx.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port, proc, "nginx")
+    return proc, port
+
+
 class Tunnel:
     """A client and a server process carrying 127.0.0.1:<port> to `dest` (with `udp`, UDP to
     the same port too)."""

