@@ -135,29 +135,30 @@ impl Connector {
                 Kind::Datagrams => Some(Ask::Datagrams),
                 Kind::Stream => self.opts.mux.as_ref().and_then(|m| m.muxing.preamble()),
             };
-            let mut v2 = false;
-            if let Some(ask) = ask {
-                let within = self.opts.timeouts.handshake;
-                let taken = preamble::ask(&mut io, ask, within)
-                    .await
-                    .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
-                match (ask, taken) {
-                    (Ask::Datagrams, false) => {
+            match ask {
+                None => {}
+                // The session's first frames go out beside the request; a refusal ends the
+                // session at its first read (said once by the multiplexer).
+                Some(Ask::Session) => {
+                    io = preamble::ask_ahead(io, Ask::Session)
+                        .await
+                        .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+                }
+                // A datagram tunnel waits for the answer: a refusal is then said in words.
+                Some(Ask::Datagrams) => {
+                    let within = self.opts.timeouts.handshake;
+                    let taken = preamble::ask(&mut io, Ask::Datagrams, within)
+                        .await
+                        .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+                    if !taken {
                         return Err(udp_refused(
                             &server.to_string(),
                             "it does not carry UDP (run it with -udp; with -mux, UDP rides -mux sessions)",
                         ));
                     }
-                    (Ask::Session, false) => {
-                        let how = "it did not answer the session's preamble";
-                        mux::yamux::refused(how);
-                        let e = std::io::Error::new(std::io::ErrorKind::Unsupported, how);
-                        return Err(Error::tunnel(Step::Mux, peer(), e));
-                    }
-                    (Ask::Session, true) => v2 = true,
-                    (Ask::Datagrams, true) => {}
                 }
             }
+            let v2 = ask == Some(Ask::Session);
             write_first(&mut io, first)
                 .await
                 .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;

@@ -4,9 +4,11 @@
 //! `mtt-mux2`, which anyone on the path could read in the hello (docs/udp.md, wire format).
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::io::BoxIo;
 
@@ -102,6 +104,87 @@ pub async fn ask(io: &mut BoxIo, ask: Ask, within: Duration) -> io::Result<bool>
             io::ErrorKind::TimedOut,
             format!("no answer to the tunnel's preamble within {within:?}"),
         )),
+    }
+}
+
+/// The client's side without waiting: the request is written at once and what follows it
+/// may go out beside it; the answer is read (and checked) before the first byte the server
+/// sent after it. A refusal is then a read error, in words. For sessions: a new session's
+/// first stream costs no round trip more than over the ALPN it replaced.
+pub async fn ask_ahead(mut io: BoxIo, ask: Ask) -> io::Result<BoxIo> {
+    io.write_all(&request(ask)).await?;
+    Ok(Box::new(Answered {
+        inner: io,
+        ask,
+        got: [0u8; LEN],
+        n: 0,
+    }))
+}
+
+/// A stream whose first [`LEN`] bytes must be the answer to `ask`.
+struct Answered {
+    inner: BoxIo,
+    ask: Ask,
+    got: [u8; LEN],
+    n: usize,
+}
+
+impl AsyncRead for Answered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.n < LEN {
+            let mut rb = ReadBuf::new(&mut this.got[this.n..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection instead of answering the preamble",
+                )));
+            }
+            this.n += rb.filled().len();
+        }
+        if this.got != answer(this.ask, true) {
+            // Said once: the next reads say it again.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the server refused what the preamble asked",
+            )));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Answered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -19,6 +19,7 @@ mod load;
 mod mu_server;
 mod mux;
 mod ops;
+mod setup;
 mod sip003;
 mod smux;
 mod tunnel;

@@ -194,7 +194,7 @@ async fn drive(
 }
 
 /// Says (at most once a second) that the server closed a session before a word: `how`.
-pub fn refused(how: &str) {
+fn refused(how: &str) {
     crate::rarely!(
         Warn,
         "the server closed the multiplexed session without a word ({how}): it may run without -mux, which must be on both ends of a plain-TLS tunnel (or it speaks another -mux-proto, or is older than this client)"

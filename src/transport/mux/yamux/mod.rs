@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-pub use client::{YamuxClient, refused};
+pub use client::YamuxClient;
 pub use coalesce::Coalesce;
 pub use server::YamuxSession;
 
