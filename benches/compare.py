@@ -18,12 +18,13 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import tempfile
 
 from harness import iperf, settle_rss, wrk_rate  # noqa: E402
-from tunnels import GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, wait_listening  # noqa: E402
+from tunnels import (  # noqa: E402
+    GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, summary, wait_listening,
+)
 
 
 def measure(ctx, modes, conn_modes, seconds, iport, hport):
@@ -61,15 +62,6 @@ def measure(ctx, modes, conn_modes, seconds, iport, hport):
         finally:
             t.stop()
     return got
-
-
-def summary(values):
-    """(median of the good rounds, min, max, failed rounds): a round under half of the
-    median of all rounds failed."""
-    med = statistics.median(values)
-    good = [v for v in values if v >= med / 2]
-    failed = [i + 1 for i, v in enumerate(values) if v < med / 2]
-    return statistics.median(good), min(good), max(good), failed
 
 
 def fmt(v):

@@ -26,7 +26,7 @@ import threading
 import time
 
 from tunnels import (  # noqa: E402
-    CORE_MODES, GIB, MIXED, MODES, UDP_MODES, V2RAY, Tunnel, cpu_seconds, free_port,
+    CORE_MODES, GIB, MIXED, MODES, UDP_MODES, V2RAY, Tunnel, cpu_seconds, free_port, summary,
     V2RAY_BIN, linkage, log, nginx_site, rss_kib, wait_listening,
 )
 from latency import latency_rows  # noqa: E402
@@ -313,9 +313,13 @@ def main():
         for name in names:
             got = samples[name]
             row = {"name": name}
+            # A round that moved under half of the median is a failure (a stall): flagged,
+            # and left out of the median and the range.
+            row["failed"] = []
             for key in ("up", "down", "p16"):
-                row[key] = statistics.median(got[key])
-                row[key + "_range"] = (min(got[key]), max(got[key]))
+                med, lo, hi, failed = summary(got[key])
+                row[key], row[key + "_range"] = med, (lo, hi)
+                row["failed"] += [f"{key} round {r}: {got[key][r - 1]:.0f} MiB/s" for r in failed]
             row["cpu_per_gib"] = got["cpu"] / (got["moved"] / GIB) if name != "direct" else None
             row["server_cpu_per_gib"] = (got["cpu_server"] / (got["moved"] / GIB)
                                          if name != "direct" else None)
@@ -402,6 +406,10 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         lines.append(
             f"| {r['name']} | {r['up']:.0f} | {r['down']:.0f} | {r['p16']:.0f} "
             f"| {single(r) / single(tls):.2f} | {cpu} | {conn} | {lo:.0f}–{hi:.0f} |")
+    failed = [f"{r['name']} ({'; '.join(r['failed'])})" for r in rows if r["failed"]]
+    if failed:
+        lines += ["", "**Failed rounds** (under half of the median: a stall, left out of the "
+                  "figures above): " + ", ".join(failed) + "."]
     lines += [
         "",
         f"| memory ({args.idle} idle tunnelled connections) | idle client KiB | idle server KiB "

@@ -4,6 +4,7 @@ and the small helpers they share (free ports, waiting for a listener, CPU and RS
 process). Imported by harness.py, latency.py and fleet.py; imports none of them."""
 
 import os
+import statistics
 import socket
 import subprocess
 import sys
@@ -83,6 +84,15 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise SystemExit(f"no VmRSS for {pid}")
+
+
+def summary(values):
+    """(median of the good rounds, min, max, failed rounds): a round under half of the
+    median of all rounds failed."""
+    med = statistics.median(values)
+    good = [v for v in values if v >= med / 2]
+    failed = [i + 1 for i, v in enumerate(values) if v < med / 2]
+    return statistics.median(good), min(good), max(good), failed
 
 
 def nginx_site(tmp):
