@@ -173,10 +173,18 @@ impl Proc {
 
     /// Waits (bounded) for the exit status.
     pub async fn exit(&mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("process did not exit within 20 s")
-            .expect("wait")
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                while let Ok(l) = self.lines.try_recv() {
+                    self.seen.push(l);
+                }
+                panic!(
+                    "process did not exit within 20 s; its lines: {:?}",
+                    self.seen
+                )
+            }
+        }
     }
 }
 
