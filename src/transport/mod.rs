@@ -11,6 +11,7 @@ pub mod dns;
 pub mod fallback;
 pub mod front;
 pub mod grpc;
+pub mod hello;
 pub mod io;
 pub mod listen;
 pub mod mux;

@@ -107,6 +107,29 @@ pub async fn ask(io: &mut BoxIo, ask: Ask, within: Duration) -> io::Result<bool>
     }
 }
 
+/// The server's side, for a plain-TLS tunnel that may ask for datagrams: waits up to `window`
+/// for the request (a client speaks first within about a round trip if it ever does), takes
+/// it and answers it (within `limit`). `Some(true)`: answered, serve datagrams; `Some(false)`:
+/// asked, but the connection failed before the answer; `None`: no request, the stream as it
+/// was (bytes read put back).
+pub async fn take_datagrams(io: BoxIo, window: Duration, limit: Duration) -> (BoxIo, Option<bool>) {
+    let asking = request(Ask::Datagrams);
+    let (mut io, asked) = super::sniff::starts_with(io, &asking, window).await;
+    if !asked {
+        return (io, None);
+    }
+    let answered = async {
+        let mut got = [0u8; LEN];
+        io.read_exact(&mut got).await?;
+        io.write_all(&answer(Ask::Datagrams, true)).await?;
+        io.flush().await
+    };
+    let ok = tokio::time::timeout(limit, answered)
+        .await
+        .is_ok_and(|r| r.is_ok());
+    (io, Some(ok))
+}
+
 /// The client's side without waiting: the request is written at once and what follows it
 /// may go out beside it; the answer is read (and checked) before the first byte the server
 /// sent after it. A refusal is then a read error, in words. For sessions: a new session's

@@ -23,7 +23,6 @@ use crate::certs::{Certs, acme};
 use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod session;
 
@@ -241,39 +240,18 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 let window = rtt.map_or(PEEK, |r| (2 * r + PEEK / 5).min(PEEK * 5));
                 // So does a plain-TLS client whose preamble asks for a UDP tunnel.
                 if self.http.is_none() && self.udp && !self.mux {
-                    let (peeked, asked) = Box::pin(sniff::starts_with(
-                        io,
-                        &preamble::request(preamble::Ask::Datagrams),
-                        window,
-                    ))
-                    .await;
-                    io = peeked;
-                    if asked {
-                        let mut io = io;
-                        let answered = async {
-                            let mut request = [0u8; preamble::LEN];
-                            io.read_exact(&mut request).await?;
-                            io.write_all(&preamble::answer(preamble::Ask::Datagrams, true))
-                                .await?;
-                            io.flush().await
-                        };
-                        if tokio::time::timeout(self.handshake, answered)
-                            .await
-                            .is_ok_and(|r| r.is_ok())
-                        {
-                            Box::pin(self.other(
-                                Carry::Datagrams,
-                                io,
-                                id,
-                                up,
-                                rtt,
-                                tasks,
-                                shutdown,
-                                handle,
-                            ))
-                            .await;
+                    let taken;
+                    (io, taken) =
+                        Box::pin(preamble::take_datagrams(io, window, self.handshake)).await;
+                    match taken {
+                        Some(true) => {
+                            let carry = Carry::Datagrams;
+                            let tunnel =
+                                self.other(carry, io, id, up, rtt, tasks, shutdown, handle);
+                            return Box::pin(tunnel).await;
                         }
-                        return;
+                        Some(false) => return,
+                        None => {}
                     }
                 }
                 if self.http.is_some() {
