@@ -319,18 +319,6 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     .map_err(|e| Error::tunnel(Step::Tls, "client", e))?;
                 log::debug!("{id}: TLS {}", agreed.agreed);
                 let chosen = agreed.chosen.clone();
-                if chosen.as_deref() == Some(grpc::ALPN_H2) && self.grpc.is_some() {
-                    // gRPC clients and browsers send HTTP/2's preface at once; an mtt client
-                    // in plain mode offers h2 too (as browsers do), then the application's
-                    // bytes, or nothing yet (a protocol whose server speaks first).
-                    let (io, h2) =
-                        sniff::starts_with(Box::new(s), grpc::H2C_PREFACE, PEEK * 5).await;
-                    if h2 {
-                        return Ok(Some((io, Upgrade::grpc())));
-                    }
-                    let ws_hello = agreed.offered == [ALPN_HTTP1[0].to_vec()];
-                    return self.past_http2(io, id, None, ws_hello).await;
-                }
                 if chosen.as_deref() == Some(acme::ALPN_ACME) {
                     // An ACME server validating this one: the handshake was the answer.
                     log::debug!("{id}: answered an ACME TLS-ALPN-01 validation");
@@ -366,10 +354,13 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         alpn: Option<Vec<u8>>,
         ws_hello: bool,
     ) -> Result<Option<(BoxIo, Upgrade<O>)>> {
-        // Without TLS (behind a proxy that ends it), HTTP/2 comes as h2c: its preface says so.
-        if self.grpc.is_some() && self.tls.is_none() {
-            let (io, h2c) =
-                sniff::starts_with(Box::new(io), grpc::H2C_PREFACE, self.handshake).await;
+        // HTTP/2 is known by its preface: without TLS (behind a proxy that ends it) as h2c;
+        // agreed by ALPN, as gRPC clients and browsers send it at once, where an mtt client in
+        // plain mode, which offers h2 too, sends the application's bytes or nothing yet.
+        let agreed_h2 = alpn.as_deref() == Some(grpc::ALPN_H2);
+        if self.grpc.is_some() && (self.tls.is_none() || agreed_h2) {
+            let wait = if agreed_h2 { PEEK * 5 } else { self.handshake };
+            let (io, h2c) = sniff::starts_with(Box::new(io), grpc::H2C_PREFACE, wait).await;
             if h2c {
                 return Ok(Some((io, Upgrade::grpc())));
             }
