@@ -40,7 +40,7 @@ pub async fn serve_plain<F, Fut>(
         max_conns: 0,
     };
     accept_loop(
-        Listener::Tcp(listener),
+        Listener::from(listener),
         shutdown,
         limits,
         move |conn: Stream, id, _tasks| {

@@ -241,7 +241,7 @@ async fn start_tunnel(
         .await
         .context(|| "bench: listen for the server")?;
     let server_addr = server_l.local_addr().context(|| "bench: server address")?;
-    tokio::spawn(server.run(Listener::Tcp(server_l), shutdown.clone()));
+    tokio::spawn(server.run(Listener::from(server_l), shutdown.clone()));
 
     let client = Client::new(ClientConfig {
         listen: HostPort::parse("b", "127.0.0.1:0", true)?,
@@ -284,7 +284,7 @@ async fn start_tunnel(
         .await
         .context(|| "bench: listen for the client")?;
     let client_addr = client_l.local_addr().context(|| "bench: client address")?;
-    tokio::spawn(client.run(Listener::Tcp(client_l), shutdown.clone()));
+    tokio::spawn(client.run(Listener::from(client_l), shutdown.clone()));
     Ok(client_addr)
 }
 

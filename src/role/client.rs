@@ -42,7 +42,7 @@ pub async fn main(mut cfg: ClientConfig, metrics: Option<HostPort>, plugin: bool
         crate::platform::check_fast_open(false);
     }
     crate::shutdown::ignore_hangup()?;
-    let listener = Listener::Tcp(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
+    let listener = Listener::from(tcp::bind_tcp_with(&cfg.listen, cfg.dial.fast_open).await?);
     refuse_dialling_itself(&cfg.dial.server, listener.local_addr())?;
     let udp = match cfg.udp {
         None => None,

@@ -258,7 +258,7 @@ async fn bind_listen(
             if let Some(mark) = mark {
                 tcp::set_mark(socket2::SockRef::from(&l), mark)?;
             }
-            Listener::Tcp(l)
+            Listener::from(l)
         }
         crate::config::Listen::Unix(p) => Listener::Unix(crate::transport::unix::bind_unix(p)?),
     })

@@ -8,8 +8,8 @@ use tokio_util::either::Either;
 
 /// A listening socket of either family.
 pub enum Listener {
-    /// TCP.
-    Tcp(TcpListener),
+    /// TCP (made by `From<TcpListener>`, which tunes it).
+    Tcp(Tuned),
     /// Unix stream socket.
     Unix(super::unix::UnixBound),
 }
@@ -18,9 +18,11 @@ impl Listener {
     /// Accepts one connection; TCP ones are tuned like dialled ones.
     pub async fn accept(&self) -> io::Result<(Stream, String)> {
         match self {
-            Listener::Tcp(l) => {
+            Listener::Tcp(Tuned(l)) => {
                 let (s, peer) = l.accept().await?;
-                super::tcp::tune(&s);
+                if !super::tcp::ACCEPTED_INHERIT {
+                    super::tcp::tune(&s);
+                }
                 Ok((Either::Left(s), unmapped(peer).to_string()))
             }
             Listener::Unix(l) => {
@@ -33,7 +35,7 @@ impl Listener {
     /// The bound address, for logs.
     pub fn local_addr(&self) -> String {
         match self {
-            Listener::Tcp(l) => l
+            Listener::Tcp(Tuned(l)) => l
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|e| e.to_string()),
@@ -47,9 +49,14 @@ impl Listener {
     }
 }
 
+/// A TCP listener with [`super::tcp::tune`]'s options set, for the sockets it accepts to
+/// inherit; made only by `Listener::from`.
+pub struct Tuned(TcpListener);
+
 impl From<TcpListener> for Listener {
     fn from(l: TcpListener) -> Self {
-        Listener::Tcp(l)
+        super::tcp::tune_socket(socket2::SockRef::from(&l));
+        Listener::Tcp(Tuned(l))
     }
 }
 
@@ -61,7 +68,7 @@ impl Listener {
     /// port number carries both, as SIP003u asks. An all-interfaces listener gets an
     /// all-interfaces socket, IPv6 and IPv4 alike.
     pub fn bind_udp_beside(&self) -> io::Result<super::udp::Socket> {
-        let Listener::Tcp(l) = self else {
+        let Listener::Tcp(Tuned(l)) = self else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "UDP needs a TCP address, not a Unix socket",
@@ -91,5 +98,45 @@ pub fn unmapped(sa: std::net::SocketAddr) -> std::net::SocketAddr {
             None => sa,
         },
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection accepted by a `Listener` has every option of a dialled one, whether it
+    /// inherited them from the listener (Linux) or was tuned itself.
+    #[tokio::test]
+    async fn accepted_connections_are_tuned() {
+        let l = Listener::from(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        let addr = match &l {
+            Listener::Tcp(Tuned(t)) => t.local_addr().expect("addr"),
+            Listener::Unix(_) => unreachable!("a TCP listener"),
+        };
+        let _dialled = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = l.accept().await.expect("accept");
+        let Either::Left(s) = accepted else {
+            panic!("a TCP connection")
+        };
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.tcp_nodelay().expect("TCP_NODELAY"), "TCP_NODELAY");
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"), "SO_KEEPALIVE");
+        assert_eq!(
+            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+            std::time::Duration::from_secs(15)
+        );
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            assert_eq!(sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 3);
+            assert_eq!(
+                sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+                Some(std::time::Duration::from_secs(30))
+            );
+            assert_eq!(
+                sock.tcp_notsent_lowat().expect("TCP_NOTSENT_LOWAT"),
+                128 * 1024
+            );
+        }
     }
 }

@@ -29,8 +29,18 @@ const USER_TIMEOUT: Duration = Duration::from_secs(30);
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 pub(crate) fn tune(stream: &TcpStream) {
+    tune_socket(SockRef::from(stream));
+}
+
+/// Whether a connection accepted by a tuned listener has the listener's options already:
+/// Linux copies them to it (the accepted socket is a clone of the listening one), so each
+/// accepted tunnel saves the seven system calls of [`tune`].
+pub(crate) const ACCEPTED_INHERIT: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// [`tune`]'s options on any TCP socket (a listener's pass to what it accepts on Linux).
+pub(crate) fn tune_socket(sock: SockRef<'_>) {
     // Failures here only cost latency or dead-peer detection; the connection stays usable.
-    if let Err(e) = stream.set_nodelay(true) {
+    if let Err(e) = sock.set_tcp_nodelay(true) {
         log::debug!("TCP_NODELAY: {e}");
     }
     let ka = TcpKeepalive::new()
@@ -38,7 +48,6 @@ pub(crate) fn tune(stream: &TcpStream) {
         .with_interval(KEEPALIVE_INTERVAL);
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let ka = ka.with_retries(3);
-    let sock = SockRef::from(stream);
     if let Err(e) = sock.set_tcp_keepalive(&ka) {
         log::debug!("TCP keepalive: {e}");
     }

@@ -63,7 +63,7 @@ async fn start_mu(cfg: MuServerConfig) -> Mu {
         control.local_addr().expect("a"),
     );
     tokio::spawn(server.run(
-        Listener::Tcp(data),
+        Listener::from(data),
         control,
         tokio_util::sync::CancellationToken::new(),
     ));

@@ -34,7 +34,7 @@ async fn reload_swaps_the_certificate_for_new_handshakes_only() {
             .expect("bind");
         let addr = l.local_addr().expect("a");
         tokio::spawn(server.run(
-            mtt::testing::transport::Listener::Tcp(l),
+            mtt::testing::transport::Listener::from(l),
             tokio_util::sync::CancellationToken::new(),
         ));
         let old_client = start_client(client_config(addr, "localhost", pin(&fp_a), T)).await;

@@ -77,7 +77,7 @@ async fn start_udp_client(mut cfg: mtt::testing::config::ClientConfig, udp: UdpC
     // A TCP port whose UDP twin is free too (other tests hold UDP ports of their own).
     let mut tries = 0;
     let (l, sock) = loop {
-        let l = Listener::Tcp(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        let l = Listener::from(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
         match l.bind_udp_beside() {
             Ok(sock) => break (l, sock),
             Err(e) => {
@@ -522,7 +522,7 @@ async fn mu_server_users_carry_udp_to_their_destination() {
         let data = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (daddr, caddr) = (data.local_addr().expect("a"), control.local_addr().expect("a"));
-        tokio::spawn(server.run(Listener::Tcp(data), control, CancellationToken::new()));
+        tokio::spawn(server.run(Listener::from(data), control, CancellationToken::new()));
         let body = format!(r#"{{"dst":"{echo}"}}"#);
         let put = format!(
             "PUT /v1/users/u HTTP/1.1\r\nHost: {caddr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

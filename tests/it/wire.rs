@@ -97,7 +97,7 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
             .expect("bind [::1]");
         let server_port = l6.local_addr().expect("addr").port();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(server.run(Listener::Tcp(l6), stop.clone()));
+        tokio::spawn(server.run(Listener::from(l6), stop.clone()));
         // Client on [::1] dialling [::1]:port.
         let mut cfg = client_config(
             "127.0.0.1:1".parse().expect("a"),
@@ -112,7 +112,7 @@ async fn ipv6_listen_and_dial_and_host_names_resolved_at_dial_time() {
             .await
             .expect("bind");
         let caddr = cl.local_addr().expect("addr");
-        tokio::spawn(client.run(Listener::Tcp(cl), stop.clone()));
+        tokio::spawn(client.run(Listener::from(cl), stop.clone()));
         assert!(caddr.is_ipv6());
         echo_roundtrip(caddr, &random_bytes(1 << 20, 6)).await;
         // A host name is resolved when dialled: "localhost" to a server on 127.0.0.1.
@@ -192,7 +192,7 @@ async fn tunnel_sockets_have_nodelay_keepalive_and_user_timeout() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
         let (dialled, accepted) = tokio::join!(tcp::connect(&addr, T), async {
-            Listener::Tcp(l).accept().await.expect("accept")
+            Listener::from(l).accept().await.expect("accept")
         });
         let dialled = dialled.expect("connect");
         let tokio_util::either::Either::Left(accepted) = accepted.0 else {
@@ -284,7 +284,7 @@ async fn fast_open_sets_the_socket_options_and_tunnels_still_work() {
             .expect("bind");
         let saddr = sl.local_addr().expect("a");
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(server.run(Listener::Tcp(sl), stop.clone()));
+        tokio::spawn(server.run(Listener::from(sl), stop.clone()));
         let mut ccfg = client_config(saddr, "x", Verify::Pin(pin), T);
         ccfg.dial.fast_open = true;
         let client = start_client(ccfg).await;

@@ -41,7 +41,7 @@ pub async fn start_server(cfg: ServerConfig) -> Running {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let run = server.run(Listener::Tcp(l), shutdown.clone());
+    let run = server.run(Listener::from(l), shutdown.clone());
     let done = tokio::spawn(async move { run.await.expect("server ran") });
     Running {
         addr,
@@ -88,7 +88,7 @@ pub async fn start_client(cfg: ClientConfig) -> Running {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let done = tokio::spawn(client.run(Listener::Tcp(l), shutdown.clone()));
+    let done = tokio::spawn(client.run(Listener::from(l), shutdown.clone()));
     Running {
         addr,
         fingerprint: None,
