@@ -15,11 +15,27 @@ use crate::certs::{fingerprint, pem, provider};
 use crate::error::CertError;
 use crate::{Error, Result};
 
-/// A connector for `cfg` with `alpn`, with ECH (`ech`) or offering TLS 1.2 too.
+/// Sessions a client keeps to resume, per server name: a client has one server (a few names
+/// with ECH's public name); each resumption uses a ticket up and brings a new one.
+const SESSIONS_KEPT: usize = 4;
+
+/// Where a client keeps the sessions it may resume: one store for every configuration of a
+/// client (ECH, TLS 1.2 fallback), none with `-no-resume`.
+pub(super) fn resumption(cfg: &TlsClientOptions) -> rustls::client::Resumption {
+    if cfg.hello.no_resume {
+        return rustls::client::Resumption::disabled();
+    }
+    let store = rustls::client::ClientSessionMemoryCache::new(SESSIONS_KEPT);
+    rustls::client::Resumption::store(Arc::new(store))
+}
+
+/// A connector for `cfg` with `alpn`, with ECH (`ech`) or offering TLS 1.2 too, keeping its
+/// sessions in `sessions`.
 pub(super) fn connector(
     cfg: &TlsClientOptions,
     alpn: &[&[u8]],
     ech: Option<rustls::client::EchMode>,
+    sessions: &rustls::client::Resumption,
 ) -> Result<TlsConnector> {
     let builder = rustls::ClientConfig::builder_with_provider(provider());
     let builder = match ech {
@@ -27,9 +43,9 @@ pub(super) fn connector(
         None => builder.with_safe_default_protocol_versions(),
     }
     .map_err(Error::Tls)?;
-    Ok(TlsConnector::from(Arc::new(client_config(
-        builder, cfg, alpn,
-    )?)))
+    let mut config = client_config(builder, cfg, alpn)?;
+    config.resumption = sessions.clone();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// The rest of a client configuration: trust, certificate decompression, ALPN.
@@ -112,11 +128,107 @@ pub(super) fn grease_suite() -> &'static dyn rustls::crypto::hpke::Hpke {
     rustls::crypto::aws_lc_rs::hpke::DH_KEM_X25519_HKDF_SHA256_AES_128
 }
 
-/// GREASE ECH: an extension shaped as real ECH, sealed to a key made for this client (no
-/// server holds it, so no server can read it; each hello's encapsulated key is new).
+/// GREASE ECH: an extension shaped as real ECH, its payload random bytes of a real one's
+/// length (rustls's), its encapsulated key a new X25519 public key each hello.
 pub(super) fn grease() -> Result<rustls::client::EchMode> {
     let (public, _private) = grease_suite().generate_key_pair().map_err(Error::Tls)?;
-    Ok(rustls::client::EchGreaseConfig::new(grease_suite(), public).into())
+    Ok(rustls::client::EchGreaseConfig::new(&GreaseHpke, public).into())
+}
+
+/// GREASE ECH's HPKE: the encapsulated key is a fresh X25519 public key, as an observer
+/// can check a real one is, but no secret is agreed from it (an X25519 multiplication and
+/// a key schedule per hello, a sixth of a client's handshake CPU): nothing is sealed, the
+/// payload is random.
+#[derive(Debug)]
+struct GreaseHpke;
+
+impl rustls::crypto::hpke::Hpke for GreaseHpke {
+    fn seal(
+        &self,
+        _info: &[u8],
+        _aad: &[u8],
+        _plaintext: &[u8],
+        _pub_key: &rustls::crypto::hpke::HpkePublicKey,
+    ) -> std::result::Result<(rustls::crypto::hpke::EncapsulatedSecret, Vec<u8>), rustls::Error>
+    {
+        Err(grease_only())
+    }
+
+    fn setup_sealer(
+        &self,
+        _info: &[u8],
+        _pub_key: &rustls::crypto::hpke::HpkePublicKey,
+    ) -> std::result::Result<
+        (
+            rustls::crypto::hpke::EncapsulatedSecret,
+            Box<dyn rustls::crypto::hpke::HpkeSealer + 'static>,
+        ),
+        rustls::Error,
+    > {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        let public = PrivateKey::generate(&X25519)
+            .and_then(|k| k.compute_public_key())
+            .map_err(|_| rustls::Error::FailedToGetRandomBytes)?;
+        Ok((
+            rustls::crypto::hpke::EncapsulatedSecret(public.as_ref().to_vec()),
+            Box::new(SealsNothing),
+        ))
+    }
+
+    fn open(
+        &self,
+        _enc: &rustls::crypto::hpke::EncapsulatedSecret,
+        _info: &[u8],
+        _aad: &[u8],
+        _ciphertext: &[u8],
+        _secret_key: &rustls::crypto::hpke::HpkePrivateKey,
+    ) -> std::result::Result<Vec<u8>, rustls::Error> {
+        Err(grease_only())
+    }
+
+    fn setup_opener(
+        &self,
+        _enc: &rustls::crypto::hpke::EncapsulatedSecret,
+        _info: &[u8],
+        _secret_key: &rustls::crypto::hpke::HpkePrivateKey,
+    ) -> std::result::Result<Box<dyn rustls::crypto::hpke::HpkeOpener + 'static>, rustls::Error>
+    {
+        Err(grease_only())
+    }
+
+    fn generate_key_pair(
+        &self,
+    ) -> std::result::Result<
+        (
+            rustls::crypto::hpke::HpkePublicKey,
+            rustls::crypto::hpke::HpkePrivateKey,
+        ),
+        rustls::Error,
+    > {
+        grease_suite().generate_key_pair()
+    }
+
+    fn suite(&self) -> rustls::crypto::hpke::HpkeSuite {
+        grease_suite().suite()
+    }
+}
+
+/// The sealer of GREASE ECH, which rustls never asks to seal.
+#[derive(Debug)]
+struct SealsNothing;
+
+impl rustls::crypto::hpke::HpkeSealer for SealsNothing {
+    fn seal(
+        &mut self,
+        _aad: &[u8],
+        _plaintext: &[u8],
+    ) -> std::result::Result<Vec<u8>, rustls::Error> {
+        Err(grease_only())
+    }
+}
+
+fn grease_only() -> rustls::Error {
+    rustls::Error::General("GREASE ECH's HPKE seals and opens nothing".into())
 }
 
 /// Real ECH from an ECHConfigList: the first configuration whose HPKE suite aws-lc-rs has.

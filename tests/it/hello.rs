@@ -31,6 +31,8 @@ pub struct Hello {
     pub versions: Vec<u16>,
     pub cert_compression: Vec<u16>,
     pub sni: Option<String>,
+    /// The outer ECH extension's encapsulated key (`enc`).
+    pub ech_enc: Option<Vec<u8>>,
     /// The raw records, to look for strings in.
     pub raw: Vec<u8>,
 }
@@ -109,6 +111,10 @@ impl Hello {
                     }
                 }
                 27 => h.cert_compression = Reader(b.vec8()).u16s(),
+                0xfe0d if b.u8() == 0 => {
+                    b.take(4 + 1);
+                    h.ech_enc = Some(b.vec16().to_vec());
+                }
                 43 => h.versions = Reader(b.vec8()).u16s(),
                 51 => {
                     let mut list = Reader(b.vec16());
@@ -225,6 +231,12 @@ fn check_mtt(mode: &str, h: &Hello, alpn: &[&str]) {
         "{mode}: certificate compression is not brotli, zlib"
     );
     assert!(h.has(0xfe0d), "{mode}: no (GREASE) ECH extension");
+    // An X25519 public key, as in a real ECH extension: 32 bytes, below 2^255.
+    let enc = h.ech_enc.as_deref().unwrap_or_default();
+    assert!(
+        enc.len() == 32 && enc[31] & 0x80 == 0,
+        "{mode}: ECH's encapsulated key is not an X25519 public key: {enc:02x?}"
+    );
     assert_eq!(h.sni.as_deref(), Some(NAME), "{mode}: SNI");
     assert!(
         !h.raw.windows(3).any(|w| w.eq_ignore_ascii_case(b"mtt")),
