@@ -201,6 +201,9 @@ role_args! {
         /// offer TLS 1.2 too, for a server without TLS 1.3 (no ECH then)
         #[argh(switch)]
         pub tls12: bool,
+        /// a full TLS handshake for every connection: keep no sessions to resume
+        #[argh(switch)]
+        pub no_resume: bool,
         /// encrypted client hello (ECH) with the server's ECHConfigList (base64, its DNS HTTPS record's ech= value)
         #[argh(option, arg_name = "base64")]
         pub ech_config: Option<String>,

@@ -248,7 +248,8 @@ impl ClientConfig {
 }
 
 /// `-grpc`, `-grpc-service` and `-grpc-max-streams` of the client.
-/// What the TLS hello offers beyond the mode's needs: `-alpn`, `-tls12`, `-ech-config`.
+/// What the TLS hello offers beyond the mode's needs: `-alpn`, `-tls12`, `-ech-config`,
+/// `-no-resume`.
 fn hello(a: &ClientArgs) -> Result<HelloOptions> {
     let alpn = match a.alpn.as_deref() {
         None => None,
@@ -286,9 +287,9 @@ fn hello(a: &ClientArgs) -> Result<HelloOptions> {
             })?)
         }
     };
-    if a.disable_tls && (a.tls12 || a.ech_config.is_some() || a.ech_dns) {
+    if a.disable_tls && (a.tls12 || a.ech_config.is_some() || a.ech_dns || a.no_resume) {
         return Err(Error::usage(
-            "-disable-tls makes no TLS hello: drop -tls12, -ech-config and -ech-dns (or -disable-tls)",
+            "-disable-tls makes no TLS hello: drop -tls12, -ech-config, -ech-dns and -no-resume (or -disable-tls)",
         ));
     }
     if a.tls12 && a.ech_dns {
@@ -300,6 +301,7 @@ fn hello(a: &ClientArgs) -> Result<HelloOptions> {
         alpn,
         ech,
         tls12: a.tls12,
+        no_resume: a.no_resume,
     })
 }
 

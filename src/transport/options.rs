@@ -80,6 +80,8 @@ pub struct HelloOptions {
     pub ech: Ech,
     /// TLS 1.2 offered too (`-tls12`), for servers without TLS 1.3: no ECH then.
     pub tls12: bool,
+    /// No session kept to resume (`-no-resume`): a full handshake for every connection.
+    pub no_resume: bool,
 }
 
 /// Encrypted Client Hello (TLS 1.3 only).

@@ -9,12 +9,16 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio_rustls::{TlsConnector, client, server};
 
-use super::hello::{PinMismatch, connector, ech_config, grease};
+use super::hello::{PinMismatch, connector, ech_config, grease, resumption};
 use super::io::Io;
 use super::options::{Ech, TlsClientOptions};
 use super::relay::RELAY_BUFFER;
 use crate::certs::{CertStore, provider};
 use crate::{Error, Result};
+
+/// What a client's configuration is built from again: its options, the mode's ALPN, and
+/// the store of its sessions (kept across the rebuild).
+type Rebuild = (TlsClientOptions, Vec<Vec<u8>>, rustls::client::Resumption);
 
 /// The dialling side of TLS.
 #[derive(Clone)]
@@ -29,7 +33,7 @@ pub struct TlsClient {
     /// The server spoke no TLS 1.3: every handshake offers TLS 1.2 from then on.
     only_tls12: Arc<std::sync::atomic::AtomicBool>,
     /// What a new configuration is built from (with real ECH only).
-    rebuild: Option<Arc<(TlsClientOptions, Vec<Vec<u8>>)>>,
+    rebuild: Option<Arc<Rebuild>>,
     name: ServerName<'static>,
     handshake: Duration,
 }
@@ -45,26 +49,35 @@ impl TlsClient {
                 cfg.server_name
             ))
         })?;
+        let sessions = resumption(cfg);
         let (main, tls12) = match (&cfg.hello.ech, cfg.hello.tls12) {
             (Ech::Config(_), true) => {
                 return Err(Error::usage(
                     "-tls12 and -ech-config exclude each other: ECH needs TLS 1.3; drop one of them",
                 ));
             }
-            (_, true) => (connector(cfg, alpn, None)?, None),
+            (_, true) => (connector(cfg, alpn, None, &sessions)?, None),
             (Ech::Grease, false) => (
-                connector(cfg, alpn, Some(grease()?))?,
-                Some(connector(cfg, alpn, None)?),
+                connector(cfg, alpn, Some(grease()?), &sessions)?,
+                Some(connector(cfg, alpn, None, &sessions)?),
             ),
-            (Ech::Config(list), false) => (connector(cfg, alpn, Some(ech_config(list)?))?, None),
+            (Ech::Config(list), false) => (
+                connector(cfg, alpn, Some(ech_config(list)?), &sessions)?,
+                None,
+            ),
             (Ech::Dns, _) => {
                 return Err(Error::usage(
                     "-ech-dns: the ECH configuration was not fetched before TLS was set up",
                 ));
             }
         };
-        let rebuild = matches!(cfg.hello.ech, Ech::Config(_) | Ech::Dns)
-            .then(|| Arc::new((cfg.clone(), alpn.iter().map(|p| p.to_vec()).collect())));
+        let rebuild = matches!(cfg.hello.ech, Ech::Config(_) | Ech::Dns).then(|| {
+            Arc::new((
+                cfg.clone(),
+                alpn.iter().map(|p| p.to_vec()).collect(),
+                sessions,
+            ))
+        });
         Ok(TlsClient {
             connector: Arc::new(std::sync::RwLock::new(main)),
             tls12,
@@ -132,9 +145,10 @@ impl TlsClient {
                 use rustls::internal::msgs::codec::Codec;
                 let mut list = Vec::new();
                 configs.encode(&mut list);
-                let (cfg, alpn) = &**rebuild;
+                let (cfg, alpn, sessions) = &**rebuild;
                 let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
-                let fresh = ech_config(&list).and_then(|m| connector(cfg, &alpn, Some(m)));
+                let fresh =
+                    ech_config(&list).and_then(|m| connector(cfg, &alpn, Some(m), sessions));
                 match fresh {
                     Ok(c) => {
                         use base64::Engine;
@@ -157,6 +171,12 @@ impl TlsClient {
         }
     }
 }
+
+/// TLS 1.3 sessions a server keeps for its clients to resume (about 200 bytes each, so at
+/// most about 400 KiB), the oldest forgotten first. Each is used once (a resumption takes
+/// it and leaves one new ticket), so a client holds as many as it has opened connections at
+/// once, up to the 4 it keeps. Not shared with other processes, not kept across restarts.
+const SESSIONS: usize = 2048;
 
 /// The accepting side of TLS.
 #[derive(Clone)]
@@ -198,6 +218,8 @@ impl TlsServer {
         extra: &[&[u8]],
         handshake: Duration,
     ) -> Result<Self> {
+        // One store for every configuration: a session resumes whichever ALPN it offers.
+        let sessions = rustls::server::ServerSessionMemoryCache::new(SESSIONS);
         let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>> {
             let mut c = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -205,6 +227,8 @@ impl TlsServer {
                 .with_no_client_auth()
                 .with_cert_resolver(store.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            c.session_storage = sessions.clone();
+            c.send_tls13_tickets = 1;
             Ok(Arc::new(c))
         };
         let extra = extra
@@ -255,16 +279,19 @@ impl TlsServer {
 }
 
 /// What a handshake agreed, for a connection's log line: version, key exchange, cipher suite
-/// (`TLSv1_3 X25519MLKEM768 TLS13_AES_128_GCM_SHA256`).
+/// and whether a session was resumed (`TLSv1_3 X25519MLKEM768 TLS13_AES_128_GCM_SHA256`,
+/// `… resumed`).
 pub fn agreed(conn: &rustls::CommonState) -> String {
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     format!(
-        "{} {} {}",
+        "{} {} {}{}",
         conn.protocol_version()
             .map_or_else(|| "?".into(), |v| format!("{v:?}")),
         conn.negotiated_key_exchange_group()
             .map_or_else(|| "?".into(), |g| format!("{:?}", g.name())),
         conn.negotiated_cipher_suite()
             .map_or_else(|| "?".into(), |s| format!("{:?}", s.suite())),
+        if resumed { " resumed" } else { "" },
     )
 }
 

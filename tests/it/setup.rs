@@ -162,3 +162,55 @@ async fn round_trips_to_the_first_byte() {
     })
     .await;
 }
+
+/// Sessions resume between mtt ends: after a tunnel's full handshake the next ones resume
+/// (the server's `-verbose` line says so: no certificate sent or checked again), in plain
+/// TLS and over WebSocket; with `-no-resume` every handshake is a full one.
+#[tokio::test]
+async fn sessions_resume_between_mtt_ends_and_not_with_no_resume() {
+    bounded(async {
+        let echo = echo_server().await;
+        let wss: &[&str] = &["-wss", "-wss-path", "/t"];
+        for (mode, flags, no_resume) in [
+            ("tls", &[][..], false),
+            ("wss", wss, false),
+            ("tls", &[][..], true),
+        ] {
+            let mut server_flags = vec!["-verbose"];
+            server_flags.extend_from_slice(flags);
+            let mut server = Proc::server(&echo.to_string(), &server_flags);
+            let pin = server.pin().await;
+            let addr = server.listening_addr().await.to_string();
+            let mut client_flags = server_flags.clone();
+            if no_resume {
+                client_flags.push("-no-resume");
+            }
+            let mut client = Proc::client(&addr, &pin, &client_flags);
+            let local = client.listening_addr().await;
+            for i in 0..4 {
+                echo_roundtrip(local, &random_bytes(16 * 1024, i)).await;
+            }
+            client.signal("KILL");
+            client.exit().await;
+            server.signal("KILL");
+            server.exit().await;
+            let lines = server.all_lines().await;
+            let handshakes: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains(": TLS TLSv1_3"))
+                .collect();
+            assert_eq!(handshakes.len(), 4, "{mode}: {lines:#?}");
+            let resumed: Vec<bool> = handshakes.iter().map(|l| l.ends_with(" resumed")).collect();
+            let want = if no_resume {
+                [false; 4]
+            } else {
+                [false, true, true, true]
+            };
+            assert_eq!(
+                resumed, want,
+                "{mode} (-no-resume: {no_resume}): {handshakes:#?}"
+            );
+        }
+    })
+    .await;
+}
