@@ -15,18 +15,109 @@ use crate::certs::{fingerprint, pem, provider};
 use crate::error::CertError;
 use crate::{Error, Result};
 
-/// Sessions a client keeps to resume, per server name: a client has one server (a few names
-/// with ECH's public name); each resumption uses a ticket up and brings a new one.
-const SESSIONS_KEPT: usize = 4;
-
 /// Where a client keeps the sessions it may resume: one store for every configuration of a
 /// client (ECH, TLS 1.2 fallback), none with `-no-resume`.
 pub(super) fn resumption(cfg: &TlsClientOptions) -> rustls::client::Resumption {
     if cfg.hello.no_resume {
         return rustls::client::Resumption::disabled();
     }
-    let store = rustls::client::ClientSessionMemoryCache::new(SESSIONS_KEPT);
-    rustls::client::Resumption::store(Arc::new(store))
+    rustls::client::Resumption::store(Arc::new(Sessions::default()))
+}
+
+/// Server names a client keeps sessions for: it has one server (and, with ECH, a public
+/// name), so a handful.
+const NAMES_KEPT: usize = 4;
+/// TLS 1.3 tickets kept per server name, the oldest forgotten first: each tunnel uses one
+/// (the newest) and brings two, so a burst of this many new tunnels at once all resume.
+/// rustls's own store keeps 8: a browser opening a page, or 32 connections at once in a
+/// benchmark, found it empty for half of its tunnels.
+const TICKETS_KEPT: usize = 32;
+
+/// A client's sessions to resume (about 200 bytes a ticket: at most about 6 KiB a name).
+#[derive(Debug, Default)]
+struct Sessions(std::sync::Mutex<Vec<(ServerName<'static>, Kept)>>);
+
+#[derive(Debug, Default)]
+struct Kept {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl Sessions {
+    /// Runs `f` on what is kept for `name`, made if new (the oldest name forgotten).
+    fn edit<T>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut Kept) -> T) -> T {
+        let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match names.iter().position(|(n, _)| n == name) {
+            Some(at) => at,
+            None => {
+                if names.len() == NAMES_KEPT {
+                    names.remove(0);
+                }
+                names.push((name.to_owned(), Kept::default()));
+                names.len() - 1
+            }
+        };
+        f(&mut names[at].1)
+    }
+
+    /// Runs `f` on what is kept for `name`, if anything.
+    fn read<T>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut Kept) -> Option<T>) -> Option<T> {
+        let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, k)| f(k))
+    }
+}
+
+impl rustls::client::ClientSessionStore for Sessions {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.edit(&name, |k| k.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.read(name, |k| k.kx_hint)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.edit(&name, |k| k.tls12 = Some(value));
+    }
+
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.read(name, |k| k.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.read(name, |k| k.tls12.take());
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.edit(&name, |k| {
+            if k.tls13.len() == TICKETS_KEPT {
+                k.tls13.pop_front();
+            }
+            k.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.read(name, |k| k.tls13.pop_back())
+    }
 }
 
 /// A connector for `cfg` with `alpn`, with ECH (`ech`) or offering TLS 1.2 too, keeping its

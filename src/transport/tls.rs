@@ -173,10 +173,13 @@ impl TlsClient {
 }
 
 /// TLS 1.3 sessions a server keeps for its clients to resume (about 200 bytes each, so at
-/// most about 400 KiB), the oldest forgotten first. Each is used once (a resumption takes
-/// it and leaves one new ticket), so a client holds as many as it has opened connections at
-/// once, up to the 4 it keeps. Not shared with other processes, not kept across restarts.
+/// most about 400 KiB), the oldest forgotten first. Each is used once: a resumption takes
+/// one, and each handshake leaves [`TICKETS`] new ones. Not shared with other processes,
+/// not kept across restarts.
 const SESSIONS: usize = 2048;
+/// Tickets sent after each handshake: two, so a client's stock grows to meet bursts of
+/// new tunnels (one would only keep it level).
+const TICKETS: usize = 2;
 
 /// The accepting side of TLS.
 #[derive(Clone)]
@@ -228,7 +231,7 @@ impl TlsServer {
                 .with_cert_resolver(store.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
             c.session_storage = sessions.clone();
-            c.send_tls13_tickets = 1;
+            c.send_tls13_tickets = TICKETS;
             Ok(Arc::new(c))
         };
         let extra = extra
