@@ -50,7 +50,8 @@ impl Listener {
 }
 
 /// A TCP listener with [`super::tcp::tune`]'s options set, for the sockets it accepts to
-/// inherit; made only by `Listener::from`.
+/// inherit; made only by `Listener::from` (mtt's own listeners are tuned before they
+/// listen, see `tcp::bind_one`: a connection takes the options when it arrives).
 pub struct Tuned(TcpListener);
 
 impl From<TcpListener> for Listener {

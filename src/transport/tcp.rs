@@ -240,6 +240,8 @@ fn bind_one(sa: SocketAddr, dual_stack: bool, fast_open: bool) -> io::Result<Tcp
     if fast_open && let Err(e) = crate::sys::set_tcp_fastopen_listener(&socket, FAST_OPEN_QUEUE) {
         log::warn!("-fast-open: TCP_FASTOPEN on {sa}: {e}");
     }
+    // Before listen(): on Linux a connection takes the listener's options when it arrives.
+    tune_socket(SockRef::from(&socket));
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
 }

@@ -191,8 +191,11 @@ async fn tunnel_sockets_have_nodelay_keepalive_and_user_timeout() {
     bounded(async {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = HostPort::parse("s", &l.local_addr().expect("a").to_string(), false).expect("a");
+        // Made a Listener (tuned) before anything connects: on Linux a connection takes
+        // the listener's options when it arrives, not when it is accepted.
+        let l = Listener::from(l);
         let (dialled, accepted) = tokio::join!(tcp::connect(&addr, T), async {
-            Listener::from(l).accept().await.expect("accept")
+            l.accept().await.expect("accept")
         });
         let dialled = dialled.expect("connect");
         let tokio_util::either::Either::Left(accepted) = accepted.0 else {
