@@ -152,6 +152,10 @@ impl MuServer {
             .store()
             .is_some()
             .then(|| tokio::spawn(self.users.clone().follow(shutdown.clone())));
+        // The fleet's servers seal session tickets with keys shared through Redis.
+        if let (Some(store), Some(tickets)) = (self.users.store(), self.acceptor.tickets()) {
+            tokio::spawn(store.clone().share_tickets(tickets, shutdown.clone()));
+        }
         let limits = Limits {
             drain: self.cfg.drain,
             max_conns: self.cfg.max_conns,

@@ -24,6 +24,7 @@ pub mod relay;
 pub mod serve;
 pub mod sniff;
 pub mod tcp;
+pub mod tickets;
 pub mod tls;
 pub mod udp;
 pub mod unix;

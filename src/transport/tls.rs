@@ -13,6 +13,7 @@ use super::hello::{PinMismatch, connector, ech_config, grease, resumption};
 use super::io::Io;
 use super::options::{Ech, TlsClientOptions};
 use super::relay::RELAY_BUFFER;
+use super::tickets::Tickets;
 use crate::certs::{CertStore, provider};
 use crate::{Error, Result};
 
@@ -172,13 +173,8 @@ impl TlsClient {
     }
 }
 
-/// TLS 1.3 sessions a server keeps for its clients to resume (about 200 bytes each, so at
-/// most about 400 KiB), the oldest forgotten first. Each is used once: a resumption takes
-/// one, and each handshake leaves [`TICKETS`] new ones. Not shared with other processes,
-/// not kept across restarts.
-const SESSIONS: usize = 2048;
-/// Tickets sent after each handshake: two, so a client's stock grows to meet bursts of
-/// new tunnels (one would only keep it level).
+/// Tickets sent after each handshake (each the session, sealed: [`super::tickets`]): two,
+/// so a client's stock grows to meet bursts of new tunnels (one would only keep it level).
 const TICKETS: usize = 2;
 
 /// The accepting side of TLS.
@@ -190,6 +186,7 @@ pub struct TlsServer {
     /// fails a handshake over ALPN.
     extra: Vec<(Vec<u8>, Arc<rustls::ServerConfig>)>,
     handshake: Duration,
+    tickets: Arc<Tickets>,
 }
 
 /// What a client's hello offered and what was chosen.
@@ -221,8 +218,8 @@ impl TlsServer {
         extra: &[&[u8]],
         handshake: Duration,
     ) -> Result<Self> {
-        // One store for every configuration: a session resumes whichever ALPN it offers.
-        let sessions = rustls::server::ServerSessionMemoryCache::new(SESSIONS);
+        // One sealer for every configuration: a session resumes whichever ALPN it offers.
+        let tickets = Arc::new(Tickets::default());
         let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>> {
             let mut c = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -230,7 +227,10 @@ impl TlsServer {
                 .with_no_client_auth()
                 .with_cert_resolver(store.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            c.session_storage = sessions.clone();
+            c.ticketer = tickets.clone();
+            // Sessions travel in the tickets: none is kept here (TLS 1.2 clients get them
+            // in tickets too, RFC 5077).
+            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             c.send_tls13_tickets = TICKETS;
             Ok(Arc::new(c))
         };
@@ -242,7 +242,13 @@ impl TlsServer {
             base: config(alpn)?,
             extra,
             handshake,
+            tickets,
         })
+    }
+
+    /// The keys of this server's session tickets (a fleet shares them).
+    pub fn tickets(&self) -> &Arc<Tickets> {
+        &self.tickets
     }
 
     /// Runs the handshake over `io` within the handshake timeout, saying what the client's

@@ -768,3 +768,112 @@ async fn redis_over_tls_with_a_private_ca() {
     })
     .await
 }
+
+/// A relay to `first` for its first connection and to `rest` for every later one.
+async fn switching_relay(first: SocketAddr, rest: SocketAddr) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut to = first;
+        while let Ok((mut s, _)) = l.accept().await {
+            let target = std::mem::replace(&mut to, rest);
+            tokio::spawn(async move {
+                if let Ok(mut up) = TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A client resumes its TLS session on another server of the fleet: the servers seal
+/// session tickets with keys they share through Redis (made by the first that asks, one
+/// per hour). The client's first tunnel reaches A (a full handshake), the next ones B,
+/// which resumes them with A's tickets; a server of another Redis cannot (full handshakes).
+#[tokio::test]
+async fn a_session_resumes_on_another_server_of_the_fleet() {
+    bounded(async {
+        let (dir, other_dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let (redis, other) = (
+            Redis::start(dir.path(), free_port()).await,
+            Redis::start(other_dir.path(), free_port()).await,
+        );
+        let (_certs, cert, key, pin) = self_signed_files("127.0.0.1");
+        let (cert, key) = (path_str(&cert), path_str(&key));
+        let same_cert = ["-cert", cert.as_str(), "-key", key.as_str(), "-verbose"];
+        let spawn = |url: String| {
+            let mut args = vec![
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-c-token",
+                TOKEN,
+                "-users-redis",
+                &url,
+            ];
+            args.extend_from_slice(&same_cert);
+            Proc::spawn(&mtt_bin(), &args)
+        };
+        let mut servers = Vec::new();
+        for url in [redis.url(), redis.url(), other.url()] {
+            let mut proc = spawn(url);
+            let data = proc.listening_addr().await;
+            let control = proc.addr_after("controller on ").await;
+            servers.push((proc, data, control));
+        }
+        let echo = echo_server().await;
+        for (_, _, control) in &servers {
+            let (code, body) = api(
+                *control,
+                "PUT",
+                "/v1/users/u",
+                &format!(r#"{{"dst":"{echo}"}}"#),
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let verify = || Verify::Pin(mtt::testing::config::parse_pin(&pin).expect("pin"));
+        for (rest, should_resume) in [(1, true), (2, false)] {
+            let relay = switching_relay(servers[0].1, servers[rest].1).await;
+            let client = start_client(wss_client_config(relay, verify(), "/u", T)).await;
+            for i in 0..3 {
+                echo_roundtrip(client.addr, &random_bytes(8 * 1024, i)).await;
+            }
+            drop(client);
+            let proc = &mut servers[rest].0;
+            proc.signal("TERM");
+            proc.exit().await;
+            let lines = proc.all_lines().await;
+            let handshakes: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains(": TLS TLSv1_3"))
+                .collect();
+            assert_eq!(handshakes.len(), 2, "{lines:#?}");
+            // Its first handshake holds A's ticket (the second, its own, resumes anyway).
+            assert_eq!(
+                handshakes[0].ends_with(" resumed"),
+                should_resume,
+                "server {rest}: {handshakes:#?}"
+            );
+        }
+        let a = &mut servers[0].0;
+        a.signal("TERM");
+        a.exit().await;
+        let lines = a.all_lines().await;
+        let first: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(": TLS TLSv1_3"))
+            .collect();
+        assert_eq!(first.len(), 2, "{lines:#?}");
+        assert!(first.iter().all(|l| !l.ends_with(" resumed")), "{first:#?}");
+        redis.kill().await;
+        other.kill().await;
+    })
+    .await;
+}

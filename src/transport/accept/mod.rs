@@ -132,6 +132,11 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         })
     }
 
+    /// The keys of the session tickets, if TLS is on: what a fleet shares.
+    pub fn tickets(&self) -> Option<Arc<super::tickets::Tickets>> {
+        self.tls.as_ref().map(|t| t.tickets().clone())
+    }
+
     /// The certificate served, if TLS is on: what reloads and ACME act on.
     pub fn certs(&self) -> Option<Arc<Certs>> {
         self.certs.clone()
