@@ -23,7 +23,8 @@ import tempfile
 
 from harness import iperf, settle_rss, wrk_rate  # noqa: E402
 from tunnels import (  # noqa: E402
-    GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, summary, wait_listening,
+    FULL, GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, original_build,
+    summary, wait_listening,
 )
 
 
@@ -47,7 +48,11 @@ def measure(ctx, modes, conn_modes, seconds, iport, hport):
         finally:
             t.stop()
     for mode in conn_modes:
-        t = Tunnel(mode, f"127.0.0.1:{hport}", ctx)
+        try:
+            t = Tunnel(mode, f"127.0.0.1:{hport}", ctx)
+        except SystemExit as e:
+            log(f"  {mode}: not measured with {ctx.mtt} ({e})")
+            continue
         try:
             server_before, client_before = (cpu_seconds([p]) for p in t.pids)
             rate, _p50, errors = wrk_rate(t.port, seconds)
@@ -64,6 +69,38 @@ def measure(ctx, modes, conn_modes, seconds, iport, hport):
     return got
 
 
+def original_key(key):
+    """The Go original's figure beside one of mtt's: its plain TLS beside tls (resumed or
+    not: it never resumes), its wss beside wss, idle RSS beside idle RSS."""
+    for mode, theirs in ((FULL, "original"), ("tls", "original"), ("wss", "original wss")):
+        if key.startswith(mode + " "):
+            return theirs + key[len(mode):]
+    return key if key.startswith("idle RSS") else None
+
+
+def measure_original(ctx, conn_modes, seconds, iport, hport):
+    """One round of the Go original: new tunnels per second in its tls and wss modes (named
+    `original …`, `original wss …`) and its idle RSS."""
+    got = {}
+    for kind, mode in (("original", "tls"), ("original wss", "wss")):
+        if mode not in conn_modes:
+            continue
+        t = Tunnel(kind, f"127.0.0.1:{hport}", ctx)
+        try:
+            if kind == "original":
+                got["idle RSS server KiB"], got["idle RSS client KiB"] = settle_rss(t.pids)
+            before = [cpu_seconds([p]) for p in t.pids]
+            rate, _p50, _errors = wrk_rate(t.port, seconds)
+            spent = [cpu_seconds([p]) - b for p, b in zip(t.pids, before)]
+            n = rate * seconds
+            got[f"{kind} tunnels/s"] = rate
+            got[f"{kind} server tunnels per CPU-s"] = n / max(spent[0], 1e-9)
+            got[f"{kind} client tunnels per CPU-s"] = n / max(spent[1], 1e-9)
+        finally:
+            t.stop()
+    return got
+
+
 def fmt(v):
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.2f}"
 
@@ -75,7 +112,11 @@ def main():
     ap.add_argument("--a-name", default="A")
     ap.add_argument("--b-name", default="B")
     ap.add_argument("--modes", default="tls,wss,mux,grpc", help="throughput modes")
-    ap.add_argument("--conn-modes", default="tls,wss", help="new-tunnel rate modes")
+    ap.add_argument("--conn-modes", default=f"tls,{FULL},wss", help="new-tunnel rate modes")
+    ap.add_argument("--original", action="store_true",
+                    help="the Go original's rows too (its tls and wss modes), in the same rounds")
+    ap.add_argument("--original-src", metavar="DIR",
+                    help="a checkout of mos-tls-tunnel (default: cloned from GitHub)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=4, help="length of each iperf3/wrk run")
     args = ap.parse_args()
@@ -92,6 +133,11 @@ def main():
                 cert=os.path.join(tmp, "bench.local.crt"),
                 key=os.path.join(tmp, "bench.local.key"),
                 pin=re.search(r"SHA-256: ([0-9a-f]{64})", out).group(1))))
+        if args.original:
+            ctx = argparse.Namespace(**vars(builds[0][1]))
+            ctx.original = original_build(tmp, args.original_src)
+            if ctx.original:
+                builds.append(("original", ctx))
         iport = free_port()
         iperf_srv = subprocess.Popen(["iperf3", "-s", "-p", str(iport)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -103,7 +149,10 @@ def main():
         for rnd in range(args.rounds):
             order = builds if rnd % 2 == 0 else builds[::-1]
             for name, ctx in order:
-                got = measure(ctx, modes, conn_modes, args.seconds, iport, hport)
+                if name == "original":
+                    got = measure_original(ctx, conn_modes, args.seconds, iport, hport)
+                else:
+                    got = measure(ctx, modes, conn_modes, args.seconds, iport, hport)
                 for k, v in got.items():
                     samples[name].setdefault(k, []).append(v)
                 log(f"round {rnd + 1}/{args.rounds} {name}: "
@@ -114,17 +163,31 @@ def main():
                 p.terminate()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    (a, _), (b, _) = builds
+    (a, _), (b, _) = builds[:2]
+    orig = samples.get("original", {})
     print(f"{args.rounds} alternating rounds, {args.seconds} s each run; median (min–max) "
           "of each build; a round under half of the median is flagged, not counted.\n")
-    print(f"| | {a} | {b} | {b} / {a} |")
-    print("|---|---:|---:|---:|")
-    for key in samples[a]:
-        ma, lo_a, hi_a, fa = summary(samples[a][key])
-        mb, lo_b, hi_b, fb = summary(samples[b][key])
+    head = f"| | {a} | {b} | {b} / {a} |"
+    if orig:
+        head += f" Go original | {b} / original |"
+    print(head)
+    print("|---|---:|---:|---:|" + ("---:|---:|" if orig else ""))
+
+    def cell(values):
+        if not values:
+            return None, "–", []
+        med, lo, hi, failed = summary(values)
+        return med, f"{fmt(med)} ({fmt(lo)}–{fmt(hi)})", failed
+
+    for key in dict.fromkeys(list(samples[a]) + list(samples[b])):
+        (ma, ca, fa), (mb, cb, fb) = cell(samples[a].get(key)), cell(samples[b].get(key))
         flag = "".join(f" (FAILED round {r} of {n})" for n, f in ((a, fa), (b, fb)) for r in f)
-        print(f"| {key}{flag} | {fmt(ma)} ({fmt(lo_a)}–{fmt(hi_a)}) | "
-              f"{fmt(mb)} ({fmt(lo_b)}–{fmt(hi_b)}) | {mb / ma:.2f} |")
+        ratio = f"{mb / ma:.2f}" if ma and mb else "–"
+        line = f"| {key}{flag} | {ca} | {cb} | {ratio} |"
+        if orig:
+            mo, co, _ = cell(orig.get(original_key(key)))
+            line += f" {co} | " + (f"{mb / mo:.2f}" if mo and mb else "–") + " |"
+        print(line)
 
 
 if __name__ == "__main__":

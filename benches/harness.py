@@ -19,14 +19,14 @@ import platform
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import tempfile
 import threading
 import time
 
 from tunnels import (  # noqa: E402
-    CORE_MODES, GIB, MIXED, MODES, UDP_MODES, V2RAY, Tunnel, cpu_seconds, free_port, summary,
+    CORE_MODES, FULL, GIB, MIXED, MODES, ORIGINAL, UDP_MODES, V2RAY, Tunnel, cpu_seconds,
+    free_port, original_build, summary,
     V2RAY_BIN, linkage, log, nginx_site, rss_kib, wait_listening,
 )
 from latency import latency_rows  # noqa: E402
@@ -248,6 +248,8 @@ def main():
                     help="throughput rounds; each round measures every tunnel in turn, and "
                          "the median is reported, so a slow spell of the machine hits all alike")
     ap.add_argument("--out", default="benches", help="where results.md and results.svg go")
+    ap.add_argument("--original-src", metavar="DIR",
+                    help="a checkout of mos-tls-tunnel (default: cloned from GitHub)")
     args = ap.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -272,7 +274,9 @@ def main():
     }
     log(f"bench: {env}")
     v2ray = list(V2RAY) if shutil.which(V2RAY_BIN) else []
-    kinds = ["stunnel"] + v2ray + list(MODES)
+    ctx.original = original_build(ctx.tmp, args.original_src)
+    original = list(ORIGINAL) if ctx.original else []
+    kinds = ["stunnel"] + v2ray + original + [m for m in MODES if m != FULL]
     bg = []
     try:
         # Throughput and CPU per GiB.
@@ -330,7 +334,7 @@ def main():
         nginx, hport = nginx_site(ctx.tmp)
         bg.append(nginx)
         conn_rows = []
-        for name in ["direct"] + kinds:
+        for name in ["direct"] + kinds + [FULL]:
             t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{hport}", ctx)
             rate, p50, errors = wrk_rate(hport if t is None else t.port, args.seconds)
             conn_rows.append({"name": name, "rate": rate, "p50": p50, "errors": errors})
@@ -395,8 +399,15 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         "| new conn/s | conn p50 ms | × stunnel conn/s | single-stream range MiB/s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    # Rows of new connections only.
+    listed = rows + [{"name": c["name"], "conn_only": True} for c in conn_rows
+                     if c["name"] not in {r["name"] for r in rows}]
+    for r in listed:
         c = cby.get(r["name"])
+        if r.get("conn_only"):
+            lines.append(f"| {r['name']} | – | – | – | – | – | {c['rate']:.0f} | {c['p50']:.2f} "
+                         f"| {c['rate'] / cby['stunnel']['rate']:.2f} | – |")
+            continue
         cpu = f"{r['cpu_per_gib']:.2f}" if r["cpu_per_gib"] is not None else "–"
         lo = min(r["up_range"][0], r["down_range"][0])
         hi = max(r["up_range"][1], r["down_range"][1])
@@ -406,7 +417,7 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         lines.append(
             f"| {r['name']} | {r['up']:.0f} | {r['down']:.0f} | {r['p16']:.0f} "
             f"| {single(r) / single(tls):.2f} | {cpu} | {conn} | {lo:.0f}–{hi:.0f} |")
-    failed = [f"{r['name']} ({'; '.join(r['failed'])})" for r in rows if r["failed"]]
+    failed = [f"{r['name']} ({'; '.join(r['failed'])})" for r in rows if r.get("failed")]
     if failed:
         lines += ["", "**Failed rounds** (under half of the median: a stall, left out of the "
                   "figures above): " + ", ".join(failed) + "."]
@@ -420,7 +431,8 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         lines.append(f"| {m['name']} | {m['idle_client']} | {m['idle_server']} "
                      f"| {m['per_client']:.1f} | {m['per_server']:.1f} |")
     mem = {m["name"]: m for m in mem_rows}
-    mtt_mem = [m for n, m in mem.items() if n != "stunnel" and n not in V2RAY and m["main"]]
+    mtt_mem = [m for n, m in mem.items()
+               if n != "stunnel" and n not in V2RAY and n not in ORIGINAL and m["main"]]
     also_mem = [m for m in mem_rows if not m["main"]]
     targets = [
         ("mtt tls throughput ≥ 1.5× stunnel", single(tls) / single(stunnel), 1.5),
@@ -428,6 +440,13 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
         ("mux ≥ 0.9× mtt tls", single(by["mux"]) / single(tls), 0.9),
         ("mtt tls connection rate ≥ 2× stunnel", cby["tls"]["rate"] / cby["stunnel"]["rate"], 2.0),
     ]
+    if "original" in cby:
+        targets += [
+            ("mtt tls connection rate, full handshakes, ≥ 3× the Go original",
+             cby[FULL]["rate"] / cby["original"]["rate"], 3.0),
+            ("mtt tls connection rate, resumed, ≥ 3× the Go original",
+             cby["tls"]["rate"] / cby["original"]["rate"], 3.0),
+        ]
     if "v2ray-plugin" in by:
         targets += [
             ("mtt wss throughput ≥ 1× v2ray-plugin", single(by["wss"]) / single(by["v2ray-plugin"]),

@@ -26,7 +26,11 @@ MODES = {
 CLIENT_ONLY = {
     "smux": ["-mux-proto", "smux"],
     "wss+smux": ["-mux-proto", "smux"],
+    "tls (full handshakes)": ["-no-resume"],
 }
+# New-connection rows only: a full TLS handshake for every tunnel (mtt ends resume by default).
+FULL = "tls (full handshakes)"
+MODES[FULL] = []
 # The de-facto SIP003 WebSocket plugin (Debian's shadowsocks-v2ray-plugin), run standalone
 # with SS_* variables, WebSocket over TLS, without and with its multiplexing: the baseline of
 # mtt's wss and wss+mux rows.
@@ -35,6 +39,12 @@ V2RAY_BIN = "ss-v2ray-plugin"
 # One end swapped: v2ray-plugin's default client (Mux.Cool, mux=1) at an mtt server, and an
 # mtt client given v2ray-plugin's option string at its server (throughput rows only).
 MIXED = {"v2ray-plugin+mux → mtt": "v2ray client", "mtt → v2ray-plugin+mux": "v2ray server"}
+# The Go original (mos-tls-tunnel, built from its source by original_build), plain TLS and
+# WebSocket, as its users run it: the client skips verification (-sv) as mtt's pins do.
+ORIGINAL = {"original": [], "original wss": ["-wss", "-wss-path", "/bench"]}
+ORIGINAL_REPO = "https://github.com/IrineSistiana/mos-tls-tunnel"
+# Its last commit: the release mtt succeeds.
+ORIGINAL_COMMIT = "64318c2"
 # The modes of mtt's own multiplexing (and none); smux carries TCP only.
 CORE_MODES = [m for m in MODES if m not in CLIENT_ONLY]
 UDP_MODES = CORE_MODES
@@ -127,6 +137,14 @@ class Tunnel:
             self._v2ray(sp, dest, ctx, V2RAY[kind])
         elif kind in MIXED:
             self._mixed(sp, dest, ctx, MIXED[kind])
+        elif kind in ORIGINAL:
+            o = ctx.original
+            self._start([os.path.join(o, "mtt-server"), "-b", f"127.0.0.1:{sp}", "-d", dest,
+                         "-cert", ctx.cert, "-key", ctx.key] + ORIGINAL[kind], sp,
+                        "original server")
+            self._start([os.path.join(o, "mtt-client"), "-b", f"127.0.0.1:{self.port}",
+                         "-s", f"127.0.0.1:{sp}", "-n", "bench.local", "-sv"] + ORIGINAL[kind],
+                        self.port, "original client")
         else:
             flags = MODES[kind] + (["-udp"] if udp else [])
             server = [ctx.mtt, "server", "-b", f"127.0.0.1:{sp}", "-d", dest,
@@ -204,3 +222,30 @@ class Tunnel:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def original_build(tmp, src=None):
+    """Builds the Go original's client and server into tmp/original (GOPATH mode: its
+    dependencies are vendored; Debian's Go) from `src` (a checkout; $MTT_ORIGINAL_SRC) or a
+    clone of ORIGINAL_REPO at ORIGINAL_COMMIT: the directory, or None (said) if it cannot."""
+    src = src or os.environ.get("MTT_ORIGINAL_SRC")
+    gopath = os.path.join(tmp, "original-gopath")
+    tree = os.path.join(gopath, "src", "github.com", "IrineSistiana", "mos-tls-tunnel")
+    out = os.path.join(tmp, "original")
+    os.makedirs(os.path.dirname(tree), exist_ok=True)
+    env = dict(os.environ, GOPATH=gopath, GO111MODULE="off", GOFLAGS="",
+               GOCACHE=os.path.join(tmp, "original-gocache"))
+    try:
+        subprocess.run(["git", "clone", "-q", src or ORIGINAL_REPO, tree], check=True,
+                       capture_output=True, text=True, timeout=300)
+        subprocess.run(["git", "-C", tree, "checkout", "-q", ORIGINAL_COMMIT], check=True,
+                       capture_output=True, text=True)
+        for role in ("mtt-server", "mtt-client"):
+            subprocess.run(["/usr/bin/go", "build", "-o", os.path.join(out, role), f"./cmd/{role}"],
+                           cwd=tree, env=env, check=True, capture_output=True, text=True,
+                           timeout=300)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        log(f"the Go original did not build; its rows are left out: {detail.strip()}")
+        return None
+    return out
