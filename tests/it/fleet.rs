@@ -78,7 +78,8 @@ struct Mu {
     pin: String,
 }
 
-async fn mu(url: &str, extra: &[&str]) -> Mu {
+/// The arguments of a server of the fleet on the Redis at `url`, then `extra`.
+fn mu_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "mu-server",
         "-b",
@@ -87,11 +88,15 @@ async fn mu(url: &str, extra: &[&str]) -> Mu {
         "127.0.0.1:0",
         "-c-token",
         TOKEN,
-        "-n",
-        "127.0.0.1",
         "-users-redis",
         url,
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn mu(url: &str, extra: &[&str]) -> Mu {
+    let mut args = mu_args(url, &["-n", "127.0.0.1"]);
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&mtt_bin(), &args);
     let pin = proc.pin().await;
@@ -499,20 +504,8 @@ async fn a_missed_announcement_is_repaired_by_the_resync() {
 #[tokio::test]
 async fn bad_urls_and_corrupt_entries_are_refused_cleanly() {
     bounded(async {
-        let mut down = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "mu-server",
-                "-b",
-                "127.0.0.1:0",
-                "-c",
-                "127.0.0.1:0",
-                "-c-token",
-                TOKEN,
-                "-users-redis",
-                &format!("redis://user:secret@{}/0", dead_addr()),
-            ],
-        );
+        let url = format!("redis://user:secret@{}/0", dead_addr());
+        let mut down = Proc::spawn(&mtt_bin(), &mu_args(&url, &[]));
         assert_eq!(down.exit().await.code(), Some(1));
         while let Some(l) = down.next_line().await {
             down.seen.push(l);
@@ -682,22 +675,9 @@ async fn a_server_starts_from_its_snapshot_while_redis_is_down() {
         // A snapshot given but never written (Redis never answered): the line says so,
         // rather than advising the flag that was given.
         let never = dir.path().join("never.json");
+        let never = path_str(&never);
         let out = tokio::process::Command::new(mtt_bin())
-            .args([
-                "mu-server",
-                "-b",
-                "127.0.0.1:0",
-                "-c",
-                "127.0.0.1:0",
-                "-c-token",
-                TOKEN,
-            ])
-            .args([
-                "-users-redis",
-                &url,
-                "-users-redis-snapshot",
-                &path_str(&never),
-            ])
+            .args(mu_args(&url, &["-users-redis-snapshot", &never]))
             .bounded_output()
             .await;
         let err = String::from_utf8_lossy(&out.stderr);
@@ -742,20 +722,7 @@ async fn redis_over_tls_with_a_private_ca() {
         redis.wait_line("Ready to accept connections").await;
         let url = format!("rediss://127.0.0.1:{port}/0");
 
-        let mut untrusted = Proc::spawn(
-            &mtt_bin(),
-            &[
-                "mu-server",
-                "-b",
-                "127.0.0.1:0",
-                "-c",
-                "127.0.0.1:0",
-                "-c-token",
-                TOKEN,
-                "-users-redis",
-                &url,
-            ],
-        );
+        let mut untrusted = Proc::spawn(&mtt_bin(), &mu_args(&url, &[]));
         assert_eq!(untrusted.exit().await.code(), Some(1));
         untrusted.wait_line("Redis cannot be reached").await;
 
@@ -805,21 +772,7 @@ async fn a_session_resumes_on_another_server_of_the_fleet() {
         let (_certs, cert, key, pin) = self_signed_files("127.0.0.1");
         let (cert, key) = (path_str(&cert), path_str(&key));
         let same_cert = ["-cert", cert.as_str(), "-key", key.as_str(), "-verbose"];
-        let spawn = |url: String| {
-            let mut args = vec![
-                "mu-server",
-                "-b",
-                "127.0.0.1:0",
-                "-c",
-                "127.0.0.1:0",
-                "-c-token",
-                TOKEN,
-                "-users-redis",
-                &url,
-            ];
-            args.extend_from_slice(&same_cert);
-            Proc::spawn(&mtt_bin(), &args)
-        };
+        let spawn = |url: String| Proc::spawn(&mtt_bin(), &mu_args(&url, &same_cert));
         let mut servers = Vec::new();
         for url in [redis.url(), redis.url(), other.url()] {
             let mut proc = spawn(url);
