@@ -142,6 +142,19 @@ impl Proc {
         lines
     }
 
+    /// Ends the process and tells, for each TLS handshake it logged (`-verbose`), in order,
+    /// whether it resumed a session.
+    pub async fn resumptions(&mut self) -> Vec<bool> {
+        self.signal("KILL");
+        self.exit().await;
+        self.all_lines()
+            .await
+            .iter()
+            .filter(|l| l.contains(": TLS TLSv1_3"))
+            .map(|l| l.ends_with(" resumed"))
+            .collect()
+    }
+
     /// The SHA-256 pin a self-signed server prints in its warning line.
     pub async fn pin(&mut self) -> String {
         let line = self.wait_line("self-signed").await;
