@@ -158,15 +158,10 @@ impl ClientConfig {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => server.host.clone(),
         };
-        if a.disable_tls {
-            if a.sv || a.ca.is_some() || a.cert_sha256.is_some() {
-                return Err(Error::usage(
-                    "-disable-tls leaves nothing to verify: drop -sv, -ca or -cert-sha256 (or -disable-tls)",
-                ));
-            }
-            log::warn!(
-                "-disable-tls: nothing is encrypted between here and {server}; use it only when a TLS-terminating proxy or CDN stands in front of the server and the way to it is trusted"
-            );
+        if a.disable_tls && (a.sv || a.ca.is_some() || a.cert_sha256.is_some()) {
+            return Err(Error::usage(
+                "-disable-tls leaves nothing to verify: drop -sv, -ca or -cert-sha256 (or -disable-tls)",
+            ));
         }
         let chosen = [a.sv, a.ca.is_some(), a.cert_sha256.is_some()];
         if chosen.iter().filter(|x| **x).count() > 1 {
@@ -220,6 +215,12 @@ impl ClientConfig {
             headers,
             early_data,
         });
+        // Said once everything is known to be valid: an invalid command line is one line.
+        if a.disable_tls {
+            log::warn!(
+                "-disable-tls: nothing is encrypted between here and {server}; use it only when a TLS-terminating proxy or CDN stands in front of the server and the way to it is trusted"
+            );
+        }
         Ok(ClientConfig {
             listen,
             dial: DialOptions {

@@ -121,6 +121,18 @@ fn every_invalid_input_is_one_line_naming_the_flag() {
         ),
         (vec!["client", "-b", "127.0.0.1:0"], "missing -s"),
         (
+            vec![
+                "client",
+                "-b",
+                "127.0.0.1:0",
+                "-s",
+                "a:1",
+                "-disable-tls",
+                "-no-resume",
+            ],
+            "-disable-tls makes no TLS hello: drop -tls12, -ech-config, -ech-dns and -no-resume",
+        ),
+        (
             vec!["server", "-b", "127.0.0.1:0", "-d", "a:1", "-fwmark", "-3"],
             "-fwmark must be a 32-bit mark",
         ),
