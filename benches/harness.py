@@ -330,9 +330,10 @@ def main():
                 med, lo, hi, failed = summary(got[key])
                 row[key], row[key + "_range"] = med, (lo, hi)
                 row["failed"] += [f"{key} round {r}: {got[key][r - 1]:.0f} MiB/s" for r in failed]
-            row["cpu_per_gib"] = got["cpu"] / (got["moved"] / GIB) if name != "direct" else None
+            measured = name != "direct" and got["moved"] > 0
+            row["cpu_per_gib"] = got["cpu"] / (got["moved"] / GIB) if measured else None
             row["server_cpu_per_gib"] = (got["cpu_server"] / (got["moved"] / GIB)
-                                         if name != "direct" else None)
+                                         if measured else None)
             rows.append(row)
         iperf_srv.terminate()
 
@@ -462,7 +463,7 @@ def report(rows, conn_rows, mem_rows, udp, lat, fleet, env, args):
             ("mtt wss connection rate ≥ 1× v2ray-plugin",
              cby["wss"]["rate"] / cby["v2ray-plugin"]["rate"], 1.0),
         ]
-    if "v2ray-plugin+mux → mtt" in by:
+    if "v2ray-plugin+mux → mtt" in by and by["v2ray-plugin+mux → mtt"]["server_cpu_per_gib"]:
         swapped, theirs = by["v2ray-plugin+mux → mtt"], by["v2ray-plugin+mux"]
         targets += [
             ("mtt server under v2ray-plugin clients ≥ 2× v2ray-plugin's server (throughput)",
