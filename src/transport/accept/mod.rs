@@ -24,6 +24,7 @@ use crate::error::Step;
 use crate::metrics::Failure;
 use crate::{Error, Result};
 
+mod alpn;
 mod session;
 
 /// One tunnel, ready for application bytes: its stream, who it is in logs, (mu-server)
@@ -88,28 +89,14 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                 udp: opts.udp,
             })
         });
-        // HTTP/2 first when gRPC is served: a browser offering both then speaks h2 to the
-        // fallback site too.
-        let alpn: &[&[u8]] = match (grpc.is_some(), http.is_some()) {
-            (true, true) => &[grpc::ALPN_H2, ALPN_HTTP1[0]],
-            (true, false) => &[grpc::ALPN_H2],
-            (false, true) => ALPN_HTTP1,
-            (false, false) => &[],
-        };
-        // Plain mode answers the ALPN of version-2 sessions and of UDP tunnels when it can;
-        // WebSocket mode says the same with subprotocols.
-        let mut extra: Vec<&[u8]> = Vec::new();
-        if http.is_none() && opts.mux {
-            extra.push(datagram::ALPN_MUX2);
-        }
-        if http.is_none() && opts.udp && !opts.mux {
-            extra.push(datagram::ALPN_UDP);
-        }
         let certs = opts.tls.as_ref().map(Certs::new).transpose()?.map(Arc::new);
-        // With ACME, validation connections (RFC 8737) are answered on this port too.
-        if certs.as_ref().is_some_and(|c| c.acme().is_some()) {
-            extra.push(acme::ALPN_ACME);
-        }
+        let (alpn, extra) = alpn::offered(
+            grpc.is_some(),
+            http.is_some(),
+            opts.mux,
+            opts.udp,
+            certs.as_ref().is_some_and(|c| c.acme().is_some()),
+        );
         let tls = certs
             .as_ref()
             .map(|c| tls::TlsServer::with_extra(c.store(), alpn, &extra, opts.timeouts.handshake))
