@@ -54,16 +54,7 @@ def measure(ctx, modes, conn_modes, seconds, iport, hport):
             log(f"  {mode}: not measured with {ctx.mtt} ({e})")
             continue
         try:
-            server_before, client_before = (cpu_seconds([p]) for p in t.pids)
-            rate, _p50, errors = wrk_rate(t.port, seconds)
-            server_cpu, client_cpu = (cpu_seconds([p]) - b
-                                      for p, b in zip(t.pids, (server_before, client_before)))
-            n = rate * seconds
-            got[f"{mode} tunnels/s"] = rate
-            got[f"{mode} server tunnels per CPU-s"] = n / max(server_cpu, 1e-9)
-            got[f"{mode} client tunnels per CPU-s"] = n / max(client_cpu, 1e-9)
-            if errors:
-                log(f"  {mode}: wrk socket errors: {errors}")
+            got.update(tunnel_rate(t, mode, seconds))
         finally:
             t.stop()
     return got
@@ -78,6 +69,19 @@ def original_key(key):
     return key if key.startswith("idle RSS") else None
 
 
+def tunnel_rate(t, name, seconds):
+    """New tunnels per second through `t` (wrk) and per CPU-second of each of its ends."""
+    before = [cpu_seconds([p]) for p in t.pids]
+    rate, _p50, errors = wrk_rate(t.port, seconds)
+    server_cpu, client_cpu = (cpu_seconds([p]) - b for p, b in zip(t.pids, before))
+    if errors:
+        log(f"  {name}: wrk socket errors: {errors}")
+    n = rate * seconds
+    return {f"{name} tunnels/s": rate,
+            f"{name} server tunnels per CPU-s": n / max(server_cpu, 1e-9),
+            f"{name} client tunnels per CPU-s": n / max(client_cpu, 1e-9)}
+
+
 def measure_original(ctx, conn_modes, seconds, iport, hport):
     """One round of the Go original: new tunnels per second in its tls and wss modes (named
     `original …`, `original wss …`) and its idle RSS."""
@@ -89,13 +93,7 @@ def measure_original(ctx, conn_modes, seconds, iport, hport):
         try:
             if kind == "original":
                 got["idle RSS server KiB"], got["idle RSS client KiB"] = settle_rss(t.pids)
-            before = [cpu_seconds([p]) for p in t.pids]
-            rate, _p50, _errors = wrk_rate(t.port, seconds)
-            spent = [cpu_seconds([p]) - b for p, b in zip(t.pids, before)]
-            n = rate * seconds
-            got[f"{kind} tunnels/s"] = rate
-            got[f"{kind} server tunnels per CPU-s"] = n / max(spent[0], 1e-9)
-            got[f"{kind} client tunnels per CPU-s"] = n / max(spent[1], 1e-9)
+            got.update(tunnel_rate(t, kind, seconds))
         finally:
             t.stop()
     return got
