@@ -62,7 +62,11 @@ impl Sessions {
     }
 
     /// Runs `f` on what is kept for `name`, if anything.
-    fn read<T>(&self, name: &ServerName<'_>, f: impl FnOnce(&mut Kept) -> Option<T>) -> Option<T> {
+    fn existing<T>(
+        &self,
+        name: &ServerName<'_>,
+        f: impl FnOnce(&mut Kept) -> Option<T>,
+    ) -> Option<T> {
         let mut names = self.0.lock().unwrap_or_else(|p| p.into_inner());
         names
             .iter_mut()
@@ -77,7 +81,7 @@ impl rustls::client::ClientSessionStore for Sessions {
     }
 
     fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
-        self.read(name, |k| k.kx_hint)
+        self.existing(name, |k| k.kx_hint)
     }
 
     fn set_tls12_session(
@@ -92,11 +96,11 @@ impl rustls::client::ClientSessionStore for Sessions {
         &self,
         name: &ServerName<'_>,
     ) -> Option<rustls::client::Tls12ClientSessionValue> {
-        self.read(name, |k| k.tls12.clone())
+        self.existing(name, |k| k.tls12.clone())
     }
 
     fn remove_tls12_session(&self, name: &ServerName<'static>) {
-        self.read(name, |k| k.tls12.take());
+        self.existing(name, |k| k.tls12.take());
     }
 
     fn insert_tls13_ticket(
@@ -116,7 +120,7 @@ impl rustls::client::ClientSessionStore for Sessions {
         &self,
         name: &ServerName<'static>,
     ) -> Option<rustls::client::Tls13ClientSessionValue> {
-        self.read(name, |k| k.tls13.pop_back())
+        self.existing(name, |k| k.tls13.pop_back())
     }
 }
 
