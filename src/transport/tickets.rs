@@ -82,17 +82,25 @@ impl Tickets {
     }
 
     /// Makes the current epoch's key if this process makes its own and has none yet.
-    fn make_current(&self, epoch: u64) -> Option<()> {
+    fn make_current(&self, epoch: u64) {
         if self.shared.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
+            return;
         }
-        let name = crate::random::bytes::<NAME_LEN>().ok()?;
-        let key = crate::random::bytes::<KEY_LEN>().ok()?;
-        self.install(epoch, name, &key);
-        Some(())
+        // Without randomness there is no key, and so no ticket: full handshakes go on.
+        if let (Ok(name), Ok(key)) = (
+            crate::random::bytes::<NAME_LEN>(),
+            crate::random::bytes::<KEY_LEN>(),
+        ) {
+            self.install(epoch, name, &key);
+        }
     }
 
-    fn seal(&self, epoch: u64, plain: &[u8]) -> Option<Option<Vec<u8>>> {
+    fn has_key_of(&self, epoch: u64) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.iter().any(|k| k.epoch == epoch)
+    }
+
+    fn seal(&self, epoch: u64, plain: &[u8]) -> Option<Vec<u8>> {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         // The key of this epoch; in a fleet whose next key is not here yet, the newest.
         let key = keys.iter().find(|k| k.epoch == epoch).or_else(|| {
@@ -112,10 +120,9 @@ impl Tickets {
             Aad::from(&key.name),
             &mut body,
         );
-        Some(sealed.ok().map(|()| {
-            out.append(&mut body);
-            out
-        }))
+        sealed.ok()?;
+        out.append(&mut body);
+        Some(out)
     }
 }
 
@@ -130,13 +137,11 @@ impl rustls::server::ProducesTickets for Tickets {
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let epoch = now();
-        match self.seal(epoch, plain) {
-            Some(sealed) => sealed,
-            None => {
-                self.make_current(epoch)?;
-                self.seal(epoch, plain).flatten()
-            }
+        if !self.has_key_of(epoch) {
+            // Nothing made in a fleet: its newest key seals until the next one comes.
+            self.make_current(epoch);
         }
+        self.seal(epoch, plain)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
