@@ -211,7 +211,7 @@ fn raw_ca(body: &str) -> Result<String> {
 /// Ties the plugin's life to its host.
 fn enter_plugin_mode() {
     log::info!("running as a SIP003 plugin");
-    crate::platform::exit_with_parent();
+    crate::sys::exit_with_parent();
 }
 
 fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
@@ -220,7 +220,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
         _ => None,
     };
     if matches!(cmd, Command::Client | Command::Server | Command::MuServer) {
-        crate::platform::raise_nofile();
+        crate::sys::raise_nofile();
     }
     match cmd {
         Command::Client => {
@@ -243,6 +243,7 @@ fn run(cmd: Command, prog: &str, rest: &[String]) -> Result<()> {
             crate::logging::init(args.verbose);
             let mut cfg = ClientConfig::from_args(&args)?;
             if vpn {
+                crate::sys::check_protect()?;
                 // Relative, as Android hosts put it in the plugin's working directory.
                 cfg.dial.protect = Some(crate::transport::protect::PROTECT_PATH.into());
             }

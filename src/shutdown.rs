@@ -1,15 +1,21 @@
-//! SIGINT/SIGTERM handling: the first signal asks the roles to stop accepting and drain, a
-//! second one exits at once.
+//! Stop and reload requests: the first stop request (SIGINT/SIGTERM; on Windows Ctrl-C,
+//! Ctrl-Break, a closed console, logoff or shutdown) asks the roles to stop accepting and
+//! drain, a second one exits at once. SIGHUP re-reads files where the OS has it.
 
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::error::IoContext;
+use crate::sys::{RELOAD_REQUEST, ReloadRequests, StopRequests};
 
-/// Runs `reload` on every SIGHUP (systemd's `ExecReload`, certbot's deploy hooks).
+/// Runs `reload` on every reload request (systemd's `ExecReload`, certbot's deploy hooks).
+/// Where there is none (Windows), the certificate files' watch is the way to reload.
 pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context(|| "install SIGHUP handler")?;
+    let Some(mut hup) =
+        ReloadRequests::new().context(|| format!("install {RELOAD_REQUEST} handler"))?
+    else {
+        return Ok(());
+    };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             reload.reload().await;
@@ -21,38 +27,35 @@ pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
 /// The client has nothing to re-read: SIGHUP (sent to every unit by some service managers and
 /// by `systemctl reload`) is noted and otherwise ignored, instead of killing the process.
 pub fn ignore_hangup() -> Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context(|| "install SIGHUP handler")?;
+    let Some(mut hup) =
+        ReloadRequests::new().context(|| format!("install {RELOAD_REQUEST} handler"))?
+    else {
+        return Ok(());
+    };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             log::info!(
                 target: crate::logging::NOTICE,
-                "SIGHUP: the client has nothing to re-read; still running"
+                "{RELOAD_REQUEST}: the client has nothing to re-read; still running"
             );
         }
     });
     Ok(())
 }
 
-/// Installs the handlers (inside a runtime) and returns the token the first signal cancels.
+/// Installs the handlers (inside a runtime) and returns the token the first request cancels.
 pub fn on_signals() -> Result<CancellationToken> {
-    let mut int = signal(SignalKind::interrupt()).context(|| "install SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context(|| "install SIGTERM handler")?;
+    let mut stop = StopRequests::new().context(|| "install the stop signal handlers")?;
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = stop.recv().await;
         log::info!(
             target: crate::logging::NOTICE,
             "{name}: no longer accepting; draining live tunnels (signal again to exit now)"
         );
         cancel.cancel();
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        };
+        let name = stop.recv().await;
         log::warn!("{name} again: exiting without waiting for live tunnels");
         std::process::exit(1);
     });

@@ -138,33 +138,23 @@ pub fn check_name(name: &str) -> Result<()> {
 /// `dir` for a self-signed certificate; returns their paths and the fingerprint.
 pub fn write_self_signed(name: &str, dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
 
     check_name(name)?;
     if !dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
+        crate::sys::create_private_dir(dir)
             .map_err(|e| Error::io(format!("create -out {}", dir.display()), e))?;
     }
     let ss = self_signed(Some(name))?;
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
     let write = |path: &Path, mode: u32, data: &str| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::usage(format!(
-                    "{} exists and is not overwritten: remove it, or choose another -out",
-                    path.display()
-                )),
-                _ => Error::io(format!("write {}", path.display()), e),
-            })?;
+        let mut f = crate::sys::create_new_file(path, mode).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::usage(format!(
+                "{} exists and is not overwritten: remove it, or choose another -out",
+                path.display()
+            )),
+            _ => Error::io(format!("write {}", path.display()), e),
+        })?;
         f.write_all(data.as_bytes())
             .and_then(|_| f.sync_all())
             .map_err(|e| Error::io(format!("write {}", path.display()), e))

@@ -32,18 +32,15 @@ pub(super) fn host_allowed(host: &str, name: Option<&str>) -> bool {
 /// whether it was made now.
 pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool)> {
     use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     let ctx = || format!("controller token file {}", path.display());
     match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => {
-            let mode = std::fs::metadata(path)
-                .map_err(|e| crate::Error::io(ctx(), e))?
-                .mode();
-            if mode & 0o077 != 0 {
+            let meta = std::fs::metadata(path).map_err(|e| crate::Error::io(ctx(), e))?;
+            if let Some(mode) = crate::sys::mode_of(&meta).filter(|m| m & 0o077 != 0) {
                 return Err(crate::Error::usage(format!(
                     "{} may be read by others (mode {:o}): its token is no secret; run 'chmod 600 {}' (and change the token if others had it), or give -c-token",
                     ctx(),
-                    mode & 0o777,
+                    mode,
                     path.display()
                 )));
             }
@@ -59,24 +56,15 @@ pub fn load_or_make_token(path: &std::path::Path) -> crate::Result<(String, bool
         Err(e) => return Err(crate::Error::io(ctx(), e)),
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                crate::Error::io(
-                    format!("directory {} for the controller token", dir.display()),
-                    e,
-                )
-            })?;
+        crate::sys::create_private_dir(dir).map_err(|e| {
+            crate::Error::io(
+                format!("directory {} for the controller token", dir.display()),
+                e,
+            )
+        })?;
     }
     let token = hex::encode(crate::random::bytes::<32>()?);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| crate::Error::io(ctx(), e))?;
+    let mut f = crate::sys::create_new_file(path, 0o600).map_err(|e| crate::Error::io(ctx(), e))?;
     f.write_all(format!("{token}\n").as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| crate::Error::io(ctx(), e))?;

@@ -260,6 +260,6 @@ async fn bind_listen(
             }
             Listener::from(l)
         }
-        crate::config::Listen::Unix(p) => Listener::Unix(crate::transport::unix::bind_unix(p)?),
+        crate::config::Listen::Unix(p) => Listener::Unix(crate::sys::local::bind(p)?),
     })
 }

@@ -69,13 +69,14 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<PluginEnv
 }
 
 /// Splits `SS_PLUGIN_OPTIONS` into `(key, value)` pairs: items separated by `;`, key and value
-/// by the first `=`, backslash escapes `\;` `\=` `\\` (and any `\x` as `x`), spaces around
-/// keys and values trimmed, empty items skipped. A value may contain unescaped `=`.
+/// by the first `=`, backslash escapes `\;` `\=` `\\`; any other backslash is itself, so that
+/// a Windows path (`cert=C:\certs\a.pem`) means what it says. Spaces around keys and values
+/// trimmed, empty items skipped. A value may contain unescaped `=`.
 pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>> {
     let mut out = Vec::new();
     let mut key = String::new();
     let mut value: Option<String> = None;
-    let mut chars = s.chars();
+    let mut chars = s.chars().peekable();
     let flush = |key: &mut String, value: &mut Option<String>, out: &mut Vec<_>| -> Result<()> {
         let k = key.trim().to_string();
         let v = value.take().map(|v| v.trim().to_string());
@@ -94,10 +95,12 @@ pub fn parse_options(s: &str) -> Result<Vec<(String, Option<String>)>> {
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
-                let Some(next) = chars.next() else {
-                    return Err(Error::usage(
-                        "SS_PLUGIN_OPTIONS: ends with a lone backslash",
-                    ));
+                let next = match chars.peek() {
+                    Some(&e @ ('\\' | ';' | '=')) => {
+                        chars.next();
+                        e
+                    }
+                    _ => '\\',
                 };
                 match &mut value {
                     Some(v) => v.push(next),
@@ -275,7 +278,14 @@ mod tests {
         );
         assert_eq!(p("a\\\\b=c\\\\"), [kv("a\\b", Some("c\\"))]);
         assert_eq!(p(""), []);
-        assert!(parse_options("a=b\\").is_err());
+        // Any other backslash is itself: Windows paths, and one at the end.
+        assert_eq!(
+            p("cert=C:\\certs\\new\\a.pem;key=D:\\k\\"),
+            [
+                kv("cert", Some("C:\\certs\\new\\a.pem")),
+                kv("key", Some("D:\\k\\"))
+            ]
+        );
         assert!(parse_options("=x").is_err());
     }
 

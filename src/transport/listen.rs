@@ -3,7 +3,7 @@
 
 use std::io;
 
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::either::Either;
 
 /// A listening socket of either family.
@@ -11,7 +11,7 @@ pub enum Listener {
     /// TCP (made by `From<TcpListener>`, which tunes it).
     Tcp(Tuned),
     /// Unix stream socket.
-    Unix(super::unix::UnixBound),
+    Unix(crate::sys::local::Bound),
 }
 
 impl Listener {
@@ -26,7 +26,7 @@ impl Listener {
                 Ok((Either::Left(s), unmapped(peer).to_string()))
             }
             Listener::Unix(l) => {
-                let (s, _) = l.listener.accept().await?;
+                let s = l.accept().await?;
                 Ok((Either::Right(s), "unix".to_string()))
             }
         }
@@ -39,12 +39,7 @@ impl Listener {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_else(|e| e.to_string()),
-            Listener::Unix(l) => l
-                .listener
-                .local_addr()
-                .ok()
-                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
-                .unwrap_or_else(|| "unix socket".to_string()),
+            Listener::Unix(l) => l.name(),
         }
     }
 }
@@ -62,7 +57,7 @@ impl From<TcpListener> for Listener {
 }
 
 /// An accepted connection of either family; `Either` forwards vectored writes.
-pub type Stream = Either<TcpStream, UnixStream>;
+pub type Stream = Either<TcpStream, crate::sys::local::Stream>;
 
 impl Listener {
     /// A UDP socket on the address and port this (TCP) listener has, for `-udp`: the same
@@ -117,18 +112,19 @@ mod tests {
         };
         let _dialled = TcpStream::connect(addr).await.expect("connect");
         let (accepted, _) = l.accept().await.expect("accept");
-        let Either::Left(s) = accepted else {
-            panic!("a TCP connection")
+        let s = match accepted {
+            Either::Left(s) => s,
+            Either::Right(_) => panic!("a TCP connection"),
         };
         let sock = socket2::SockRef::from(&s);
         assert!(sock.tcp_nodelay().expect("TCP_NODELAY"), "TCP_NODELAY");
         assert!(sock.keepalive().expect("SO_KEEPALIVE"), "SO_KEEPALIVE");
-        assert_eq!(
-            sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
-            std::time::Duration::from_secs(15)
-        );
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
+            assert_eq!(
+                sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                std::time::Duration::from_secs(15)
+            );
             assert_eq!(sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 3);
             assert_eq!(
                 sock.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),

@@ -27,7 +27,6 @@ pub mod tcp;
 pub mod tickets;
 pub mod tls;
 pub mod udp;
-pub mod unix;
 pub mod ws;
 
 pub use accept::{Acceptor, Tunnel};

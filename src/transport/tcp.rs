@@ -21,11 +21,13 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Data unacknowledged this long ends the connection (TCP_USER_TIMEOUT), instead of the
 /// kernel's default of about 15 minutes of retransmissions.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Unsent bytes the kernel keeps queued for a socket before it stops taking more
 /// (TCP_NOTSENT_LOWAT). Without a limit the queue grows to the autotuned send buffer (MiBs)
 /// and a small exchange written behind a bulk transfer (a multiplexed sibling, an interactive
 /// tunnel) waits for all of it; bytes in flight are not limited by this.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 pub(crate) fn tune(stream: &TcpStream) {
@@ -234,7 +236,7 @@ fn bind_one(sa: SocketAddr, dual_stack: bool, fast_open: bool) -> io::Result<Tcp
     if sa.is_ipv6() && dual_stack {
         socket.set_only_v6(false)?;
     }
-    socket.set_reuse_address(true)?;
+    crate::sys::reuse_address(&socket)?;
     socket.set_nonblocking(true)?;
     socket.bind(&sa.into())?;
     if fast_open && let Err(e) = crate::sys::set_tcp_fastopen_listener(&socket, FAST_OPEN_QUEUE) {

@@ -366,21 +366,19 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         // The mode the operator gave the file itself (without set-id or sticky bits); a
         // symbolic link's target says nothing about who may read what is written here (the
         // link is replaced by the file), so then, as for a new file, 0600.
         let mode = match std::fs::symlink_metadata(file) {
-            Ok(m) if m.file_type().is_file() => m.permissions().mode() & 0o777,
+            Ok(m) if m.file_type().is_file() => crate::sys::mode_of(&m).unwrap_or(0o600),
             _ => 0o600,
         };
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))?;
+        crate::sys::set_mode(tmp.as_file(), mode)?;
         tmp.write_all(&json)?;
         tmp.as_file().sync_all()?;
         tmp.persist(file).map_err(|e| e.error)?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::sys::sync_dir(dir)
     };
     write().map_err(|e| Error::io(ctx(), e))
 }

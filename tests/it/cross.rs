@@ -1,14 +1,18 @@
-//! A cross-built mtt (another architecture, run under qemu-user) against the native one: each
-//! end emulated in turn, in tls and wss+mux mode, data hashed both ways. These need the
-//! cross-built binary, so plain `cargo test` lists them as ignored; `packaging/test-cross
-//! TARGET` builds it and runs them with `MTT_CROSS="qemu-aarch64 path/to/mtt"`.
+//! A foreign build of mtt against the native one on loopback: another architecture under
+//! qemu-user, or Windows (`mtt.exe`) under Wine. Each end foreign in turn in tls, wss, mux and
+//! wss+mux, eight transfers at once hashed both ways; SIP003 plugins started as a host starts
+//! them (environment only, link names, TCP and UDP); `mtt cert` writing files; a mu-server
+//! keeping its users file and token; a graceful stop. These need the foreign binary, so plain
+//! `cargo test` lists them as ignored; `packaging/test-cross TARGET` builds it and runs them
+//! with `MTT_CROSS="RUNNER path/to/mtt"` (`qemu-aarch64 …/mtt`, `wine …/mtt.exe`).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
 
-/// The emulator and the cross-built binary, from `MTT_CROSS`.
+/// The runner and the foreign binary, from `MTT_CROSS`.
 fn cross() -> (PathBuf, PathBuf) {
     let spec = std::env::var("MTT_CROSS").unwrap_or_else(|_| {
         panic!("MTT_CROSS is not set: run these through packaging/test-cross TARGET")
@@ -16,75 +20,139 @@ fn cross() -> (PathBuf, PathBuf) {
     let mut parts = spec.split_whitespace();
     match (parts.next(), parts.next(), parts.next()) {
         (Some(runner), Some(bin), None) => (runner.into(), bin.into()),
-        _ => panic!("MTT_CROSS must be 'EMULATOR BINARY', not '{spec}'"),
+        _ => panic!("MTT_CROSS must be 'RUNNER BINARY', not '{spec}'"),
     }
 }
 
-/// One end of a tunnel: the native binary, or the cross-built one under its emulator.
-fn spawn(emulated: bool, args: &[&str]) -> Proc {
-    if emulated {
-        let (runner, bin) = cross();
-        let bin = path_str(&bin);
-        let mut all = vec![bin.as_str()];
-        all.extend_from_slice(args);
-        Proc::spawn(&runner, &all)
+/// Whether the foreign binary is a Windows one.
+fn windows() -> bool {
+    cross().1.extension().is_some_and(|e| e == "exe")
+}
+
+/// `path` as the foreign binary names it: Wine's drive `Z:` is the Linux root.
+fn foreign_path(path: &Path) -> String {
+    let p = path_str(path);
+    if windows() {
+        format!("Z:{}", p.replace('/', "\\"))
+    } else {
+        p
+    }
+}
+
+/// The foreign binary under another name (a copy: Windows users copy `mtt.exe` to
+/// `mtt-client.exe`), in `dir`.
+fn foreign_named(dir: &Path, name: &str) -> PathBuf {
+    let (_, bin) = cross();
+    let to = dir.join(match windows() {
+        true => format!("{name}.exe"),
+        false => name.to_string(),
+    });
+    std::fs::copy(&bin, &to).expect("copy the foreign binary");
+    to
+}
+
+/// `program args…` with `env` added, under the runner.
+fn spawn_foreign(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let (runner, _) = cross();
+    let program = path_str(program);
+    let mut all = vec![program.as_str()];
+    all.extend_from_slice(args);
+    Proc::spawn_env(&runner, &all, env)
+}
+
+/// One end of a tunnel: the native binary, or the foreign one under its runner.
+fn spawn(foreign: bool, args: &[&str]) -> Proc {
+    if foreign {
+        spawn_foreign(&cross().1, args, &[])
     } else {
         Proc::spawn(&mtt_bin(), args)
     }
 }
 
-/// A server and a client (`emulated` says which one runs under the emulator) carrying four
-/// connections of 1 MiB each to an echo destination, each echoed back intact.
-async fn carry(emulated_server: bool, flags: &[&str]) {
+/// Eight connections at once through `local` to an echo destination, each of a different
+/// size about 1 MiB, each echoed back intact (SHA-256 both ways, half-close).
+async fn eight_transfers(local: SocketAddr) {
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let data = random_bytes(1024 * 1024 + i as usize * 977, i);
+        tasks.push(tokio::spawn(
+            async move { echo_roundtrip(local, &data).await },
+        ));
+    }
+    for t in tasks {
+        t.await.expect("a connection through the tunnel failed");
+    }
+}
+
+/// A server and a client, one of them foreign (`foreign_server` says which), started with
+/// `flags` each; returns both and the client's local address.
+async fn pair(foreign_server: bool, dest: SocketAddr, flags: &[&str]) -> (Proc, Proc, SocketAddr) {
+    let dest = dest.to_string();
+    let mut server_args = vec![
+        "server",
+        "-b",
+        "127.0.0.1:0",
+        "-d",
+        &dest,
+        "-n",
+        "127.0.0.1",
+    ];
+    server_args.extend_from_slice(flags);
+    let mut server = spawn(foreign_server, &server_args);
+    let addr = server.listening_addr().await.to_string();
+    let pin = server.pin().await;
+    let mut client_args = vec![
+        "client",
+        "-b",
+        "127.0.0.1:0",
+        "-s",
+        &addr,
+        "-n",
+        "127.0.0.1",
+    ];
+    client_args.extend_from_slice(&["-cert-sha256", &pin]);
+    client_args.extend_from_slice(flags);
+    let mut client = spawn(!foreign_server, &client_args);
+    let local = client.listening_addr().await;
+    (server, client, local)
+}
+
+/// [`pair`] carrying [`eight_transfers`].
+async fn carry(foreign_server: bool, flags: &[&str]) {
     bounded(async {
         let echo = echo_server().await;
-        let dest = echo.to_string();
-        let mut server_args = vec![
-            "server",
-            "-b",
-            "127.0.0.1:0",
-            "-d",
-            &dest,
-            "-n",
-            "127.0.0.1",
-        ];
-        server_args.extend_from_slice(flags);
-        let mut server = spawn(emulated_server, &server_args);
-        let addr = server.listening_addr().await.to_string();
-        let pin = server.pin().await;
-        let mut client_args = vec![
-            "client",
-            "-b",
-            "127.0.0.1:0",
-            "-s",
-            &addr,
-            "-n",
-            "127.0.0.1",
-            "-cert-sha256",
-            &pin,
-        ];
-        client_args.extend_from_slice(flags);
-        let mut client = spawn(!emulated_server, &client_args);
-        let local = client.listening_addr().await;
-        let mut tasks = Vec::new();
-        for i in 0..4u64 {
-            let data = random_bytes(1024 * 1024 + i as usize * 977, i);
-            tasks.push(tokio::spawn(
-                async move { echo_roundtrip(local, &data).await },
-            ));
-        }
-        for t in tasks {
-            t.await.expect("a connection through the tunnel failed");
-        }
+        let (_server, _client, local) = pair(foreign_server, echo, flags).await;
+        eight_transfers(local).await;
     })
     .await;
 }
 
-const WSS_MUX: &[&str] = &["-wss", "-wss-path", "/cross", "-mux"];
+macro_rules! both_ways {
+    ($($foreign_server:ident, $foreign_client:ident: $flags:expr;)*) => {$(
+        #[tokio::test]
+        #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+        async fn $foreign_server() {
+            carry(true, $flags).await;
+        }
+
+        #[tokio::test]
+        #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+        async fn $foreign_client() {
+            carry(false, $flags).await;
+        }
+    )*};
+}
+
+both_ways! {
+    foreign_server_tls, foreign_client_tls: &[];
+    foreign_server_wss, foreign_client_wss: &["-wss", "-wss-path", "/cross"];
+    foreign_server_mux, foreign_client_mux: &["-mux"];
+    foreign_server_wss_mux, foreign_client_wss_mux: &["-wss", "-wss-path", "/cross", "-mux"];
+}
 
 #[tokio::test]
-#[ignore = "needs a cross-built binary: packaging/test-cross TARGET runs it"]
-async fn version_under_emulation() {
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn version_of_the_foreign_binary() {
     let (runner, bin) = cross();
     let out = tokio::time::timeout(
         Duration::from_secs(60),
@@ -95,36 +163,271 @@ async fn version_under_emulation() {
     )
     .await
     .expect("-version within 60 s")
-    .expect("run the emulator");
+    .expect("run the runner");
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.trim(),
         format!("mtt {}", env!("CARGO_PKG_VERSION")),
-        "the cross-built binary is of another version"
+        "the foreign binary is of another version"
     );
 }
 
-#[tokio::test]
-#[ignore = "needs a cross-built binary: packaging/test-cross TARGET runs it"]
-async fn emulated_server_native_client_tls() {
-    carry(true, &[]).await;
+/// The SIP003 variables a host sets for a plugin: listen on `local`, reach `remote`.
+fn sip003_env(remote: SocketAddr, local: SocketAddr, options: &str) -> Vec<(String, String)> {
+    vec![
+        ("SS_REMOTE_HOST".into(), remote.ip().to_string()),
+        ("SS_REMOTE_PORT".into(), remote.port().to_string()),
+        ("SS_LOCAL_HOST".into(), local.ip().to_string()),
+        ("SS_LOCAL_PORT".into(), local.port().to_string()),
+        ("SS_PLUGIN_OPTIONS".into(), options.into()),
+    ]
 }
 
-#[tokio::test]
-#[ignore = "needs a cross-built binary: packaging/test-cross TARGET runs it"]
-async fn native_server_emulated_client_tls() {
-    carry(false, &[]).await;
+/// A plugin started by path with the environment only (no arguments), as hosts start them.
+fn plugin(program: &Path, foreign: bool, env: &[(String, String)]) -> Proc {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if foreign {
+        spawn_foreign(program, &[], &env)
+    } else {
+        Proc::spawn_env(program, &[], &env)
+    }
 }
 
-#[tokio::test]
-#[ignore = "needs a cross-built binary: packaging/test-cross TARGET runs it"]
-async fn emulated_server_native_client_wss_mux() {
-    carry(true, WSS_MUX).await;
+/// TCP and UDP echo destinations on one port, as SIP003u's server side expects.
+async fn tcp_and_udp_echo() -> SocketAddr {
+    loop {
+        let tcp = echo_server().await;
+        if let Ok(udp) = tokio::net::UdpSocket::bind(tcp).await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                    let _ = udp.send_to(&buf[..n], from).await;
+                }
+            });
+            return tcp;
+        }
+    }
 }
 
+/// Datagrams of several sizes sent to `to` until each comes back intact (UDP may lose one).
+async fn udp_echoed(to: SocketAddr) {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut buf = vec![0u8; 65_536];
+    for (i, size) in [1usize, 1200, 8000].into_iter().enumerate() {
+        let data = random_bytes(size, 40 + i as u64);
+        loop {
+            sock.send_to(&data, to).await.expect("send");
+            let got = tokio::time::timeout(Duration::from_millis(500), sock.recv_from(&mut buf));
+            if let Ok(r) = got.await {
+                let (n, _) = r.expect("recv");
+                assert_eq!(sha256(&buf[..n]), sha256(&data), "datagram of {size} bytes");
+                break;
+            }
+        }
+    }
+}
+
+/// SIP003: each plugin started by its link name with the host's variables only; a foreign
+/// `mtt-client` with a native `mtt-server` (tls), then a native client with a foreign server
+/// (wss+mux); TCP hashed both ways and UDP datagrams (SIP003u) through each pair.
 #[tokio::test]
-#[ignore = "needs a cross-built binary: packaging/test-cross TARGET runs it"]
-async fn native_server_emulated_client_wss_mux() {
-    carry(false, WSS_MUX).await;
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn sip003_plugins_started_by_a_host() {
+    bounded(async {
+        let (_links, native_client, native_server) = links();
+        let copies = tempfile::tempdir().expect("tmp");
+        let foreign_client = foreign_named(copies.path(), "mtt-client");
+        let foreign_server = foreign_named(copies.path(), "mtt-server");
+        let (_certs, cert, key, fp) = self_signed_files("localhost");
+        for (foreign_is_server, mode) in [(false, ""), (true, "wss;wss-path=/sip;mux")] {
+            let dest = tcp_and_udp_echo().await;
+            let server_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+            let client_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("a");
+            let (cert, key) = match foreign_is_server {
+                true => (foreign_path(&cert), foreign_path(&key)),
+                false => (path_str(&cert), path_str(&key)),
+            };
+            let server_bin = if foreign_is_server {
+                &foreign_server
+            } else {
+                &native_server
+            };
+            let client_bin = if foreign_is_server {
+                &native_client
+            } else {
+                &foreign_client
+            };
+            let with_mode = |o: String| {
+                if mode.is_empty() {
+                    o
+                } else {
+                    format!("{o};{mode}")
+                }
+            };
+            let mut server = plugin(
+                server_bin,
+                foreign_is_server,
+                &sip003_env(
+                    server_at,
+                    dest,
+                    &with_mode(format!("cert={cert};key={key}")),
+                ),
+            );
+            let mut client = plugin(
+                client_bin,
+                !foreign_is_server,
+                &sip003_env(
+                    server_at,
+                    client_at,
+                    &with_mode(format!("n=localhost;cert-sha256={fp}")),
+                ),
+            );
+            assert_eq!(server.listening_addr().await, server_at);
+            assert_eq!(client.listening_addr().await, client_at);
+            eight_transfers(client_at).await;
+            udp_echoed(client_at).await;
+        }
+    })
+    .await;
+}
+
+/// `mtt cert` of the foreign binary writes a certificate and key (never over existing files)
+/// that a native server serves and a native client pins by the printed fingerprint.
+#[tokio::test]
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn cert_files_written_by_the_foreign_binary_serve() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let out = dir.path().join("new dir");
+        let written = |expect_ok: bool| {
+            let out = foreign_path(&out);
+            async move {
+                let mut p = spawn(true, &["cert", "-n", "localhost", "-out", &out]);
+                let code = p.exit().await.code();
+                let lines = p.all_lines().await;
+                assert_eq!(code == Some(0), expect_ok, "{lines:?}");
+                lines
+            }
+        };
+        let lines = written(true).await;
+        let pin = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("SHA-256: "))
+            .expect("the fingerprint printed")
+            .to_string();
+        let cert = out.join("localhost.crt");
+        let key = out.join("localhost.key");
+        assert!(
+            std::fs::read_to_string(&cert)
+                .expect("crt")
+                .contains("BEGIN CERTIFICATE")
+        );
+        let again = written(false).await;
+        assert!(
+            again.iter().any(|l| l.contains("localhost.key")),
+            "{again:?}"
+        );
+
+        let echo = echo_server().await.to_string();
+        let (cert, key) = (path_str(&cert), path_str(&key));
+        let mut server = Proc::server(&echo, &["-cert", &cert, "-key", &key]);
+        let addr = server.listening_addr().await.to_string();
+        let mut client = Proc::client_named(&addr, "localhost", &pin, &[]);
+        let local = client.listening_addr().await;
+        echo_roundtrip(local, &random_bytes(300_000, 7)).await;
+    })
+    .await;
+}
+
+/// A foreign mu-server: its controller's token made into a file beside the users file, users
+/// added, replaced and removed through the REST API, each change rewriting the users file
+/// whole (over the previous one), and a native client carried through the user's path.
+#[tokio::test]
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn foreign_mu_server_keeps_its_users_file() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let users = dir.path().join("users.json");
+        let mut mu = spawn(
+            true,
+            &[
+                "mu-server",
+                "-b",
+                "127.0.0.1:0",
+                "-c",
+                "127.0.0.1:0",
+                "-n",
+                "127.0.0.1",
+            ]
+            .into_iter()
+            .chain(["-users-file", &foreign_path(&users)])
+            .collect::<Vec<_>>(),
+        );
+        let data = mu.listening_addr().await.to_string();
+        let pin = mu.pin().await;
+        let control = mu.addr_after("controller on ").await;
+        mu.wait_line("controller's token is in").await;
+        let token = std::fs::read_to_string(dir.path().join("controller.token")).expect("token");
+        let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+        let echo = echo_server().await;
+        let saved = || std::fs::read_to_string(&users).expect("users file");
+        for dst in [dead_addr(), echo] {
+            let body = format!("{{\"dst\":\"{dst}\"}}");
+            let (code, text) =
+                http_request(control, "PUT", "/v1/users/alice", &auth, body.as_bytes()).await;
+            assert_eq!(code, 200, "{text}");
+            assert!(saved().contains(&dst.to_string()), "{}", saved());
+        }
+        let flags = ["-wss", "-wss-path", "/alice"];
+        let mut client = Proc::client(&data, &pin, &flags);
+        eight_transfers(client.listening_addr().await).await;
+        let (code, text) = http_request(control, "DELETE", "/v1/users/alice", &auth, b"").await;
+        assert_eq!(code, 200, "{text}");
+        assert!(!saved().contains("alice"), "{}", saved());
+    })
+    .await;
+}
+
+/// A stop request (SIGINT; under Wine, Ctrl-C) to a foreign server: it stops accepting,
+/// the live tunnel finishes intact, and it exits with status 0.
+#[tokio::test]
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn a_foreign_server_drains_and_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    bounded(async {
+        let echo = echo_server().await;
+        let (mut server, _client, local) = pair(true, echo, &[]).await;
+        let data = random_bytes(2 * 1024 * 1024, 9);
+        let mut live = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        let (head, tail) = data.split_at(1024);
+        live.write_all(head).await.expect("write");
+        let mut back = vec![0u8; head.len()];
+        live.read_exact(&mut back).await.expect("the tunnel is up");
+        server.signal("INT");
+        server.wait_line("draining live tunnels").await;
+        let (mut r, mut w) = live.into_split();
+        let send = async move {
+            w.write_all(tail)
+                .await
+                .expect("write after the stop request");
+            w.shutdown().await.expect("shutdown");
+        };
+        let recv = async move {
+            r.read_to_end(&mut back).await.expect("read");
+            back
+        };
+        let ((), back) = tokio::join!(send, recv);
+        assert_eq!(
+            sha256(&back),
+            sha256(&data),
+            "the live tunnel after the stop request"
+        );
+        assert_eq!(server.exit().await.code(), Some(0));
+    })
+    .await;
 }

@@ -1,6 +1,8 @@
 //! The integration tests, one binary (one link step): each module is a capability, tested
 //! through real sockets, real TLS and the real peers users meet; `common` holds what they
-//! share.
+//! share. They run on a Linux host: Windows builds are tested from there, under Wine
+//! (`windows`, through `packaging/test-cross`).
+#![cfg(unix)]
 
 mod common;
 

@@ -107,26 +107,19 @@ pub(super) fn challenge_cert(
 }
 
 pub(super) fn create_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    crate::sys::create_private_dir(dir)
         .map_err(|e| Error::io(format!("-acme-dir: create {}", dir.display()), e))
 }
 
 /// Replaces `path` whole with `data`, readable by the owner only.
 pub(super) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let fail = |e: std::io::Error| Error::io(format!("-acme-dir: write {}", path.display()), e);
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(fail)?;
+    crate::sys::set_mode(tmp.as_file(), 0o600).map_err(fail)?;
     tmp.write_all(data).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
     tmp.persist(path).map_err(|e| fail(e.error))?;

@@ -1,20 +1,18 @@
-//! A UDP socket that the runtime wakes for arriving datagrams only. A socket registered for
-//! writability too (as `tokio::net::UdpSocket` is) gets an edge-triggered "writable" event
-//! for every datagram the kernel sends off, which wakes an idle worker thread per datagram;
-//! here sends are plain non-blocking calls, and writability is waited for (through a second
-//! descriptor of the same socket) only when the send buffer is actually full.
+//! A UDP socket that the runtime wakes for arriving datagrams only (on Unix; see
+//! `sys::UdpIo`): sends are plain non-blocking calls that wait for room only when the send
+//! buffer is full; bursts go down in one call where the kernel segments them (GSO) and come up
+//! several per call (`recvmmsg`).
 
-use std::io::{self, IoSlice};
+use std::io;
+#[cfg(target_os = "linux")]
+use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
 /// A non-blocking UDP socket, readable through the runtime, written directly.
 #[derive(Debug)]
 pub struct Socket {
-    fd: AsyncFd<UdpSocket>,
+    fd: crate::sys::UdpIo,
     /// Whether sending several datagrams in one call (UDP GSO) still works on this socket.
     gso: AtomicBool,
 }
@@ -41,9 +39,8 @@ const MAX_SEGMENTED: usize = 65_000;
 impl Socket {
     /// Takes over a bound (maybe connected) socket.
     pub fn from_std(sock: UdpSocket) -> io::Result<Self> {
-        sock.set_nonblocking(true)?;
         Ok(Socket {
-            fd: crate::sys::register_udp(sock, Interest::READABLE)?,
+            fd: crate::sys::UdpIo::new(sock)?,
             gso: AtomicBool::new(cfg!(target_os = "linux")),
         })
     }
@@ -72,32 +69,28 @@ impl Socket {
     /// Waits for a datagram from the connected peer.
     #[cfg(test)]
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fd.async_io(Interest::READABLE, |s| s.recv(buf)).await
+        self.fd.read(|s| s.recv(buf)).await
     }
 
     /// Waits until a datagram (or an error) waits to be taken with [`Socket::try_recv`].
     pub async fn readable(&self) -> io::Result<()> {
-        self.fd.readable().await.map(|_| ())
+        self.fd.readable().await
     }
 
     /// A datagram already waiting, if any (`WouldBlock` if none).
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fd.try_io(Interest::READABLE, |s| s.recv(buf))
+        self.fd.try_read(|s| s.recv(buf))
     }
 
     /// Waits for a datagram from anyone.
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.fd
-            .async_io(Interest::READABLE, |s| s.recv_from(buf))
-            .await
+        self.fd.read(|s| s.recv_from(buf)).await
     }
 
     /// Waits for datagrams from anyone and takes as many as are waiting, up to the batch's
     /// room, in one call where the system allows (`recvmmsg`).
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
-        self.fd
-            .async_io(Interest::READABLE, |s| batch.fill(s))
-            .await
+        self.fd.read(|s| batch.fill(s)).await
     }
 
     /// Sends `buf` to the connected peer.
@@ -155,15 +148,9 @@ impl Socket {
         Ok(())
     }
 
-    /// Runs `op` at once; only if the send buffer is full does it wait for room, through a
-    /// descriptor registered for writability for that wait alone.
+    /// Runs `op` at once; only if the send buffer is full does it wait for room.
     async fn write(&self, op: impl Fn(&UdpSocket) -> io::Result<usize>) -> io::Result<usize> {
-        match op(self.fd.get_ref()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-        let twin = crate::sys::register_udp(self.fd.get_ref().try_clone()?, Interest::WRITABLE)?;
-        twin.async_io(Interest::WRITABLE, |s| op(s)).await
+        self.fd.write(op).await
     }
 }
 

@@ -10,14 +10,32 @@ use tokio::net::UnixListener;
 use crate::error::IoContext;
 use crate::{Error, Result};
 
+/// A connection accepted on a Unix socket.
+pub type Stream = tokio::net::UnixStream;
+
 /// A bound Unix listener; the socket file it made (if any) is removed when it is dropped.
-pub struct UnixBound {
-    /// The listener.
-    pub listener: UnixListener,
+pub struct Bound {
+    listener: UnixListener,
     file: Option<PathBuf>,
 }
 
-impl Drop for UnixBound {
+impl Bound {
+    /// Accepts one connection.
+    pub async fn accept(&self) -> io::Result<Stream> {
+        self.listener.accept().await.map(|(s, _)| s)
+    }
+
+    /// The socket's path, for logs.
+    pub fn name(&self) -> String {
+        self.listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "unix socket".to_string())
+    }
+}
+
+impl Drop for Bound {
     fn drop(&mut self) {
         if let Some(f) = &self.file
             && let Err(e) = std::fs::remove_file(f)
@@ -31,11 +49,11 @@ impl Drop for UnixBound {
 /// Binds a Unix stream socket. `@name` is a Linux abstract socket. An existing socket file at
 /// `path` is replaced if nothing listens on it; a live one, or anything that is not a socket,
 /// is left alone and reported.
-pub fn bind_unix(path: &str) -> Result<UnixBound> {
+pub fn bind(path: &str) -> Result<Bound> {
     let ctx = || format!("listen on unix socket {path}");
     if let Some(name) = path.strip_prefix('@') {
         let listener = bind_abstract(name).context(ctx)?;
-        return Ok(UnixBound {
+        return Ok(Bound {
             listener,
             file: None,
         });
@@ -61,7 +79,7 @@ pub fn bind_unix(path: &str) -> Result<UnixBound> {
         Err(e) => return Err(Error::io(ctx(), e)),
     }
     let listener = UnixListener::bind(path).context(ctx)?;
-    Ok(UnixBound {
+    Ok(Bound {
         listener,
         file: Some(PathBuf::from(path)),
     })

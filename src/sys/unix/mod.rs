@@ -1,9 +1,27 @@
-//! Socket calls that neither socket2, nix nor tokio offers safely: the one place of the crate
-//! with unsafe code.
+//! Unix (Linux, Android): socket calls that neither socket2, nix nor tokio offers safely, the
+//! runtime's registration of UDP sockets, and the Unix parts of the interface (`local`,
+//! `protect`, `process`).
 #![allow(unsafe_code)]
 
 use std::io;
+use std::net::UdpSocket;
 use std::os::fd::{AsFd, AsRawFd};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+pub mod local;
+mod process;
+mod protect;
+
+pub use process::*;
+pub use protect::{check_protect, protect};
+
+/// Allows a listener to bind a port that connections of an earlier one still linger on
+/// (TIME_WAIT), as every Unix server does.
+pub fn reuse_address(sock: &socket2::Socket) -> io::Result<()> {
+    sock.set_reuse_address(true)
+}
 
 /// Enables TCP fast open on a listening socket (Linux `TCP_FASTOPEN`, with a queue of
 /// pending fast-open requests of `queue`).
@@ -88,16 +106,57 @@ pub fn tcp_rtt(_fd: &impl AsFd) -> io::Result<std::time::Duration> {
     ))
 }
 
-/// Registers a UDP socket with the runtime for `interest` only (tokio's own `UdpSocket` always
-/// asks for readability and writability both).
-pub fn register_udp(
-    sock: std::net::UdpSocket,
-    interest: tokio::io::Interest,
-) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+/// A non-blocking UDP socket that the runtime wakes for arriving datagrams only: registered
+/// for readability alone (tokio's own `UdpSocket` asks for writability too, and gets an
+/// edge-triggered event, a worker's wake-up, for every datagram the kernel sends off). Sends
+/// are plain non-blocking calls; only when the send buffer is full is writability waited for,
+/// through a second descriptor of the same socket registered for that wait alone.
+#[derive(Debug)]
+pub struct UdpIo(AsyncFd<UdpSocket>);
+
+impl UdpIo {
+    /// Takes over `sock` (made non-blocking here).
+    pub fn new(sock: UdpSocket) -> io::Result<Self> {
+        sock.set_nonblocking(true)?;
+        register_udp(sock, Interest::READABLE).map(UdpIo)
+    }
+
+    /// The socket, for calls that do not wait.
+    pub fn get_ref(&self) -> &UdpSocket {
+        self.0.get_ref()
+    }
+
+    /// Waits until something can be received.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.0.readable().await.map(|_| ())
+    }
+
+    /// Runs the receiving `op` once; `WouldBlock` if nothing is waiting.
+    pub fn try_read<R>(&self, op: impl FnMut(&UdpSocket) -> io::Result<R>) -> io::Result<R> {
+        self.0.try_io(Interest::READABLE, op)
+    }
+
+    /// Runs the receiving `op` until it finds something.
+    pub async fn read<R>(&self, op: impl FnMut(&UdpSocket) -> io::Result<R>) -> io::Result<R> {
+        self.0.async_io(Interest::READABLE, op).await
+    }
+
+    /// Runs the sending `op` at once; only if the send buffer is full does it wait for room.
+    pub async fn write<R>(&self, op: impl Fn(&UdpSocket) -> io::Result<R>) -> io::Result<R> {
+        match op(self.0.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        let twin = register_udp(self.0.get_ref().try_clone()?, Interest::WRITABLE)?;
+        twin.async_io(Interest::WRITABLE, |s| op(s)).await
+    }
+}
+
+/// Registers a UDP socket with the runtime for `interest` only.
+fn register_udp(sock: UdpSocket, interest: Interest) -> io::Result<AsyncFd<UdpSocket>> {
     // SAFETY: a `std::net::UdpSocket` owns its descriptor: it stays open, and `as_raw_fd`
     // returns that same descriptor, until the socket (moved into the `AsyncFd`) is dropped.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, interest) }
-        .map_err(|e| e.into_parts().1)
+    unsafe { AsyncFd::register_with_interest(sock, interest) }.map_err(|e| e.into_parts().1)
 }
 
 #[cfg(all(test, target_os = "linux"))]
