@@ -100,6 +100,12 @@ pub fn top_help() -> String {
     )
 }
 
+/// Runs the process with its own arguments (as a Windows service, when the service manager
+/// started it); returns the exit code.
+pub fn entry() -> i32 {
+    crate::sys::as_service_or(|| main(std::env::args_os().collect()))
+}
+
 /// Runs the process; returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
     let argv: Vec<String> = match args.into_iter().map(OsString::into_string).collect() {

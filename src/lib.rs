@@ -32,4 +32,4 @@ pub use error::{Error, Result};
 
 /// The version printed by `mtt --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub use cmd::main;
+pub use cmd::{entry, main};

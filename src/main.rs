@@ -1,4 +1,5 @@
-//! Entry point of the `mtt` binary: hands argv to [`mtt::main`] and exits with its code.
+//! Entry point of the `mtt` binary: runs [`mtt::entry`] (argv; a Windows service when
+//! started as one) and exits with its code.
 #![forbid(unsafe_code)]
 
 /// mimalloc rather than glibc's malloc: yamux allocates a fresh buffer of up to 256 KiB for
@@ -9,5 +10,5 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    std::process::exit(mtt::main(std::env::args_os().collect()));
+    std::process::exit(mtt::entry());
 }

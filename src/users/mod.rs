@@ -377,7 +377,8 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         crate::sys::set_mode(tmp.as_file(), mode)?;
         tmp.write_all(&json)?;
         tmp.as_file().sync_all()?;
-        tmp.persist(file).map_err(|e| e.error)?;
+        tmp.persist(file)
+            .map_err(|e| crate::sys::replace_error(e.error))?;
         crate::sys::sync_dir(dir)
     };
     write().map_err(|e| Error::io(ctx(), e))

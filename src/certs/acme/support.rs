@@ -122,7 +122,8 @@ pub(super) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     crate::sys::set_mode(tmp.as_file(), 0o600).map_err(fail)?;
     tmp.write_all(data).map_err(fail)?;
     tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path).map_err(|e| fail(e.error))?;
+    tmp.persist(path)
+        .map_err(|e| fail(crate::sys::replace_error(e.error)))?;
     Ok(())
 }
 

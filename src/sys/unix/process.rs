@@ -8,6 +8,11 @@ use std::path::Path;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+/// Runs `main`: Unix has no service manager to speak to first (systemd needs nothing).
+pub fn as_service_or(main: fn() -> i32) -> i32 {
+    main()
+}
+
 /// The requests to stop: SIGINT and SIGTERM.
 pub struct StopRequests {
     int: Signal,
@@ -111,6 +116,11 @@ pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
 /// the OS keeps no such bits.
 pub fn mode_of(meta: &std::fs::Metadata) -> Option<u32> {
     Some(meta.mode() & 0o777)
+}
+
+/// A failed rename over a file, as it is: nothing else holds a file against it here.
+pub fn replace_error(e: io::Error) -> io::Error {
+    e
 }
 
 /// Makes a rename within `dir` durable (the directory's own entry list, fsync'd).

@@ -15,6 +15,9 @@ use tokio::io::Interest;
 use tokio::signal::windows::{CtrlBreak, CtrlC, CtrlClose, CtrlLogoff, CtrlShutdown};
 
 pub mod local;
+mod service;
+
+pub use service::as_service_or;
 
 /// Nothing: Windows's `SO_REUSEADDR` would let another socket take a port in use, and its
 /// listeners rebind a port that old connections linger on without it.
@@ -116,9 +119,9 @@ pub async fn protect(
     ))
 }
 
-/// The requests to stop: Ctrl-C and Ctrl-Break (a service wrapper's stop), the console
-/// closed, the user logging off, the system shutting down. For the last three Windows ends
-/// the process a few seconds after asking, drained or not.
+/// The requests to stop: Ctrl-C and Ctrl-Break (a service wrapper's stop), the service
+/// manager's stop, the console closed, the user logging off, the system shutting down. For
+/// the last three Windows ends the process a few seconds after asking, drained or not.
 pub struct StopRequests {
     c: CtrlC,
     brk: CtrlBreak,
@@ -144,6 +147,7 @@ impl StopRequests {
     pub async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.c.recv() => "Ctrl-C",
+            _ = service::STOP.notified() => "service stop",
             _ = self.brk.recv() => "Ctrl-Break",
             _ = self.close.recv() => "console closed",
             _ = self.logoff.recv() => "logoff",
@@ -200,6 +204,20 @@ pub fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
 /// Windows keeps no permission bits.
 pub fn mode_of(_meta: &std::fs::Metadata) -> Option<u32> {
     None
+}
+
+/// A failed rename over a file, with what usually causes it here: another program that holds
+/// the file open without letting others delete it.
+pub fn replace_error(e: io::Error) -> io::Error {
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{e}: another program holds it open (an editor, a backup or a virus scan); close it and make the change again"
+        ),
+    )
 }
 
 /// Nothing: a directory cannot be opened as a file here, and NTFS journals a rename itself.
