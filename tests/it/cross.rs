@@ -1,10 +1,12 @@
 //! A foreign build of mtt against the native one on loopback: another architecture under
 //! qemu-user, or Windows (`mtt.exe`) under Wine. Each end foreign in turn in tls, wss, mux and
 //! wss+mux, eight transfers at once hashed both ways; SIP003 plugins started as a host starts
-//! them (environment only, link names, TCP and UDP); `mtt cert` writing files; a mu-server
-//! keeping its users file and token; a graceful stop. These need the foreign binary, so plain
-//! `cargo test` lists them as ignored; `packaging/test-cross TARGET` builds it and runs them
-//! with `MTT_CROSS="RUNNER path/to/mtt"` (`qemu-aarch64 …/mtt`, `wine …/mtt.exe`).
+//! them (environment only, link names, TCP and UDP); `mtt cert` writing files; `mtt bench`; a
+//! mu-server keeping its users file and token; certificate files with Windows line endings
+//! reloaded when replaced; a graceful stop. What only Windows has is in `windows`. These
+//! need the foreign binary, so plain `cargo test` lists them as ignored;
+//! `packaging/test-cross TARGET` builds it and runs them with `MTT_CROSS="RUNNER
+//! path/to/mtt"` (`qemu-aarch64 …/mtt`, `wine …/mtt.exe`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use crate::common::*;
 
 /// The runner and the foreign binary, from `MTT_CROSS`.
-fn cross() -> (PathBuf, PathBuf) {
+pub(crate) fn cross() -> (PathBuf, PathBuf) {
     let spec = std::env::var("MTT_CROSS").unwrap_or_else(|_| {
         panic!("MTT_CROSS is not set: run these through packaging/test-cross TARGET")
     });
@@ -25,12 +27,12 @@ fn cross() -> (PathBuf, PathBuf) {
 }
 
 /// Whether the foreign binary is a Windows one.
-fn windows() -> bool {
+pub(crate) fn windows() -> bool {
     cross().1.extension().is_some_and(|e| e == "exe")
 }
 
 /// `path` as the foreign binary names it: Wine's drive `Z:` is the Linux root.
-fn foreign_path(path: &Path) -> String {
+pub(crate) fn foreign_path(path: &Path) -> String {
     let p = path_str(path);
     if windows() {
         format!("Z:{}", p.replace('/', "\\"))
@@ -52,7 +54,7 @@ fn foreign_named(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// `program args…` with `env` added, under the runner.
-fn spawn_foreign(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
+pub(crate) fn spawn_foreign(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let (runner, _) = cross();
     let program = path_str(program);
     let mut all = vec![program.as_str()];
@@ -61,7 +63,7 @@ fn spawn_foreign(program: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
 }
 
 /// One end of a tunnel: the native binary, or the foreign one under its runner.
-fn spawn(foreign: bool, args: &[&str]) -> Proc {
+pub(crate) fn spawn(foreign: bool, args: &[&str]) -> Proc {
     if foreign {
         spawn_foreign(&cross().1, args, &[])
     } else {
@@ -71,7 +73,7 @@ fn spawn(foreign: bool, args: &[&str]) -> Proc {
 
 /// Eight connections at once through `local` to an echo destination, each of a different
 /// size about 1 MiB, each echoed back intact (SHA-256 both ways, half-close).
-async fn eight_transfers(local: SocketAddr) {
+pub(crate) async fn eight_transfers(local: SocketAddr) {
     let mut tasks = Vec::new();
     for i in 0..8u64 {
         let data = random_bytes(1024 * 1024 + i as usize * 977, i);
@@ -174,7 +176,11 @@ async fn version_of_the_foreign_binary() {
 }
 
 /// The SIP003 variables a host sets for a plugin: listen on `local`, reach `remote`.
-fn sip003_env(remote: SocketAddr, local: SocketAddr, options: &str) -> Vec<(String, String)> {
+pub(crate) fn sip003_env(
+    remote: SocketAddr,
+    local: SocketAddr,
+    options: &str,
+) -> Vec<(String, String)> {
     vec![
         ("SS_REMOTE_HOST".into(), remote.ip().to_string()),
         ("SS_REMOTE_PORT".into(), remote.port().to_string()),
@@ -432,142 +438,74 @@ async fn a_foreign_server_drains_and_stops() {
     .await;
 }
 
-/// `RUNNER PROGRAM ARGS…` (Wine's own programs: `sc`, `cmd`), bounded; its status and output.
-async fn runner_output(args: &[&str]) -> (bool, String) {
-    let (runner, _) = cross();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::process::Command::new(&runner)
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{args:?} within 30 s"))
-    .expect("run the runner");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-/// Windows only: mtt.exe as a service of the service manager (`sc create`, `sc start`):
-/// it serves; `sc stop` drains it as Ctrl-C does (the live tunnel finishes intact) and the
-/// manager sees it stopped.
+/// `mtt bench` of the foreign binary: its own tunnels on loopback, every byte verified.
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
-async fn windows_service_stop_drains() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    assert!(
-        windows(),
-        "a Windows-only test: run it with a Windows binary"
-    );
+async fn bench_of_the_foreign_binary() {
     bounded(async {
-        let (_certs, cert, key, fp) = self_signed_files("127.0.0.1");
-        let echo = echo_server().await;
-        let port = free_port();
-        let name = format!("mtt-test-{port}");
-        let bin = foreign_path(&cross().1);
-        let command = format!(
-            "{bin} server -b 127.0.0.1:{port} -d {echo} -cert {} -key {}",
-            foreign_path(&cert),
-            foreign_path(&key)
+        let args = [
+            "bench", "-modes", "tls", "-size", "4", "-streams", "2", "-conns", "10",
+        ];
+        let mut p = spawn(true, &args);
+        assert_eq!(p.exit().await.code(), Some(0), "{:?}", p.all_lines().await);
+        let lines = p.all_lines().await;
+        assert!(lines.iter().any(|l| l.starts_with("tls ")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("all transfers verified")),
+            "{lines:?}"
         );
-        let (ok, text) = runner_output(&["sc", "create", &name, "binPath=", &command]).await;
-        assert!(ok, "sc create: {text}");
-        let served = async {
-            let (ok, text) = runner_output(&["sc", "start", &name]).await;
-            assert!(ok, "sc start: {text}");
-            let server = format!("127.0.0.1:{port}");
-            wait_listening(server.parse().expect("addr")).await;
-            let mut client = Proc::client(&server, &fp, &[]);
-            let local = client.listening_addr().await;
-            eight_transfers(local).await;
-            let data = random_bytes(1024 * 1024, 11);
-            let mut live = tokio::net::TcpStream::connect(local)
-                .await
-                .expect("connect");
-            let (head, tail) = data.split_at(1024);
-            live.write_all(head).await.expect("write");
-            let mut back = vec![0u8; head.len()];
-            live.read_exact(&mut back).await.expect("the tunnel is up");
-            let (ok, text) = runner_output(&["sc", "stop", &name]).await;
-            assert!(ok, "sc stop: {text}");
-            live.write_all(tail).await.expect("write after the stop");
-            live.shutdown().await.expect("shutdown");
-            live.read_to_end(&mut back).await.expect("read");
-            assert_eq!(
-                sha256(&back),
-                sha256(&data),
-                "the live tunnel after sc stop"
-            );
-            loop {
-                let (_, text) = runner_output(&["sc", "query", &name]).await;
-                if text.contains("STOPPED") {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        served.await;
-        let (ok, text) = runner_output(&["sc", "delete", &name]).await;
-        assert!(ok, "sc delete: {text}");
     })
     .await;
 }
 
-/// Windows only: a users file that another program holds open (sharing reading and writing,
-/// not deletion, as editors and scanners do) cannot be replaced: the change is refused with
-/// the file's name and what to do, and nothing is lost, on disk or in the table; once the
-/// file is let go, the same change is made.
+/// `text` with Windows line endings, as Notepad saves it.
+fn crlf(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\n', "\r\n")
+}
+
+/// A foreign server reads certificate files with Windows line endings, and reads them again
+/// when they are replaced (the file watch; no signal needed): new tunnels are served with the
+/// new certificate, which a client pinned to it accepts.
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
-async fn windows_a_users_file_held_open_refuses_the_change_and_keeps_both() {
-    assert!(
-        windows(),
-        "a Windows-only test: run it with a Windows binary"
-    );
-    let hold = std::env::var("MTT_WINE_HOLD").expect("MTT_WINE_HOLD: packaging/test-cross sets it");
+async fn foreign_server_reloads_replaced_certificate_files() {
     bounded(async {
         let dir = tempfile::tempdir().expect("tmp");
-        let users = dir.path().join("users.json");
-        let file = foreign_path(&users);
+        let (cert, key) = (dir.path().join("s.crt"), dir.path().join("s.key"));
+        let write = |name: &str| {
+            let ss = mtt::testing::certs::pem::self_signed(Some(name)).expect("cert");
+            // Beside, then renamed over: a renewal replaces the files whole.
+            for (path, text) in [(&key, &ss.key_pem), (&cert, &ss.cert_pem)] {
+                let tmp = path.with_extension("new");
+                std::fs::write(&tmp, crlf(text)).expect("write");
+                std::fs::rename(&tmp, path).expect("rename");
+            }
+            ss.cert_key.fingerprint()
+        };
+        let first = write("localhost");
+        let echo = echo_server().await.to_string();
+        let (c, k) = (foreign_path(&cert), foreign_path(&key));
         let args = [
-            "mu-server",
+            "server",
             "-b",
             "127.0.0.1:0",
-            "-c",
-            "127.0.0.1:0",
-            "-c-token",
-            "t",
+            "-d",
+            &echo,
+            "-cert",
+            &c,
+            "-key",
+            &k,
         ];
-        let mut mu = spawn(true, &[&args[..], &["-users-file", &file]].concat());
-        let control = mu.addr_after("controller on ").await;
-        let auth = "Authorization: Bearer t\r\n";
-        let put = |path: &'static str| async move {
-            let body = br#"{"dst":"127.0.0.1:9"}"#;
-            http_request(control, "PUT", &format!("/v1/users/{path}"), auth, body).await
-        };
-        assert_eq!(put("a").await.0, 200);
-        let before = std::fs::read_to_string(&users).expect("users file");
-        let (runner, _) = cross();
-        let mut holder = Proc::spawn(&runner, &[hold.as_str(), &file]);
-        holder.wait_line("held").await;
-        let (code, text) = put("b").await;
-        assert_eq!(code, 500, "{text}");
-        assert!(
-            text.contains("users.json") && text.contains("holds it open"),
-            "{text}"
-        );
-        assert_eq!(std::fs::read_to_string(&users).expect("users file"), before);
-        let (_, list) = http_request(control, "GET", "/v1/users", auth, b"").await;
-        assert!(list.contains("/a") && !list.contains("/b"), "{list}");
-        drop(holder.child.stdin.take());
-        assert_eq!(holder.exit().await.code(), Some(0));
-        assert_eq!(put("b").await.0, 200);
-        let after = std::fs::read_to_string(&users).expect("users file");
-        assert!(after.contains("/a") && after.contains("/b"), "{after}");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
-        assert_eq!(left.len(), 1, "only the users file: {left:?}");
+        let mut server = spawn(true, &args);
+        let addr = server.listening_addr().await.to_string();
+        let mut old = Proc::client_named(&addr, "localhost", &first, &[]);
+        echo_roundtrip(old.listening_addr().await, &random_bytes(100_000, 1)).await;
+        let second = write("localhost");
+        server.wait_line("reloaded").await;
+        let mut new = Proc::client_named(&addr, "localhost", &second, &[]);
+        echo_roundtrip(new.listening_addr().await, &random_bytes(100_000, 2)).await;
     })
     .await;
 }

@@ -27,5 +27,6 @@ mod smux;
 mod tunnel;
 mod udp;
 mod v2ray;
+mod windows;
 mod wire;
 mod ws;

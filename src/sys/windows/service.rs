@@ -1,7 +1,9 @@
 //! Windows: running as a service of the Service Control Manager (`sc.exe create NAME binPath=
 //! "C:\…\mtt.exe server …"`). The process says it runs, turns a stop (or the system's
 //! shutdown) into the same drain as Ctrl-C, and reports its exit code when it ends. Started
-//! from a console, the manager is not there and the program runs as usual.
+//! otherwise (its parent is not the manager's `services.exe`), it runs as usual without
+//! asking the manager anything: asking costs a console run seconds where the manager's pipe
+//! is busy.
 
 use std::ffi::OsString;
 use std::sync::OnceLock;
@@ -31,13 +33,65 @@ define_windows_service!(ffi_service_main, service_main);
 /// Runs `main` as a service when the manager started this process, else as it is; returns
 /// its exit code.
 pub fn as_service_or(main: fn() -> i32) -> i32 {
+    if !started_by_the_service_manager() {
+        return main();
+    }
     let _ = MAIN.set(main);
     // The name is ignored for a service that has its process to itself, as this one does.
     match service_dispatcher::start("mtt", ffi_service_main) {
         Ok(()) => CODE.load(Ordering::SeqCst),
-        // No manager to connect to (ERROR_FAILED_SERVICE_CONTROLLER_CONNECT): a console run.
+        // No manager to connect to after all (ERROR_FAILED_SERVICE_CONTROLLER_CONNECT).
         Err(_) => main(),
     }
+}
+
+/// Whether this process's parent is the service manager (`services.exe`), which starts
+/// services and nothing else.
+fn started_by_the_service_manager() -> bool {
+    let me = std::process::id();
+    let processes = processes();
+    processes
+        .iter()
+        .find(|(pid, _, _)| *pid == me)
+        .and_then(|(_, parent, _)| processes.iter().find(|(pid, _, _)| pid == parent))
+        .is_some_and(|(_, _, name)| name.eq_ignore_ascii_case("services.exe"))
+}
+
+/// Every process: (id, parent's id, executable's file name); empty if they cannot be listed.
+fn processes() -> Vec<(u32, u32, String)> {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+        CreateToolhelp32Snapshot, PROCESSENTRY32W, Process32FirstW, Process32NextW,
+        TH32CS_SNAPPROCESS,
+    };
+    // SAFETY: no pointer arguments; the result is checked before use.
+    let snap = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
+    if snap == INVALID_HANDLE_VALUE || snap.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: `snap` is a valid handle that nothing else owns; the OwnedHandle closes it.
+    let snap = unsafe { OwnedHandle::from_raw_handle(snap) };
+    let raw = std::os::windows::io::AsRawHandle::as_raw_handle(&snap);
+    // SAFETY: PROCESSENTRY32W is plain integers and arrays of them: all zeroes is valid.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    let mut out = Vec::new();
+    // SAFETY: `raw` is the live snapshot handle; `entry` is live, writable and of the size
+    // its dwSize says.
+    let mut more = unsafe { Process32FirstW(raw, &mut entry) } != 0;
+    while more {
+        let len = entry
+            .szExeFile
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(entry.szExeFile.len());
+        let name = String::from_utf16_lossy(&entry.szExeFile[..len]);
+        out.push((entry.th32ProcessID, entry.th32ParentProcessID, name));
+        // SAFETY: as for Process32FirstW.
+        more = unsafe { Process32NextW(raw, &mut entry) } != 0;
+    }
+    out
 }
 
 fn report(state: ServiceState, code: i32, hint: Duration) {
