@@ -402,40 +402,64 @@ async fn foreign_mu_server_keeps_its_users_file() {
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
 async fn a_foreign_server_drains_and_stops() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     bounded(async {
         let echo = echo_server().await;
         let (mut server, _client, local) = pair(true, echo, &[]).await;
-        let data = random_bytes(2 * 1024 * 1024, 9);
-        let mut live = tokio::net::TcpStream::connect(local)
-            .await
-            .expect("connect");
-        let (head, tail) = data.split_at(1024);
-        live.write_all(head).await.expect("write");
-        let mut back = vec![0u8; head.len()];
-        live.read_exact(&mut back).await.expect("the tunnel is up");
+        let live = LiveTunnel::open(local, 9).await;
         server.signal("INT");
         server.wait_line("draining live tunnels").await;
-        let (mut r, mut w) = live.into_split();
-        let send = async move {
-            w.write_all(tail)
-                .await
-                .expect("write after the stop request");
-            w.shutdown().await.expect("shutdown");
-        };
-        let recv = async move {
-            r.read_to_end(&mut back).await.expect("read");
-            back
-        };
-        let ((), back) = tokio::join!(send, recv);
-        assert_eq!(
-            sha256(&back),
-            sha256(&data),
-            "the live tunnel after the stop request"
-        );
+        live.finish("after the stop request").await;
         assert_eq!(server.exit().await.code(), Some(0));
     })
     .await;
+}
+
+/// A tunnel through `local` to an echo destination, up and carrying: its first KiB has come
+/// back. [`LiveTunnel::finish`] sends the rest of its 2 MiB, whatever happened meanwhile, and
+/// checks that all of it came back (SHA-256, half-close).
+pub(crate) struct LiveTunnel {
+    stream: tokio::net::TcpStream,
+    data: Vec<u8>,
+    back: Vec<u8>,
+}
+
+const LIVE_HEAD: usize = 1024;
+
+impl LiveTunnel {
+    pub(crate) async fn open(local: SocketAddr, seed: u64) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let data = random_bytes(2 * 1024 * 1024, seed);
+        let mut stream = tokio::net::TcpStream::connect(local)
+            .await
+            .expect("connect");
+        stream.write_all(&data[..LIVE_HEAD]).await.expect("write");
+        let mut back = vec![0u8; LIVE_HEAD];
+        stream
+            .read_exact(&mut back)
+            .await
+            .expect("the tunnel is up");
+        LiveTunnel { stream, data, back }
+    }
+
+    /// Sends the rest and checks the echo; `when` names the moment, for the failure.
+    pub(crate) async fn finish(self, when: &str) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let LiveTunnel {
+            stream,
+            data,
+            mut back,
+        } = self;
+        let (mut r, mut w) = stream.into_split();
+        let send = async {
+            w.write_all(&data[LIVE_HEAD..]).await.expect("write");
+            w.shutdown().await.expect("shutdown");
+        };
+        let recv = async {
+            r.read_to_end(&mut back).await.expect("read");
+        };
+        tokio::join!(send, recv);
+        assert_eq!(sha256(&back), sha256(&data), "the live tunnel {when}");
+    }
 }
 
 /// `mtt bench` of the foreign binary: its own tunnels on loopback, every byte verified.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::cross::{
-    cross, eight_transfers, foreign_path, sip003_env, spawn, spawn_foreign, windows,
+    LiveTunnel, cross, eight_transfers, foreign_path, sip003_env, spawn, spawn_foreign, windows,
 };
 use crate::common::*;
 
@@ -29,13 +29,12 @@ async fn runner_output(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// mtt.exe as a service of the service manager (`sc create`, `sc start`):
+/// `mtt.exe` as a service of the service manager (`sc create`, `sc start`):
 /// it serves; `sc stop` drains it as Ctrl-C does (the live tunnel finishes intact) and the
 /// manager sees it stopped.
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
 async fn service_stop_drains() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     assert!(
         windows(),
         "a Windows-only test: run it with a Windows binary"
@@ -61,24 +60,10 @@ async fn service_stop_drains() {
             let mut client = Proc::client(&server, &fp, &[]);
             let local = client.listening_addr().await;
             eight_transfers(local).await;
-            let data = random_bytes(1024 * 1024, 11);
-            let mut live = tokio::net::TcpStream::connect(local)
-                .await
-                .expect("connect");
-            let (head, tail) = data.split_at(1024);
-            live.write_all(head).await.expect("write");
-            let mut back = vec![0u8; head.len()];
-            live.read_exact(&mut back).await.expect("the tunnel is up");
+            let live = LiveTunnel::open(local, 11).await;
             let (ok, text) = runner_output(&["sc", "stop", &name]).await;
             assert!(ok, "sc stop: {text}");
-            live.write_all(tail).await.expect("write after the stop");
-            live.shutdown().await.expect("shutdown");
-            live.read_to_end(&mut back).await.expect("read");
-            assert_eq!(
-                sha256(&back),
-                sha256(&data),
-                "the live tunnel after sc stop"
-            );
+            live.finish("after sc stop").await;
             loop {
                 let (_, text) = runner_output(&["sc", "query", &name]).await;
                 if text.contains("STOPPED") {
@@ -94,7 +79,7 @@ async fn service_stop_drains() {
     .await;
 }
 
-/// a users file that another program holds open (sharing reading and writing,
+/// A users file that another program holds open (sharing reading and writing,
 /// not deletion, as editors and scanners do) cannot be replaced: the change is refused with
 /// the file's name and what to do, and nothing is lost, on disk or in the table; once the
 /// file is let go, the same change is made.
@@ -151,7 +136,7 @@ async fn a_users_file_held_open_refuses_the_change_and_keeps_both() {
     .await;
 }
 
-/// what exists only on Unix is refused at start with one line naming the flag
+/// What exists only on Unix is refused at start with one line naming the flag
 /// (exit 2), not half-run: `-bind-unix`, `-fwmark`, and the SIP003 option `V`.
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
