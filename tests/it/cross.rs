@@ -348,8 +348,9 @@ async fn cert_files_written_by_the_foreign_binary_serve() {
     .await;
 }
 
-/// A foreign mu-server: its controller's token made into a file beside the users file, users
-/// added, replaced and removed through the REST API, each change rewriting the users file
+/// A foreign mu-server: a users file with Windows line endings read, its controller's token
+/// made into a file beside the users file, users added, replaced and removed through the REST
+/// API, each change rewriting the users file
 /// whole (over the previous one), and a native client carried through the user's path.
 #[tokio::test]
 #[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
@@ -357,6 +358,9 @@ async fn foreign_mu_server_keeps_its_users_file() {
     bounded(async {
         let dir = tempfile::tempdir().expect("tmp");
         let users = dir.path().join("users.json");
+        // A file its operator wrote, with Windows line endings.
+        let bob = "[\n  {\n    \"path\": \"/bob\",\n    \"dst\": \"127.0.0.1:9\"\n  }\n]\n";
+        std::fs::write(&users, crlf(bob)).expect("users file");
         let mut mu = spawn(
             true,
             &[
@@ -379,6 +383,8 @@ async fn foreign_mu_server_keeps_its_users_file() {
         let token = std::fs::read_to_string(dir.path().join("controller.token")).expect("token");
         let auth = format!("Authorization: Bearer {}\r\n", token.trim());
         let echo = echo_server().await;
+        let (_, list) = http_request(control, "GET", "/v1/users", &auth, b"").await;
+        assert!(list.contains("/bob"), "{list}");
         let saved = || std::fs::read_to_string(&users).expect("users file");
         for dst in [dead_addr(), echo] {
             let body = format!("{{\"dst\":\"{dst}\"}}");
