@@ -219,10 +219,7 @@ pub async fn bind_for(flag: &str, addr: &HostPort, fast_open: bool) -> Result<Tc
         io::ErrorKind::AddrInUse => {
             " (another process holds the port: stop it, or choose another)".to_string()
         }
-        io::ErrorKind::PermissionDenied if addr.port < 1024 => format!(
-            " (port {} needs root or CAP_NET_BIND_SERVICE: the shipped systemd units grant it with AmbientCapabilities=; or listen on a port from 1024)",
-            addr.port
-        ),
+        io::ErrorKind::PermissionDenied => crate::sys::bind_denied_hint(addr.port),
         _ => String::new(),
     };
     Err(Error::io(format!("{}{hint}", ctx()), e))

@@ -17,6 +17,16 @@ mod protect;
 pub use process::*;
 pub use protect::{check_protect, protect};
 
+/// Why binding `port` may be refused, and what to do, for the error message.
+pub fn bind_denied_hint(port: u16) -> String {
+    if port >= 1024 {
+        return String::new();
+    }
+    format!(
+        " (port {port} needs root or CAP_NET_BIND_SERVICE: the shipped systemd units grant it with AmbientCapabilities=; or listen on a port from 1024)"
+    )
+}
+
 /// Allows a listener to bind a port that connections of an earlier one still linger on
 /// (TIME_WAIT), as every Unix server does.
 pub fn reuse_address(sock: &socket2::Socket) -> io::Result<()> {

@@ -19,6 +19,13 @@ mod service;
 
 pub use service::as_service_or;
 
+/// Why binding a port may be refused here, and what to do, for the error message: Windows
+/// has no privileged ports, but reserves ranges of them (Hyper-V, WinNAT) or lets a program
+/// hold one exclusively.
+pub fn bind_denied_hint(_port: u16) -> String {
+    " (Windows keeps this port for something else: 'netsh interface ipv4 show excludedportrange protocol=tcp' lists the reserved ranges; choose a port outside them)".to_string()
+}
+
 /// Nothing: Windows's `SO_REUSEADDR` would let another socket take a port in use, and its
 /// listeners rebind a port that old connections linger on without it.
 pub fn reuse_address(_sock: &socket2::Socket) -> io::Result<()> {
