@@ -95,8 +95,9 @@ pub fn top_help() -> String {
         Ok(_) => String::new(),
     };
     format!(
-        "{}\nThe same binary runs as mtt-client, mtt-server and mtt-mu-server through links of those names.\nRun 'mtt <command> -h' for the flags of a command.\n",
-        goflag::single_dash_help(text.trim_end()).trim_end()
+        "{}\nThe same binary runs as mtt-client{x}, mtt-server{x} and mtt-mu-server{x} through links (or copies) of those names.\nRun 'mtt <command> -h' for the flags of a command.\n",
+        goflag::single_dash_help(text.trim_end()).trim_end(),
+        x = std::env::consts::EXE_SUFFIX
     )
 }
 
