@@ -169,7 +169,10 @@ fn plugin_args<T: argh::ArgsInfo + FromArgs>(
     // A configuration made for v2ray-plugin runs with the same meaning (and, as there, no UDP).
     let v2ray = sip003::v2ray::is_v2ray(&options, server);
     if v2ray {
-        let home = std::env::var("HOME").ok();
+        // acme.sh's certificates are under the home: $HOME, or on Windows %USERPROFILE%.
+        let home = std::env::var("HOME")
+            .or_else(|_| std::env::var("USERPROFILE"))
+            .ok();
         options = sip003::v2ray::translate(&options, server, home.as_deref(), &mut raw_ca)?;
         let said: Vec<String> = options
             .iter()

@@ -72,8 +72,9 @@ pub struct MuServerConfig {
 }
 
 /// Where the controller's token is kept when none is given: systemd's `$STATE_DIRECTORY`,
-/// else beside the users file, else `$XDG_STATE_HOME/mtt` (`~/.local/state/mtt`); never the
-/// working directory, where a checkout or a shared folder could hand it to others.
+/// else beside the users file, else `$XDG_STATE_HOME/mtt` (`~/.local/state/mtt`; on Windows
+/// `%LOCALAPPDATA%\mtt`); never the working directory, where a checkout or a shared folder
+/// could hand it to others.
 pub fn token_file(
     users_file: Option<&std::path::Path>,
     env: &impl Fn(&str) -> Option<String>,
@@ -87,12 +88,13 @@ pub fn token_file(
         let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
         return Ok(dir.unwrap_or(std::path::Path::new(".")).join(TOKEN_FILE));
     }
-    let state = match (set("XDG_STATE_HOME"), set("HOME")) {
-        (Some(x), _) => PathBuf::from(x),
-        (None, Some(h)) => PathBuf::from(h).join(".local/state"),
-        (None, None) => {
+    let state = match (set("XDG_STATE_HOME"), set("HOME"), set("LOCALAPPDATA")) {
+        (Some(x), _, _) => PathBuf::from(x),
+        (None, Some(h), _) => PathBuf::from(h).join(".local/state"),
+        (None, None, Some(l)) => PathBuf::from(l),
+        (None, None, None) => {
             return Err(Error::usage(
-                "no -c-token, and nowhere to keep a made one (no $STATE_DIRECTORY, -users-file, $XDG_STATE_HOME or $HOME): give -c-token (or MTT_CONTROLLER_TOKEN)",
+                "no -c-token, and nowhere to keep a made one (no $STATE_DIRECTORY, -users-file, $XDG_STATE_HOME, $HOME or %LOCALAPPDATA%): give -c-token (or MTT_CONTROLLER_TOKEN)",
             ));
         }
     };
@@ -238,6 +240,33 @@ mod tests {
             "HOME" => Some("/home/u".into()),
             _ => None,
         })
+    }
+
+    /// Without systemd or a users file, a made token goes to the user's state folder: XDG's,
+    /// or the home's, or on Windows (no HOME there) `%LOCALAPPDATA%`; with none, an error.
+    #[test]
+    fn a_made_token_goes_to_the_users_state_folder() {
+        let at = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            token_file(None, &|k| {
+                vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+            })
+        };
+        let home = at(&[("HOME", "/home/u"), ("LOCALAPPDATA", "C:/L")]).expect("home");
+        assert_eq!(
+            home,
+            PathBuf::from("/home/u/.local/state/mtt").join(TOKEN_FILE)
+        );
+        let windows = at(&[("LOCALAPPDATA", "C:/Users/u/AppData/Local")]).expect("windows");
+        assert_eq!(
+            windows,
+            PathBuf::from("C:/Users/u/AppData/Local/mtt").join(TOKEN_FILE)
+        );
+        let none = at(&[]).expect_err("nowhere");
+        assert!(none.to_string().contains("-c-token"), "{none}");
     }
 
     /// Under systemd the users file defaults to the state directory, and `-users-redis`
