@@ -60,8 +60,9 @@ impl MuServer {
                 let (token, made) = super::access::load_or_make_token(path)?;
                 if made {
                     log::warn!(
-                        "no -c-token: the controller's token is in {} (made now, mode 0600); send it as 'Authorization: Bearer <token>'",
-                        path.display()
+                        "no -c-token: the controller's token is in {} (made now, {}); send it as 'Authorization: Bearer <token>'",
+                        path.display(),
+                        crate::sys::PRIVATE_FILE
                     );
                 } else {
                     log::info!(target: crate::logging::NOTICE, "controller token from {}", path.display());

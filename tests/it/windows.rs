@@ -187,3 +187,38 @@ async fn unix_only_flags_are_refused_by_name() {
     })
     .await;
 }
+
+/// A mu-server given neither `-c-token` nor `-users-file`, with no HOME (as on Windows),
+/// makes its token in `%LOCALAPPDATA%\mtt`, says where, and answers to it.
+#[tokio::test]
+#[ignore = "needs a foreign binary: packaging/test-cross TARGET runs it"]
+async fn a_made_token_goes_to_local_app_data() {
+    assert!(
+        windows(),
+        "a Windows-only test: run it with a Windows binary"
+    );
+    let prefix = std::env::var("WINEPREFIX").expect("WINEPREFIX: packaging/test-cross sets it");
+    bounded(async {
+        let args = ["mu-server", "-b", "127.0.0.1:0", "-c", "127.0.0.1:0"];
+        // Empty is unset for mtt; Proc sets XDG_STATE_HOME, and Wine passes HOME through.
+        let env = [("HOME", ""), ("XDG_STATE_HOME", "")];
+        let mut mu = spawn_foreign(&cross().1, &args, &env);
+        let control = mu.addr_after("controller on ").await;
+        // Made now ("the controller's token is in …"), or left by an earlier run ("from …").
+        let line = mu.wait_line("AppData").await;
+        let at = line.find("C:\\").expect("a Windows path in the line");
+        let path = line[at..].split_whitespace().next().expect("path");
+        let path = path.trim_end_matches([',', ';', '.', ':']);
+        assert!(
+            path.ends_with("\\AppData\\Local\\mtt\\controller.token"),
+            "{line}"
+        );
+        let linux = format!("{prefix}/drive_c/{}", path[3..].replace('\\', "/"));
+        let token = std::fs::read_to_string(&linux).expect("the token file");
+        let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+        let (code, text) = http_request(control, "GET", "/v1/users", &auth, b"").await;
+        assert_eq!(code, 200, "{text}");
+        std::fs::remove_file(&linux).expect("remove the made token");
+    })
+    .await;
+}

@@ -90,6 +90,9 @@ pub fn raise_nofile() {
     }
 }
 
+/// Who may read a file made by [`create_new_file`] with mode 0600, for messages.
+pub const PRIVATE_FILE: &str = "mode 0600";
+
 /// Creates directory `dir` and its missing parents, each new one open to its owner only.
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new()

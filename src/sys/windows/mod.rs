@@ -188,6 +188,9 @@ pub fn exit_with_parent() {}
 /// Nothing to raise: Windows has no limit of open sockets per process to speak of.
 pub fn raise_nofile() {}
 
+/// Who may read a file made by [`create_new_file`], for messages.
+pub const PRIVATE_FILE: &str = "readable as its folder's access list allows";
+
 /// Creates directory `dir` and its missing parents. Who may open them is the inherited access
 /// list's business (a directory in the user's profile is the user's own).
 pub fn create_private_dir(dir: &Path) -> io::Result<()> {
