@@ -11,9 +11,7 @@ use crate::sys::{RELOAD_REQUEST, ReloadRequests, StopRequests};
 /// Runs `reload` on every reload request (systemd's `ExecReload`, certbot's deploy hooks).
 /// Where there is none (Windows), the certificate files' watch is the way to reload.
 pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
-    let Some(mut hup) =
-        ReloadRequests::new().context(|| format!("install {RELOAD_REQUEST} handler"))?
-    else {
+    let Some(mut hup) = reload_requests()? else {
         return Ok(());
     };
     tokio::spawn(async move {
@@ -27,9 +25,7 @@ pub fn on_hangup(reload: crate::role::Reloader) -> Result<()> {
 /// The client has nothing to re-read: SIGHUP (sent to every unit by some service managers and
 /// by `systemctl reload`) is noted and otherwise ignored, instead of killing the process.
 pub fn ignore_hangup() -> Result<()> {
-    let Some(mut hup) =
-        ReloadRequests::new().context(|| format!("install {RELOAD_REQUEST} handler"))?
-    else {
+    let Some(mut hup) = reload_requests()? else {
         return Ok(());
     };
     tokio::spawn(async move {
@@ -41,6 +37,11 @@ pub fn ignore_hangup() -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// The reload requests' handler, where the OS has them.
+fn reload_requests() -> Result<Option<ReloadRequests>> {
+    ReloadRequests::new().context(|| format!("install {RELOAD_REQUEST} handler"))
 }
 
 /// Installs the handlers (inside a runtime) and returns the token the first request cancels.

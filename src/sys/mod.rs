@@ -5,6 +5,9 @@
 //! OS lacks fails here with an error that says so (configuration refuses the flag first).
 //! The one place of the crate with unsafe code.
 
+use std::io;
+use std::path::Path;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -14,3 +17,21 @@ pub use unix::*;
 mod windows;
 #[cfg(windows)]
 pub use windows::*;
+
+/// Replaces `path` whole with `data`: a temp file beside it (tempfile: a random name created
+/// exclusively, so a planted file or symlink is never followed) with permission bits `mode`
+/// where the OS keeps them, written and fsync'd, renamed over `path`, then the directory
+/// fsync'd. A crash leaves the old file or the new one, never a torn one.
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    set_mode(tmp.as_file(), mode)?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| replace_error(e.error))?;
+    sync_dir(dir)
+}

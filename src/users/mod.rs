@@ -8,7 +8,6 @@ mod user;
 pub use user::User;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -345,11 +344,8 @@ impl Router for Users {
     }
 }
 
-/// Writes the table to `file` atomically: a temp file beside it (tempfile: a random name
-/// created exclusively, so a planted file or symlink is never followed; mode 0600, or the
-/// old file's mode), fsync, rename over the file (persist), fsync of the directory. A crash
-/// leaves either the old or the new file, never a torn one. The file holds every user's
-/// path, which is that user's credential.
+/// Writes the table to `file` atomically (`sys::replace_file`), with mode 0600 or the old
+/// file's mode. The file holds every user's path, which is that user's credential.
 fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
     let ctx = || format!("-users-file {}", file.display());
     let mut list: Vec<Saved> = users
@@ -361,25 +357,12 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
         .collect();
     list.sort_by(|a, b| a.path.cmp(&b.path));
     let json = serde_json::to_vec_pretty(&list).map_err(|e| Error::failed(ctx(), e))?;
-    let dir = file
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        // The mode the operator gave the file itself (without set-id or sticky bits); a
-        // symbolic link's target says nothing about who may read what is written here (the
-        // link is replaced by the file), so then, as for a new file, 0600.
-        let mode = match std::fs::symlink_metadata(file) {
-            Ok(m) if m.file_type().is_file() => crate::sys::mode_of(&m).unwrap_or(0o600),
-            _ => 0o600,
-        };
-        crate::sys::set_mode(tmp.as_file(), mode)?;
-        tmp.write_all(&json)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(file)
-            .map_err(|e| crate::sys::replace_error(e.error))?;
-        crate::sys::sync_dir(dir)
+    // The mode the operator gave the file itself (without set-id or sticky bits); a symbolic
+    // link's target says nothing about who may read what is written here (the link is
+    // replaced by the file), so then, as for a new file, 0600.
+    let mode = match std::fs::symlink_metadata(file) {
+        Ok(m) if m.file_type().is_file() => crate::sys::mode_of(&m).unwrap_or(0o600),
+        _ => 0o600,
     };
-    write().map_err(|e| Error::io(ctx(), e))
+    crate::sys::replace_file(file, &json, mode).map_err(|e| Error::io(ctx(), e))
 }

@@ -3,7 +3,6 @@
 //! reaches the CA with mtt's trust.
 
 use std::future::Future;
-use std::io::Write;
 use std::path::Path;
 use std::pin::Pin;
 
@@ -116,15 +115,8 @@ pub(super) fn create_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` whole with `data`, readable by the owner only.
 pub(super) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let fail = |e: std::io::Error| Error::io(format!("-acme-dir: write {}", path.display()), e);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
-    crate::sys::set_mode(tmp.as_file(), 0o600).map_err(fail)?;
-    tmp.write_all(data).map_err(fail)?;
-    tmp.as_file().sync_all().map_err(fail)?;
-    tmp.persist(path)
-        .map_err(|e| fail(crate::sys::replace_error(e.error)))?;
-    Ok(())
+    crate::sys::replace_file(path, data, 0o600)
+        .map_err(|e| Error::io(format!("-acme-dir: write {}", path.display()), e))
 }
 
 /// The CA's HTTPS, through hyper and rustls with mtt's trust (not the system's).

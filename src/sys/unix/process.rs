@@ -111,7 +111,7 @@ pub fn create_new_file(path: &Path, mode: u32) -> io::Result<File> {
 }
 
 /// Gives `file` permission bits `mode` (a file about to replace another).
-pub fn set_mode(file: &File, mode: u32) -> io::Result<()> {
+pub(in crate::sys) fn set_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
@@ -122,11 +122,11 @@ pub fn mode_of(meta: &std::fs::Metadata) -> Option<u32> {
 }
 
 /// A failed rename over a file, as it is: nothing else holds a file against it here.
-pub fn replace_error(e: io::Error) -> io::Error {
+pub(in crate::sys) fn replace_error(e: io::Error) -> io::Error {
     e
 }
 
 /// Makes a rename within `dir` durable (the directory's own entry list, fsync'd).
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(in crate::sys) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -207,7 +207,7 @@ pub fn create_new_file(path: &Path, _mode: u32) -> io::Result<File> {
 }
 
 /// Nothing: Windows keeps no permission bits.
-pub fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
+pub(in crate::sys) fn set_mode(_file: &File, _mode: u32) -> io::Result<()> {
     Ok(())
 }
 
@@ -218,7 +218,7 @@ pub fn mode_of(_meta: &std::fs::Metadata) -> Option<u32> {
 
 /// A failed rename over a file, with what usually causes it here: another program that holds
 /// the file open without letting others delete it.
-pub fn replace_error(e: io::Error) -> io::Error {
+pub(in crate::sys) fn replace_error(e: io::Error) -> io::Error {
     if e.kind() != io::ErrorKind::PermissionDenied {
         return e;
     }
@@ -231,6 +231,6 @@ pub fn replace_error(e: io::Error) -> io::Error {
 }
 
 /// Nothing: a directory cannot be opened as a file here, and NTFS journals a rename itself.
-pub fn sync_dir(_dir: &Path) -> io::Result<()> {
+pub(in crate::sys) fn sync_dir(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
