@@ -26,6 +26,13 @@ pub(super) fn host_allowed(host: &str, name: Option<&str>) -> bool {
         || name.is_some_and(|n| bare.eq_ignore_ascii_case(n))
 }
 
+/// Whether a request that carries `Origin` comes from the controller's own page: the origin
+/// is exactly `http://` and the request's `Host` (which [`host_allowed`] checked), so a page
+/// elsewhere, or one rebound to this address under its own name, is not.
+pub(super) fn own_origin(origin: &str, host: Option<&str>) -> bool {
+    host.is_some_and(|h| origin.strip_prefix("http://") == Some(h))
+}
+
 /// Reads the controller token kept in `path`, or makes one there (32 random bytes as hex,
 /// file mode 0600, created exclusively, in a directory made 0700 if missing). A token file
 /// that others may read is refused: its token is no secret any more. Returns the token, and

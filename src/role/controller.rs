@@ -1,7 +1,8 @@
 //! The mu-server's controller: the original's JSON command API (byte-compatible answers),
-//! a REST API under `/v1/`, OpenMetrics text at `/metrics`; every request needs the bearer
-//! token, and requests from web pages (an `Origin`, a form's content type, a `Host` that is a
-//! stranger's name) are refused.
+//! a REST API under `/v1/`, OpenMetrics text at `/metrics`, and the dashboard at `/`; every
+//! API request needs the bearer token, and requests from other web pages (an `Origin` not
+//! the controller's own, a form's content type, a `Host` that is a stranger's name) are
+//! refused.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,12 +20,13 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::access::{host_allowed, same};
+use super::access::{host_allowed, own_origin, same};
+use super::dashboard;
 pub use super::reply::decode_compat;
 use super::reply::{
-    CompatReply, PutUser, audit, body, compat, compat_err, error, json, not_allowed,
+    CompatReply, PutUser, audit, body, compat, compat_err, error, json, not_allowed, user_json,
 };
-use crate::users::{Change, Users};
+use crate::users::{Change, Entry, Limits, Users};
 
 /// Largest request body (the original's limit).
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
@@ -45,9 +47,22 @@ struct UserLabel {
     user: String,
 }
 
+/// A user's label and one of its states (`active`, `expired`, `over_quota`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    user: String,
+    state: &'static str,
+}
+
+/// Why tunnels were refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
 /// A stable name for a user that does not reveal its path.
 pub fn user_id(path: &str) -> String {
-    crate::certs::fingerprint::of(path.as_bytes())[..16].to_string()
+    crate::users::label(path)
 }
 
 impl Controller {
@@ -73,19 +88,32 @@ impl Controller {
 
     async fn respond(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let h = req.headers();
+        let host = h.get(HOST).and_then(|v| v.to_str().ok());
         // A web page the operator's browser visits must not be able to drive the controller,
         // whatever it knows: browsers mark such requests with Origin, send forms as forms, and
-        // a rebinding page arrives under its own host name.
-        if h.contains_key(ORIGIN) {
-            return error(StatusCode::FORBIDDEN, "requests from web pages are refused");
+        // a rebinding page arrives under its own host name. The dashboard's own requests
+        // carry its origin, which is this controller's.
+        if let Some(origin) = h.get(ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !own_origin(origin, host) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "requests from other web pages are refused",
+                );
+            }
         }
-        if let Some(host) = h.get(HOST).and_then(|v| v.to_str().ok())
+        if let Some(host) = host
             && !host_allowed(host, self.name.as_deref())
         {
             return error(
                 StatusCode::FORBIDDEN,
                 format!("Host '{host}' is not this controller"),
             );
+        }
+        if req.method() == Method::GET
+            && let Some(page) = dashboard::file(req.uri().path())
+        {
+            return page;
         }
         if let Some(ct) = h.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
             let media = ct.split(';').next().unwrap_or("").trim();
@@ -113,6 +141,7 @@ impl Controller {
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/v1/status") => self.status().await,
             (Method::GET, "/v1/users") => self.list().await,
+            (Method::GET, "/v1/history") => json(StatusCode::OK, &self.users.history().json()),
             (m, p) if p.starts_with("/v1/users/") => {
                 let user_path = format!("/{}", &p["/v1/users/".len()..]);
                 if req.uri().query().is_some() && m == Method::PUT {
@@ -136,7 +165,7 @@ impl Controller {
                 }
             }
             // Known endpoints asked with another method: 405 and what they take.
-            (_, "/v1/users" | "/v1/status" | "/metrics") => not_allowed("GET"),
+            (_, "/v1/users" | "/v1/status" | "/v1/history" | "/metrics") => not_allowed("GET"),
             (_, p) if p.starts_with("/v1/") => {
                 error(StatusCode::NOT_FOUND, format!("no such endpoint: {p}"))
             }
@@ -183,7 +212,11 @@ impl Controller {
             1 | 2 if args.is_empty() => {
                 return compat_err(StatusCode::OK, "empty args");
             }
-            1 => Change::Add(args),
+            1 => Change::Add(
+                args.into_iter()
+                    .map(|(p, d)| Entry::keeping(p, d))
+                    .collect(),
+            ),
             2 => Change::Remove(args.into_iter().map(|(path, _)| path).collect(), false),
             3 => Change::Reset,
             9 => {
@@ -216,17 +249,14 @@ impl Controller {
 
     async fn list(&self) -> Response<Full<Bytes>> {
         let counters = self.users.counters_fleet().await;
+        let now = crate::users::limits::unix_now();
         let users: Vec<_> = self
             .users
             .list()
             .iter()
             .map(|u| {
-                let (live, up, down) = counters.get(&u.path).copied().unwrap_or_default();
-                serde_json::json!({
-                    "path": u.path, "user": user_id(&u.path), "dst": u.dst.to_string(),
-                    "connections": live, "bytes_up": up, "bytes_down": down,
-                    "clients": u.clients(),
-                })
+                let counted = counters.get(&u.path).copied().unwrap_or_default();
+                user_json(u, counted, now)
             })
             .collect();
         json(StatusCode::OK, &users)
@@ -242,19 +272,29 @@ impl Controller {
             Err(e) => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("invalid JSON, expected {{\"dst\":\"host:port\"}}: {e}"),
+                    format!("invalid JSON, expected {{\"dst\":\"host:port\"}} and any limits: {e}"),
                 );
             }
         };
-        let change = Change::Add(vec![(path.clone(), put.dst)]);
+        let limits = match Limits::from_entry(&put.rest, &["dst"]) {
+            Ok(l) => l,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.report().to_string()),
+        };
+        let change = Change::Add(vec![Entry {
+            path: path.clone(),
+            dst: put.dst,
+            limits: Some(limits),
+        }]);
         match self.users.apply(change.clone()).await {
             Ok(()) => {
                 audit(&change);
                 match self.users.get(&path) {
-                    Some(u) => json(
-                        StatusCode::OK,
-                        &serde_json::json!({ "path": u.path, "dst": u.dst.to_string() }),
-                    ),
+                    Some(u) => {
+                        let mut v = serde_json::to_value(&u.limits).unwrap_or_default();
+                        v["path"] = u.path.clone().into();
+                        v["dst"] = u.dst.to_string().into();
+                        json(StatusCode::OK, &v)
+                    }
                     None => error(StatusCode::INTERNAL_SERVER_ERROR, "user vanished"),
                 }
             }
@@ -340,6 +380,9 @@ impl Controller {
         let live = Family::<UserLabel, Gauge>::default();
         let up = Family::<UserLabel, Counter>::default();
         let down = Family::<UserLabel, Counter>::default();
+        let state = Family::<StateLabel, Gauge>::default();
+        let remaining = Family::<UserLabel, Gauge>::default();
+        let now = crate::users::limits::unix_now();
         for u in &users {
             let (l, bu, bd) = u.counters();
             let key = UserLabel {
@@ -348,7 +391,43 @@ impl Controller {
             live.get_or_create(&key).set(l as i64);
             up.get_or_create(&key).inc_by(bu);
             down.get_or_create(&key).inc_by(bd);
+            let now_state = u.refusal(now).map_or("active", |r| r.as_str());
+            for s in ["active", "expired", "over_quota"] {
+                let label = StateLabel {
+                    user: key.user.clone(),
+                    state: s,
+                };
+                state.get_or_create(&label).set(i64::from(s == now_state));
+            }
+            if let Some(left) = u.limits.remaining(u.used()) {
+                remaining
+                    .get_or_create(&key)
+                    .set(i64::try_from(left).unwrap_or(i64::MAX));
+            }
         }
+        registry.register(
+            "user_state",
+            "1 for the state a user is in (active, expired, over_quota), 0 for the others",
+            state,
+        );
+        registry.register(
+            "user_quota_remaining_bytes",
+            "Bytes a user with a quota may still move this period (fleet-wide with Redis)",
+            remaining,
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        for (reason, n) in self.users.refusals() {
+            refused
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+        }
+        registry.register(
+            "user_refusals",
+            "Tunnels refused by a user's limit, by reason (expired, over_quota, max_connections)",
+            refused,
+        );
         registry.register("user_connections", "Live tunnels of a user", live);
         registry.register(
             "user_bytes_up",

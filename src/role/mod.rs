@@ -4,6 +4,7 @@
 pub mod access;
 pub mod client;
 pub mod controller;
+mod dashboard;
 pub mod mu_server;
 mod reply;
 pub mod server;
@@ -80,7 +81,7 @@ impl Destinations {
             Some(stop) => tokio::select! {
                 res = relayed => res,
                 _ = stop.cancelled() => {
-                    log::info!("{id}: closed: its user was removed with kick");
+                    log::info!("{id}: closed: its user was removed with kick or reached a limit");
                     return None;
                 }
             },

@@ -15,7 +15,7 @@ use crate::transport::options::{
     AcceptOptions, EarlyData, GrpcServerOptions, PathMatch, WsServerOptions,
 };
 use crate::transport::{Acceptor, Limits, Listener, Tunnel, tcp};
-use crate::users::{User, Users};
+use crate::users::{Pass, Throttled, Users};
 
 /// The `mtt mu-server` process: loads the users, binds `-b` and the controller's `-c`,
 /// reloads the certificate on SIGHUP or when its files change, and serves until
@@ -36,7 +36,7 @@ pub async fn main(cfg: MuServerConfig) -> Result<()> {
 /// A ready-to-run multi-user server.
 pub struct MuServer {
     cfg: MuServerConfig,
-    acceptor: Arc<Acceptor<Arc<User>>>,
+    acceptor: Arc<Acceptor<Pass>>,
     users: Arc<Users>,
     out: Destinations,
     token: String,
@@ -148,6 +148,7 @@ impl MuServer {
         let name = (c.ip().is_none() && !c.host.is_empty()).then(|| c.host.clone());
         let controller = Controller::new(self.users.clone(), self.token.clone(), name);
         let serving_controller = tokio::spawn(controller.run(control, shutdown.clone()));
+        let limiting = tokio::spawn(self.users.clone().keep_limits(shutdown.clone()));
         let following = self
             .users
             .store()
@@ -167,7 +168,7 @@ impl MuServer {
             data,
             shutdown.clone(),
             limits,
-            move |tunnel: Tunnel<Arc<User>>| {
+            move |tunnel: Tunnel<Pass>| {
                 let this = this.clone();
                 async move { this.handle(tunnel).await }
             },
@@ -177,37 +178,42 @@ impl MuServer {
             shutdown.cancel();
         }
         let _ = serving_controller.await;
+        let _ = limiting.await;
         if let Some(f) = following {
             let _ = f.await;
         }
         served
     }
 
-    async fn handle(&self, tunnel: Tunnel<Arc<User>>) {
-        let Some(user) = tunnel.owner else {
+    async fn handle(&self, tunnel: Tunnel<Pass>) {
+        // The pass lives as long as the tunnel: it holds its connection's seat.
+        let Some(pass) = tunnel.owner else {
             log::warn!("{}: tunnel without a user", tunnel.id);
             return;
         };
+        let user = &pass.user;
         let _live = user.tunnel_from(tunnel.id.client.map(|c| c.ip()));
+        // A kick, or a limit reached, ends the tunnel.
+        let ends = user.ends();
         log::debug!("{}: user {} → {}", tunnel.id, user.path, user.dst);
         match tunnel.kind {
             Kind::Stream => {
-                let stop = Some(user.kicked());
+                let io = Box::new(Throttled::new(tunnel.io, user.shared().clone(), false));
                 self.out
-                    .relay(tunnel.io, &tunnel.id, &user.dst, Some(&user), stop)
+                    .relay(io, &tunnel.id, &user.dst, Some(user), Some(&ends))
                     .await;
             }
             Kind::Datagrams => {
                 let idle = self.cfg.udp_timeout;
                 let stop = tunnel.shutdown;
-                let relay = self
-                    .out
-                    .relay_udp(tunnel.io, &tunnel.id, &user.dst, idle, &stop);
+                // Datagrams are counted (and limited) as they cross the tunnel.
+                let io = Box::new(Throttled::new(tunnel.io, user.shared().clone(), true));
+                let relay = self.out.relay_udp(io, &tunnel.id, &user.dst, idle, &stop);
                 // Boxed: TCP tunnels, the many, are not sized for the UDP relay.
                 let relay = Box::pin(relay);
                 tokio::select! {
                     _ = relay => {}
-                    _ = user.kicked().cancelled() => {}
+                    _ = ends.cancelled() => {}
                 }
             }
         }

@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::controller::user_id;
-use crate::users::Change;
+use crate::users::{Change, User};
 
 #[derive(Deserialize)]
 pub(super) struct CompatRequest {
@@ -42,9 +42,12 @@ fn is_zero(v: &i64) -> bool {
     *v == 0
 }
 
+/// A REST API user: `dst`, and the limits among the rest (checked by name).
 #[derive(Deserialize)]
 pub(super) struct PutUser {
     pub(super) dst: String,
+    #[serde(flatten)]
+    pub(super) rest: serde_json::Map<String, serde_json::Value>,
 }
 
 pub(super) fn body(
@@ -98,6 +101,35 @@ pub fn decode_compat(body: &[u8]) -> Result<(i64, Vec<(String, String)>), String
     ))
 }
 
+/// A user as `GET /v1/users` lists it: its entry (what `PUT` takes), the fleet's counters
+/// `(live tunnels, bytes up, bytes down)`, its state at `now`, and where its quota stands.
+pub(super) fn user_json(
+    u: &User,
+    (live, up, down): (u64, u64, u64),
+    now: u64,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(&u.limits).unwrap_or_default();
+    let state = u.refusal(now).map_or("active", |r| r.as_str());
+    let extra = serde_json::json!({
+        "path": u.path, "user": user_id(&u.path), "dst": u.dst.to_string(),
+        "connections": live, "bytes_up": up, "bytes_down": down,
+        "clients": u.clients(), "state": state, "open_connections": u.connections(),
+    });
+    if let (Some(m), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        m.extend(e);
+        if u.limits.has_quota() {
+            let used = u.used();
+            m.insert("used_up".into(), used.0.into());
+            m.insert("used_down".into(), used.1.into());
+            m.insert("quota_remaining".into(), u.limits.remaining(used).into());
+            if let Some(r) = u.limits.reset {
+                m.insert("resets_at".into(), r.window_end(r.window(now)).into());
+            }
+        }
+    }
+    v
+}
+
 /// The audit line of a change the operator made, at the default level: users by their
 /// label ([`user_id`]), never by their path, which is their credential.
 pub(super) fn audit(change: &Change) {
@@ -107,7 +139,7 @@ pub(super) fn audit(change: &Change) {
     let line = match change {
         Change::Add(items) => format!(
             "added or replaced user(s) {}",
-            ids(&mut items.iter().map(|(p, _)| p))
+            ids(&mut items.iter().map(|e| &e.path))
         ),
         Change::Remove(paths, false) => format!("removed user(s) {}", ids(&mut paths.iter())),
         Change::Remove(paths, true) => format!(

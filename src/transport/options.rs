@@ -181,6 +181,12 @@ pub trait Router: Send + Sync {
     /// The owner of `path` now, if it opens a tunnel.
     fn route(&self, path: &str) -> Option<Self::Owner>;
 
+    /// The owner of a new stream of a connection that `current` owns (a multiplexed
+    /// session's): the path's owner now, if it still opens tunnels.
+    fn reroute(&self, path: &str, _current: &Self::Owner) -> Option<Self::Owner> {
+        self.route(path)
+    }
+
     /// Fires when `owner` is revoked (a user removed with kick): its tunnels, and the
     /// multiplexed sessions carrying them, are closed.
     fn revoked(&self, _owner: &Self::Owner) -> Option<tokio_util::sync::CancellationToken> {
@@ -232,6 +238,15 @@ impl<O: Clone + Send + Sync + 'static> PathMatch<O> {
         match self {
             PathMatch::Route(r) => r.revoked(owner),
             _ => None,
+        }
+    }
+
+    /// Who a new stream on `path` of a connection owned by `current` belongs to; `None`: it
+    /// opens nothing.
+    pub fn reroute(&self, path: &str, current: &O) -> Option<O> {
+        match self {
+            PathMatch::Route(r) => r.reroute(path, current),
+            _ => Some(current.clone()),
         }
     }
 

@@ -1,17 +1,24 @@
-//! The mu-server's user table: path → destination, per-user counters, kick, and where it is
-//! kept: `-users-file` (every change written atomically before it is acknowledged), or a
-//! fleet's Redis (`-users-redis`, see [`redis`]).
+//! The mu-server's user table: path → destination and limits, per-user counters, kick, and
+//! where it is kept: `-users-file` (every change written atomically before it is
+//! acknowledged), or a fleet's Redis (`-users-redis`, see [`redis`]).
 
+mod enforce;
+mod history;
+pub mod limits;
 pub mod redis;
+mod throttle;
 mod user;
 
-pub use user::User;
+pub use history::History;
+pub use limits::{Limits, Refusal};
+pub use throttle::Throttled;
+pub use user::{Pass, User};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::HostPort;
@@ -22,17 +29,40 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Add or replace users.
-    Add(Vec<(String, String)>),
+    Add(Vec<Entry>),
     /// Remove users (unknown paths are ignored); `kick` ends their live tunnels too.
     Remove(Vec<String>, bool),
     /// Remove everyone (live tunnels keep running).
     Reset,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    path: String,
+/// A user as a controller gives it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: String,
+    pub dst: String,
+    /// `None`: the limits the path's user has now (the original's API knows none).
+    pub limits: Option<Limits>,
+}
+
+impl Entry {
+    /// A user without limits of its own (those of the path's current user stay).
+    pub fn keeping(path: String, dst: String) -> Self {
+        Entry {
+            path,
+            dst,
+            limits: None,
+        }
+    }
+}
+
+/// A user as the users file keeps it: its limits beside `path` and `dst`.
+#[derive(Serialize)]
+struct Saved<'a> {
+    path: &'a str,
     dst: String,
+    #[serde(flatten)]
+    limits: &'a Limits,
 }
 
 /// The table.
@@ -43,6 +73,10 @@ pub struct Users {
     /// Changes happen one at a time, so each file written is a state that was acknowledged;
     /// with Redis it holds the version of the shared table the local copy is at.
     writer: tokio::sync::Mutex<u64>,
+    /// Tunnels refused by a limit, by [`Refusal`] (in its order).
+    refused: [std::sync::atomic::AtomicU64; 3],
+    /// The last hour of traffic.
+    history: History,
     /// Users removed without kick whose tunnels may still run, by path: a kick of the path
     /// later still ends them, and a user added again under it takes them over. Held weakly:
     /// an entry lives as long as one of its tunnels does.
@@ -59,11 +93,27 @@ enum Backend {
     Redis(Arc<redis::Store>),
 }
 
+/// A user as a whole table lists it: path, destination, limits.
+pub(crate) type Row = (String, HostPort, Limits);
+
 /// A change to the table, checked: what the next table is and which users leave it (and
 /// whether their tunnels are to end).
 struct Next {
     map: HashMap<String, Arc<User>>,
     retired: Vec<(Arc<User>, bool)>,
+}
+
+/// A stable name for a user that does not reveal its path (the path is its credential): the
+/// first 16 hex digits of the path's SHA-256.
+pub fn label(path: &str) -> String {
+    crate::certs::fingerprint::of(path.as_bytes())[..16].to_string()
+}
+
+/// The last hour of this server's traffic.
+impl Users {
+    pub fn history(&self) -> &History {
+        &self.history
+    }
 }
 
 /// A user path must start with `/` and be visible ASCII, as the client can send it.
@@ -74,6 +124,23 @@ pub fn check_path(path: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Reads a user entry of the users file: `path`, `dst` and its limits, each checked.
+fn read_entry(
+    entry: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, HostPort, Limits)> {
+    let text = |k: &str| {
+        entry
+            .get(k)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| Error::usage(format!("an entry of the list has no \"{k}\" string")))
+    };
+    let (path, dst) = (text("path")?, text("dst")?);
+    let hp = check(path, dst)?;
+    let limits = Limits::from_entry(entry, &["path", "dst"])
+        .map_err(|e| Error::usage(format!("path '{path}': {}", e.report())))?;
+    Ok((path.to_string(), hp, limits))
 }
 
 /// Validates a user: the path as [`check_path`], the destination as `host:port`.
@@ -132,36 +199,46 @@ impl Users {
                 // An empty file (`touch users.json`) is an empty table.
                 Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => {}
                 Ok(bytes) => {
-                    let saved: Vec<Saved> = serde_json::from_slice(&bytes).map_err(|e| {
-                        Error::usage(format!(
-                            "-users-file {}: not a users file, which is a JSON list like [{{\"path\":\"/alice\",\"dst\":\"127.0.0.1:8388\"}}] ({e}); fix it, or move it away to start empty",
-                            f.display()
-                        ))
-                    })?;
+                    let saved: Vec<serde_json::Map<String, serde_json::Value>> =
+                        serde_json::from_slice(&bytes).map_err(|e| {
+                            Error::usage(format!(
+                                "-users-file {}: not a users file, which is a JSON list like [{{\"path\":\"/alice\",\"dst\":\"127.0.0.1:8388\"}}] ({e}); fix it, or move it away to start empty",
+                                f.display()
+                            ))
+                        })?;
                     for s in saved {
-                        let dst = check(&s.path, &s.dst).map_err(|e| {
+                        let (path, dst, limits) = read_entry(&s).map_err(|e| {
                             Error::usage(format!("-users-file {}: {}", f.display(), e.report()))
                         })?;
-                        map.insert(s.path.clone(), User::new(s.path, dst));
+                        map.insert(path.clone(), User::new(path, dst, limits));
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(format!("-users-file {}", f.display()), e)),
             }
         }
-        let backend = match file {
-            Some(f) => Backend::File(f),
-            None => Backend::Memory,
+        let users = match file {
+            Some(f) => {
+                let users = Users::with(Backend::File(f.clone()), map);
+                users.load_usage(&f);
+                users
+            }
+            None => Users::with(Backend::Memory, map),
         };
-        Ok(Users::with(backend, map))
+        Ok(users)
     }
 
     /// A table kept in `backend`, starting as `map`.
     fn with(backend: Backend, map: HashMap<String, Arc<User>>) -> Arc<Self> {
+        for u in map.values() {
+            u.publish_limits();
+        }
         Arc::new(Users {
             map: RwLock::new(map),
             backend,
             writer: tokio::sync::Mutex::new(0),
+            refused: Default::default(),
+            history: History::default(),
             gone: Default::default(),
         })
     }
@@ -193,6 +270,7 @@ impl Users {
     /// reached, and nothing changed).
     pub async fn apply(&self, change: Change) -> Result<()> {
         let mut version = self.writer.lock().await;
+        let change = self.resolve(change);
         let next = self.next(&change)?;
         if let Backend::Redis(store) = &self.backend {
             let v = store.write(&change).await?;
@@ -220,13 +298,17 @@ impl Users {
         match change {
             Change::Add(items) => {
                 let mut checked = Vec::with_capacity(items.len());
-                for (path, dst) in items {
-                    let hp = check(path, dst)?;
-                    checked.push((path, hp));
+                for e in items {
+                    let hp = check(&e.path, &e.dst)?;
+                    let limits = e.limits.clone().unwrap_or_default();
+                    limits.check().map_err(|err| {
+                        Error::usage(format!("path '{}': {}", e.path, err.report()))
+                    })?;
+                    checked.push((&e.path, hp, limits));
                 }
-                for (path, dst) in checked {
+                for (path, dst, limits) in checked {
                     let before = next.get(path).cloned().or_else(|| self.gone_user(path));
-                    let user = User::replacing(path.clone(), dst, before.as_ref());
+                    let user = User::replacing(path.clone(), dst, limits, before.as_ref());
                     if let Some(old) = next.insert(path.clone(), user) {
                         retired.push((old, false));
                     }
@@ -252,11 +334,14 @@ impl Users {
     fn install(&self, next: Next) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         *map = next.map;
+        for u in map.values() {
+            u.publish_limits();
+        }
         let mut gone = self.lock_gone();
         gone.retain(|path, u| u.strong_count() > 0 && !map.contains_key(path));
         for (user, kick) in next.retired {
             if kick {
-                user.kick.cancel();
+                user.kicked().cancel();
                 gone.remove(&user.path);
             } else if !map.contains_key(&user.path) {
                 gone.insert(user.path.clone(), Arc::downgrade(&user));
@@ -267,15 +352,18 @@ impl Users {
     /// Takes `entries` as the whole table; returns how many users it has. Users whose
     /// destination is unchanged keep their counters and live tunnels; replaced ones hand
     /// their tunnels' kick to their successor; removed ones open nothing new.
-    fn take_whole(&self, entries: Vec<(String, HostPort)>) -> usize {
+    fn take_whole(&self, entries: Vec<Row>) -> usize {
         let mut next = HashMap::with_capacity(entries.len());
         let retired = {
             let current = self.read();
-            for (path, dst) in entries {
+            for (path, dst, limits) in entries {
                 let user = match current.get(&path) {
-                    Some(old) if old.dst == dst => old.clone(),
-                    Some(old) => User::replacing(path.clone(), dst, Some(old)),
-                    None => User::replacing(path.clone(), dst, self.gone_user(&path).as_ref()),
+                    Some(old) if old.dst == dst && old.limits == limits => old.clone(),
+                    Some(old) => User::replacing(path.clone(), dst, limits, Some(old)),
+                    None => {
+                        let gone = self.gone_user(&path);
+                        User::replacing(path.clone(), dst, limits, gone.as_ref())
+                    }
                 };
                 next.insert(path, user);
             }
@@ -326,21 +414,39 @@ impl Users {
         let loaded = fresh
             .list()
             .iter()
-            .map(|u| (u.path.clone(), u.dst.clone()))
+            .map(|u| (u.path.clone(), u.dst.clone(), u.limits.clone()))
             .collect();
         Ok(Some(self.take_whole(loaded)))
     }
 }
 
 impl Router for Users {
-    type Owner = Arc<User>;
+    type Owner = Pass;
 
-    fn route(&self, path: &str) -> Option<Arc<User>> {
-        self.get(path)
+    fn route(&self, path: &str) -> Option<Pass> {
+        let user = self.admitted(path)?;
+        match user.seat() {
+            Some(seat) => Some(Pass {
+                user,
+                seat: Some(Arc::new(seat)),
+            }),
+            None => {
+                self.refuse(&user, Refusal::Connections);
+                None
+            }
+        }
     }
 
-    fn revoked(&self, owner: &Arc<User>) -> Option<CancellationToken> {
-        Some(owner.kick.clone())
+    fn reroute(&self, path: &str, current: &Pass) -> Option<Pass> {
+        let user = self.admitted(path)?;
+        Some(Pass {
+            user,
+            seat: current.seat.clone(),
+        })
+    }
+
+    fn revoked(&self, owner: &Pass) -> Option<CancellationToken> {
+        Some(owner.user.ends())
     }
 }
 
@@ -351,8 +457,9 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
     let mut list: Vec<Saved> = users
         .values()
         .map(|u| Saved {
-            path: u.path.clone(),
+            path: &u.path,
             dst: u.dst.to_string(),
+            limits: &u.limits,
         })
         .collect();
     list.sort_by(|a, b| a.path.cmp(&b.path));

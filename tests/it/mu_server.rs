@@ -131,8 +131,12 @@ async fn compatible_api_answers_byte_for_byte() {
             assert_eq!(code, status, "{body}");
             assert!(text.starts_with(r#"{"res":2,"err_string":"#), "{text}");
         }
-        let (code, text) = http(mu.control, "GET", "/", "", b"").await;
+        let (code, text) = http(mu.control, "GET", "/nope", "", b"").await;
         assert_eq!((code, text.as_str()), (405, r#"{"res":2,"err_string":"use POST"}"#));
+        // GET / is the dashboard's page, not the command API.
+        let (code, text) = http(mu.control, "GET", "/", "", b"").await;
+        assert_eq!(code, 200);
+        assert!(text.starts_with("<!doctype html>"), "{text}");
         let huge = vec![b' '; 2 * 1024 * 1024 + 1];
         assert_eq!(http(mu.control, "POST", "/", "", &huge).await.0, 413);
         for bad in [
@@ -286,11 +290,16 @@ async fn users_are_routed_removed_and_kicked() {
             t.await.expect("transfer");
         }
         // The /hash tunnel's bytes are counted once its relay has finished.
-        let counted = format!(r#""bytes_down":32,"bytes_up":{},"clients":[],"connections":0,"dst":"{replier}","path":"/hash""#, data.len());
+        let counted = serde_json::json!({
+            "bytes_down": 32, "bytes_up": data.len(), "clients": [], "connections": 0,
+            "dst": replier.to_string(), "path": "/hash", "state": "active", "open_connections": 0,
+            "user": mtt::testing::role::controller::user_id("/hash"),
+        });
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             let (_, users) = http(mu.control, "GET", "/v1/users", "", b"").await;
-            if users.contains(&counted) {
+            let list: Vec<serde_json::Value> = serde_json::from_str(&users).expect("JSON");
+            if list.contains(&counted) {
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "bytes not counted: {users}");

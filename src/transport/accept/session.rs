@@ -108,7 +108,7 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
                     return;
                 }
                 _ = revoked.cancelled() => {
-                    log::info!("{id}: multiplexed session closed: user {} removed with kick", up.path);
+                    log::info!("{id}: multiplexed session closed: user {} removed with kick or over a limit", up.path);
                     return;
                 }
                 next = session.next() => next,
@@ -129,10 +129,14 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
             // Each stream goes to its path's owner now: a removed user's session opens
             // nothing new, a replaced one's goes to the new destination.
             let owner = match (&self.http, &up.owner) {
-                (Some(front), Some(_)) => match front.path.route(&up.path) {
-                    Some(owner) => owner,
+                (Some(front), Some(current)) => match front.path.reroute(&up.path, current) {
+                    Some(owner) => Some(owner),
                     None => {
-                        log::info!("{sid}: refused: user {} was removed", up.path);
+                        crate::rarely!(
+                            Info,
+                            "{sid}: refused: user {} was removed or is over a limit",
+                            up.path
+                        );
                         continue;
                     }
                 },

@@ -10,12 +10,11 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::super::{Backend, Change, Users};
+use super::super::{Backend, Change, Row, Users};
 use super::{
     CONNECT_LIMIT, FLUSH_EVERY, RETRY_MAX, RETRY_MIN, RedisOptions, Store, parse_announced,
     unreachable_at,
 };
-use crate::addr::HostPort;
 use crate::{Error, Result};
 
 impl Users {
@@ -65,10 +64,10 @@ impl Users {
             return Err(Error::runtime("no snapshot"));
         };
         let loaded = Users::load(Some(snap.clone()))?;
-        let entries: Vec<(String, HostPort)> = loaded
+        let entries: Vec<Row> = loaded
             .list()
             .iter()
-            .map(|u| (u.path.clone(), u.dst.clone()))
+            .map(|u| (u.path.clone(), u.dst.clone(), u.limits.clone()))
             .collect();
         let age = std::fs::metadata(&snap)
             .and_then(|m| m.modified())
@@ -92,7 +91,7 @@ impl Users {
 
     /// Takes `entries` as the whole table at `version`. Users whose destination is unchanged
     /// keep their counters and live tunnels; removed ones open nothing new.
-    async fn replace_all(&self, version: u64, entries: Vec<(String, HostPort)>) {
+    async fn replace_all(&self, version: u64, entries: Vec<Row>) {
         let mut at = self.writer.lock().await;
         self.take_whole(entries);
         *at = version;
@@ -222,7 +221,11 @@ impl Users {
                     }
                     _ = flush.tick() => {
                         match store.flush(&self.list()).await {
-                            Ok(()) => store.mark(true, ""),
+                            Ok(()) => {
+                                store.mark(true, "");
+                                // The fleet's quota counts just came in.
+                                self.enforce(crate::users::limits::unix_now());
+                            }
                             Err(e) => store.mark(false, &e.to_string()),
                         }
                     }

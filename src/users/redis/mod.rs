@@ -5,11 +5,14 @@
 //! decoding); [`follow`] keeps a server's table in step with it.
 //!
 //! Keys, under the prefix (`mtt:` by default):
-//! - `users`: hash, path → `{"dst":"host:port"}`
+//! - `users`: hash, path → `{"dst":"host:port"}` and the user's limits (`"quota"`, …)
 //! - `version`: the number of changes ever made
 //! - `changes`: channel; each change as `<version> <json>`
 //! - `bytes_up`, `bytes_down`: hashes, path → bytes the fleet moved for the user
 //! - `live:<server>`: hash, path → tunnels open on that server; expires unless refreshed
+//! - `quota_window`, `quota_up`, `quota_down`: hashes, path → the quota's period (a number
+//!   every server computes alike from the time) and the bytes the fleet moved in it, for
+//!   users with a quota
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,8 +31,8 @@ mod tickets;
 pub use options::{RedisOptions, redacted};
 use options::{client, manager_config, unreachable_at};
 
-use super::{Change, User, check};
-use crate::addr::HostPort;
+use super::limits::Limits;
+use super::{Change, Entry, Row, User, check};
 use crate::{Error, Result};
 
 /// How often counters are flushed to Redis.
@@ -69,14 +72,17 @@ pub struct Store {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Announced {
-    Add { users: Vec<(String, String)> },
-    Remove { paths: Vec<String>, kick: bool },
+    Add {
+        users: Vec<(String, String)>,
+        /// The limits of the users that have any, by path.
+        #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+        limits: HashMap<String, Limits>,
+    },
+    Remove {
+        paths: Vec<String>,
+        kick: bool,
+    },
     Reset,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Entry {
-    dst: String,
 }
 
 /// Writes a change, bumps the version and announces it, all at once (a script runs
@@ -91,6 +97,25 @@ if op == 'add' then for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], 
 if op == 'remove' then for i = 4, #ARGV do redis.call('HDEL', KEYS[1], ARGV[i]) end end
 redis.call('PUBLISH', ARGV[1], v .. ' ' .. ARGV[3])
 return v
+";
+
+/// Adds a flush's bytes to the counts of each quota user's period (groups of path, period,
+/// up, down), starting them again when a later period begins; answers the counts.
+const COUNT: &str = r"
+local out = {}
+for i = 1, #ARGV, 4 do
+  local p = ARGV[i]
+  local w = tonumber(ARGV[i + 1])
+  local was = tonumber(redis.call('HGET', KEYS[1], p) or '-1')
+  if w > was then
+    redis.call('HSET', KEYS[1], p, ARGV[i + 1])
+    redis.call('HDEL', KEYS[2], p)
+    redis.call('HDEL', KEYS[3], p)
+  end
+  out[#out + 1] = redis.call('HINCRBY', KEYS[2], p, ARGV[i + 2])
+  out[#out + 1] = redis.call('HINCRBY', KEYS[3], p, ARGV[i + 3])
+end
+return out
 ";
 
 impl Store {
@@ -182,12 +207,20 @@ impl Store {
         let (op, announced, args): (&str, Announced, Vec<String>) = match change {
             Change::Add(items) => {
                 let mut args = Vec::with_capacity(items.len() * 2);
-                for (path, dst) in items {
-                    args.push(path.clone());
-                    args.push(entry_json(dst));
+                let mut limits = HashMap::new();
+                for e in items {
+                    let l = e.limits.clone().unwrap_or_default();
+                    args.push(e.path.clone());
+                    args.push(entry_json(&e.dst, &l));
+                    if !l.is_empty() {
+                        limits.insert(e.path.clone(), l);
+                    }
                 }
-                let users = items.clone();
-                ("add", Announced::Add { users }, args)
+                let users = items
+                    .iter()
+                    .map(|e| (e.path.clone(), e.dst.clone()))
+                    .collect();
+                ("add", Announced::Add { users, limits }, args)
             }
             Change::Remove(paths, kick) => {
                 let announced = Announced::Remove {
@@ -227,7 +260,7 @@ impl Store {
     /// The whole table and its version, read at one instant; unusable entries are left out
     /// (each reported once), and an unreadable version is taken as 0 (every server then
     /// follows the table itself, and the next write repairs the version).
-    async fn fetch(&self) -> redis::RedisResult<(u64, Vec<(String, HostPort)>)> {
+    async fn fetch(&self) -> redis::RedisResult<(u64, Vec<Row>)> {
         let mut conn = self.conn.clone();
         let (version, raw): (Option<Vec<u8>>, RawTable) = redis::pipe()
             .atomic()
@@ -240,15 +273,25 @@ impl Store {
             let path = String::from_utf8_lossy(&path);
             let parsed = std::str::from_utf8(&text)
                 .map_err(|_| "not UTF-8".to_string())
-                .and_then(|t| serde_json::from_str::<Entry>(t).map_err(|e| e.to_string()))
+                .and_then(|t| {
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(t)
+                        .map_err(|e| e.to_string())
+                })
                 .and_then(|e| {
                     if matches!(path, std::borrow::Cow::Owned(_)) {
                         return Err("its path is not UTF-8".to_string());
                     }
-                    check(&path, &e.dst).map_err(|e| e.report().to_string())
+                    let dst = e
+                        .get("dst")
+                        .and_then(|d| d.as_str())
+                        .ok_or("no \"dst\" string")?;
+                    let hp = check(&path, dst).map_err(|e| e.report().to_string())?;
+                    let limits =
+                        Limits::from_entry(&e, &["dst"]).map_err(|e| e.report().to_string())?;
+                    Ok((hp, limits))
                 });
             match parsed {
-                Ok(dst) => users.push((path.into_owned(), dst)),
+                Ok((dst, limits)) => users.push((path.into_owned(), dst, limits)),
                 Err(why) => self.report(&path, &String::from_utf8_lossy(&text), &why),
             }
         }
@@ -295,11 +338,15 @@ impl Store {
         Ok(self.read_version(v))
     }
 
-    /// Adds what every user's tunnels moved since the last flush to the fleet's totals, and
-    /// renews this server's live counts; on failure the bytes wait for the next flush.
+    /// Adds what every user's tunnels moved since the last flush to the fleet's totals and
+    /// to the quota counts (taking the fleet's counts back), and renews this server's live
+    /// counts; on failure the bytes wait for the next flush.
     async fn flush(&self, users: &[Arc<User>]) -> redis::RedisResult<()> {
         let mut taken = Vec::new();
         let mut pipe = redis::pipe();
+        let now = super::limits::unix_now();
+        let mut counted = Vec::new();
+        let mut count_args = Vec::new();
         let live_key = self.key(&format!("live:{}", self.server));
         pipe.del(&live_key).ignore();
         let mut live = Vec::new();
@@ -312,6 +359,16 @@ impl Store {
                 pipe.hincr(self.key("bytes_down"), &u.path, down).ignore();
             }
             taken.push((u.clone(), up, down));
+            if u.limits.has_quota() {
+                let window = u.window(now);
+                count_args.extend([
+                    u.path.clone(),
+                    window.to_string(),
+                    up.to_string(),
+                    down.to_string(),
+                ]);
+                counted.push((u.clone(), window));
+            }
             let (n, _, _) = u.counters();
             if n > 0 {
                 live.push((u.path.clone(), n));
@@ -321,14 +378,32 @@ impl Store {
             pipe.hset_multiple(&live_key, &live).ignore();
             pipe.expire(&live_key, LIVE_TTL_SECS).ignore();
         }
+        if !counted.is_empty() {
+            pipe.cmd("EVAL")
+                .arg(COUNT)
+                .arg(3)
+                .arg(self.key("quota_window"))
+                .arg(self.key("quota_up"))
+                .arg(self.key("quota_down"))
+                .arg(count_args);
+        }
         let mut conn = self.conn.clone();
-        let done: redis::RedisResult<()> = pipe.atomic().query_async(&mut conn).await;
-        if done.is_err() {
-            for (u, up, down) in taken {
-                u.unflush(up, down);
+        let done: redis::RedisResult<Vec<Vec<u64>>> = pipe.atomic().query_async(&mut conn).await;
+        match done {
+            Ok(answers) => {
+                let counts = answers.into_iter().next().unwrap_or_default();
+                for ((u, window), c) in counted.iter().zip(counts.chunks_exact(2)) {
+                    u.set_used(*window, c[0], c[1]);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for (u, up, down) in taken {
+                    u.unflush(up, down);
+                }
+                Err(e)
             }
         }
-        done
     }
 
     /// Fleet-wide (live tunnels, bytes up, bytes down) per path.
@@ -369,9 +444,13 @@ impl Store {
     }
 }
 
-/// Where the entry of a user is kept, as JSON.
-fn entry_json(dst: &str) -> String {
-    serde_json::json!({ "dst": dst }).to_string()
+/// Where the entry of a user is kept, as JSON: its destination and limits.
+fn entry_json(dst: &str, limits: &Limits) -> String {
+    let mut v = serde_json::to_value(limits).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("dst".into(), dst.into());
+    }
+    v.to_string()
 }
 
 /// `<version> <json>` → the change.
@@ -379,7 +458,16 @@ fn parse_announced(text: &str) -> Option<(u64, Change)> {
     let (v, json) = text.split_once(' ')?;
     let v: u64 = v.parse().ok()?;
     let change = match serde_json::from_str::<Announced>(json).ok()? {
-        Announced::Add { users } => Change::Add(users),
+        Announced::Add { users, mut limits } => Change::Add(
+            users
+                .into_iter()
+                .map(|(path, dst)| Entry {
+                    limits: Some(limits.remove(&path).unwrap_or_default()),
+                    path,
+                    dst,
+                })
+                .collect(),
+        ),
         Announced::Remove { paths, kick } => Change::Remove(paths, kick),
         Announced::Reset => Change::Reset,
     };

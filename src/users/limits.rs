@@ -1,0 +1,417 @@
+//! A user's limits: a byte quota per reset period (both ways together, or each way), an
+//! expiry time, a cap on concurrent connections and a rate; the reset periods' windows (UTC
+//! calendar days, weeks and months, or a fixed number of seconds); the rate's token bucket.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What the operator set for a user; every field optional, none set means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes up and down together per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// Bytes towards the destination per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_up: Option<u64>,
+    /// Bytes back to the client per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_down: Option<u64>,
+    /// When the quota's count starts again; without it, never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<Reset>,
+    /// Unix time (seconds) from which the user opens nothing and its tunnels end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// Concurrent connections: a WebSocket connection counts once, whatever it multiplexes;
+    /// a gRPC call counts once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Bytes per second, both ways together, shared by the user's tunnels on one server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+}
+
+/// The fields a user entry may carry besides `path` and `dst`: anything else is a mistake
+/// worth naming, not a field to ignore.
+pub const FIELDS: [&str; 7] = [
+    "quota",
+    "quota_up",
+    "quota_down",
+    "reset",
+    "expires",
+    "max_connections",
+    "rate",
+];
+
+/// When a quota's count starts again: at 00:00 UTC each day, each Monday, the first of each
+/// month, or every so many seconds counted from the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    Daily,
+    Weekly,
+    Monthly,
+    Every(u64),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ResetText {
+    Name(String),
+    Seconds(u64),
+}
+
+impl Serialize for Reset {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Reset::Daily => s.serialize_str("daily"),
+            Reset::Weekly => s.serialize_str("weekly"),
+            Reset::Monthly => s.serialize_str("monthly"),
+            Reset::Every(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let bad = || {
+            serde::de::Error::custom(
+                "reset is \"daily\", \"weekly\", \"monthly\" or a number of seconds (at least 60)",
+            )
+        };
+        match ResetText::deserialize(d).map_err(|_| bad())? {
+            ResetText::Name(n) => match n.as_str() {
+                "daily" => Ok(Reset::Daily),
+                "weekly" => Ok(Reset::Weekly),
+                "monthly" => Ok(Reset::Monthly),
+                _ => Err(bad()),
+            },
+            ResetText::Seconds(n) if n >= 60 => Ok(Reset::Every(n)),
+            ResetText::Seconds(_) => Err(bad()),
+        }
+    }
+}
+
+const DAY: u64 = 86_400;
+
+impl Reset {
+    /// The number of the period `now` (Unix seconds) falls in; periods are counted from the
+    /// epoch, so every server of a fleet gives the same number for the same instant.
+    pub fn window(self, now: u64) -> u64 {
+        match self {
+            Reset::Daily => now / DAY,
+            // 1970-01-01 was a Thursday: weeks start on Mondays.
+            Reset::Weekly => (now / DAY + 3) / 7,
+            Reset::Monthly => {
+                let (y, m, _) = civil(now / DAY);
+                y * 12 + (m - 1)
+            }
+            Reset::Every(n) => now / n,
+        }
+    }
+
+    /// When the period after `window` starts (Unix seconds).
+    pub fn window_end(self, window: u64) -> u64 {
+        match self {
+            Reset::Daily => (window + 1) * DAY,
+            Reset::Weekly => ((window + 1) * 7 - 3) * DAY,
+            Reset::Monthly => {
+                let next = window + 1;
+                days_from_civil(next / 12, next % 12 + 1) * DAY
+            }
+            Reset::Every(n) => (window + 1) * n,
+        }
+    }
+}
+
+/// (year, month 1–12, day 1–31) of a day counted from 1970-01-01 (H. Hinnant's algorithm).
+fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+/// The day (from 1970-01-01) on which `year`-`month`-01 falls.
+fn days_from_civil(year: u64, month: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why a user opens nothing now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Its expiry time has passed.
+    Expired,
+    /// It used its quota for this period.
+    OverQuota,
+    /// It has as many connections as it may.
+    Connections,
+}
+
+impl Refusal {
+    /// The label of the refusal in metrics and the REST API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Expired => "expired",
+            Refusal::OverQuota => "over_quota",
+            Refusal::Connections => "max_connections",
+        }
+    }
+}
+
+impl Limits {
+    /// Reads the limit fields of a user entry (`path` and `dst` are the caller's); a field
+    /// that is not one of [`FIELDS`], or a value of the wrong kind, is named.
+    pub fn from_entry(
+        entry: &serde_json::Map<String, serde_json::Value>,
+        known: &[&str],
+    ) -> Result<Self> {
+        if let Some(k) = entry
+            .keys()
+            .find(|k| !FIELDS.contains(&k.as_str()) && !known.contains(&k.as_str()))
+        {
+            return Err(Error::usage(format!(
+                "unknown field '{k}': a user has {}, and the limits {}",
+                known.join(", "),
+                FIELDS.join(", ")
+            )));
+        }
+        let mut limits = serde_json::Map::new();
+        for (k, v) in entry {
+            if FIELDS.contains(&k.as_str()) && !v.is_null() {
+                limits.insert(k.clone(), v.clone());
+            }
+        }
+        let limits: Limits = serde_json::from_value(serde_json::Value::Object(limits))
+            .map_err(|e| Error::usage(format!("limits: {e}")))?;
+        limits.check()?;
+        Ok(limits)
+    }
+
+    /// Values that cannot mean anything useful are refused, naming the field.
+    pub fn check(&self) -> Result<()> {
+        if self.rate == Some(0) {
+            return Err(Error::usage(
+                "rate 0: a rate is bytes per second and at least 1; leave it out for no limit",
+            ));
+        }
+        if self.max_connections == Some(0) {
+            return Err(Error::usage(
+                "max_connections 0 would refuse every connection: remove the user, or set an expiry",
+            ));
+        }
+        if self.reset.is_some() && !self.has_quota() {
+            return Err(Error::usage(
+                "reset without a quota: set quota, quota_up or quota_down too",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether any quota is set.
+    pub fn has_quota(&self) -> bool {
+        self.quota.is_some() || self.quota_up.is_some() || self.quota_down.is_some()
+    }
+
+    /// Whether nothing is limited.
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// The quota's current period at `now`.
+    pub fn window(&self, now: u64) -> u64 {
+        self.reset.map_or(0, |r| r.window(now))
+    }
+
+    /// Whether `used` (up, down) in the current period is at or past a quota.
+    pub fn over_quota(&self, (up, down): (u64, u64)) -> bool {
+        self.quota.is_some_and(|q| up.saturating_add(down) >= q)
+            || self.quota_up.is_some_and(|q| up >= q)
+            || self.quota_down.is_some_and(|q| down >= q)
+    }
+
+    /// Bytes left before a quota is reached (the smallest of those set), `None` without one.
+    pub fn remaining(&self, (up, down): (u64, u64)) -> Option<u64> {
+        [
+            self.quota
+                .map(|q| q.saturating_sub(up.saturating_add(down))),
+            self.quota_up.map(|q| q.saturating_sub(up)),
+            self.quota_down.map(|q| q.saturating_sub(down)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Why the user may not open anything at `now` with `used` bytes in this period, if so.
+    pub fn refusal(&self, now: u64, used: (u64, u64)) -> Option<Refusal> {
+        if self.expires.is_some_and(|t| now >= t) {
+            return Some(Refusal::Expired);
+        }
+        self.over_quota(used).then_some(Refusal::OverQuota)
+    }
+}
+
+/// A token bucket of `rate` bytes a second, holding at most a tenth of a second's worth, that
+/// may go into debt by one read: a reader waits until the debt is paid, so the long-run rate
+/// holds however large each read is.
+#[derive(Debug)]
+pub struct Bucket {
+    tokens: f64,
+    last: tokio::time::Instant,
+}
+
+impl Bucket {
+    pub fn new() -> Self {
+        Bucket {
+            tokens: 0.0,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    /// At `rate` bytes/s: `None` if bytes may move now, else how long to wait.
+    pub fn wait(&mut self, rate: u64) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let rate = rate as f64;
+        let burst = (rate / 10.0).max(1.0);
+        self.tokens = (self.tokens + (now - self.last).as_secs_f64() * rate).min(burst);
+        self.last = now;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
+    }
+
+    /// Takes `n` bytes' worth (they moved).
+    pub fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
+impl Default for Bucket {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_windows_start_at_midnight_mondays_and_firsts() {
+        // 2026-12-07 is a Monday; 2026-12-07T21:22:36Z.
+        let t = 1_796_678_556;
+        assert_eq!(civil(t / DAY), (2026, 12, 7));
+        let d = Reset::Daily.window(t);
+        assert_eq!(Reset::Daily.window_end(d), 1_796_688_000); // 2026-12-08T00:00Z
+        let w = Reset::Weekly.window(t);
+        assert_eq!(Reset::Weekly.window_end(w), 1_797_206_400); // 2026-12-14T00:00Z
+        assert_eq!(Reset::Weekly.window(1_796_601_600), w); // Monday 00:00 is in it
+        assert_eq!(Reset::Weekly.window(1_796_601_599), w - 1); // Sunday 23:59:59 is not
+        let m = Reset::Monthly.window(t);
+        assert_eq!(m, 2026 * 12 + 11);
+        assert_eq!(Reset::Monthly.window_end(m), 1_798_761_600); // 2027-01-01T00:00Z
+        assert_eq!(Reset::Monthly.window(1_798_761_599), m);
+        assert_eq!(Reset::Monthly.window(1_798_761_600), m + 1);
+        // February of a leap year ends on the 29th.
+        let feb = Reset::Monthly.window(1_835_481_600); // 2028-03-01
+        assert_eq!(days_from_civil(2028, 3) - days_from_civil(2028, 2), 29);
+        assert_eq!(feb, 2028 * 12 + 2);
+        assert_eq!(
+            Reset::Every(3600).window_end(Reset::Every(3600).window(t)),
+            1_796_680_800
+        );
+    }
+
+    #[test]
+    fn entries_name_unknown_fields_and_bad_values() {
+        let map = |v: serde_json::Value| v.as_object().cloned().expect("object");
+        let known = ["path", "dst"];
+        let l = Limits::from_entry(
+            &map(serde_json::json!({"dst":"x:1","quota":100,"reset":"monthly","expires":5,"max_connections":2,"rate":1000})),
+            &known,
+        )
+        .expect("limits");
+        assert_eq!(l.reset, Some(Reset::Monthly));
+        assert_eq!(l.max_connections, Some(2));
+        let e = Limits::from_entry(&map(serde_json::json!({"qouta":1})), &known).unwrap_err();
+        assert!(
+            e.report().to_string().contains("unknown field 'qouta'"),
+            "{}",
+            e.report()
+        );
+        for bad in [
+            serde_json::json!({"reset":"hourly","quota":1}),
+            serde_json::json!({"reset":5,"quota":1}),
+            serde_json::json!({"reset":"daily"}),
+            serde_json::json!({"rate":0}),
+            serde_json::json!({"max_connections":0}),
+            serde_json::json!({"quota":-1}),
+            serde_json::json!({"expires":"tomorrow"}),
+        ] {
+            assert!(
+                Limits::from_entry(&map(bad.clone()), &known).is_err(),
+                "{bad}"
+            );
+        }
+        // null is "not set", as the dashboard sends an emptied field.
+        let l = Limits::from_entry(&map(serde_json::json!({"quota":null})), &known).expect("ok");
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn quotas_refuse_at_the_limit_and_say_what_is_left() {
+        let l = Limits {
+            quota: Some(100),
+            quota_down: Some(60),
+            expires: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(l.refusal(10, (30, 59)), None);
+        assert_eq!(l.remaining((30, 59)), Some(1));
+        assert_eq!(l.refusal(10, (0, 60)), Some(Refusal::OverQuota));
+        assert_eq!(l.refusal(10, (50, 50)), Some(Refusal::OverQuota));
+        assert_eq!(l.refusal(1000, (0, 0)), Some(Refusal::Expired));
+        assert_eq!(Limits::default().remaining((5, 5)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_holds_its_rate_over_time() {
+        let mut b = Bucket::new();
+        let rate = 1_000_000;
+        let mut moved = 0u64;
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            match b.wait(rate) {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    b.spend(256 * 1024);
+                    moved += 256 * 1024;
+                }
+            }
+        }
+        let per_s = moved as f64 / start.elapsed().as_secs_f64();
+        assert!((per_s - rate as f64).abs() < rate as f64 * 0.06, "{per_s}");
+    }
+}
