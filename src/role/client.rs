@@ -203,7 +203,7 @@ impl Client {
             Ok(mut remote) => {
                 crate::metrics::get().handshake_took(start.elapsed());
                 log::debug!("{id}: tunnel to {} open", self.cfg.dial.server);
-                let res = relay(&mut local, &mut remote, self.cfg.timeout, &Counted(None)).await;
+                let res = relay(&mut local, &mut remote, self.cfg.timeout, &Counted).await;
                 match &res {
                     // The application's side ending badly is its own business; the server's
                     // is news: it stopped, or the way to it broke.

@@ -74,7 +74,7 @@ impl Destinations {
             }
         }
         log::debug!("{id}: relaying to {dest}");
-        let counted = Counted(user);
+        let counted = Counted;
         let relayed = relay(&mut tunnel, &mut out, self.idle, &counted);
         let res = match stop {
             None => relayed.await,
@@ -202,15 +202,12 @@ pub(crate) async fn with_certs(
 }
 
 /// Counts a tunnel's bytes as they move (up: towards the destination) into the process's
-/// metrics and, on a mu-server, its user's counters.
-pub(crate) struct Counted<'a>(pub Option<&'a crate::users::User>);
+/// metrics (a mu-server's user counts its own, as they cross its tunnel: `users::Throttled`).
+pub(crate) struct Counted;
 
-impl Tally for Counted<'_> {
+impl Tally for Counted {
     fn add(&self, up: u64, down: u64) {
         crate::metrics::get().add_bytes(up, down);
-        if let Some(user) = self.0 {
-            user.add_bytes(up, down);
-        }
     }
 }
 

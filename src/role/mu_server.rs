@@ -198,7 +198,12 @@ impl MuServer {
         log::debug!("{}: user {} → {}", tunnel.id, user.path, user.dst);
         match tunnel.kind {
             Kind::Stream => {
-                let io = Box::new(Throttled::new(tunnel.io, user.shared().clone(), false));
+                // Counted (and limited) as the bytes cross the tunnel.
+                let io = Box::new(Throttled::new(
+                    tunnel.io,
+                    user.shared().clone(),
+                    ends.clone(),
+                ));
                 self.out
                     .relay(io, &tunnel.id, &user.dst, Some(user), Some(&ends))
                     .await;
@@ -206,8 +211,11 @@ impl MuServer {
             Kind::Datagrams => {
                 let idle = self.cfg.udp_timeout;
                 let stop = tunnel.shutdown;
-                // Datagrams are counted (and limited) as they cross the tunnel.
-                let io = Box::new(Throttled::new(tunnel.io, user.shared().clone(), true));
+                let io = Box::new(Throttled::new(
+                    tunnel.io,
+                    user.shared().clone(),
+                    ends.clone(),
+                ));
                 let relay = self.out.relay_udp(io, &tunnel.id, &user.dst, idle, &stop);
                 // Boxed: TCP tunnels, the many, are not sized for the UDP relay.
                 let relay = Box::pin(relay);

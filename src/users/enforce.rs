@@ -135,7 +135,7 @@ impl Users {
             self.history.sample(&self.list(), now);
             n += 1;
             if let Some(f) = &file
-                && (stopping || n % SAVE_EVERY == 0)
+                && (stopping || n.is_multiple_of(SAVE_EVERY))
             {
                 self.save_usage(f, &mut saved);
             }

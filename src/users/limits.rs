@@ -199,14 +199,29 @@ impl Limits {
                 FIELDS.join(", ")
             )));
         }
-        let mut limits = serde_json::Map::new();
-        for (k, v) in entry {
-            if FIELDS.contains(&k.as_str()) && !v.is_null() {
-                limits.insert(k.clone(), v.clone());
+        // Field by field, so that an error names its field.
+        fn field<T: serde::de::DeserializeOwned>(
+            entry: &serde_json::Map<String, serde_json::Value>,
+            name: &str,
+            what: &str,
+        ) -> Result<Option<T>> {
+            match entry.get(name) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => serde_json::from_value(v.clone())
+                    .map(Some)
+                    .map_err(|e| Error::usage(format!("{name} {v}: {what} ({e})"))),
             }
         }
-        let limits: Limits = serde_json::from_value(serde_json::Value::Object(limits))
-            .map_err(|e| Error::usage(format!("limits: {e}")))?;
+        const BYTES: &str = "a number of bytes";
+        let limits = Limits {
+            quota: field(entry, "quota", BYTES)?,
+            quota_up: field(entry, "quota_up", BYTES)?,
+            quota_down: field(entry, "quota_down", BYTES)?,
+            reset: field(entry, "reset", "see below")?,
+            expires: field(entry, "expires", "a Unix time in seconds")?,
+            max_connections: field(entry, "max_connections", "a whole number from 1")?,
+            rate: field(entry, "rate", "bytes per second")?,
+        };
         limits.check()?;
         Ok(limits)
     }

@@ -462,7 +462,7 @@ fn save(file: &Path, users: &HashMap<String, Arc<User>>) -> Result<()> {
             limits: &u.limits,
         })
         .collect();
-    list.sort_by(|a, b| a.path.cmp(&b.path));
+    list.sort_by(|a, b| a.path.cmp(b.path));
     let json = serde_json::to_vec_pretty(&list).map_err(|e| Error::failed(ctx(), e))?;
     // The mode the operator gave the file itself (without set-id or sticky bits); a symbolic
     // link's target says nothing about who may read what is written here (the link is

@@ -138,12 +138,6 @@ impl User {
         v
     }
 
-    /// Adds bytes the user's tunnels moved (as they move); a quota reached here ends the
-    /// tunnels at once.
-    pub fn add_bytes(&self, up: u64, down: u64) {
-        self.shared.add_bytes(up, down);
-    }
-
     /// (live tunnels, bytes up, bytes down), on this server.
     pub fn counters(&self) -> (u64, u64, u64) {
         let s = &self.shared;
@@ -221,7 +215,7 @@ impl Shared {
         lock(&self.bucket)
     }
 
-    /// Counts bytes a tunnel moved that no relay's tally counts (datagram tunnels).
+    /// Counts bytes a tunnel of the user moved.
     pub fn count(&self, up: u64, down: u64) {
         self.add_bytes(up, down);
     }

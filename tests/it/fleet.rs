@@ -336,6 +336,66 @@ async fn counters_add_up_across_the_fleet() {
     .await
 }
 
+/// A quota is enforced on the fleet's sum: two servers carry one user's traffic at once, and
+/// both end it once the sum reaches the quota, going past it by at most what the fleet moves
+/// in one flush interval; then each refuses the user, and Redis holds the entry and counts.
+#[tokio::test]
+async fn a_quota_is_spent_across_the_fleet_and_enforced_on_the_sum() {
+    use crate::limits::{push, sink};
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let redis = Redis::start(dir.path(), free_port()).await;
+        let (a, b) = (mu(&redis.url(), &[]).await, mu(&redis.url(), &[]).await);
+        let dst = sink().await;
+        // Each server moves at most `rate` for the user; the quota takes about 2 s of both.
+        let (quota, rate): (u64, u64) = (4 << 20, 1 << 20);
+        let body = format!(
+            r#"{{"dst":"{}","quota":{quota},"rate":{rate},"reset":"daily"}}"#,
+            dst.addr
+        );
+        assert_eq!(a.api("PUT", "/v1/users/q", &body).await.0, 200);
+        let entry = redis.cli(&["HGET", "mtt:users", "/q"]);
+        assert!(entry.contains(&format!(r#""quota":{quota}"#)), "{entry}");
+        let (_ca, via_a) = a.client("/q").await;
+        let (_cb, via_b) = b.client("/q").await;
+        until(Duration::from_secs(2), "/q on B", || async {
+            b.users().await.as_array().is_some_and(|u| !u.is_empty())
+        })
+        .await;
+        let (x, y) = tokio::join!(push(via_a, 16 << 20), push(via_b, 16 << 20));
+        assert!(x > 0 && y > 0);
+        let total = dst.after_ended(2).await;
+        // At most one flush interval (1 s) of the fleet's traffic past the quota, plus what
+        // one relay buffer in each direction holds on each server.
+        let bound = quota + 2 * rate + 2 * 2 * 256 * 1024;
+        eprintln!("the fleet moved {total} bytes for a quota of {quota} ({x} and {y} offered)");
+        assert!(
+            total >= quota && total <= bound,
+            "the fleet moved {total} of a quota of {quota} (bound {bound})"
+        );
+        for s in [&a, &b] {
+            until(
+                Duration::from_secs(3),
+                "over quota on every server",
+                || async {
+                    let u = &s.users().await[0];
+                    u["state"] == "over_quota" && u["used_up"].as_u64().is_some_and(|n| n >= quota)
+                },
+            )
+            .await;
+        }
+        closed_promptly(via_a).await;
+        closed_promptly(via_b).await;
+        let counted: u64 = redis
+            .cli(&["HGET", "mtt:quota_up", "/q"])
+            .trim()
+            .parse()
+            .expect("count");
+        assert!(counted >= quota && counted <= bound, "{counted}");
+    })
+    .await
+}
+
 /// Redis killed: tunnels keep flowing and known users' new tunnels are accepted on every
 /// server; writes answer 503 and change nothing. Redis restarted on its data: the servers
 /// resync, writes work again, and nothing acknowledged before the kill is lost.

@@ -17,6 +17,7 @@ mod grpc_hostile;
 mod hello;
 mod hostile;
 mod interop;
+mod limits;
 mod load;
 mod mu_server;
 mod mux;
