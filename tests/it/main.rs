@@ -10,6 +10,7 @@ mod acme;
 mod cdn;
 mod cli;
 mod cross;
+mod dashboard;
 mod faults;
 mod fleet;
 mod grpc;

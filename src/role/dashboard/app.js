@@ -141,7 +141,7 @@
       }
       previous = { at, bytes };
       users = list;
-      let s = 'v' + status.version + ' · ' + status.users + ' users · ' + status.connections + ' tunnels';
+      let s = 'v' + status.version + ' · users: ' + status.users + ' · tunnels: ' + status.connections;
       if (status.store) s += ' · Redis ' + status.store.state;
       $('#status').textContent = s;
       $('#error').textContent = '';
@@ -149,6 +149,11 @@
     } catch (e) {
       if (e.message !== 'unauthorized') $('#error').textContent = 'Cannot reach the controller: ' + e.message;
     }
+  }
+
+  // The chart's section sets its width (the chart itself would hold it at its old size).
+  function chartWidth() {
+    return Math.max(240, $('#chart').parentElement.clientWidth);
   }
 
   function series(points, step) {
@@ -160,10 +165,11 @@
     try { h = await api('GET', '/v1/history'); } catch (_) { return; }
     const total = series(h.total.points, h.total.step);
     const opts = {
-      width: Math.max(280, $('#chart').clientWidth),
+      width: chartWidth(),
       height: 240,
-      scales: { x: { time: true } },
-      axes: [{}, { values: (u, vals) => vals.map((v) => fmtBytes(Math.round(v)) + '/s'), size: 80 }],
+      // Always the last hour, however little of it the server has seen.
+      scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 3600, now]; } } },
+      axes: [{}, { values: (u, vals) => vals.map((v) => fmtBytes(Math.round(v)) + '/s'), size: 96 }],
       series: [{}, { label: 'all ↑', stroke: '#2f6fdd' }, { label: 'all ↓', stroke: '#1a7f37' }],
     };
     let data = total;
@@ -189,7 +195,7 @@
       f.path.value = u.path;
       f.dst.value = u.dst;
       for (const k of ['quota', 'quota_up', 'quota_down', 'rate']) f[k].value = u[k] != null ? String(u[k]) : '';
-      f.reset.value = typeof u.reset === 'string' ? u.reset : '';
+      f.period.value = typeof u.reset === 'string' ? u.reset : '';
       f.max_connections.value = u.max_connections != null ? String(u.max_connections) : '';
       if (u.expires) {
         const d = new Date(u.expires * 1000);
@@ -207,12 +213,12 @@
       if (!path.startsWith('/')) throw new Error('a path starts with /');
       const body = { dst: f.dst.value.trim() };
       for (const k of ['quota', 'quota_up', 'quota_down', 'rate']) body[k] = parseBytes(f[k].value);
-      body.reset = f.reset.value || null;
+      body.reset = f.period.value || null;
       body.max_connections = f.max_connections.value ? parseInt(f.max_connections.value, 10) : null;
       body.expires = f.expires.value ? Math.floor(new Date(f.expires.value).getTime() / 1000) : null;
       // An edit keeps a reset period that the form cannot show (a number of seconds).
       const before = users.find((u) => u.path === editing);
-      if (before && typeof before.reset === 'number' && !f.reset.value) body.reset = before.reset;
+      if (before && typeof before.reset === 'number' && !f.period.value) body.reset = before.reset;
       await api('PUT', '/v1/users' + path, body);
       $('#edit').close();
       await poll();
@@ -270,7 +276,7 @@
   $('#add').addEventListener('click', () => openEditor(null));
   $('#edit-form').addEventListener('submit', save);
   $('#cancel').addEventListener('click', () => $('#edit').close());
-  window.addEventListener('resize', () => { if (chart) chart.setSize({ width: Math.max(280, $('#chart').clientWidth), height: 240 }); });
+  window.addEventListener('resize', () => { if (chart) chart.setSize({ width: chartWidth(), height: 240 }); });
 
   if (token) start(); else logout('');
 })();
