@@ -1,8 +1,9 @@
 //! Limits at work: a tunnel of a user past its expiry or quota, or over its connection cap,
 //! is refused (counted by reason, logged at most once a second); every second the quota
 //! counts are brought up to date (this server's bytes, or the fleet's through the Redis
-//! flush), the tunnels of users that reached a limit end, and the traffic history takes a
-//! sample; the users file's quota counts are kept beside it (`<file>.usage`).
+//! flush) and the tunnels of users that reached a limit end; every ten seconds the traffic
+//! history takes a sample and the users file's quota counts are saved beside it
+//! (`<file>.usage`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,10 @@ use super::{Backend, Change, User, Users};
 
 /// How often limits are checked and (without Redis) quota counts taken.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often a users file's quota counts are saved (and at a stop).
+/// How often (in checks) a users file's quota counts are saved (and at a stop).
 const SAVE_EVERY: u64 = 10;
+/// How often (in checks) the traffic history takes a sample: its finest step.
+const HISTORY_EVERY: u64 = 10;
 
 const REASONS: [Refusal; 3] = [Refusal::Expired, Refusal::OverQuota, Refusal::Connections];
 
@@ -76,7 +79,7 @@ impl Users {
 
     /// Ends the tunnels of users past a limit at `now`; says once when a user reaches one.
     pub fn enforce(&self, now: u64) {
-        for user in self.list() {
+        for user in self.all() {
             let why = user.refusal(now);
             let shared = &user.shared;
             let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,7 +108,7 @@ impl Users {
 
     /// Counts this server's bytes into the quotas (without Redis, whose flush does it).
     fn count_local(&self, now: u64) {
-        for user in self.list() {
+        for user in self.all() {
             let (up, down) = user.take_unflushed();
             user.count_used(user.window(now), up, down);
         }
@@ -132,8 +135,10 @@ impl Users {
                 self.count_local(now);
             }
             self.enforce(now);
-            self.history.sample(&self.list(), now);
             n += 1;
+            if n.is_multiple_of(HISTORY_EVERY) || stopping {
+                self.history.sample(&self.all(), now);
+            }
             if let Some(f) = &file
                 && (stopping || n.is_multiple_of(SAVE_EVERY))
             {
@@ -148,7 +153,7 @@ impl Users {
     /// Writes the quota counts of users with a quota to `file`, if they changed.
     fn save_usage(&self, file: &Path, saved: &mut HashMap<String, (u64, u64, u64)>) {
         let now: HashMap<String, (u64, u64, u64)> = self
-            .list()
+            .all()
             .iter()
             .filter(|u| u.limits.has_quota())
             .map(|u| (u.path.clone(), u.flushed_usage()))

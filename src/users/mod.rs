@@ -257,6 +257,11 @@ impl Users {
         self.read().len()
     }
 
+    /// Every user, in no order.
+    pub(crate) fn all(&self) -> Vec<Arc<User>> {
+        self.read().values().cloned().collect()
+    }
+
     /// Every user, sorted by path.
     pub fn list(&self) -> Vec<Arc<User>> {
         let mut v: Vec<_> = self.read().values().cloned().collect();

@@ -392,6 +392,17 @@ async fn a_quota_is_spent_across_the_fleet_and_enforced_on_the_sum() {
             .parse()
             .expect("count");
         assert!(counted >= quota && counted <= bound, "{counted}");
+        // A server that joins later reads the entry's limits from Redis, and the count.
+        let c = mu(&redis.url(), &[]).await;
+        until(
+            Duration::from_secs(3),
+            "the third server's count",
+            || async {
+                let u = &c.users().await[0];
+                u["quota"] == quota && u["rate"] == rate && u["state"] == "over_quota"
+            },
+        )
+        .await;
     })
     .await
 }
