@@ -13,34 +13,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::common::*;
-use crate::limits::sink;
-use mtt::testing::transport::options::Verify;
-
-const TOKEN: &str = "dashboard-token";
+use crate::limits::{TOKEN, server_with, sink};
 
 fn driver_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dashboard")
-}
-
-/// A mu-server without a users file; (process, data address, controller address, pin).
-async fn mu_server() -> (Proc, std::net::SocketAddr, std::net::SocketAddr, Verify) {
-    let args = [
-        "mu-server",
-        "-b",
-        "127.0.0.1:0",
-        "-c",
-        "127.0.0.1:0",
-        "-n",
-        "127.0.0.1",
-        "-c-token",
-        TOKEN,
-    ];
-    let mut proc = Proc::spawn(&mtt_bin(), &args);
-    let pin = proc.pin().await;
-    let data = proc.listening_addr().await;
-    let control = proc.addr_after("controller on ").await;
-    let pin = Verify::Pin(mtt::testing::config::parse_pin(&pin).expect("pin"));
-    (proc, data, control, pin)
 }
 
 #[tokio::test]
@@ -50,7 +26,8 @@ async fn the_dashboard_in_chromium() {
         "playwright-core is not installed in tests/dashboard: run 'bash .ci/install-test-deps'"
     );
     bounded(async {
-        let (_mu, data, control, pin) = mu_server().await;
+        let mu = server_with(None).await;
+        let (data, control, pin) = (mu.data, mu.control, mu.pin.clone());
         let dst = sink().await;
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
         std::fs::create_dir_all(&out).expect("artefact directory");
@@ -118,7 +95,8 @@ async fn get(control: std::net::SocketAddr, path: &str, headers: &str) -> (u16, 
 #[tokio::test]
 async fn the_page_is_served_under_a_strict_policy_and_the_api_takes_only_its_own_origin() {
     bounded(async {
-        let (_mu, _data, control, _pin) = mu_server().await;
+        let mu = server_with(None).await;
+        let control = mu.control;
         // The page and its files need no token and say where they may load from.
         let mut s = TcpStream::connect(control).await.expect("connect");
         s.write_all(

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -149,37 +149,6 @@ impl Mu {
 async fn api(control: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     let headers = format!("Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n");
     http_request(control, method, path, &headers, body.as_bytes()).await
-}
-
-/// Whether a tunnel through `client` reaches an echo destination now.
-async fn tunnel_works(client: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(client).await else {
-        return false;
-    };
-    if s.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if &buf == b"ping"
-    )
-}
-
-/// How long until `check` holds, polling; panics after `limit`.
-async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// An echo destination that also says which it is: every reply starts with `tag`.

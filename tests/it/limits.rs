@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::common::*;
 use mtt::testing::transport::options::Verify;
 
-const TOKEN: &str = "limits-token";
+pub const TOKEN: &str = "limits-token";
 const T: Duration = Duration::from_secs(30);
 /// How far past its quota one server lets a user go: what one relay buffer (256 KiB) in each
 /// direction holds, counted before the check that ends the tunnel.
@@ -30,19 +30,26 @@ pub struct Server {
 
 /// A mu-server keeping its users in `file`.
 async fn server(file: &Path) -> Server {
-    let args = [
+    server_with(Some(file)).await
+}
+
+/// A mu-server, keeping its users in `file` if given.
+pub async fn server_with(file: Option<&Path>) -> Server {
+    let file = file.map(path_str);
+    let mut args = vec![
         "mu-server",
         "-b",
         "127.0.0.1:0",
         "-c",
         "127.0.0.1:0",
-        "-users-file",
-        &path_str(file),
         "-n",
         "127.0.0.1",
         "-c-token",
         TOKEN,
     ];
+    if let Some(f) = &file {
+        args.extend(["-users-file", f.as_str()]);
+    }
     let mut proc = Proc::spawn(&mtt_bin(), &args);
     let pin = proc.pin().await;
     let data = proc.listening_addr().await;
@@ -149,7 +156,7 @@ pub async fn sink() -> Sink {
 impl Sink {
     /// What it received once `n` connections have ended.
     pub async fn after_ended(&self, n: u64) -> u64 {
-        until("the destination's connections end", || async {
+        until(T, "the destination's connections end", || async {
             self.ended.load(Ordering::Relaxed) >= n
         })
         .await;
@@ -187,34 +194,6 @@ pub async fn push(client: SocketAddr, n: usize) -> usize {
     let mut buf = [0u8; 64];
     let _ = tokio::time::timeout(T, s.read(&mut buf)).await;
     sent
-}
-
-/// Waits (polling, bounded) until `check` holds.
-pub async fn until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < T, "{what}: not within {T:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Whether a tunnel through `client` to an echo destination carries a round trip now.
-pub async fn echoes(client: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect(client).await else {
-        return false;
-    };
-    if s.write_all(b"ping").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 4];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if &buf == b"ping"
-    )
 }
 
 #[tokio::test]
@@ -327,7 +306,7 @@ async fn an_expired_user_is_refused_and_its_open_tunnels_end() {
             serde_json::json!({"dst": echo.to_string(), "expires": unix_now() + 3600}),
         )
         .await;
-        assert!(echoes(c.addr).await);
+        assert!(tunnel_works(c.addr).await);
         assert_eq!(s.user("/e").await["state"], "active");
     })
     .await;
@@ -370,11 +349,11 @@ async fn the_connection_cap_refuses_the_next_while_the_first_flow() {
         );
         // One ends: a seat is free again.
         drop(held.pop());
-        until("a seat is free", || async {
+        until(T, "a seat is free", || async {
             s.user("/c").await["open_connections"] == 1
         })
         .await;
-        assert!(echoes(c.addr).await);
+        assert!(tunnel_works(c.addr).await);
         // A multiplexed connection counts once, however many streams it carries.
         s.put(
             "/m",
@@ -382,7 +361,7 @@ async fn the_connection_cap_refuses_the_next_while_the_first_flow() {
         )
         .await;
         let m = s.client("/m", true).await;
-        let streams: Vec<_> = (0..6).map(|_| tokio::spawn(echoes(m.addr))).collect();
+        let streams: Vec<_> = (0..6).map(|_| tokio::spawn(tunnel_works(m.addr))).collect();
         for t in streams {
             assert!(t.await.expect("stream"));
         }

@@ -166,3 +166,34 @@ pub async fn survives_silence(client: SocketAddr, quiet: Duration) -> bool {
         Ok(Ok(_)) if &b == b"bye!!"
     )
 }
+
+/// Whether a tunnel through `client` reaches an echo destination now.
+pub async fn tunnel_works(client: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(client).await else {
+        return false;
+    };
+    if s.write_all(b"ping").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if &buf == b"ping"
+    )
+}
+
+/// How long until `check` holds, polling; panics after `limit`.
+pub async fn until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
