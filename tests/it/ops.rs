@@ -324,7 +324,13 @@ async fn metrics_endpoints_count_traffic() {
         for i in 0..3u64 {
             echo_roundtrip(client.addr, &random_bytes(100_000, i)).await;
         }
-        let after = scrape(metrics).await;
+        // The relay counts after the poll that moved the bytes: the last of them may be
+        // counted just after the client saw its echo end.
+        let after = scrape_until(metrics, T, "300,000 bytes each way counted", |t| {
+            sample(t, "mtt_bytes_total{direction=\"up\"}") >= 300_000.0
+                && sample(t, "mtt_bytes_total{direction=\"down\"}") >= 300_000.0
+        })
+        .await;
         assert_eq!(
             sample(&after, "mtt_connections_accepted_total"),
             1.0,
