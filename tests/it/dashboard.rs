@@ -26,7 +26,7 @@ async fn the_dashboard_in_chromium() {
         "playwright-core is not installed in tests/dashboard: run 'bash .ci/install-test-deps'"
     );
     bounded(async {
-        let mu = server_with(None).await;
+        let mu = server_with(None, &[]).await;
         let (data, control, pin) = (mu.data, mu.control, mu.pin.clone());
         let dst = sink().await;
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
@@ -95,7 +95,7 @@ async fn get(control: std::net::SocketAddr, path: &str, headers: &str) -> (u16, 
 #[tokio::test]
 async fn the_page_is_served_under_a_strict_policy_and_the_api_takes_only_its_own_origin() {
     bounded(async {
-        let mu = server_with(None).await;
+        let mu = server_with(None, &[]).await;
         let control = mu.control;
         // The page and its files need no token and say where they may load from.
         let mut s = TcpStream::connect(control).await.expect("connect");

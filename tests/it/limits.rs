@@ -26,15 +26,17 @@ pub struct Server {
     pub data: SocketAddr,
     pub control: SocketAddr,
     pub pin: Verify,
+    /// The pin as `-cert-sha256` takes it.
+    pub pin_text: String,
 }
 
 /// A mu-server keeping its users in `file`.
 async fn server(file: &Path) -> Server {
-    server_with(Some(file)).await
+    server_with(Some(file), &[]).await
 }
 
-/// A mu-server, keeping its users in `file` if given.
-pub async fn server_with(file: Option<&Path>) -> Server {
+/// A mu-server, keeping its users in `file` if given, with `extra` flags.
+pub async fn server_with(file: Option<&Path>, extra: &[&str]) -> Server {
     let file = file.map(path_str);
     let mut args = vec![
         "mu-server",
@@ -50,6 +52,7 @@ pub async fn server_with(file: Option<&Path>) -> Server {
     if let Some(f) = &file {
         args.extend(["-users-file", f.as_str()]);
     }
+    args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&mtt_bin(), &args);
     let pin = proc.pin().await;
     let data = proc.listening_addr().await;
@@ -59,6 +62,7 @@ pub async fn server_with(file: Option<&Path>) -> Server {
         data,
         control,
         pin: Verify::Pin(mtt::testing::config::parse_pin(&pin).expect("pin")),
+        pin_text: pin,
     }
 }
 
@@ -267,6 +271,56 @@ async fn a_quota_crossed_mid_transfer_ends_the_tunnel_refuses_the_next_and_outli
         .await;
         assert_eq!(push(c.addr, 1 << 20).await, 1 << 20);
         assert_eq!(sink.after_ended(2).await, got + (1 << 20));
+    })
+    .await;
+}
+
+/// UDP through a user's tunnels counts too (datagrams with their framing): a quota ends the
+/// association, and the next one is refused.
+#[tokio::test]
+async fn datagrams_count_towards_the_quota_and_end_the_association() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = server_with(Some(&dir.path().join("users.json")), &["-udp"]).await;
+        let echo = crate::udp::udp_echo().await;
+        let quota = 20_000u64;
+        s.put(
+            "/u",
+            serde_json::json!({"dst": echo.to_string(), "quota_up": quota}),
+        )
+        .await;
+        let server = s.data.to_string();
+        let args = ["-wss", "-wss-path", "/u", "-udp"];
+        let mut client = Proc::client(&server, &s.pin_text, &args);
+        let caddr = client.listening_addr().await;
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let dgram = random_bytes(1000, 9);
+        let mut buf = vec![0u8; 2048];
+        let mut echoed = 0u64;
+        for _ in 0..60 {
+            sock.send_to(&dgram, caddr).await.expect("send");
+            match tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await {
+                Ok(Ok((n, _))) if buf[..n] == dgram[..] => echoed += 1,
+                _ => break,
+            }
+        }
+        // Each datagram counts its 1,000 bytes and a few of framing.
+        assert!(
+            (15..=20).contains(&echoed),
+            "{echoed} datagrams echoed under a {quota}-byte quota"
+        );
+        let u = s.user("/u").await;
+        assert_eq!(u["state"], "over_quota", "{u}");
+        let up = u["bytes_up"].as_u64().expect("bytes_up");
+        assert!(up >= echoed * 1000 && up >= quota, "{u}");
+        // A new association is refused too.
+        sock.send_to(&dgram, caddr).await.expect("send");
+        let again = tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await;
+        assert!(again.is_err(), "a datagram came back after the quota");
+        client.signal("TERM");
+        client.exit().await;
     })
     .await;
 }

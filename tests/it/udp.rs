@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 const T: Duration = Duration::from_secs(30);
 
 /// Echoes every datagram to its sender, and every TCP byte on the same port.
-async fn udp_echo() -> SocketAddr {
+pub async fn udp_echo() -> SocketAddr {
     // A UDP port whose TCP twin is free too (another test may hold that one).
     let mut tries = 0;
     let (sock, tcp, addr) = loop {
