@@ -71,10 +71,7 @@ impl Users {
 
     /// Tunnels refused so far, by reason.
     pub fn refusals(&self) -> [(Refusal, u64); 3] {
-        REASONS.map(|r| {
-            let i = REASONS.iter().position(|x| *x == r).unwrap_or(0);
-            (r, self.refused[i].load(Ordering::Relaxed))
-        })
+        std::array::from_fn(|i| (REASONS[i], self.refused[i].load(Ordering::Relaxed)))
     }
 
     /// Ends the tunnels of users past a limit at `now`; says once when a user reaches one.

@@ -109,13 +109,6 @@ pub fn label(path: &str) -> String {
     crate::certs::fingerprint::of(path.as_bytes())[..16].to_string()
 }
 
-/// The last hour of this server's traffic.
-impl Users {
-    pub fn history(&self) -> &History {
-        &self.history
-    }
-}
-
 /// A user path must start with `/` and be visible ASCII, as the client can send it.
 pub fn check_path(path: &str) -> Result<()> {
     if !is_valid_path(path, true) {
@@ -127,9 +120,7 @@ pub fn check_path(path: &str) -> Result<()> {
 }
 
 /// Reads a user entry of the users file: `path`, `dst` and its limits, each checked.
-fn read_entry(
-    entry: &serde_json::Map<String, serde_json::Value>,
-) -> Result<(String, HostPort, Limits)> {
+fn read_entry(entry: &serde_json::Map<String, serde_json::Value>) -> Result<Row> {
     let text = |k: &str| {
         entry
             .get(k)
@@ -250,6 +241,11 @@ impl Users {
     /// The current user of `path`.
     pub fn get(&self, path: &str) -> Option<Arc<User>> {
         self.read().get(path).cloned()
+    }
+
+    /// The last hour of this server's traffic.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Number of users.
