@@ -122,8 +122,8 @@ pub(super) fn user_json(
             m.insert("used_up".into(), used.0.into());
             m.insert("used_down".into(), used.1.into());
             m.insert("quota_remaining".into(), u.limits.remaining(used).into());
-            if let Some(r) = u.limits.reset {
-                m.insert("resets_at".into(), r.window_end(r.window(now)).into());
+            if let Some(at) = u.limits.next_reset(now) {
+                m.insert("resets_at".into(), at.into());
             }
         }
     }

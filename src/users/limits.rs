@@ -1,6 +1,7 @@
 //! A user's limits: a byte quota per reset period (both ways together, or each way), an
 //! expiry time, a cap on concurrent connections and a rate; the reset periods' windows (UTC
-//! calendar days, weeks and months, or a fixed number of seconds); the rate's token bucket.
+//! calendar days, weeks and months, or a fixed number of seconds, each from an optional
+//! instant; or that instant alone, once); the rate's token bucket.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,9 +21,13 @@ pub struct Limits {
     /// Bytes back to the client per period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_down: Option<u64>,
-    /// When the quota's count starts again; without it, never.
+    /// When the quota's count starts again; without it (and `reset_at`), never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset: Option<Reset>,
+    /// Unix time (seconds) at which the count starts again: once, or with `reset` the instant
+    /// its periods start from (so a monthly reset on the 15th at 03:00).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_at: Option<u64>,
     /// Unix time (seconds) from which the user opens nothing and its tunnels end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires: Option<u64>,
@@ -37,11 +42,12 @@ pub struct Limits {
 
 /// The fields a user entry may carry besides `path` and `dst`: anything else is a mistake
 /// worth naming, not a field to ignore.
-pub const FIELDS: [&str; 7] = [
+pub const FIELDS: [&str; 8] = [
     "quota",
     "quota_up",
     "quota_down",
     "reset",
+    "reset_at",
     "expires",
     "max_connections",
     "rate",
@@ -97,32 +103,58 @@ impl<'de> Deserialize<'de> for Reset {
 
 const DAY: u64 = 86_400;
 
+const WEEK: u64 = 7 * DAY;
+
 impl Reset {
-    /// The number of the period `now` (Unix seconds) falls in; periods are counted from the
-    /// epoch, so every server of a fleet gives the same number for the same instant.
-    pub fn window(self, now: u64) -> u64 {
-        match self {
-            Reset::Daily => now / DAY,
-            // 1970-01-01 was a Thursday: weeks start on Mondays.
-            Reset::Weekly => (now / DAY + 3) / 7,
-            Reset::Monthly => {
-                let (y, m, _) = civil(now / DAY);
-                y * 12 + (m - 1)
-            }
-            Reset::Every(n) => now / n,
+    /// The length of a fixed period, and where in it periods start: at `anchor`, or by
+    /// default at 00:00 UTC, on Mondays (1970-01-05 was one) and at multiples of the length.
+    fn fixed(self, anchor: Option<u64>) -> Option<(u64, u64)> {
+        let (length, default) = match self {
+            Reset::Daily => (DAY, 0),
+            Reset::Weekly => (WEEK, 4 * DAY),
+            Reset::Every(n) => (n, 0),
+            Reset::Monthly => return None,
+        };
+        Some((length, anchor.unwrap_or(default) % length))
+    }
+
+    /// The day of the month and the second of that day a monthly period starts on.
+    fn monthly_start(anchor: Option<u64>) -> (u64, u64) {
+        anchor.map_or((1, 0), |a| (civil(a / DAY).2, a % DAY))
+    }
+
+    /// When month `index` (`year * 12 + month - 1`) begins its period: on the anchor's day,
+    /// or the month's last day if it is shorter.
+    fn month_begins(index: u64, (day, second): (u64, u64)) -> u64 {
+        let (y, m) = (index / 12, index % 12 + 1);
+        let first = days_from_civil(y, m);
+        let next = index + 1;
+        let length = days_from_civil(next / 12, next % 12 + 1) - first;
+        (first + day.min(length) - 1) * DAY + second
+    }
+
+    /// The number of the period `now` (Unix seconds) falls in, periods starting from
+    /// `anchor` (every server of a fleet gives the same number for the same instant). Without
+    /// an anchor: days and months start at 00:00 UTC and on the 1st, weeks on Mondays.
+    pub fn window(self, now: u64, anchor: Option<u64>) -> u64 {
+        if let Some((length, offset)) = self.fixed(anchor) {
+            return (now + length - offset) / length;
+        }
+        let start = Self::monthly_start(anchor);
+        let (y, m, _) = civil(now / DAY);
+        let index = y * 12 + (m - 1);
+        if now < Self::month_begins(index, start) {
+            index - 1
+        } else {
+            index
         }
     }
 
     /// When the period after `window` starts (Unix seconds).
-    pub fn window_end(self, window: u64) -> u64 {
-        match self {
-            Reset::Daily => (window + 1) * DAY,
-            Reset::Weekly => ((window + 1) * 7 - 3) * DAY,
-            Reset::Monthly => {
-                let next = window + 1;
-                days_from_civil(next / 12, next % 12 + 1) * DAY
-            }
-            Reset::Every(n) => (window + 1) * n,
+    pub fn window_end(self, window: u64, anchor: Option<u64>) -> u64 {
+        match self.fixed(anchor) {
+            Some((length, offset)) => window * length + offset,
+            None => Self::month_begins(window + 1, Self::monthly_start(anchor)),
         }
     }
 }
@@ -218,6 +250,7 @@ impl Limits {
             quota_up: field(entry, "quota_up", BYTES)?,
             quota_down: field(entry, "quota_down", BYTES)?,
             reset: field(entry, "reset", "see below")?,
+            reset_at: field(entry, "reset_at", "a Unix time in seconds")?,
             expires: field(entry, "expires", "a Unix time in seconds")?,
             max_connections: field(entry, "max_connections", "a whole number from 1")?,
             rate: field(entry, "rate", "bytes per second")?,
@@ -238,7 +271,7 @@ impl Limits {
                 "max_connections 0 would refuse every connection: remove the user, or set an expiry",
             ));
         }
-        if self.reset.is_some() && !self.has_quota() {
+        if (self.reset.is_some() || self.reset_at.is_some()) && !self.has_quota() {
             return Err(Error::usage(
                 "reset without a quota: set quota, quota_up or quota_down too",
             ));
@@ -256,9 +289,23 @@ impl Limits {
         *self == Limits::default()
     }
 
-    /// The quota's current period at `now`.
+    /// The quota's current period at `now`: with `reset`, its number; with `reset_at`
+    /// alone, 0 before it and 1 from it; else 0.
     pub fn window(&self, now: u64) -> u64 {
-        self.reset.map_or(0, |r| r.window(now))
+        match (self.reset, self.reset_at) {
+            (Some(r), anchor) => r.window(now, anchor),
+            (None, Some(at)) => u64::from(now >= at),
+            (None, None) => 0,
+        }
+    }
+
+    /// When the count next starts again after `now`, if it does.
+    pub fn next_reset(&self, now: u64) -> Option<u64> {
+        match (self.reset, self.reset_at) {
+            (Some(r), anchor) => Some(r.window_end(r.window(now, anchor), anchor)),
+            (None, Some(at)) => (now < at).then_some(at),
+            (None, None) => None,
+        }
     }
 
     /// Whether `used` (up, down) in the current period is at or past a quota.
@@ -338,24 +385,59 @@ mod tests {
         // 2026-12-07 is a Monday; 2026-12-07T21:22:36Z.
         let t = 1_796_678_556;
         assert_eq!(civil(t / DAY), (2026, 12, 7));
-        let d = Reset::Daily.window(t);
-        assert_eq!(Reset::Daily.window_end(d), 1_796_688_000); // 2026-12-08T00:00Z
-        let w = Reset::Weekly.window(t);
-        assert_eq!(Reset::Weekly.window_end(w), 1_797_206_400); // 2026-12-14T00:00Z
-        assert_eq!(Reset::Weekly.window(1_796_601_600), w); // Monday 00:00 is in it
-        assert_eq!(Reset::Weekly.window(1_796_601_599), w - 1); // Sunday 23:59:59 is not
-        let m = Reset::Monthly.window(t);
+        let end = |r: Reset, at: u64| r.window_end(r.window(at, None), None);
+        assert_eq!(end(Reset::Daily, t), 1_796_688_000); // 2026-12-08T00:00Z
+        assert_eq!(end(Reset::Weekly, t), 1_797_206_400); // 2026-12-14T00:00Z
+        let w = Reset::Weekly.window(t, None);
+        assert_eq!(Reset::Weekly.window(1_796_601_600, None), w); // Monday 00:00 is in it
+        assert_eq!(Reset::Weekly.window(1_796_601_599, None), w - 1); // Sunday 23:59:59 is not
+        let m = Reset::Monthly.window(t, None);
         assert_eq!(m, 2026 * 12 + 11);
-        assert_eq!(Reset::Monthly.window_end(m), 1_798_761_600); // 2027-01-01T00:00Z
-        assert_eq!(Reset::Monthly.window(1_798_761_599), m);
-        assert_eq!(Reset::Monthly.window(1_798_761_600), m + 1);
+        assert_eq!(end(Reset::Monthly, t), 1_798_761_600); // 2027-01-01T00:00Z
+        assert_eq!(Reset::Monthly.window(1_798_761_599, None), m);
+        assert_eq!(Reset::Monthly.window(1_798_761_600, None), m + 1);
         // February of a leap year ends on the 29th.
-        let feb = Reset::Monthly.window(1_835_481_600); // 2028-03-01
         assert_eq!(days_from_civil(2028, 3) - days_from_civil(2028, 2), 29);
-        assert_eq!(feb, 2028 * 12 + 2);
+        assert_eq!(Reset::Monthly.window(1_835_481_600, None), 2028 * 12 + 2); // 2028-03-01
+        assert_eq!(end(Reset::Every(3600), t), 1_796_680_800);
+    }
+
+    #[test]
+    fn periods_start_from_the_reset_time() {
+        // Monthly from 2026-01-31T03:00Z: the last day of shorter months, at 03:00.
+        let anchor = Some(1_769_828_400);
+        let r = Reset::Monthly;
+        let nov_30 = 1_796_007_600; // 2026-11-30T03:00Z
+        assert_eq!(r.window(nov_30 - 1, anchor) + 1, r.window(nov_30, anchor));
+        assert_eq!(r.window_end(r.window(nov_30 - 1, anchor), anchor), nov_30);
         assert_eq!(
-            Reset::Every(3600).window_end(Reset::Every(3600).window(t)),
-            1_796_680_800
+            r.window_end(r.window(nov_30, anchor), anchor),
+            1_798_686_000
+        ); // 12-31T03:00Z
+        let feb_28 = 1_803_783_600; // 2027-02-28T03:00Z
+        assert_eq!(r.window_end(r.window(feb_28 - 5, anchor), anchor), feb_28);
+        // Daily at 04:30 and weekly from a Wednesday noon.
+        let t = 1_796_678_556; // Monday 2026-12-07T21:22:36Z
+        assert_eq!(
+            Reset::Daily.window_end(Reset::Daily.window(t, Some(16_200)), Some(16_200)),
+            1_796_704_200
+        );
+        let wed_noon = 1_796_212_800; // 2026-12-02T12:00Z
+        let w = Reset::Weekly;
+        assert_eq!(
+            w.window_end(w.window(t, Some(wed_noon)), Some(wed_noon)),
+            1_796_817_600
+        ); // 12-09T12:00Z
+        // A reset time alone: one new count, from it on.
+        let once = Limits {
+            quota: Some(1),
+            reset_at: Some(t),
+            ..Default::default()
+        };
+        assert_eq!((once.window(t - 1), once.window(t)), (0, 1));
+        assert_eq!(
+            (once.next_reset(t - 1), once.next_reset(t)),
+            (Some(t), None)
         );
     }
 

@@ -275,6 +275,38 @@ async fn a_quota_crossed_mid_transfer_ends_the_tunnel_refuses_the_next_and_outli
     .await;
 }
 
+/// A reset time starts the quota's count again: over quota before it, active from it.
+#[tokio::test]
+async fn a_reset_time_starts_the_count_again() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = server(&dir.path().join("users.json")).await;
+        let sink = sink().await;
+        let at = unix_now() + 3;
+        let body =
+            serde_json::json!({"dst": sink.addr.to_string(), "quota": 1 << 20, "reset_at": at});
+        s.put("/r", body).await;
+        let c = s.client("/r", false).await;
+        push(c.addr, 8 << 20).await;
+        sink.after_ended(1).await;
+        let u = s.user("/r").await;
+        assert_eq!(
+            (&u["state"], &u["resets_at"]),
+            (&"over_quota".into(), &at.into()),
+            "{u}"
+        );
+        until(T, "active again", || async {
+            s.user("/r").await["state"] == "active"
+        })
+        .await;
+        assert!(unix_now() >= at, "active before the reset time");
+        assert_eq!(push(c.addr, 512 << 10).await, 512 << 10);
+        let got = sink.after_ended(2).await;
+        assert!(got >= (1 << 20) + (512 << 10), "{got}");
+    })
+    .await;
+}
+
 /// UDP through a user's tunnels counts too (datagrams with their framing): a quota ends the
 /// association, and the next one is refused.
 #[tokio::test]

@@ -184,6 +184,17 @@
     chart = new uPlot(opts, data, $('#chart'));
   }
 
+  // A datetime-local input's value for a Unix time, and back.
+  function localTime(t) {
+    if (!t) return '';
+    const d = new Date(t * 1000);
+    return new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+  }
+
+  function unixTime(value) {
+    return value ? Math.floor(new Date(value).getTime() / 1000) : null;
+  }
+
   function openEditor(u) {
     editing = u ? u.path : null;
     const f = $('#edit-form');
@@ -197,10 +208,8 @@
       for (const k of ['quota', 'quota_up', 'quota_down', 'rate']) f[k].value = u[k] != null ? String(u[k]) : '';
       f.period.value = typeof u.reset === 'string' ? u.reset : '';
       f.max_connections.value = u.max_connections != null ? String(u.max_connections) : '';
-      if (u.expires) {
-        const d = new Date(u.expires * 1000);
-        f.expires.value = new Date(d.getTime() - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
-      }
+      f.expires.value = localTime(u.expires);
+      f.reset_at.value = localTime(u.reset_at);
     }
     $('#edit').showModal();
   }
@@ -215,7 +224,8 @@
       for (const k of ['quota', 'quota_up', 'quota_down', 'rate']) body[k] = parseBytes(f[k].value);
       body.reset = f.period.value || null;
       body.max_connections = f.max_connections.value ? parseInt(f.max_connections.value, 10) : null;
-      body.expires = f.expires.value ? Math.floor(new Date(f.expires.value).getTime() / 1000) : null;
+      body.expires = unixTime(f.expires.value);
+      body.reset_at = unixTime(f.reset_at.value);
       // An edit keeps a reset period that the form cannot show (a number of seconds).
       const before = users.find((u) => u.path === editing);
       if (before && typeof before.reset === 'number' && !f.period.value) body.reset = before.reset;
