@@ -90,11 +90,36 @@ pub async fn wait_listening(addr: SocketAddr) {
     }
 }
 
-/// A free loopback port, bound and released: only for programs that must be told a port
-/// (nginx, dnsmasq, openssl, shadowsocks hosts' SS_* ports). mtt itself is started on port 0
-/// and asked what it bound ([`Proc::listening_addr`], [`Proc::addr_after`]).
+/// A free loopback port (TCP and UDP), only for programs that must be told a port (nginx,
+/// dnsmasq, openssl, shadowsocks hosts' SS_* ports). mtt itself is started on port 0 and asked
+/// what it bound ([`Proc::listening_addr`], [`Proc::addr_after`]).
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), and each handed out once
+/// per run: a port the kernel picked for `bind(0)` and released could become the source port
+/// of any connection a parallel test makes before the program binds it (seen: "Address
+/// already in use"); the kernel never picks ports below that range by itself.
 pub fn free_port() -> u16 {
-    dead_addr().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral.min(65_536));
+    if high <= low + 1000 {
+        return dead_addr().port();
+    }
+    // Runs at the same time (another checkout's tests) start elsewhere in the range.
+    let start = std::process::id() * 7919;
+    for _ in 0..(high - low) {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % (high - low)) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {low} and {high}")
 }
 
 /// A loopback address nobody listens on (bound, noted, released).
