@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
@@ -24,7 +24,8 @@ use super::access::{host_allowed, own_origin, same};
 use super::dashboard;
 pub use super::reply::decode_compat;
 use super::reply::{
-    CompatReply, PutUser, audit, body, compat, compat_err, error, json, not_allowed, user_json,
+    CompatReply, PutUser, audit, body, compat, compat_err, error, json, not_allowed, read_body,
+    user_json,
 };
 use crate::users::{Change, Entry, Limits, Users};
 
@@ -174,28 +175,9 @@ impl Controller {
         }
     }
 
-    async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-        match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => Ok(b.to_bytes()),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                Err(compat_err(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body over 2 MiB",
-                ))
-            }
-            Err(e) => Err(compat_err(
-                StatusCode::BAD_REQUEST,
-                format!("reading the body: {e}"),
-            )),
-        }
-    }
-
     /// The original's command API.
     async fn compat(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let raw = match Self::read_body(req).await {
+        let raw = match read_body(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -263,7 +245,7 @@ impl Controller {
     }
 
     async fn put(&self, req: Request<Incoming>, path: String) -> Response<Full<Bytes>> {
-        let raw = match Self::read_body(req).await {
+        let raw = match read_body(req).await {
             Ok(b) => b,
             Err(r) => return r,
         };

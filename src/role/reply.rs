@@ -3,12 +3,13 @@
 //! audit line of each change.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-use hyper::{Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::controller::user_id;
+use super::controller::{MAX_BODY, user_id};
 use crate::users::{Change, User};
 
 #[derive(Deserialize)]
@@ -69,6 +70,27 @@ pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<
 
 pub(super) fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": msg.into() }))
+}
+
+/// A request's body, up to [`MAX_BODY`]; the answer to send instead if it is larger or
+/// unreadable.
+pub(super) async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(compat_err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body over 2 MiB",
+            ))
+        }
+        Err(e) => Err(compat_err(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+    }
 }
 
 /// Compatible-API answers keep the original's content type and compact bytes.
