@@ -204,6 +204,9 @@ role_args! {
         /// a full TLS handshake for every connection: keep no sessions to resume
         #[argh(switch)]
         pub no_resume: bool,
+        /// a resumed TLS handshake carries the tunnel's first bytes (0-RTT early data): on (default) or off
+        #[argh(option, arg_name = "on|off")]
+        pub early_data: Option<String>,
         /// encrypted client hello (ECH) with the server's ECHConfigList (base64, its DNS HTTPS record's ech= value)
         #[argh(option, arg_name = "base64")]
         pub ech_config: Option<String>,

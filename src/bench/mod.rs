@@ -225,6 +225,7 @@ async fn start_tunnel(
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: Duration::from_secs(60),
             udp: false,
+            zero_rtt: true,
         },
         fast_open: false,
         fwmark: None,

@@ -303,6 +303,9 @@ fn hello(a: &ClientArgs) -> Result<HelloOptions> {
         ech,
         tls12: a.tls12,
         no_resume: a.no_resume,
+        // A session's connection lives long and starts with its own frames: nothing to
+        // gain, and its first flight would not be the application's.
+        early_data: super::early_data_switch(&a.early_data)? && !a.no_resume && !a.mux && !a.grpc,
     })
 }
 

@@ -54,6 +54,7 @@ impl ServerConfig {
             on: early_data_switch(&a.early_data)?,
             unmarked,
         };
+        let zero_rtt = early_data.on;
         let calls = grpc_service(&a.grpc_service, a.grpc)?;
         let grpc = a.grpc.then(|| GrpcServerOptions {
             services: PathMatch::Exact(calls.path.clone()),
@@ -86,6 +87,7 @@ impl ServerConfig {
                     &a.trusted_proxy_header,
                     a.accept_proxy_protocol,
                 )?,
+                zero_rtt,
             },
             fast_open: a.fast_open,
             fwmark: fwmark(&a.fwmark)?,

@@ -24,6 +24,15 @@ use crate::transport::udp::UdpSide;
 /// upgrades without it (a server-speaks-first protocol writes nothing).
 const EARLY_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a tunnel about to resume with 0-RTT waits for the application's first write
+/// (an application that speaks first has written by the time its connection is accepted;
+/// one whose server speaks first loses this, and gains the round trip the server's early
+/// dial saves). Short: it is paid before the TCP connection to the server is even begun.
+const ZERO_RTT_WAIT: Duration = Duration::from_millis(10);
+
+/// The most of a first write sent as TLS early data (what an mtt server takes).
+const ZERO_RTT_MAX: usize = crate::transport::tls::EARLY_DATA_MAX as usize;
+
 /// The `mtt client` process: binds `-b` (and UDP beside it with `-udp`) and `-metrics`, then
 /// serves until SIGINT/SIGTERM and drains. A `plugin` without UDP says so if its host sends
 /// it datagrams anyway.
@@ -172,12 +181,18 @@ impl Client {
         let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
         // Early data: the application's first write (if it comes within EARLY_WAIT) rides
-        // the WebSocket upgrade, saving the round trip before the destination hears it.
+        // the WebSocket upgrade, or (within ZERO_RTT_WAIT) a resumed TLS hello, saving the
+        // round trip before the destination hears it.
         let mut first = Vec::new();
-        if let Some(max) = self.dialer.early_data() {
-            first = vec![0u8; max.max(16 * 1024)];
+        let wait = match self.dialer.early_data() {
+            Some(max) => Some((max.max(16 * 1024), EARLY_WAIT)),
+            None if self.dialer.zero_rtt_ready() => Some((ZERO_RTT_MAX, ZERO_RTT_WAIT)),
+            None => None,
+        };
+        if let Some((max, wait)) = wait {
+            first = vec![0u8; max];
             // Boxed: the wait's timer is not part of every tunnel's task.
-            let n = match Box::pin(tokio::time::timeout(EARLY_WAIT, local.read(&mut first))).await {
+            let n = match Box::pin(tokio::time::timeout(wait, local.read(&mut first))).await {
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => {
                     log::debug!("{id}: closed before its first write: {e}");

@@ -89,6 +89,8 @@ impl MuServer {
             session_idle: cfg.timeout,
             udp: cfg.udp,
             trusted: cfg.trusted.clone(),
+            // A fleet resumes sessions on any of its servers: sealed tickets, no 0-RTT.
+            zero_rtt: cfg.early_data && cfg.users_redis.is_none(),
         })?;
         let out = Destinations {
             proxy_protocol: cfg.proxy_protocol,

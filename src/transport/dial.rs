@@ -89,7 +89,23 @@ impl Connector {
             Err(e) => Err(e),
         }
         .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
-        log::debug!("TLS with server {server}: {}", tls::agreed(tls.get_ref().1));
+        let mut tls = tls;
+        let mut first = first;
+        // 0-RTT, resuming: in plain mode the first bytes ride the hello; a WebSocket's
+        // upgrade request does instead (its flush completes the handshake).
+        if self.opts.ws.is_none() {
+            let sent = self
+                .tls
+                .finish(&mut tls, first)
+                .await
+                .map_err(|e| Error::tunnel(Step::Tls, peer(), e))?;
+            if sent {
+                first = &[];
+            }
+        }
+        if !tls.get_ref().1.is_handshaking() {
+            log::debug!("TLS with server {server}: {}", tls::agreed(tls.get_ref().1));
+        }
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         // The kernel's estimate from the handshakes: the path to the server itself (asked
         // only for a session's connection, whose windows it sizes).
@@ -329,6 +345,13 @@ impl Dialer {
             (None, Some(ws)) => ws.early_data,
             _ => None,
         }
+    }
+
+    /// Whether the next tunnel's connection resumes a TLS session with 0-RTT, so that its
+    /// first bytes ride the hello (plain TLS, no multiplexing): they are worth a short wait.
+    pub fn zero_rtt_ready(&self) -> bool {
+        let o = &self.connector.opts;
+        self.pool.is_none() && o.ws.is_none() && self.connector.tls.zero_rtt_ready()
     }
 
     /// A new byte-stream tunnel whose first bytes are `first` (see [`Dialer::early_data`]).

@@ -17,11 +17,14 @@ use crate::{Error, Result};
 
 /// Where a client keeps the sessions it may resume: one store for every configuration of a
 /// client (ECH, TLS 1.2 fallback), none with `-no-resume`.
-pub(super) fn resumption(cfg: &TlsClientOptions) -> rustls::client::Resumption {
+pub(super) fn resumption(
+    cfg: &TlsClientOptions,
+) -> (rustls::client::Resumption, Option<Arc<Sessions>>) {
     if cfg.hello.no_resume {
-        return rustls::client::Resumption::disabled();
+        return (rustls::client::Resumption::disabled(), None);
     }
-    rustls::client::Resumption::store(Arc::new(Sessions::default()))
+    let kept = Arc::new(Sessions::default());
+    (rustls::client::Resumption::store(kept.clone()), Some(kept))
 }
 
 /// Server names a client keeps sessions for: it has one server (and, with ECH, a public
@@ -35,7 +38,7 @@ const TICKETS_KEPT: usize = 32;
 
 /// A client's sessions to resume (about 200 bytes a ticket: at most about 6 KiB a name).
 #[derive(Debug, Default)]
-struct Sessions(std::sync::Mutex<Vec<(ServerName<'static>, Kept)>>);
+pub(super) struct Sessions(std::sync::Mutex<Vec<(ServerName<'static>, Kept)>>);
 
 #[derive(Debug, Default)]
 struct Kept {
@@ -59,6 +62,16 @@ impl Sessions {
             }
         };
         f(&mut names[at].1)
+    }
+
+    /// Whether the next handshake with `name` resumes a session that takes early data.
+    pub(super) fn early_ready(&self, name: &ServerName<'_>) -> bool {
+        self.existing(name, |k| {
+            k.tls13
+                .back()
+                .map(|t| t.max_early_data_size() > 0)
+        })
+        .unwrap_or(false)
     }
 
     /// Runs `f` on what is kept for `name`, if anything.
@@ -140,7 +153,8 @@ pub(super) fn connector(
     .map_err(Error::Tls)?;
     let mut config = client_config(builder, cfg, alpn)?;
     config.resumption = sessions.clone();
-    Ok(TlsConnector::from(Arc::new(config)))
+    config.enable_early_data = cfg.hello.early_data;
+    Ok(TlsConnector::from(Arc::new(config)).early_data(cfg.hello.early_data))
 }
 
 /// The rest of a client configuration: trust, certificate decompression, ALPN.

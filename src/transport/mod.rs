@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod datagram;
 pub mod dial;
+pub mod early;
 pub mod dns;
 pub mod fallback;
 pub mod front;

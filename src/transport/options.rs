@@ -82,6 +82,9 @@ pub struct HelloOptions {
     pub tls12: bool,
     /// No session kept to resume (`-no-resume`): a full handshake for every connection.
     pub no_resume: bool,
+    /// 0-RTT (`-early-data`, on unless off; never for a session's connections): a resumed
+    /// handshake carries the tunnel's first bytes as TLS early data.
+    pub early_data: bool,
 }
 
 /// Encrypted Client Hello (TLS 1.3 only).
@@ -342,4 +345,7 @@ pub struct AcceptOptions<O> {
     /// Proxies believed about the client behind them (`-trusted-proxy`,
     /// `-accept-proxy-protocol`).
     pub trusted: super::origin::Trusted,
+    /// TLS 1.3 early data (0-RTT) from resumed clients (`-early-data`, off in a fleet:
+    /// its tickets must open on any server, and early data needs sessions taken once).
+    pub zero_rtt: bool,
 }

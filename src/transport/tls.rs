@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio_rustls::{TlsConnector, client, server};
+use tokio_rustls::{TlsConnector, client};
 
+use super::early::{self, ServerTls};
 use super::hello::{PinMismatch, connector, ech_config, grease, resumption};
 use super::io::Io;
 use super::options::{Ech, TlsClientOptions};
@@ -37,6 +38,8 @@ pub struct TlsClient {
     rebuild: Option<Arc<Rebuild>>,
     name: ServerName<'static>,
     handshake: Duration,
+    /// The sessions kept, with 0-RTT on (`-early-data`).
+    early: Option<Arc<super::hello::Sessions>>,
 }
 
 impl TlsClient {
@@ -50,7 +53,7 @@ impl TlsClient {
                 cfg.server_name
             ))
         })?;
-        let sessions = resumption(cfg);
+        let (sessions, kept) = resumption(cfg);
         let (main, tls12) = match (&cfg.hello.ech, cfg.hello.tls12) {
             (Ech::Config(_), true) => {
                 return Err(Error::usage(
@@ -86,11 +89,20 @@ impl TlsClient {
             rebuild,
             name,
             handshake,
+            early: kept.filter(|_| cfg.hello.early_data),
         })
     }
 
+    /// Whether the next handshake resumes a session that takes early data (0-RTT): then the
+    /// tunnel's first bytes are worth waiting for, briefly, to ride its first flight.
+    pub fn zero_rtt_ready(&self) -> bool {
+        self.early.as_ref().is_some_and(|s| s.early_ready(&self.name))
+    }
+
     /// Runs the handshake over `io` within the handshake timeout (the ALPN agreed, if any,
-    /// is `stream.get_ref().1.alpn_protocol()`).
+    /// is `stream.get_ref().1.alpn_protocol()`). With 0-RTT, resuming, the stream comes back
+    /// before anything is sent: what is written first is early data, and the first flush
+    /// sends the hello with it and completes the handshake (see [`TlsClient::finish`]).
     pub async fn connect<S: Io>(&self, io: S) -> io::Result<client::TlsStream<S>> {
         use std::sync::atomic::Ordering::Relaxed;
         let connector = match &self.tls12 {
@@ -106,6 +118,35 @@ impl TlsClient {
             .map_err(plain_words)?;
         tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
         Ok(tls)
+    }
+
+    /// Completes a 0-RTT handshake (one [`TlsClient::connect`] handed back unfinished):
+    /// `first`, the tunnel's first bytes, goes out as early data with the hello, and the
+    /// handshake is awaited, within the handshake timeout. If the server declined the early
+    /// data, they were sent again after it. Nothing to do for a finished handshake (`first`
+    /// is then the caller's to write); says whether `first` was sent.
+    pub async fn finish<S: Io>(&self, tls: &mut client::TlsStream<S>, first: &[u8]) -> io::Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        if !tls.get_ref().1.is_handshaking() {
+            return Ok(false);
+        }
+        let send = async {
+            tls.write_all(first).await?;
+            tls.flush().await
+        };
+        within(self.handshake, send).await.map_err(plain_words)?;
+        let conn = tls.get_ref().1;
+        log::debug!(
+            "TLS 0-RTT with server {}: {}{}",
+            self.name.to_str(),
+            agreed(conn),
+            if conn.is_early_data_accepted() {
+                ", early data accepted"
+            } else {
+                ", early data declined (sent again after the handshake)"
+            }
+        );
+        Ok(true)
     }
 
     /// Whether a handshake that failed with `e` is worth one more try on a new connection:
@@ -173,9 +214,20 @@ impl TlsClient {
     }
 }
 
-/// Tickets sent after each handshake (each the session, sealed: [`super::tickets`]): two,
-/// so a client's stock grows to meet bursts of new tunnels (one would only keep it level).
+/// Tickets sent after each handshake (each the session, sealed: [`super::tickets`], or with
+/// 0-RTT a key to a session kept here): two, so a client's stock grows to meet bursts of new
+/// tunnels (one would only keep it level).
 const TICKETS: usize = 2;
+
+/// Early data (0-RTT) a resumed client may send in its first flight: one record, as much
+/// as a client's first write fills in one go.
+pub const EARLY_DATA_MAX: u32 = 16 * 1024;
+
+/// Sessions a server keeps for 0-RTT resumption, each taken once (oldest forgotten first):
+/// about 250 bytes each, so at most about 2 MiB. A client keeps 32 tickets of a server
+/// ([`super::hello`]), so this many serve every stock of about 250 busy clients; a client
+/// whose ticket was forgotten makes a full handshake.
+pub const SESSIONS_KEPT: usize = 8192;
 
 /// The accepting side of TLS.
 #[derive(Clone)]
@@ -211,15 +263,24 @@ impl TlsServer {
     /// Builds the server configuration around `store`; `alpn` lists the protocols offered
     /// (none in plain mode: a server must not require ALPN, original clients send none), and
     /// each protocol of `extra` is answered when a client offers it; handshakes that take
-    /// longer than `handshake` fail.
+    /// longer than `handshake` fail. With `zero_rtt`, sessions are kept here, each resumed
+    /// once, and a resumed client's early data is taken ([`super::early`]); without it they
+    /// travel sealed in the tickets (any server holding the keys resumes them: a fleet).
     pub fn with_extra(
         store: Arc<CertStore>,
         alpn: &[&[u8]],
         extra: &[&[u8]],
         handshake: Duration,
+        zero_rtt: bool,
     ) -> Result<Self> {
-        // One sealer for every configuration: a session resumes whichever ALPN it offers.
+        // One sealer (or one store) for every configuration: a session resumes whichever
+        // ALPN it offers.
         let tickets = Arc::new(Tickets::default());
+        let kept: Arc<dyn rustls::server::StoresServerSessions> = if zero_rtt {
+            rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT)
+        } else {
+            Arc::new(rustls::server::NoServerSessionStorage {})
+        };
         let config = |alpn: &[&[u8]]| -> Result<Arc<rustls::ServerConfig>> {
             let mut c = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
@@ -227,10 +288,17 @@ impl TlsServer {
                 .with_no_client_auth()
                 .with_cert_resolver(store.clone());
             c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            c.ticketer = tickets.clone();
-            // Sessions travel in the tickets: none is kept here (TLS 1.2 clients get them
-            // in tickets too, RFC 5077).
-            c.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            if zero_rtt {
+                // rustls takes early data only with sessions kept here, each taken once:
+                // a replayed first flight finds its session gone.
+                c.max_early_data_size = EARLY_DATA_MAX;
+                c.send_half_rtt_data = true;
+            } else {
+                // Sessions travel in the tickets: none is kept here (TLS 1.2 clients get
+                // them in tickets too, RFC 5077).
+                c.ticketer = tickets.clone();
+            }
+            c.session_storage = kept.clone();
             c.send_tls13_tickets = TICKETS;
             Ok(Arc::new(c))
         };
@@ -252,13 +320,14 @@ impl TlsServer {
     }
 
     /// Runs the handshake over `io` within the handshake timeout, saying what the client's
-    /// hello offered and what was agreed.
-    pub async fn negotiate<S: Io>(&self, io: S) -> io::Result<(server::TlsStream<S>, Negotiated)> {
+    /// hello offered and what was agreed. A resumed client's early data is taken: the stream
+    /// is then handed back as soon as the server's flight is out, its first bytes readable,
+    /// and the handshake finishes underneath, within the same timeout.
+    pub async fn negotiate<S: Io>(&self, io: S) -> io::Result<(ServerTls<S>, Negotiated)> {
+        let deadline = tokio::time::Instant::now() + self.handshake;
         let handshake = async {
-            let start =
-                tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io)
-                    .await?;
-            let offered: Vec<Vec<u8>> = start
+            let (accepted, io) = early::hello(io).await?;
+            let offered: Vec<Vec<u8>> = accepted
                 .client_hello()
                 .alpn()
                 .map(|ps| ps.map(<[u8]>::to_vec).collect())
@@ -268,14 +337,18 @@ impl TlsServer {
                 .iter()
                 .find(|(p, _)| offered.iter().any(|o| o == p))
                 .map_or_else(|| self.base.clone(), |(_, c)| c.clone());
-            let tls = start.into_stream(config).await?;
+            let tls = early::finish(accepted, io, config, deadline, SEND_BUFFER).await?;
             Ok((tls, offered))
         };
-        let (mut tls, offered) = within(self.handshake, handshake).await?;
-        let conn = tls.get_ref().1;
+        let (tls, offered) = within(self.handshake, handshake).await?;
+        let Some(conn) = tls.connection() else {
+            return Err(io::Error::other("TLS stream in no state after its handshake"));
+        };
         let chosen = conn.alpn_protocol().map(<[u8]>::to_vec);
-        let agreed = agreed(conn);
-        tls.get_mut().1.set_buffer_limit(Some(SEND_BUFFER));
+        let mut agreed = agreed(conn);
+        if tls.is_early() {
+            agreed += " 0-RTT";
+        }
         Ok((
             tls,
             Negotiated {
@@ -409,6 +482,7 @@ mod tests {
             &[],
             &[],
             limit,
+            true,
         )
         .expect("server config");
         let client = TlsClient::new(
@@ -554,6 +628,7 @@ mod compression {
             &[],
             &[],
             Duration::from_secs(10),
+            true,
         )
         .expect("server config");
         let plain = server_flight(&server, false).await;

@@ -131,18 +131,20 @@ async fn round_trips_to_the_first_byte() {
         // (the relay accepts at once: TCP's own handshake, 1 more everywhere, is not
         // counted): TLS 1.3 1 + the data's half; WebSocket's upgrade 1 more (with early data
         // `?ed=`, none); a session's preamble none (its frames go out beside it); a tunnel
-        // on a warm session 0.5.
+        // on a warm session 0.5. The second tunnel resumes with 0-RTT: its first bytes (or
+        // its upgrade request) ride the hello, one round trip fewer, unless either end has
+        // `-early-data off`.
         let wss: &[&str] = &["-wss", "-wss-path", "/t"];
-        let expected: [Mode; 5] = [
-            ("tls", &[], &[], 1.5, 1.5),
-            ("wss", wss, wss, 2.5, 2.5),
-            (
-                "wss ?ed=",
-                wss,
-                &["-wss", "-wss-path", "/t?ed=2048"],
-                1.5,
-                1.5,
-            ),
+        let ed: &[&str] = &["-wss", "-wss-path", "/t?ed=2048"];
+        let off: &[&str] = &["-early-data", "off"];
+        let wss_off: &[&str] = &["-wss", "-wss-path", "/t", "-early-data", "off"];
+        let expected: [Mode; 8] = [
+            ("tls", &[], &[], 1.5, 0.5),
+            ("tls, client -early-data off", &[], off, 1.5, 1.5),
+            ("tls, server -early-data off", off, &[], 1.5, 1.5),
+            ("wss", wss, wss, 2.5, 1.5),
+            ("wss, server -early-data off", wss_off, wss, 2.5, 2.5),
+            ("wss ?ed=", wss, ed, 1.5, 0.5),
             ("tls+mux", &["-mux"], &["-mux"], 1.5, 0.5),
             ("grpc", &["-grpc"], &["-grpc"], 1.5, 0.5),
         ];
@@ -166,27 +168,34 @@ async fn round_trips_to_the_first_byte() {
 /// Sessions resume between mtt ends: after a tunnel's full handshake the next ones resume
 /// (the server's `-verbose` line says so: no certificate sent or checked again), in plain
 /// TLS and over WebSocket, and so do 16 opened at once once the client holds tickets for
-/// them (it keeps 32 a server; rustls's own store keeps 8); with `-no-resume` every
-/// handshake is a full one.
+/// them (it keeps 32 a server; rustls's own store keeps 8), each with its first bytes as
+/// early data (0-RTT); with `-early-data off` at either end they resume without it; with
+/// `-no-resume` every handshake is a full one.
 #[tokio::test]
 async fn sessions_resume_between_mtt_ends_and_not_with_no_resume() {
     bounded(async {
         let echo = echo_server().await;
         let wss: &[&str] = &["-wss", "-wss-path", "/t"];
-        for (mode, flags, no_resume) in [
-            ("tls", &[][..], false),
-            ("wss", wss, false),
-            ("tls", &[][..], true),
-        ] {
+        let off: &[&str] = &["-early-data", "off"];
+        // (mode, flags of both, of the server, of the client, what tunnels after the first do)
+        let cases: [(&str, &[&str], &[&str], &[&str], Handshake); 6] = [
+            ("tls", &[], &[], &[], Handshake::ZeroRtt),
+            ("wss", wss, &[], &[], Handshake::ZeroRtt),
+            ("tls, client -early-data off", &[], &[], off, Handshake::Resumed),
+            ("tls, server -early-data off", &[], off, &[], Handshake::Resumed),
+            ("wss, server -early-data off", wss, off, &[], Handshake::Resumed),
+            ("tls -no-resume", &[], &[], &["-no-resume"], Handshake::Full),
+        ];
+        for (mode, flags, server_only, client_only, after) in cases {
+            let no_resume = after == Handshake::Full;
             let mut server_flags = vec!["-verbose"];
             server_flags.extend_from_slice(flags);
+            let mut client_flags = server_flags.clone();
+            server_flags.extend_from_slice(server_only);
+            client_flags.extend_from_slice(client_only);
             let mut server = Proc::server(&echo.to_string(), &server_flags);
             let pin = server.pin().await;
             let addr = server.listening_addr().await.to_string();
-            let mut client_flags = server_flags.clone();
-            if no_resume {
-                client_flags.push("-no-resume");
-            }
             let mut client = Proc::client(&addr, &pin, &client_flags);
             let local = client.listening_addr().await;
             let (one_by_one, at_once) = if no_resume { (4, 0) } else { (16, 16) };
@@ -211,9 +220,9 @@ async fn sessions_resume_between_mtt_ends_and_not_with_no_resume() {
                 one_by_one + at_once,
                 "{mode}: {resumed:?}"
             );
-            let mut want = vec![!no_resume; resumed.len()];
-            want[0] = false;
-            assert_eq!(resumed, want, "{mode} (-no-resume: {no_resume})");
+            let mut want = vec![after; resumed.len()];
+            want[0] = Handshake::Full;
+            assert_eq!(resumed, want, "{mode}");
         }
     })
     .await;

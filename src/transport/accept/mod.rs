@@ -99,7 +99,10 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
         );
         let tls = certs
             .as_ref()
-            .map(|c| tls::TlsServer::with_extra(c.store(), alpn, &extra, opts.timeouts.handshake))
+            .map(|c| {
+                let handshake = opts.timeouts.handshake;
+                tls::TlsServer::with_extra(c.store(), alpn, &extra, handshake, opts.zero_rtt)
+            })
             .transpose()?;
         Ok(Acceptor {
             tls,

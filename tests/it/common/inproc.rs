@@ -24,6 +24,7 @@ pub fn server_config(dest: SocketAddr, tls: Option<CertSource>, timeout: Duratio
             timeouts: DEFAULT_TIMEOUTS,
             session_idle: timeout,
             udp: false,
+            zero_rtt: true,
         },
         fast_open: false,
         fwmark: None,

@@ -143,15 +143,23 @@ impl Proc {
     }
 
     /// Ends the process and tells, for each TLS handshake it logged (`-verbose`), in order,
-    /// whether it resumed a session.
-    pub async fn resumptions(&mut self) -> Vec<bool> {
+    /// whether it resumed a session, and with early data.
+    pub async fn resumptions(&mut self) -> Vec<Handshake> {
         self.signal("KILL");
         self.exit().await;
         self.all_lines()
             .await
             .iter()
             .filter(|l| l.contains(": TLS TLSv1_3"))
-            .map(|l| l.ends_with(" resumed"))
+            .map(|l| {
+                if l.ends_with(" resumed") {
+                    Handshake::Resumed
+                } else if l.ends_with(" resumed 0-RTT") {
+                    Handshake::ZeroRtt
+                } else {
+                    Handshake::Full
+                }
+            })
             .collect()
     }
 
@@ -330,4 +338,15 @@ pub fn go_build(go: &Path, dir: &str, env: &[(&str, &str)], hint: &str) -> PathB
         String::from_utf8_lossy(&out.stderr)
     );
     bin
+}
+
+/// What kind of TLS 1.3 handshake a server logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A full handshake: the certificate sent and checked.
+    Full,
+    /// A session resumed.
+    Resumed,
+    /// A session resumed, with the client's first bytes as early data.
+    ZeroRtt,
 }
