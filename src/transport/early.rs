@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use rustls::server::{Accepted, Acceptor, ServerConnection};
+use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{Accept, TlsAcceptor};
-use std::future::Future;
 
 /// An accepted server-side TLS stream: still in its handshake, reading early data, or done.
+// Every connection lives in `Done`; the passing states are boxed so as not to make it larger.
+#[allow(clippy::large_enum_variant)]
 pub enum ServerTls<S> {
     /// Early data was accepted and the client's Finished has not come yet.
     Early(Box<Early<S>>),
@@ -107,7 +109,10 @@ pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
         let accept = acceptor.accept_with(io, move |c| *c = conn);
         return match tokio::time::timeout_at(deadline, accept).await {
             Ok(r) => r.map(ServerTls::Done),
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
         };
     }
     let mut early = Early::new(conn, io, config, deadline);
@@ -150,7 +155,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Early<S> {
     /// Writes out what rustls has to send: ready once all of it is written.
     fn write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
-            match self.conn.write_tls(&mut SyncIo { io: &mut self.io, cx }) {
+            match self.conn.write_tls(&mut SyncIo {
+                io: &mut self.io,
+                cx,
+            }) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
@@ -168,7 +176,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Early<S> {
                 "TLS handshake timed out after the client's early data",
             )));
         }
-        let n = match self.conn.read_tls(&mut SyncIo { io: &mut self.io, cx }) {
+        let n = match self.conn.read_tls(&mut SyncIo {
+            io: &mut self.io,
+            cx,
+        }) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
             Err(e) => return Poll::Ready(Err(e)),

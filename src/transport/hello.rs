@@ -67,9 +67,7 @@ impl Sessions {
     /// Whether the next handshake with `name` resumes a session that takes early data.
     pub(super) fn early_ready(&self, name: &ServerName<'_>) -> bool {
         self.existing(name, |k| {
-            k.tls13
-                .back()
-                .map(|t| t.max_early_data_size() > 0)
+            k.tls13.back().map(|t| t.max_early_data_size() > 0)
         })
         .unwrap_or(false)
     }

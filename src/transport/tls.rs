@@ -96,7 +96,9 @@ impl TlsClient {
     /// Whether the next handshake resumes a session that takes early data (0-RTT): then the
     /// tunnel's first bytes are worth waiting for, briefly, to ride its first flight.
     pub fn zero_rtt_ready(&self) -> bool {
-        self.early.as_ref().is_some_and(|s| s.early_ready(&self.name))
+        self.early
+            .as_ref()
+            .is_some_and(|s| s.early_ready(&self.name))
     }
 
     /// Runs the handshake over `io` within the handshake timeout (the ALPN agreed, if any,
@@ -125,7 +127,11 @@ impl TlsClient {
     /// handshake is awaited, within the handshake timeout. If the server declined the early
     /// data, they were sent again after it. Nothing to do for a finished handshake (`first`
     /// is then the caller's to write); says whether `first` was sent.
-    pub async fn finish<S: Io>(&self, tls: &mut client::TlsStream<S>, first: &[u8]) -> io::Result<bool> {
+    pub async fn finish<S: Io>(
+        &self,
+        tls: &mut client::TlsStream<S>,
+        first: &[u8],
+    ) -> io::Result<bool> {
         use tokio::io::AsyncWriteExt;
         if !tls.get_ref().1.is_handshaking() {
             return Ok(false);
@@ -342,7 +348,9 @@ impl TlsServer {
         };
         let (tls, offered) = within(self.handshake, handshake).await?;
         let Some(conn) = tls.connection() else {
-            return Err(io::Error::other("TLS stream in no state after its handshake"));
+            return Err(io::Error::other(
+                "TLS stream in no state after its handshake",
+            ));
         };
         let chosen = conn.alpn_protocol().map(<[u8]>::to_vec);
         let mut agreed = agreed(conn);

@@ -32,3 +32,4 @@ mod v2ray;
 mod windows;
 mod wire;
 mod ws;
+mod zero_rtt;

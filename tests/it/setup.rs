@@ -165,6 +165,16 @@ async fn round_trips_to_the_first_byte() {
     .await;
 }
 
+/// A case of resumption: its name, flags of both ends, of the server, of the client, and
+/// what the handshakes after the first are.
+type Resuming<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a [&'a str],
+    &'a [&'a str],
+    Handshake,
+);
+
 /// Sessions resume between mtt ends: after a tunnel's full handshake the next ones resume
 /// (the server's `-verbose` line says so: no certificate sent or checked again), in plain
 /// TLS and over WebSocket, and so do 16 opened at once once the client holds tickets for
@@ -178,12 +188,30 @@ async fn sessions_resume_between_mtt_ends_and_not_with_no_resume() {
         let wss: &[&str] = &["-wss", "-wss-path", "/t"];
         let off: &[&str] = &["-early-data", "off"];
         // (mode, flags of both, of the server, of the client, what tunnels after the first do)
-        let cases: [(&str, &[&str], &[&str], &[&str], Handshake); 6] = [
+        let cases: [Resuming; 6] = [
             ("tls", &[], &[], &[], Handshake::ZeroRtt),
             ("wss", wss, &[], &[], Handshake::ZeroRtt),
-            ("tls, client -early-data off", &[], &[], off, Handshake::Resumed),
-            ("tls, server -early-data off", &[], off, &[], Handshake::Resumed),
-            ("wss, server -early-data off", wss, off, &[], Handshake::Resumed),
+            (
+                "tls, client -early-data off",
+                &[],
+                &[],
+                off,
+                Handshake::Resumed,
+            ),
+            (
+                "tls, server -early-data off",
+                &[],
+                off,
+                &[],
+                Handshake::Resumed,
+            ),
+            (
+                "wss, server -early-data off",
+                wss,
+                off,
+                &[],
+                Handshake::Resumed,
+            ),
             ("tls -no-resume", &[], &[], &["-no-resume"], Handshake::Full),
         ];
         for (mode, flags, server_only, client_only, after) in cases {
