@@ -73,7 +73,7 @@ macro_rules! role_args {
             /// with -wss (always on a mu-server): send requests that are not tunnels to this web server instead of a 404
             #[argh(option, arg_name = "host:port")]
             pub fallback: Option<String>,
-            /// with -wss (always on a mu-server): take a client's first bytes riding its upgrade request (early data, ?ed=): on (default) or off
+            /// take a resumed client's first bytes before its TLS handshake is done (0-RTT) and, with -wss (always on a mu-server), riding its upgrade request (?ed=): on (default) or off
             #[argh(option, arg_name = "on|off")]
             pub early_data: Option<String>,
             /// how long the -fallback site may take to answer before the visitor gets 504 (default -handshake-timeout plus 5s)
