@@ -293,3 +293,56 @@ async fn a_first_flight_replayed_ahead_is_delivered_once_more_and_cut_at_the_han
     })
     .await;
 }
+
+/// A server that lost its sessions (restarted; or restarted with `-early-data off`)
+/// declines a resumed client's early data: the handshake becomes a full one, the client
+/// sends its first bytes again after it, and the tunnel works. The first write here is
+/// 64 KiB, so the client's early data is as large as it ever sends (a declined flight the
+/// server cannot skip would fail the handshake).
+#[tokio::test]
+async fn a_restarted_server_declines_early_data_and_the_tunnel_works() {
+    bounded(async {
+        let echo = echo_server().await.to_string();
+        let (_dir, cert, key, pin) = self_signed_files("127.0.0.1");
+        let (cert, key) = (path_str(&cert), path_str(&key));
+        let server = |listen: &str, extra: &[&str]| {
+            let mut args = vec![
+                "server", "-b", listen, "-d", &echo, "-cert", &cert, "-key", &key, "-verbose",
+            ];
+            args.extend_from_slice(extra);
+            Proc::spawn(&mtt_bin(), &args)
+        };
+        for restarted in [&[][..], &["-early-data", "off"][..]] {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mut before = server(&addr, &[]);
+            before.wait_line("server listening on").await;
+            let mut client = Proc::client(&addr, &pin, &[]);
+            let local = client.listening_addr().await;
+            for seed in 0..2 {
+                tunnel(local, &random_bytes(64 * 1024, seed)).await;
+            }
+            let handshakes = before.resumptions().await;
+            assert_eq!(handshakes, [Handshake::Full, Handshake::ZeroRtt]);
+            // Back on the same port, its sessions gone.
+            let mut after = server(&addr, restarted);
+            after.wait_line("server listening on").await;
+            for seed in 2..4 {
+                tunnel(local, &random_bytes(64 * 1024, seed)).await;
+            }
+            let next = if restarted.is_empty() {
+                Handshake::ZeroRtt
+            } else {
+                Handshake::Resumed
+            };
+            let handshakes = after.resumptions().await;
+            assert_eq!(
+                handshakes,
+                [Handshake::Full, next],
+                "restarted with {restarted:?}"
+            );
+            client.signal("KILL");
+            client.exit().await;
+        }
+    })
+    .await;
+}
