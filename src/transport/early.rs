@@ -442,3 +442,76 @@ impl<S: AsyncWrite + Unpin> Write for SyncIo<'_, '_, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::certs::{CertStore, fingerprint, pem};
+    use crate::transport::options::{HelloOptions, TlsClientOptions, Verify};
+    use crate::transport::tls::{TlsClient, TlsServer};
+
+    /// A resumed client's first bytes are read by the server before the client's Finished;
+    /// what the server writes and its close, both before the Finished has come, reach the
+    /// client; what the client writes after the handshake follows, in order.
+    #[tokio::test]
+    async fn early_data_is_read_before_the_handshake_ends_and_both_ways_flow() {
+        let made = pem::self_signed(Some("localhost")).expect("certificate");
+        let pin = made.cert_key.fingerprint();
+        let limit = Duration::from_secs(10);
+        let store = CertStore::new(made.cert_key).expect("store");
+        let server = TlsServer::with_extra(store, &[], &[], limit, true).expect("server");
+        let opts = TlsClientOptions {
+            server_name: "localhost".into(),
+            verify: Verify::Pin(fingerprint::parse(&pin).expect("pin")),
+            hello: HelloOptions {
+                early_data: true,
+                ..Default::default()
+            },
+        };
+        let client = TlsClient::new(&opts, &[], limit).expect("client");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let serving = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let (tcp, _) = l.accept().await.expect("accept");
+                let (mut tls, _) = server.negotiate(tcp).await.expect("server handshake");
+                let early = tls.is_early();
+                let mut first = [0u8; 5];
+                tls.read_exact(&mut first).await.expect("first bytes");
+                // Answered and closed while (with 0-RTT) the client's Finished is yet to come.
+                let still_early = tls.is_early();
+                tls.write_all(b"answer").await.expect("answer");
+                tls.shutdown().await.expect("close");
+                let mut rest = Vec::new();
+                tls.read_to_end(&mut rest).await.expect("the rest");
+                got.push((early, still_early, first, rest));
+            }
+            got
+        });
+        for round in 0..2 {
+            assert_eq!(client.zero_rtt_ready(), round == 1, "round {round}");
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut tls = client.connect(tcp).await.expect("client hello");
+            let sent = client.finish(&mut tls, b"first").await.expect("handshake");
+            assert_eq!(sent, round == 1, "round {round}: sent as early data");
+            if !sent {
+                tls.write_all(b"first").await.expect("first");
+            }
+            assert_eq!(tls.get_ref().1.is_early_data_accepted(), round == 1);
+            tls.write_all(b"then more").await.expect("more");
+            tls.shutdown().await.expect("half-close");
+            let mut answer = Vec::new();
+            tls.read_to_end(&mut answer).await.expect("answer");
+            assert_eq!(answer, b"answer", "round {round}");
+        }
+        let got = serving.await.expect("server");
+        assert_eq!(got[0], (false, false, *b"first", b"then more".to_vec()));
+        assert_eq!(got[1], (true, true, *b"first", b"then more".to_vec()));
+    }
+}
