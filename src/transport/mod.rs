@@ -8,7 +8,6 @@ pub mod accept;
 pub mod datagram;
 pub mod dial;
 pub mod dns;
-pub mod early;
 pub mod fallback;
 pub mod front;
 pub mod grpc;
