@@ -23,7 +23,7 @@ import tempfile
 
 from harness import iperf, settle_rss, wrk_rate  # noqa: E402
 from tunnels import (  # noqa: E402
-    FULL, GIB, Tunnel, cpu_seconds, free_port, log, nginx_site, original_build,
+    FULL, GIB, RESUMED, Tunnel, cpu_seconds, free_port, log, nginx_site, original_build,
     summary, wait_listening,
 )
 
@@ -63,7 +63,8 @@ def measure(ctx, modes, conn_modes, seconds, iport, hport):
 def original_key(key):
     """The Go original's figure beside one of mtt's: its plain TLS beside tls (resumed or
     not: it never resumes), its wss beside wss, idle RSS beside idle RSS."""
-    for mode, theirs in ((FULL, "original"), ("tls", "original"), ("wss", "original wss")):
+    for mode, theirs in ((FULL, "original"), (RESUMED, "original"), ("tls", "original"),
+                         ("wss", "original wss")):
         if key.startswith(mode + " "):
             return theirs + key[len(mode):]
     return key if key.startswith("idle RSS") else None
@@ -110,7 +111,8 @@ def main():
     ap.add_argument("--a-name", default="A")
     ap.add_argument("--b-name", default="B")
     ap.add_argument("--modes", default="tls,wss,mux,grpc", help="throughput modes")
-    ap.add_argument("--conn-modes", default=f"tls,{FULL},wss", help="new-tunnel rate modes")
+    ap.add_argument("--conn-modes", default=f"tls,{RESUMED},{FULL},wss",
+                    help="new-tunnel rate modes")
     ap.add_argument("--original", action="store_true",
                     help="the Go original's rows too (its tls and wss modes), in the same rounds")
     ap.add_argument("--original-src", metavar="DIR",

@@ -25,7 +25,7 @@ import threading
 import time
 
 from tunnels import (  # noqa: E402
-    CORE_MODES, FULL, GIB, MIXED, MODES, ORIGINAL, UDP_MODES, V2RAY, Tunnel, cpu_seconds,
+    CONN_ONLY, CORE_MODES, FULL, GIB, MIXED, MODES, ORIGINAL, UDP_MODES, V2RAY, Tunnel, cpu_seconds,
     free_port, original_build, summary,
     V2RAY_BIN, linkage, log, nginx_site, rss_kib, wait_listening,
 )
@@ -276,7 +276,7 @@ def main():
     v2ray = list(V2RAY) if shutil.which(V2RAY_BIN) else []
     ctx.original = original_build(ctx.tmp, args.original_src)
     original = list(ORIGINAL) if ctx.original else []
-    kinds = ["stunnel"] + v2ray + original + [m for m in MODES if m != FULL]
+    kinds = ["stunnel"] + v2ray + original + [m for m in MODES if m not in CONN_ONLY]
     bg = []
     try:
         # Throughput and CPU per GiB.
@@ -341,7 +341,7 @@ def main():
         nginx, hport = nginx_site(ctx.tmp)
         bg.append(nginx)
         conn_rows = []
-        for name in ["direct"] + kinds + [FULL]:
+        for name in ["direct"] + kinds + CONN_ONLY:
             t = None if name == "direct" else Tunnel(name, f"127.0.0.1:{hport}", ctx)
             rate, p50, errors = wrk_rate(hport if t is None else t.port, args.seconds)
             conn_rows.append({"name": name, "rate": rate, "p50": p50, "errors": errors})

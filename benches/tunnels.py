@@ -27,10 +27,15 @@ CLIENT_ONLY = {
     "smux": ["-mux-proto", "smux"],
     "wss+smux": ["-mux-proto", "smux"],
     "tls (full handshakes)": ["-no-resume"],
+    "tls (resumed, no 0-RTT)": ["-early-data", "off"],
 }
-# New-connection rows only: a full TLS handshake for every tunnel (mtt ends resume by default).
+# New-connection rows only: a full TLS handshake for every tunnel (mtt ends resume by default,
+# with the first bytes as 0-RTT early data: the `tls` row), and a resumed one without 0-RTT.
 FULL = "tls (full handshakes)"
 MODES[FULL] = []
+RESUMED = "tls (resumed, no 0-RTT)"
+MODES[RESUMED] = []
+CONN_ONLY = [FULL, RESUMED]
 # The de-facto SIP003 WebSocket plugin (Debian's shadowsocks-v2ray-plugin), run standalone
 # with SS_* variables, WebSocket over TLS, without and with its multiplexing: the baseline of
 # mtt's wss and wss+mux rows.
