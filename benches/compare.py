@@ -5,7 +5,7 @@ For each build and mode: iperf3 single-stream upload and download through `mtt c
 `mtt server` (separate processes on 127.0.0.1) with the CPU seconds of both processes per
 GiB moved; new tunnels per second with wrk (`Connection: close`, a fresh tunnel per request)
 to nginx, with the CPU each end spent per tunnel (its handshakes per CPU-second); and the
-RSS of an idle client and server. Prints a Markdown table: the median of each figure, its
+RSS of an idle client and server, and (`--idle N`) per idle plain-TLS tunnel, N held open. Prints a Markdown table: the median of each figure, its
 range, and B/A. A round whose figure is under half of that build's median is reported as
 failed, beside the median of the others, never averaged in.
 
@@ -21,16 +21,28 @@ import shutil
 import subprocess
 import tempfile
 
-from harness import iperf, settle_rss, wrk_rate  # noqa: E402
+import asyncio
+
+from harness import EchoServer, hold_idle, iperf, settle_rss, wrk_rate  # noqa: E402
 from tunnels import (  # noqa: E402
     FULL, GIB, RESUMED, Tunnel, cpu_seconds, free_port, log, nginx_site, original_build,
     summary, wait_listening,
 )
 
 
-def measure(ctx, modes, conn_modes, seconds, iport, hport):
-    """One round of one build: {figure name: value}."""
+def measure(ctx, modes, conn_modes, seconds, iport, hport, idle):
+    """One round of one build: {figure name: value}. `idle`: (echo port, tunnels to hold)."""
     got = {}
+    if idle and idle[1]:
+        port, n = idle
+        t = Tunnel("tls", f"127.0.0.1:{port}", ctx)
+        try:
+            before = settle_rss(t.pids)
+            loaded = asyncio.run(hold_idle(t.port, n, t.pids))
+            per = [(b - a) / n for a, b in zip(before, loaded)]
+            got["per idle tls tunnel server KiB"], got["per idle tls tunnel client KiB"] = per
+        finally:
+            t.stop()
     for mode in modes:
         t = Tunnel(mode, f"127.0.0.1:{iport}", ctx)
         try:
@@ -119,6 +131,8 @@ def main():
                     help="a checkout of mos-tls-tunnel (default: cloned from GitHub)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=4, help="length of each iperf3/wrk run")
+    ap.add_argument("--idle", type=int, default=0,
+                    help="idle plain-TLS tunnels to hold open for the per-tunnel memory rows")
     args = ap.parse_args()
     modes, conn_modes = args.modes.split(","), args.conn_modes.split(",")
     tmp = tempfile.mkdtemp(prefix="mtt-compare-")
@@ -145,6 +159,7 @@ def main():
         wait_listening(iport, iperf_srv, "iperf3 -s")
         nginx, hport = nginx_site(tmp)
         bg.append(nginx)
+        idle = (EchoServer().port, args.idle) if args.idle else None
         samples = {name: {} for name, _ in builds}
         for rnd in range(args.rounds):
             order = builds if rnd % 2 == 0 else builds[::-1]
@@ -152,7 +167,7 @@ def main():
                 if name == "original":
                     got = measure_original(ctx, conn_modes, args.seconds, iport, hport)
                 else:
-                    got = measure(ctx, modes, conn_modes, args.seconds, iport, hport)
+                    got = measure(ctx, modes, conn_modes, args.seconds, iport, hport, idle)
                 for k, v in got.items():
                     samples[name].setdefault(k, []).append(v)
                 log(f"round {rnd + 1}/{args.rounds} {name}: "
