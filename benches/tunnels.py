@@ -27,13 +27,13 @@ CLIENT_ONLY = {
     "smux": ["-mux-proto", "smux"],
     "wss+smux": ["-mux-proto", "smux"],
     "tls (full handshakes)": ["-no-resume"],
-    "tls (resumed, no 0-RTT)": ["-early-data", "off"],
+    "tls (resumed without 0-RTT)": ["-early-data", "off"],
 }
 # New-connection rows only: a full TLS handshake for every tunnel (mtt ends resume by default,
 # with the first bytes as 0-RTT early data: the `tls` row), and a resumed one without 0-RTT.
 FULL = "tls (full handshakes)"
 MODES[FULL] = []
-RESUMED = "tls (resumed, no 0-RTT)"
+RESUMED = "tls (resumed without 0-RTT)"
 MODES[RESUMED] = []
 CONN_ONLY = [FULL, RESUMED]
 # The de-facto SIP003 WebSocket plugin (Debian's shadowsocks-v2ray-plugin), run standalone

@@ -5,6 +5,7 @@
 
 pub mod early;
 pub mod server;
+mod sessions;
 
 pub use server::{EARLY_DATA_MAX, TlsServer};
 

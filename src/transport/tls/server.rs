@@ -22,7 +22,8 @@ const TICKETS: usize = 2;
 pub const EARLY_DATA_MAX: u32 = 16 * 1024;
 
 /// Sessions a server keeps for 0-RTT resumption, each taken once (oldest forgotten first):
-/// about 250 bytes each, so at most about 2 MiB. A client keeps 32 tickets of a server
+/// about 250 bytes each (a 32-byte key, the session's ~100 bytes, the map's and the order's
+/// entries), so at most about 2 MiB. A client keeps 32 tickets of a server
 /// ([`super::hello`]), so this many serve every stock of about 250 busy clients; a client
 /// whose ticket was forgotten makes a full handshake.
 pub const SESSIONS_KEPT: usize = 8192;
@@ -75,7 +76,7 @@ impl TlsServer {
         // ALPN it offers.
         let tickets = Arc::new(Tickets::default());
         let kept: Arc<dyn rustls::server::StoresServerSessions> = if zero_rtt {
-            rustls::server::ServerSessionMemoryCache::new(SESSIONS_KEPT)
+            Arc::new(super::sessions::SingleUse::new(SESSIONS_KEPT))
         } else {
             Arc::new(rustls::server::NoServerSessionStorage {})
         };
