@@ -206,6 +206,9 @@ impl Client {
                 Err(_) => 0,
             };
             first.truncate(n);
+            // Only what was read is kept through the dial (a round trip or more): the read's
+            // whole buffer, kept by every tunnel being set up, held 8–16 KiB each.
+            first.shrink_to_fit();
         }
         // Boxed: the dial (TCP, TLS, WebSocket) is done before the relay starts, so its
         // state should not stay in every idle tunnel's task.
