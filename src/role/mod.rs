@@ -36,6 +36,10 @@ pub(crate) struct Destinations {
     pub proxy_protocol: bool,
 }
 
+/// How long a tunnel whose user was kicked or reached a limit may take to hand the
+/// destination what it already read.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Destinations {
     /// Connects to `dest` and relays `tunnel` to it until both sides are done (or `stop`
     /// fires); counts and logs the outcome once. Returns what was moved, if it ran.
@@ -78,13 +82,20 @@ impl Destinations {
         let relayed = relay(&mut tunnel, &mut out, self.idle, &counted);
         let res = match stop {
             None => relayed.await,
-            Some(stop) => tokio::select! {
-                res = relayed => res,
-                _ = stop.cancelled() => {
-                    log::info!("{id}: closed: its user was removed with kick or reached a limit");
-                    return None;
+            Some(stop) => {
+                let mut relayed = std::pin::pin!(relayed);
+                tokio::select! {
+                    res = &mut relayed => res,
+                    _ = stop.cancelled() => {
+                        // What the relay has read (and counted) still reaches the
+                        // destination: the tunnel refuses its next read and write, so a busy
+                        // relay ends by itself once its write is done; an idle one is cut.
+                        let _ = tokio::time::timeout(STOP_GRACE, &mut relayed).await;
+                        log::info!("{id}: closed: its user was removed with kick or reached a limit");
+                        return None;
+                    }
                 }
-            },
+            }
         };
         log_relay_end(id, &res);
         res.ok()

@@ -456,18 +456,26 @@ async fn the_connection_cap_refuses_the_next_while_the_first_flow() {
     .await;
 }
 
-/// Bytes `client` receives from a source destination in `secs`, counted from the first one.
-async fn receive_for(client: SocketAddr, secs: Duration) -> u64 {
+/// A tunnel through `client` from a source destination, once its first bytes have arrived.
+async fn flowing(client: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(client).await.expect("connect");
+    let mut buf = [0u8; 1];
+    s.read_exact(&mut buf).await.expect("first bytes");
+    s
+}
+
+/// Bytes `s` receives from `from` until `end`; what arrives before `from` (a backlog
+/// left while the stream was not read) is read and not counted.
+async fn receive_between(mut s: TcpStream, from: Instant, end: Instant) -> u64 {
     let mut buf = vec![0u8; 64 * 1024];
-    let first = s.read(&mut buf).await.expect("first bytes") as u64;
-    let start = Instant::now();
-    let mut total = first;
-    while let Ok(Ok(n)) = tokio::time::timeout_at((start + secs).into(), s.read(&mut buf)).await {
+    let mut total = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout_at(end.into(), s.read(&mut buf)).await {
         if n == 0 {
             break;
         }
-        total += n as u64;
+        if Instant::now() >= from {
+            total += n as u64;
+        }
     }
     total
 }
@@ -487,8 +495,13 @@ async fn the_rate_holds_within_ten_percent_over_five_seconds_across_tunnels() {
         let c = s.client("/r", false).await;
         // Two tunnels share the user's one bucket.
         let secs = Duration::from_secs(5);
-        let a = tokio::spawn(receive_for(c.addr, secs));
-        let b = tokio::spawn(receive_for(c.addr, secs));
+        // One window for both, opened once both flow and what waited unread is drained: a
+        // tunnel set up late (a busy machine) would otherwise count seconds the other did not.
+        let (a, b) = tokio::join!(flowing(c.addr), flowing(c.addr));
+        let from = Instant::now() + Duration::from_millis(200);
+        let end = from + secs;
+        let a = tokio::spawn(receive_between(a, from, end));
+        let b = tokio::spawn(receive_between(b, from, end));
         let total = a.await.expect("a") + b.await.expect("b");
         let expected = rate * 5;
         let off = total.abs_diff(expected) as f64 / expected as f64;
