@@ -539,6 +539,57 @@ async fn a_missed_announcement_is_repaired_by_the_resync() {
     .await
 }
 
+/// A change this server writes while it is reading the whole table (a resync) is taken
+/// after that table, never undone by it: no user vanishes, and no false "went back" line.
+#[tokio::test]
+async fn a_change_written_during_a_resync_is_not_undone_by_it() {
+    bounded(async {
+        let dir = tempfile::tempdir().expect("tmp");
+        let redis = Redis::start(dir.path(), free_port()).await;
+        // A large table: every resync takes a while to read and parse.
+        let script =
+            "for i = 1, 50000 do redis.call('HSET', KEYS[1], '/u' .. i, ARGV[1]) end return 0";
+        let entry = format!(r#"{{"dst":"{}"}}"#, dead_addr());
+        redis.cli(&["EVAL", script, "1", "mtt:users", &entry]);
+        let mut a = mu(&redis.url(), &["-verbose"]).await;
+        let echo = echo_server().await;
+        for i in 0..4 {
+            // A change made elsewhere and not announced: the next write finds the version
+            // ahead and wakes a resync; the write after it lands while that reads.
+            redis.cli(&["INCR", "mtt:version"]);
+            for user in [format!("v{i}"), format!("w{i}")] {
+                let (code, body) = a.put(&user, echo).await;
+                assert_eq!(code, 200, "PUT {user}: {body}");
+            }
+        }
+        let listed = a.users().await;
+        let paths: Vec<&str> = listed
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|u| u["path"].as_str())
+            .collect();
+        for i in 0..4 {
+            assert!(paths.contains(&format!("/v{i}").as_str()), "/v{i}");
+            assert!(paths.contains(&format!("/w{i}").as_str()), "/w{i}");
+        }
+        a.proc.signal("TERM");
+        a.proc.exit().await;
+        let lines = a.proc.all_lines().await;
+        let resyncs = lines
+            .iter()
+            .filter(|l| l.contains("user(s) from Redis"))
+            .count();
+        assert!(
+            resyncs >= 4,
+            "a resync after each unannounced change: {lines:?}"
+        );
+        let back: Vec<_> = lines.iter().filter(|l| l.contains("went back")).collect();
+        assert!(back.is_empty(), "{back:?}");
+    })
+    .await
+}
+
 /// A Redis that cannot be reached at start is one clear line and a non-zero exit; corrupt
 /// entries in Redis are skipped with one line each and never stop a server.
 #[tokio::test]
@@ -698,7 +749,8 @@ async fn a_server_starts_from_its_snapshot_while_redis_is_down() {
                 ],
             )
             .await;
-            assert_eq!(a.put("dave", echo).await.0, 200);
+            let (code, body) = a.put("dave", echo).await;
+            assert_eq!(code, 200, "{body}");
             until(Duration::from_secs(3), "snapshot written", || async {
                 std::fs::read_to_string(&snap).is_ok_and(|t| t.contains("/dave"))
             })

@@ -126,8 +126,11 @@ impl Users {
     /// Fetches the whole table and takes it; writes the snapshot if one is kept.
     async fn resync(&self, store: &Store) -> redis::RedisResult<()> {
         let start = Instant::now();
+        // Fetched and taken under the writer's lock: a change this server writes meanwhile
+        // would otherwise be undone by a table read before it (until its announcement).
+        let mut at = self.writer.lock().await;
         let (version, entries) = store.fetch().await?;
-        let had = self.version().await;
+        let had = *at;
         if version < had {
             log::warn!(
                 "users: Redis's table went back from version {had} to {version} (Redis lost its data, or is another one); following it: {} user(s)",
@@ -135,7 +138,9 @@ impl Users {
             );
         }
         let n = entries.len();
-        self.replace_all(version, entries).await;
+        self.take_whole(entries);
+        *at = version;
+        drop(at);
         store.mark_synced();
         log::info!(
             "users: {n} user(s) from Redis (version {version}) in {} ms",
