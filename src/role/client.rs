@@ -176,13 +176,12 @@ impl Client {
         // The local side has no layers: each accepted connection is relayed as it is (going
         // through the Acceptor would cost every idle tunnel about 1.5 KiB, measured).
         accept_loop(listener, shutdown, limits, move |local, id, _tasks| {
-            let this = this.clone();
-            async move { this.handle(local, id).await }
+            this.clone().handle(local, id)
         })
         .await;
     }
 
-    async fn handle(&self, mut local: Stream, id: ConnId) {
+    async fn handle(self: Arc<Self>, mut local: Stream, id: ConnId) {
         let _active = crate::metrics::get().serving();
         let start = std::time::Instant::now();
         // Early data: the application's first write (if it comes within EARLY_WAIT) rides

@@ -72,6 +72,15 @@ impl std::fmt::Display for ConnId {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// One open connection, counted until its task ends (or is dropped).
+struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts until `shutdown` fires, running `handle` for each connection in a task of one
 /// tracker (which `handle` may use for tasks of its own, such as the streams of a session,
 /// so that drain waits for them too); then closes the listener and waits up to
@@ -121,12 +130,11 @@ pub async fn accept_loop<F, Fut>(
                 }
                 log::debug!("{id}: accepted");
                 let work = handle(stream, id, tracker.clone());
-                let conns = conns.clone();
                 conns.fetch_add(1, Ordering::AcqRel);
-                tracker.spawn(async move {
-                    work.await;
-                    conns.fetch_sub(1, Ordering::AcqRel);
-                });
+                // A guard, not an `async` block around `work`: such a block keeps `work`
+                // twice in every connection's task (as captured and as awaited).
+                let counted = Counted(conns.clone());
+                tracker.spawn(futures_util::FutureExt::map(work, move |()| drop(counted)));
             }
             Err(e) if is_transient(&e) => log::debug!("accept: {e}"),
             Err(e) => {

@@ -147,11 +147,11 @@ impl<O: Clone + Send + Sync + 'static> Acceptor<O> {
     {
         let stop = shutdown.clone();
         let this = self.clone();
+        // The connection's future itself, not an `async` block awaiting it (which would
+        // hold its arguments twice in every connection's task).
         accept_loop(listener, shutdown, limits, move |conn, id, tasks| {
-            let this = this.clone();
-            let handle = handle.clone();
-            let stop = stop.clone();
-            async move { this.connection(conn, id, tasks, stop, handle).await }
+            this.clone()
+                .connection(conn, id, tasks, stop.clone(), handle.clone())
         })
         .await;
     }
