@@ -79,18 +79,19 @@ impl Destinations {
         }
         log::debug!("{id}: relaying to {dest}");
         let counted = Counted;
-        let relayed = relay(&mut tunnel, &mut out, self.idle, &counted);
+        // Pinned where it is made and awaited in place: moved into an await, it would be
+        // kept twice in every tunnel's future.
+        let mut relayed = std::pin::pin!(relay(&mut tunnel, &mut out, self.idle, &counted));
         let res = match stop {
-            None => relayed.await,
+            None => relayed.as_mut().await,
             Some(stop) => {
-                let mut relayed = std::pin::pin!(relayed);
                 tokio::select! {
-                    res = &mut relayed => res,
+                    res = relayed.as_mut() => res,
                     _ = stop.cancelled() => {
                         // What the relay has read (and counted) still reaches the
                         // destination: the tunnel refuses its next read and write, so a busy
                         // relay ends by itself once its write is done; an idle one is cut.
-                        let _ = tokio::time::timeout(STOP_GRACE, &mut relayed).await;
+                        let _ = tokio::time::timeout(STOP_GRACE, relayed.as_mut()).await;
                         log::info!("{id}: closed: its user was removed with kick or reached a limit");
                         return None;
                     }
